@@ -1,0 +1,47 @@
+// The control protocol between the `sheep` command and its local daemon: one JSON request per
+// connection over a unix socket, answered by zero or more progress lines and one result line.
+
+import type { ErrorCode } from '../errors'
+import type { ImageInfo } from '../cow/image-store'
+
+export interface Requests {
+  status: { args: Record<string, never>, result: NodeStatus }
+  'image.list': { args: Record<string, never>, result: ImageInfo[] }
+  'image.create': { args: { name: string, size: number, objectSize?: number, copies?: number }, result: ImageInfo }
+  'image.delete': { args: { name: string }, result: null }
+  'image.resize': { args: { name: string, size: number }, result: ImageInfo }
+  'image.rename': { args: { from: string, to: string }, result: ImageInfo }
+  stop: { args: { force?: boolean }, result: null }
+}
+
+export type Op = keyof Requests
+export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename', 'stop']
+
+export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
+
+export type Reply =
+  | { type: 'progress', done: number, total: number }
+  | { type: 'result', ok: true, result: unknown }
+  | { type: 'result', ok: false, error: { code: ErrorCode, message: string } }
+
+export interface NodeStatus {
+  version: string
+  pid: number
+  store: string
+  mount: string
+  startedAt: number
+  images: number
+  openHandles: number
+  /** Virtual bytes of all images. */
+  provisioned: number
+  /** Bytes of data objects the images own. */
+  allocated: number
+  capacity: number
+  free: number
+  objects: number
+  /** Bytes the object files occupy on the store's disk. */
+  storeBytes: number
+}
+
+/** Longest request line the daemon reads; anything longer is refused. */
+export const MAX_REQUEST_BYTES = 64 * 1024

@@ -1,0 +1,116 @@
+// The inode object of an image: a fixed-size header, then the owner table.
+//
+//   [0, 4)          u32 LE length L of the encoded header
+//   [4, 8)          u32 LE CRC-32 of the encoded header
+//   [8, 8 + L)      header, compact-encoding (format 1, fields below)
+//   [HEADER_BYTES, HEADER_BYTES + 4 * blocks)   owner table, u32 LE per block
+//
+// A header that fails its length or CRC check is reported as corrupt, never guessed at.
+
+import zlib from 'node:zlib'
+import c from 'compact-encoding'
+import { SheepError } from '../errors'
+import { ENTRY_BYTES } from './owner-table'
+
+export const HEADER_BYTES = 4096
+const HEADER_FORMAT = 1
+
+export interface InodeHeader {
+  vid: number
+  name: string
+  /** Virtual size in bytes. */
+  size: number
+  objectSize: number
+  copies: number
+  /** vid of the snapshot this image's unwritten blocks come from; 0 for none. */
+  parent: number
+  ctime: number
+  mtime: number
+  mode: number
+  uid: number
+  gid: number
+}
+
+const headerEncoding: c.Encoding<InodeHeader> = {
+  preencode (state, h) {
+    c.uint.preencode(state, HEADER_FORMAT)
+    c.uint.preencode(state, h.vid)
+    c.string.preencode(state, h.name)
+    c.uint.preencode(state, h.size)
+    c.uint.preencode(state, h.objectSize)
+    c.uint.preencode(state, h.copies)
+    c.uint.preencode(state, h.parent)
+    c.uint.preencode(state, h.ctime)
+    c.uint.preencode(state, h.mtime)
+    c.uint.preencode(state, h.mode)
+    c.uint.preencode(state, h.uid)
+    c.uint.preencode(state, h.gid)
+  },
+  encode (state, h) {
+    c.uint.encode(state, HEADER_FORMAT)
+    c.uint.encode(state, h.vid)
+    c.string.encode(state, h.name)
+    c.uint.encode(state, h.size)
+    c.uint.encode(state, h.objectSize)
+    c.uint.encode(state, h.copies)
+    c.uint.encode(state, h.parent)
+    c.uint.encode(state, h.ctime)
+    c.uint.encode(state, h.mtime)
+    c.uint.encode(state, h.mode)
+    c.uint.encode(state, h.uid)
+    c.uint.encode(state, h.gid)
+  },
+  decode (state) {
+    const format = c.uint.decode(state)
+    if (format !== HEADER_FORMAT) throw new Error(`unknown inode format ${format}`)
+    return {
+      vid: c.uint.decode(state),
+      name: c.string.decode(state),
+      size: c.uint.decode(state),
+      objectSize: c.uint.decode(state),
+      copies: c.uint.decode(state),
+      parent: c.uint.decode(state),
+      ctime: c.uint.decode(state),
+      mtime: c.uint.decode(state),
+      mode: c.uint.decode(state),
+      uid: c.uint.decode(state),
+      gid: c.uint.decode(state)
+    }
+  }
+}
+
+export function encodeHeader (h: InodeHeader): Buffer {
+  const body = c.encode(headerEncoding, h)
+  if (body.length + 8 > HEADER_BYTES) throw SheepError.invalid('inode header too large')
+  const out = Buffer.alloc(8 + body.length)
+  out.writeUInt32LE(body.length, 0)
+  out.writeUInt32LE(zlib.crc32(body), 4)
+  body.copy(out, 8)
+  return out
+}
+
+export function decodeHeader (bytes: Uint8Array, what: string): InodeHeader {
+  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  if (buf.length < 8) throw SheepError.corrupt(`${what}: inode header truncated`)
+  const len = buf.readUInt32LE(0)
+  if (len === 0 || len + 8 > Math.min(buf.length, HEADER_BYTES)) throw SheepError.corrupt(`${what}: inode header has a bad length ${len}`)
+  const body = buf.subarray(8, 8 + len)
+  if (zlib.crc32(body) !== buf.readUInt32LE(4)) throw SheepError.corrupt(`${what}: inode header checksum mismatch`)
+  try {
+    return c.decode(headerEncoding, body)
+  } catch (err) {
+    throw SheepError.corrupt(`${what}: inode header undecodable: ${(err as Error).message}`)
+  }
+}
+
+export function blockCount (size: number, objectSize: number): number {
+  return Math.ceil(size / objectSize)
+}
+
+export function inodeObjectSize (size: number, objectSize: number): number {
+  return HEADER_BYTES + ENTRY_BYTES * blockCount(size, objectSize)
+}
+
+export function tableOffset (idx: number): number {
+  return HEADER_BYTES + ENTRY_BYTES * idx
+}

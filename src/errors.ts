@@ -1,0 +1,52 @@
+// One error type for every layer. `code` is a stable POSIX-like name: src/fuse maps it to an errno,
+// the control socket carries it to the CLI, and tests assert on it.
+
+export type ErrorCode =
+  | 'ENOENT' // no such image or object
+  | 'EEXIST' // name already taken
+  | 'EINVAL' // malformed argument
+  | 'ENAMETOOLONG'
+  | 'EFBIG' // beyond the largest image size
+  | 'ENOSPC' // the store is full
+  | 'EROFS' // write to something read-only
+  | 'EISDIR'
+  | 'ENOTDIR'
+  | 'EPERM' // operation not supported on this kind of entry
+  | 'EBUSY' // in use (store locked, image open, mount busy)
+  | 'EIO' // a corrupt, truncated or missing object
+  | 'ENOTSUP'
+  | 'ESHUTDOWN' // the node is closing
+
+export class SheepError extends Error {
+  readonly code: ErrorCode
+
+  constructor (code: ErrorCode, message: string) {
+    super(message)
+    this.name = 'SheepError'
+    this.code = code
+  }
+
+  static notFound (what: string): SheepError { return new SheepError('ENOENT', `${what} does not exist`) }
+  static exists (what: string): SheepError { return new SheepError('EEXIST', `${what} already exists`) }
+  static invalid (message: string): SheepError { return new SheepError('EINVAL', message) }
+  static tooBig (message: string): SheepError { return new SheepError('EFBIG', message) }
+  static noSpace (message: string): SheepError { return new SheepError('ENOSPC', message) }
+  static readOnly (what: string): SheepError { return new SheepError('EROFS', `${what} is read-only`) }
+  static busy (message: string): SheepError { return new SheepError('EBUSY', message) }
+  static corrupt (message: string): SheepError { return new SheepError('EIO', message) }
+  static closing (): SheepError { return new SheepError('ESHUTDOWN', 'the node is shutting down') }
+}
+
+const CODES = new Set<string>(['ENOENT', 'EEXIST', 'EINVAL', 'ENAMETOOLONG', 'EFBIG', 'ENOSPC', 'EROFS',
+  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN'])
+
+/** Turns anything thrown (a SheepError, a Node system error, a bug) into a SheepError. */
+export function toSheepError (err: unknown): SheepError {
+  if (err instanceof SheepError) return err
+  const e = err as NodeJS.ErrnoException | undefined
+  if (e && typeof e.code === 'string') {
+    if (e.code === 'EDQUOT') return SheepError.noSpace(e.message)
+    if (CODES.has(e.code)) return new SheepError(e.code as ErrorCode, e.message)
+  }
+  return new SheepError('EIO', e instanceof Error ? e.message : String(err))
+}

@@ -1,0 +1,44 @@
+import type { ObjectId } from './oid'
+
+export interface ObjectInfo {
+  oid: ObjectId
+  /** Bumped by every write; the newest version wins when replicas disagree. */
+  version: number
+  /** Logical size in bytes; the object file is never shorter (a shorter one is corrupt). */
+  size: number
+}
+
+export interface StoreUsage {
+  /** Bytes of the filesystem that holds the store. */
+  capacity: number
+  /** Bytes still free for the store on that filesystem. */
+  free: number
+}
+
+/**
+ * The object interface that src/cow builds on. One node's local store implements it now; the
+ * cluster gateway in src/swarm implements the same interface with replicated I/O.
+ * Errors are SheepErrors: ENOENT for a missing object, EIO for a corrupt or truncated one,
+ * ENOSPC when the store is full.
+ */
+export interface ObjectStore {
+  /** Creates an object of `size` bytes that reads as zeros. EEXIST if it exists. */
+  create (oid: ObjectId, size: number): Promise<void>
+  /** Fills target[targetOffset, targetOffset + length) from the object's bytes at `offset`. */
+  read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void>
+  /** Writes in place; grows the object if the write ends past its size. */
+  write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void>
+  /** The whole object. */
+  readAll (oid: ObjectId): Promise<Buffer>
+  /** Replaces the whole content atomically (creating the object if needed). */
+  replace (oid: ObjectId, data: Uint8Array): Promise<void>
+  /** Sets the object's size; bytes past a shrink are gone, bytes past a grow read as zeros. */
+  truncate (oid: ObjectId, size: number): Promise<void>
+  /** Deletes the object; a missing object is not an error. */
+  remove (oid: ObjectId): Promise<void>
+  stat (oid: ObjectId): Promise<ObjectInfo | null>
+  list (): AsyncIterable<ObjectInfo>
+  /** Makes everything written to these objects durable. */
+  sync (oids: Iterable<ObjectId>): Promise<void>
+  usage (): Promise<StoreUsage>
+}
