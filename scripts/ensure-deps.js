@@ -1,0 +1,56 @@
+#!/usr/bin/env node
+// Makes a fresh clone ready to build and test: Node packages, and the system packages FUSE and
+// QEMU's tools come from. As root it installs what is missing with apt-get; otherwise it prints
+// the one command to run. Uses Node built-ins only, since it runs before `npm ci`.
+'use strict'
+const { execFileSync, spawnSync } = require('child_process')
+const fs = require('fs')
+const path = require('path')
+
+const root = path.join(__dirname, '..')
+const bench = process.argv.includes('--bench')
+
+function say (line) { process.stderr.write(`ensure-deps: ${line}\n`) }
+
+const [major, minor] = process.versions.node.split('.').map(Number)
+if (major < 20 || (major === 20 && minor < 15)) {
+  say(`Node.js ${process.versions.node} is too old: Sheep needs 20.15 or newer`)
+  process.exit(1)
+}
+
+function has (cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0
+}
+function hasLib (name) {
+  const out = spawnSync('sh', ['-c', 'ldconfig -p 2>/dev/null || /sbin/ldconfig -p'], { encoding: 'utf8' }).stdout || ''
+  return out.includes(name)
+}
+
+const missing = []
+if (!has('fusermount')) missing.push('fuse')
+if (!hasLib('libfuse.so.2')) missing.push('libfuse2')
+if (!has('qemu-img') || !has('qemu-io')) missing.push('qemu-utils')
+if (bench && !has('fio')) missing.push('fio')
+
+if (missing.length > 0) {
+  const cmd = `apt-get update && apt-get install -y ${missing.join(' ')}`
+  if (process.getuid && process.getuid() === 0 && has('apt-get')) {
+    say(`installing ${missing.join(', ')}`)
+    execFileSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')} >/dev/null`], { stdio: 'inherit' })
+  } else {
+    say(`missing system packages: ${missing.join(', ')}. Install them as root with:\n  ${cmd}`)
+    process.exit(1)
+  }
+}
+if (!fs.existsSync('/dev/fuse')) {
+  say('/dev/fuse does not exist: load the fuse kernel module (modprobe fuse) or give this container /dev/fuse')
+  process.exit(1)
+}
+
+// Node packages: install when absent or older than the lock file.
+const lock = path.join(root, 'package-lock.json')
+const marker = path.join(root, 'node_modules', '.package-lock.json')
+if (!fs.existsSync(marker) || fs.statSync(marker).mtimeMs < fs.statSync(lock).mtimeMs) {
+  say('installing Node packages (npm ci)')
+  execFileSync('npm', ['ci', '--no-audit', '--no-fund'], { cwd: root, stdio: 'inherit' })
+}

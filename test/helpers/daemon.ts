@@ -1,0 +1,159 @@
+// Test harness: real sheep daemons as separate processes, each with its own temporary store,
+// mount and control-socket folder, torn down (processes ended by PID, mounts unmounted, folders
+// removed) when the test ends, passes or fails, and when the test process itself exits.
+
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+
+export const ROOT = path.join(__dirname, '..', '..', '..')
+export const SHEEP_BIN = path.join(ROOT, 'bin', 'sheep')
+
+interface Teardownable { teardown (fn: () => unknown): void }
+
+export interface RunResult { code: number | null, stdout: string, stderr: string }
+
+export class Daemon {
+  readonly dir: string
+  readonly store: string
+  readonly mount: string
+  readonly runDir: string
+  readonly extraArgs: string[]
+  proc: ChildProcess | null = null
+  log = ''
+
+  constructor (dir: string, extraArgs: string[]) {
+    this.dir = dir
+    this.store = path.join(dir, 'store')
+    this.mount = path.join(dir, 'mnt')
+    this.runDir = path.join(dir, 'run')
+    this.extraArgs = extraArgs
+  }
+
+  get pid (): number {
+    if (this.proc?.pid === undefined) throw new Error('daemon not running')
+    return this.proc.pid
+  }
+
+  get env (): NodeJS.ProcessEnv {
+    return { ...process.env, SHEEP_RUN_DIR: this.runDir }
+  }
+
+  /** Starts the daemon in the foreground of a child process and waits until its mount is ready. */
+  async start (): Promise<void> {
+    const proc = spawn(process.execPath, [SHEEP_BIN, 'start', '--store', this.store, '--mount', this.mount, ...this.extraArgs], {
+      stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+      env: { ...this.env, SHEEP_READY_FD: '3' }
+    })
+    this.proc = proc
+    live.add(this)
+    proc.stdout?.on('data', (d: Buffer) => { this.log += d.toString() })
+    proc.stderr?.on('data', (d: Buffer) => { this.log += d.toString() })
+    const ready = proc.stdio[3] as NodeJS.ReadableStream
+    let said = ''
+    ready.setEncoding('utf8')
+    ready.on('data', (c: string) => { said += c })
+    await new Promise<void>((resolve, reject) => {
+      ready.on('end', () => said.trim() === 'ready' ? resolve() : reject(new Error(`daemon did not start: ${said.trim() || this.log}`)))
+      proc.on('exit', code => reject(new Error(`daemon exited with ${code} before it was ready: ${said.trim() || this.log}`)))
+    })
+  }
+
+  /** Ends the daemon the way a crash would. */
+  async kill (signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const proc = this.proc
+    if (proc === null || proc.exitCode !== null || proc.signalCode !== null) return
+    const exited = new Promise(resolve => proc.once('exit', resolve))
+    proc.kill(signal)
+    await exited
+  }
+
+  /** A clean stop: SIGTERM, then wait for exit (and the unmount it does). */
+  async stop (): Promise<void> {
+    await this.kill('SIGTERM')
+  }
+
+  /** Runs the sheep command against this daemon. */
+  sheep (args: string[], opts: { input?: string } = {}): RunResult {
+    const r = spawnSync(process.execPath, [SHEEP_BIN, ...args], { env: this.env, encoding: 'utf8', input: opts.input, timeout: 120_000 })
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr }
+  }
+
+  image (name: string): string {
+    return path.join(this.mount, name)
+  }
+
+  /** Synchronous cleanup, safe to call more than once and from an exit handler. */
+  cleanupSync (): void {
+    const proc = this.proc
+    if (proc && proc.exitCode === null && proc.signalCode === null && proc.pid !== undefined) {
+      try { process.kill(proc.pid, 'SIGKILL') } catch {}
+    }
+    unmountIfMounted(this.mount)
+    live.delete(this)
+  }
+}
+
+const live = new Set<Daemon>()
+process.on('exit', () => {
+  for (const d of live) d.cleanupSync()
+})
+
+export function isMounted (dir: string): boolean {
+  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some(l => l.split(' ')[4] === dir)
+}
+
+export function unmountIfMounted (dir: string): void {
+  if (!isMounted(dir)) return
+  try { execFileSync('fusermount', ['-uz', dir], { stdio: 'ignore' }) } catch {}
+}
+
+/** A fresh temporary folder, removed (after everything in it is unmounted) when the test ends. */
+export function tempDir (t: Teardownable, prefix = 'sheep-test-'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  t.teardown(() => {
+    for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+      const mnt = line.split(' ')[4]
+      if (mnt !== undefined && mnt.startsWith(dir + '/')) unmountIfMounted(mnt)
+    }
+    fs.rmSync(dir, { recursive: true, force: true })
+  })
+  return dir
+}
+
+/** Starts a daemon in a fresh folder; it is stopped and cleaned up when the test ends. */
+export async function startDaemon (t: Teardownable, extraArgs: string[] = []): Promise<Daemon> {
+  const d = new Daemon(tempDir(t), extraArgs)
+  t.teardown(async () => {
+    await Promise.race([d.stop(), new Promise(resolve => setTimeout(resolve, 15_000).unref())])
+    d.cleanupSync()
+  })
+  await d.start()
+  return d
+}
+
+/** Runs qemu-io on a raw image with the given commands; throws with its output if any fails. */
+export function qemuIo (file: string, commands: string[], extra: string[] = []): string {
+  const r = spawnSync('qemu-io', ['-f', 'raw', ...extra, ...commands.flatMap(c => ['-c', c]), file], { encoding: 'utf8', timeout: 300_000 })
+  const out = r.stdout + r.stderr
+  if (r.status !== 0 || /fail|error|mismatch/i.test(out)) throw new Error(`qemu-io ${commands.join(' ; ')} failed (${r.status}): ${out}`)
+  return out
+}
+
+export function qemuImg (args: string[]): string {
+  const r = spawnSync('qemu-img', args, { encoding: 'utf8', timeout: 300_000 })
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed (${r.status}): ${r.stdout}${r.stderr}`)
+  return r.stdout
+}
+
+/** Bytes the files under `dir` really occupy (st_blocks), as du counts them. */
+export function diskUsage (dir: string): number {
+  let total = 0
+  for (const entry of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    const full = path.join(entry.parentPath ?? (entry as unknown as { path: string }).path, entry.name)
+    const st = fs.lstatSync(full)
+    total += st.blocks * 512
+  }
+  return total
+}
