@@ -68,7 +68,10 @@ export class ImageStore {
   /** Writes out every image's header; waits for deferred deletions. */
   async close (): Promise<void> {
     await Promise.all([...this.pendingDestroy])
-    for (const image of this.byName.values()) await image.sync()
+    for (const image of this.byName.values()) {
+      await image.flush()
+      await image.sync()
+    }
   }
 
   list (): Image[] {

@@ -43,7 +43,10 @@ export class Image {
   private dirtyData = new Set<ObjectId>()
   /** Owner-table entries or the header were written since the inode was last synced. */
   private inodeDirty = false
+  /** The size changed since the header was written: sync must write it. */
   private headerDirty = false
+  /** Only the times changed: written on flush (close), not worth a disk sync of its own. */
+  private timesDirty = false
   private owned: number
   /** Open handles; an unlinked image is freed when the last one closes. */
   openCount = 0
@@ -143,7 +146,7 @@ export class Image {
       if (pending.length === 1) await pending[0]
       else await Promise.all(pending)
       this.header.mtime = Date.now()
-      this.headerDirty = true
+      this.timesDirty = true
     } finally {
       this.lock.releaseShared()
     }
@@ -246,7 +249,7 @@ export class Image {
 
   /** Writes the header if it changed, without waiting for the disk (close-to-open consistency). */
   async flush (): Promise<void> {
-    if (this.headerDirty) await this.writeHeader()
+    if (this.headerDirty || this.timesDirty) await this.writeHeader()
   }
 
   async setTimes (mtime: number): Promise<void> {
@@ -282,11 +285,14 @@ export class Image {
   }
 
   private async writeHeader (): Promise<void> {
+    const [sizeChanged, timesChanged] = [this.headerDirty, this.timesDirty]
     this.headerDirty = false
+    this.timesDirty = false
     try {
       await this.objects.write(this.inode, 0, encodeHeader(this.header))
     } catch (err) {
-      this.headerDirty = true
+      this.headerDirty ||= sizeChanged
+      this.timesDirty ||= timesChanged
       throw err
     }
     this.inodeDirty = true
