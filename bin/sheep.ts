@@ -235,6 +235,7 @@ function formatStatus (s: NodeStatus): string {
     `images:   ${s.images} (${s.openHandles} open handles), ${formatSize(s.provisioned)} provisioned, ${formatSize(s.allocated)} allocated`,
     `objects:  ${s.objects}, ${formatSize(s.storeBytes)} on disk`,
     `capacity: ${formatSize(s.capacity)}, ${formatSize(s.free)} free${pct}`,
+    ...s.problems.map(p => `PROBLEM:  ${p}`),
     ''
   ].join('\n')
 }

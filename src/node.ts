@@ -128,7 +128,8 @@ export class SheepNode {
       capacity: usage.capacity,
       free: usage.free,
       objects: stored.objects,
-      storeBytes: stored.bytes
+      storeBytes: stored.bytes,
+      problems: images.problems()
     }
   }
 

@@ -41,6 +41,8 @@ export interface NodeStatus {
   objects: number
   /** Bytes the object files occupy on the store's disk. */
   storeBytes: number
+  /** Damage found, one line each (unreadable images). */
+  problems: string[]
 }
 
 /** Longest request line the daemon reads; anything longer is refused. */

@@ -45,6 +45,8 @@ export interface ImageStoreOptions {
 export class ImageStore {
   readonly objects: ObjectStore
   private readonly byName = new Map<string, Image>()
+  /** Images whose inode cannot be read: kept in the directory, never collected, deletable. */
+  private readonly broken = new Map<string, { vid: number, reason: string }>()
   private readonly meta = new Mutex()
   private readonly log: (line: string) => void
   private readonly pendingDestroy = new Set<Promise<void>>()
@@ -58,7 +60,15 @@ export class ImageStore {
   async open (): Promise<{ collected: number }> {
     const dir = await this.objects.stat(DIRECTORY_OID) === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
     for (const { name, vid } of dir) {
-      const image = await Image.load(this.objects, vid)
+      let image: Image
+      try {
+        image = await Image.load(this.objects, vid)
+      } catch (err) {
+        if (!(err instanceof SheepError) || err.code !== 'EIO') throw err
+        this.broken.set(name, { vid, reason: err.message })
+        this.log(`image ${JSON.stringify(name)} is unreadable and kept as it is: ${err.message}`)
+        continue
+      }
       if (image.name !== name) await image.rename(name)
       this.byName.set(name, image)
     }
@@ -74,6 +84,16 @@ export class ImageStore {
     }
   }
 
+  /** One line per image that could not be loaded. */
+  problems (): string[] {
+    return [...this.broken].map(([name, b]) => `image ${JSON.stringify(name)} is unreadable: ${b.reason}`)
+  }
+
+  /** Every name in the directory, unreadable images included. */
+  names (): string[] {
+    return [...this.byName.keys(), ...this.broken.keys()].sort()
+  }
+
   list (): Image[] {
     return [...this.byName.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
   }
@@ -84,7 +104,11 @@ export class ImageStore {
 
   get (name: string): Image {
     const image = this.byName.get(name)
-    if (image === undefined) throw SheepError.notFound(`image ${JSON.stringify(name)}`)
+    if (image === undefined) {
+      const broken = this.broken.get(name)
+      if (broken) throw SheepError.corrupt(`image ${JSON.stringify(name)} is unreadable: ${broken.reason}`)
+      throw SheepError.notFound(`image ${JSON.stringify(name)}`)
+    }
     return image
   }
 
@@ -112,7 +136,7 @@ export class ImageStore {
     const copies = opts.copies ?? DEFAULT_COPIES
     if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw SheepError.invalid(`copies must be from 1 to ${MAX_COPIES}`)
     return await this.meta.run(async () => {
-      if (this.byName.has(name)) throw SheepError.exists(`image ${JSON.stringify(name)}`)
+      if (this.byName.has(name) || this.broken.has(name)) throw SheepError.exists(`image ${JSON.stringify(name)}`)
       const now = Date.now()
       const image = await Image.create(this.objects, {
         vid: this.newVid(),
@@ -143,6 +167,7 @@ export class ImageStore {
    * onProgress reports objects freed when that happens now.
    */
   async remove (name: string, onProgress?: (done: number, total: number) => void): Promise<void> {
+    if (this.broken.has(name)) return await this.removeBroken(name)
     const image = await this.meta.run(async () => {
       const image = this.get(name)
       this.byName.delete(name)
@@ -215,8 +240,28 @@ export class ImageStore {
     }
   }
 
+  /** Deletes an unreadable image: its name, then every object of its vid. */
+  private async removeBroken (name: string): Promise<void> {
+    await this.meta.run(async () => {
+      const broken = this.broken.get(name)
+      if (broken === undefined) throw SheepError.notFound(`image ${JSON.stringify(name)}`)
+      this.broken.delete(name)
+      try {
+        await this.saveDirectory()
+      } catch (err) {
+        this.broken.set(name, broken)
+        throw err
+      }
+      const doomed = []
+      for await (const info of this.objects.list()) {
+        if (oidType(info.oid) !== ObjectType.Meta && oidVid(info.oid) === broken.vid) doomed.push(info.oid)
+      }
+      for (const oid of doomed) await this.objects.remove(oid)
+    })
+  }
+
   private newVid (): number {
-    const used = new Set([...this.byName.values()].map(i => i.vid))
+    const used = new Set([...this.byName.values(), ...this.broken.values()].map(i => i.vid))
     if (used.size >= MAX_VID) throw SheepError.noSpace('no free image ids')
     for (;;) {
       const vid = crypto.randomInt(1, MAX_VID + 1)
@@ -225,7 +270,7 @@ export class ImageStore {
   }
 
   private async saveDirectory (): Promise<void> {
-    const entries = [...this.byName.entries()].map(([name, image]) => ({ name, vid: image.vid }))
+    const entries = [...this.byName.entries(), ...this.broken.entries()].map(([name, image]) => ({ name, vid: image.vid }))
     await this.objects.replace(DIRECTORY_OID, encodeDirectory(entries))
   }
 
@@ -233,6 +278,7 @@ export class ImageStore {
   private async collectGarbage (): Promise<number> {
     const byVid = new Map<number, Image>()
     for (const image of this.byName.values()) byVid.set(image.vid, image)
+    const keep = new Set([...this.broken.values()].map(b => b.vid))
     const owned = new Map<number, Set<number>>()
     const ownedBy = (image: Image): Set<number> => {
       let set = owned.get(image.vid)
@@ -242,7 +288,7 @@ export class ImageStore {
     const orphans = []
     for await (const info of this.objects.list()) {
       const type = oidType(info.oid)
-      if (type === ObjectType.Meta) continue
+      if (type === ObjectType.Meta || keep.has(oidVid(info.oid))) continue
       const image = byVid.get(oidVid(info.oid))
       if (image === undefined) orphans.push(info.oid)
       else if (type === ObjectType.Data && !ownedBy(image).has(oidIndex(info.oid))) orphans.push(info.oid)

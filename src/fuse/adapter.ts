@@ -86,7 +86,7 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     readdir (path: string, cb: Cb) {
       run('readdir', path, cb, () => {
         if (path !== '/') throw new SheepError('ENOTDIR', path)
-        return [0, ['.', '..', ...images.list().map(i => i.name)]]
+        return [0, ['.', '..', ...images.names()]]
       })
     },
     access (path: string, _mode: number, cb: Cb) {
