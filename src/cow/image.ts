@@ -98,6 +98,14 @@ export class Image {
     table.load(0, bytes.subarray(HEADER_BYTES, Math.min(bytes.length, tableEnd)))
     // Entries past the size are left from a shrink or an unsynced grow that a crash cut short.
     if (bytes.length > tableEnd) await objects.truncate(oid, tableEnd)
+    // Unsynced writes past the size may have reached the last block before a crash; the bytes
+    // past the end of a file must read as zeros when it grows again.
+    const cut = header.size % header.objectSize
+    const last = blockCount(header.size, header.objectSize) - 1
+    if (cut !== 0 && table.get(last) === vid) {
+      await objects.write(dataOid(vid, last), cut, Buffer.alloc(header.objectSize - cut))
+      await objects.sync([dataOid(vid, last)])
+    }
     return new Image(objects, header, table)
   }
 
@@ -153,6 +161,8 @@ export class Image {
   }
 
   private async writeBlock (idx: number, inObject: number, data: Uint8Array): Promise<void> {
+    // A hole already reads as zeros: writing zeros there allocates nothing.
+    if (this.table.get(idx) === 0 && !this.allocating.has(idx) && isZero(data)) return
     if (this.table.get(idx) !== this.vid) await this.allocate(idx)
     const oid = dataOid(this.vid, idx)
     this.dirtyData.add(oid)
@@ -304,4 +314,14 @@ export class Image {
     this.inodeDirty = false
     await this.objects.sync([this.inode])
   }
+}
+
+const ZEROS = Buffer.alloc(2 ** 20)
+
+function isZero (data: Uint8Array): boolean {
+  for (let off = 0; off < data.length; off += ZEROS.length) {
+    const n = Math.min(ZEROS.length, data.length - off)
+    if (Buffer.compare(data.subarray(off, off + n), ZEROS.subarray(0, n)) !== 0) return false
+  }
+  return true
 }

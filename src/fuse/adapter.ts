@@ -27,7 +27,13 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
   const mountTime = new Date()
 
   // Which image a path names; throws ENOENT for anything that is not "/<image>".
+  // libfuse renames a file that is unlinked while open to a hidden name, and unlinks that name
+  // after the last release; the image leaves the directory at once and lives on here.
+  const hidden = new Map<string, Image>()
+  const HIDDEN = /^\/\.fuse_hidden[0-9a-f]+$/
   const imageAt = (path: string): Image => {
+    const h = hidden.get(path)
+    if (h !== undefined) return h
     const name = path.slice(1)
     if (name.includes('/')) throw SheepError.notFound(path)
     return images.get(name)
@@ -152,14 +158,30 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       run('truncate', path, cb, async () => { await images.resize(imageAt(path).name, size); return 0 })
     },
     ftruncate (path: string, fd: number, size: number, cb: Cb) {
-      run('ftruncate', path, cb, async () => { await images.resize(handle(fd).name, size); return 0 })
+      run('ftruncate', path, cb, async () => {
+        const image = handle(fd)
+        // An unlinked image has no name left to resize it by.
+        if (image.unlinked) await image.resize(size)
+        else await images.resize(image.name, size)
+        return 0
+      })
     },
     unlink (path: string, cb: Cb) {
-      run('unlink', path, cb, async () => { await images.remove(imageAt(path).name); return 0 })
+      run('unlink', path, cb, async () => {
+        if (hidden.delete(path)) return 0
+        await images.remove(imageAt(path).name)
+        return 0
+      })
     },
     rename (from: string, to: string, cb: Cb) {
       run('rename', from, cb, async () => {
         if (to.lastIndexOf('/') !== 0) throw new SheepError('EPERM', 'images live in the mount\'s root only')
+        if (HIDDEN.test(to)) {
+          const image = imageAt(from)
+          await images.remove(image.name)
+          hidden.set(to, image)
+          return 0
+        }
         await images.rename(imageAt(from).name, to.slice(1))
         return 0
       })

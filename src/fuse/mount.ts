@@ -73,7 +73,7 @@ export class Mount {
     else if (isMountPoint(this.dir)) throw SheepError.busy(`mount point ${this.dir} is busy: something is mounted there`)
     const Fuse = require('fuse-native') as FuseClass
     // fuse-native whitelists only some -o options; its option string goes to libfuse verbatim.
-    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'hard_remove', 'allow_other', 'default_permissions']
+    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions']
     class SheepFuse extends Fuse {
       protected override _fuseOptions (): string {
         return super._fuseOptions() + ',' + extra.join(',')
