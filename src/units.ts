@@ -17,5 +17,8 @@ export function formatSize (bytes: number): string {
   let v = bytes
   let i = -1
   while (v >= 1024 && i < units.length - 1) { v /= 1024; i++ }
-  return `${v >= 100 ? Math.round(v) : Number(v.toFixed(1))} ${units[i]}`
+  let shown = v >= 100 ? Math.round(v) : Number(v.toFixed(1))
+  // 1048575 bytes is "1 MiB", not "1024 KiB".
+  if (shown >= 1024 && i < units.length - 1) { shown = 1; i++ }
+  return `${shown} ${units[i]}`
 }

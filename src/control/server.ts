@@ -102,7 +102,7 @@ export function parseRequest (line: string): Request {
   if (!isString(op) || !(OPS as readonly string[]).includes(op)) throw SheepError.invalid(`unknown operation ${JSON.stringify(op)}`)
   if (typeof args !== 'object' || args === null || Array.isArray(args)) throw SheepError.invalid('args must be an object')
   const shape = SHAPES[op as Op]
-  for (const key of Object.keys(args)) if (!(key in shape)) throw SheepError.invalid(`${op}: unknown argument ${JSON.stringify(key)}`)
+  for (const key of Object.keys(args)) if (!Object.hasOwn(shape, key)) throw SheepError.invalid(`${op}: unknown argument ${JSON.stringify(key)}`)
   for (const [key, check] of Object.entries(shape)) {
     if (!check((args as Record<string, unknown>)[key])) throw SheepError.invalid(`${op}: bad or missing argument ${JSON.stringify(key)}`)
   }

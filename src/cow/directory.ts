@@ -1,11 +1,12 @@
 // The image directory: one meta object listing every image's name and vid. It is small (a few
 // hundred bytes per image) and replaced whole on every change, atomically.
 //
-// Format 1 (compact-encoding): uint format, array of { string name, uint vid }.
+// Format 1: a frame (./frame.ts) around compact-encoding uint format, array of { string name, uint vid }.
 
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
 import { metaOid } from '../objects/oid'
+import { frame, unframe } from './frame'
 
 export const DIRECTORY_OID = metaOid(1)
 const DIRECTORY_FORMAT = 1
@@ -29,12 +30,16 @@ const directoryEncoding: c.Encoding<DirectoryEntry[]> = {
 }
 
 export function encodeDirectory (entries: DirectoryEntry[]): Buffer {
-  return c.encode(directoryEncoding, entries)
+  return frame(c.encode(directoryEncoding, entries))
 }
 
 export function decodeDirectory (bytes: Uint8Array): DirectoryEntry[] {
+  const body = unframe(bytes, 'the image directory', true)
   try {
-    return c.decode(directoryEncoding, bytes)
+    const state = c.state(0, body.length, body)
+    const entries = directoryEncoding.decode(state)
+    if (state.start !== body.length) throw new Error('trailing bytes')
+    return entries
   } catch (err) {
     throw SheepError.corrupt(`the image directory is corrupt: ${(err as Error).message}`)
   }

@@ -50,6 +50,8 @@ export class ImageStore {
   private readonly meta = new Mutex()
   private readonly log: (line: string) => void
   private readonly pendingDestroy = new Set<Promise<void>>()
+  /** Unlinked images still open: their vids stay taken until they are destroyed. */
+  private readonly unlinkedOpen = new Set<Image>()
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
@@ -64,7 +66,8 @@ export class ImageStore {
       try {
         image = await Image.load(this.objects, vid)
       } catch (err) {
-        if (!(err instanceof SheepError) || err.code !== 'EIO') throw err
+        // A missing inode is damage too: the directory names it.
+        if (!(err instanceof SheepError) || (err.code !== 'EIO' && err.code !== 'ENOENT')) throw err
         this.broken.set(name, { vid, reason: err.message })
         this.log(`image ${JSON.stringify(name)} is unreadable and kept as it is: ${err.message}`)
         continue
@@ -178,6 +181,7 @@ export class ImageStore {
         throw err
       }
       image.unlinked = true
+      this.unlinkedOpen.add(image)
       return image
     })
     if (image.openCount === 0) await this.destroy(image, onProgress)
@@ -201,7 +205,10 @@ export class ImageStore {
         throw err
       }
       await image.rename(to)
-      if (old) old.unlinked = true
+      if (old) {
+        old.unlinked = true
+        this.unlinkedOpen.add(old)
+      }
       return old
     })
     if (replaced && replaced.openCount === 0) await this.destroy(replaced)
@@ -237,6 +244,7 @@ export class ImageStore {
       await p
     } finally {
       this.pendingDestroy.delete(p)
+      this.unlinkedOpen.delete(image)
     }
   }
 
@@ -261,7 +269,7 @@ export class ImageStore {
   }
 
   private newVid (): number {
-    const used = new Set([...this.byName.values(), ...this.broken.values()].map(i => i.vid))
+    const used = new Set([...this.byName.values(), ...this.broken.values(), ...this.unlinkedOpen].map(i => i.vid))
     if (used.size >= MAX_VID) throw SheepError.noSpace('no free image ids')
     for (;;) {
       const vid = crypto.randomInt(1, MAX_VID + 1)

@@ -1,15 +1,11 @@
 // The inode object of an image: a fixed-size header, then the owner table.
 //
-//   [0, 4)          u32 LE length L of the encoded header
-//   [4, 8)          u32 LE CRC-32 of the encoded header
-//   [8, 8 + L)      header, compact-encoding (format 1, fields below)
+//   [0, HEADER_BYTES)   the header, compact-encoding (format 1, fields below) in a frame (./frame.ts)
 //   [HEADER_BYTES, HEADER_BYTES + 4 * blocks)   owner table, u32 LE per block
-//
-// A header that fails its length or CRC check is reported as corrupt, never guessed at.
 
-import zlib from 'node:zlib'
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
+import { frame, unframe } from './frame'
 import { ENTRY_BYTES } from './owner-table'
 
 export const HEADER_BYTES = 4096
@@ -80,22 +76,13 @@ const headerEncoding: c.Encoding<InodeHeader> = {
 }
 
 export function encodeHeader (h: InodeHeader): Buffer {
-  const body = c.encode(headerEncoding, h)
-  if (body.length + 8 > HEADER_BYTES) throw SheepError.invalid('inode header too large')
-  const out = Buffer.alloc(8 + body.length)
-  out.writeUInt32LE(body.length, 0)
-  out.writeUInt32LE(zlib.crc32(body), 4)
-  body.copy(out, 8)
+  const out = frame(c.encode(headerEncoding, h))
+  if (out.length > HEADER_BYTES) throw SheepError.invalid('inode header too large')
   return out
 }
 
 export function decodeHeader (bytes: Uint8Array, what: string): InodeHeader {
-  const buf = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
-  if (buf.length < 8) throw SheepError.corrupt(`${what}: inode header truncated`)
-  const len = buf.readUInt32LE(0)
-  if (len === 0 || len + 8 > Math.min(buf.length, HEADER_BYTES)) throw SheepError.corrupt(`${what}: inode header has a bad length ${len}`)
-  const body = buf.subarray(8, 8 + len)
-  if (zlib.crc32(body) !== buf.readUInt32LE(4)) throw SheepError.corrupt(`${what}: inode header checksum mismatch`)
+  const body = unframe(bytes.subarray(0, HEADER_BYTES), `${what}: inode header`, false)
   try {
     return c.decode(headerEncoding, body)
   } catch (err) {

@@ -1,5 +1,5 @@
-// Async locks. The shared side of RwLock is taken without a promise when nothing exclusive is
-// pending, because every guest I/O takes it.
+// Async locks. The shared side of RwLock is taken without a promise when nothing is queued,
+// because every guest I/O takes it.
 
 export class Mutex {
   private tail: Promise<void> = Promise.resolve()
@@ -17,35 +17,39 @@ export class Mutex {
   }
 }
 
+/**
+ * Readers share, a writer excludes everyone. Waiters are served in arrival order (consecutive
+ * readers together), so neither side can starve the other; a new reader queues behind a waiting
+ * writer.
+ */
 export class RwLock {
   private shared = 0
   private exclusive = false
-  private readonly waitingExclusive: Array<() => void> = []
-  private waitingShared: Array<() => void> = []
+  private queue: Array<{ exclusive: boolean, grant: () => void }> = []
 
   /** Takes the shared side at once if possible; returns false if the caller must wait. */
   tryShared (): boolean {
-    if (this.exclusive || this.waitingExclusive.length > 0) return false
+    if (this.exclusive || this.queue.length > 0) return false
     this.shared++
     return true
   }
 
   async acquireShared (): Promise<void> {
     if (this.tryShared()) return
-    await new Promise<void>(resolve => this.waitingShared.push(resolve))
+    await new Promise<void>(resolve => this.queue.push({ exclusive: false, grant: resolve }))
   }
 
   releaseShared (): void {
     this.shared--
-    if (this.shared === 0) this.wake()
+    this.wake()
   }
 
   async acquireExclusive (): Promise<void> {
-    if (!this.exclusive && this.shared === 0) {
+    if (!this.exclusive && this.shared === 0 && this.queue.length === 0) {
       this.exclusive = true
       return
     }
-    await new Promise<void>(resolve => this.waitingExclusive.push(resolve))
+    await new Promise<void>(resolve => this.queue.push({ exclusive: true, grant: resolve }))
   }
 
   releaseExclusive (): void {
@@ -63,16 +67,19 @@ export class RwLock {
   }
 
   private wake (): void {
-    if (this.exclusive || this.shared > 0) return
-    const next = this.waitingExclusive.shift()
-    if (next) {
-      this.exclusive = true
-      next()
-      return
+    if (this.exclusive) return
+    while (this.queue.length > 0) {
+      const next = this.queue[0] as { exclusive: boolean, grant: () => void }
+      if (next.exclusive) {
+        if (this.shared > 0) return
+        this.queue.shift()
+        this.exclusive = true
+        next.grant()
+        return
+      }
+      this.queue.shift()
+      this.shared++
+      next.grant()
     }
-    const readers = this.waitingShared
-    this.waitingShared = []
-    this.shared += readers.length
-    for (const r of readers) r()
   }
 }

@@ -104,6 +104,8 @@ export class LocalObjectStore implements ObjectStore {
         if (n === 0) throw SheepError.corrupt(`object ${oidToHex(oid)} is truncated: its file ends before byte ${offset + done}`)
         done += n
       }
+    } catch (err) {
+      throw toSheepError(err)
     } finally {
       this.release(e)
     }
@@ -278,7 +280,11 @@ export class LocalObjectStore implements ObjectStore {
     if (changed.length === 0) return
     const infos = changed.map(e => ({ ...e.info }))
     await this.catalog.put(infos, sync)
-    for (let i = 0; i < changed.length; i++) (changed[i] as Entry).savedVersion = (infos[i] as ObjectInfo).version
+    for (let i = 0; i < changed.length; i++) {
+      const e = changed[i] as Entry
+      e.savedVersion = (infos[i] as ObjectInfo).version
+      if (e.fd < 0 && e.inflight === 0 && e.savedVersion === e.info.version) this.entries.delete(e.info.oid)
+    }
   }
 
   private checkOpen (): void {
@@ -289,7 +295,8 @@ export class LocalObjectStore implements ObjectStore {
   private async acquire (oid: ObjectId): Promise<Entry> {
     this.checkOpen()
     let e = this.entries.get(oid)
-    if (e === undefined || e.fd < 0) e = await this.load(oid)
+    // Another object's load may evict this descriptor before this continuation runs: check again.
+    while (e === undefined || e.fd < 0) e = await this.load(oid)
     e.inflight++
     // Most recently used goes last.
     this.entries.delete(oid)
@@ -347,13 +354,17 @@ export class LocalObjectStore implements ObjectStore {
     this.entries.delete(e.info.oid)
     this.entries.set(e.info.oid, e)
     this.openFiles++
-    if (this.openFiles > this.maxOpenFiles) this.evict()
+    if (this.openFiles > this.maxOpenFiles) this.evict(e)
   }
 
-  private evict (): void {
+  /** Closes the least recently used idle descriptors, never `keep`'s, which is about to be used. */
+  private evict (keep: Entry): void {
     for (const e of this.entries.values()) {
       if (this.openFiles <= this.maxOpenFiles) return
-      if (e.fd >= 0 && e.inflight === 0) this.closeFd(e)
+      if (e === keep || e.fd < 0 || e.inflight > 0) continue
+      this.closeFd(e)
+      // Saved entries cost nothing to reload; unsaved versions stay until the next sync.
+      if (e.info.version === e.savedVersion) this.entries.delete(e.info.oid)
     }
   }
 

@@ -1,0 +1,176 @@
+// The inode header and the image directory: their on-disk codecs and how they report corruption.
+
+import t from 'tap'
+import { SheepError } from '../../../src/errors'
+import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, inodeObjectSize, type InodeHeader, tableOffset } from '../../../src/cow/inode'
+import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory } from '../../../src/cow/directory'
+import { metaOid } from '../../../src/objects/oid'
+import { sheepError } from '../tmp'
+
+const header: InodeHeader = {
+  vid: 0xabcdef,
+  name: 'vm1.img',
+  size: 20 * 2 ** 30,
+  objectSize: 4 * 2 ** 20,
+  copies: 3,
+  parent: 0,
+  ctime: 1_700_000_000_123,
+  mtime: 1_700_000_999_456,
+  mode: 0o644,
+  uid: 1000,
+  gid: 1000
+}
+
+t.test('inode header round trip', async t => {
+  const cases: InodeHeader[] = [
+    header,
+    { ...header, name: 'ünïcödé 日本語', parent: 0x123456, size: 0, copies: 1, mode: 0o7777, uid: 0, gid: 0 },
+    { ...header, vid: 1, size: 64 * 2 ** 40, objectSize: 64 * 2 ** 10, ctime: 0, mtime: Number.MAX_SAFE_INTEGER },
+    { ...header, name: 'x'.repeat(255), uid: 0xffffffff, gid: 0xfffffffe }
+  ]
+  for (const h of cases) {
+    const bytes = encodeHeader(h)
+    t.ok(bytes.length <= HEADER_BYTES)
+    t.same(decodeHeader(bytes, 'image x'), h)
+    // As read from an inode object: the header block padded with zeros, then the owner table.
+    const inode = Buffer.alloc(HEADER_BYTES + 64, 0xee)
+    inode.fill(0, 0, HEADER_BYTES)
+    bytes.copy(inode)
+    t.same(decodeHeader(inode.subarray(0, HEADER_BYTES), 'image x'), h)
+    // From a view with a non-zero byteOffset.
+    const shifted = Buffer.alloc(bytes.length + 5)
+    bytes.copy(shifted, 5)
+    t.same(decodeHeader(new Uint8Array(shifted.buffer, shifted.byteOffset + 5, bytes.length), 'image x'), h)
+  }
+})
+
+t.test('a header too large to fit is refused', async t => {
+  const err = await sheepError(() => encodeHeader({ ...header, name: 'x'.repeat(HEADER_BYTES) }))
+  t.equal(err.code, 'EINVAL')
+})
+
+async function corrupt (t: Pick<typeof import('tap'), 'equal' | 'match'>, bytes: Uint8Array, message: RegExp, label: string): Promise<void> {
+  const err = await sheepError(() => decodeHeader(bytes, 'image abcdef'))
+  t.equal(err.code, 'EIO', `${label}: EIO`)
+  t.match(err.message, /^image abcdef: /, `${label}: names the image`)
+  t.match(err.message, message, `${label}: ${err.message}`)
+}
+
+t.test('every flipped byte of an inode header is detected', async t => {
+  const bytes = encodeHeader(header)
+  for (let i = 0; i < bytes.length; i++) {
+    for (const mask of [0x01, 0x80, 0xff]) {
+      const bad = Buffer.from(bytes)
+      bad[i] = (bad[i] as number) ^ mask
+      const err = await sheepError(() => decodeHeader(bad, 'image abcdef'))
+      if (err.code !== 'EIO' || !/^image abcdef: inode header/.test(err.message)) {
+        t.fail(`byte ${i} ^ ${mask}: ${err.code} ${err.message}`)
+      }
+    }
+  }
+  t.pass(`all ${bytes.length * 3} single-byte corruptions give EIO`)
+  const body = Buffer.from(bytes)
+  body[10] = (body[10] as number) ^ 1
+  await corrupt(t, body, /checksum mismatch/, 'flipped body byte')
+  const crc = Buffer.from(bytes)
+  crc[5] = (crc[5] as number) ^ 1
+  await corrupt(t, crc, /checksum mismatch/, 'flipped checksum byte')
+})
+
+t.test('bad lengths', async t => {
+  const bytes = encodeHeader(header)
+  const inode = Buffer.alloc(HEADER_BYTES)
+  bytes.copy(inode)
+  const withLength = (len: number): Buffer => { const b = Buffer.from(inode); b.writeUInt32LE(len, 0); return b }
+  await corrupt(t, withLength(0), /bad length 0/, 'zero length')
+  await corrupt(t, withLength(HEADER_BYTES - 7), /bad length/, 'longer than the header block')
+  await corrupt(t, withLength(0xffffffff), /bad length/, 'huge length')
+  await corrupt(t, withLength(bytes.length - 8 - 1), /checksum mismatch/, 'one byte short')
+  await corrupt(t, withLength(bytes.length - 8 + 1), /checksum mismatch/, 'one byte long')
+  // An all-zero block (a never-written inode) is corrupt, not a default header.
+  await corrupt(t, Buffer.alloc(HEADER_BYTES), /bad length 0/, 'all zeros')
+})
+
+t.test('truncated headers', async t => {
+  const bytes = encodeHeader(header)
+  await corrupt(t, Buffer.alloc(0), /truncated/, 'empty')
+  for (const n of [1, 4, 7]) await corrupt(t, bytes.subarray(0, n), /truncated/, `${n} bytes`)
+  for (const n of [8, 9, bytes.length - 1]) await corrupt(t, bytes.subarray(0, n), /truncated|bad length/, `${n} of ${bytes.length} bytes`)
+})
+
+t.test('a header with a good checksum but an unknown format or bad body', async t => {
+  const zlib = await import('node:zlib')
+  const frame = (body: Buffer): Buffer => {
+    const out = Buffer.alloc(8 + body.length)
+    out.writeUInt32LE(body.length, 0)
+    out.writeUInt32LE(zlib.crc32(body), 4)
+    body.copy(out, 8)
+    return out
+  }
+  const good = encodeHeader(header)
+  const body = Buffer.from(good.subarray(8))
+  body[0] = 2 // format 2
+  await corrupt(t, frame(body), /undecodable: unknown inode format 2/, 'format 2')
+  await corrupt(t, frame(Buffer.from(good.subarray(8, 14))), /undecodable/, 'cut-off body')
+})
+
+t.test('inode layout helpers', async t => {
+  t.equal(blockCount(0, 4096), 0)
+  t.equal(blockCount(1, 4096), 1)
+  t.equal(blockCount(4096, 4096), 1)
+  t.equal(blockCount(4097, 4096), 2)
+  t.equal(inodeObjectSize(0, 65536), HEADER_BYTES)
+  t.equal(inodeObjectSize(65536 * 3 + 1, 65536), HEADER_BYTES + 16)
+  t.equal(tableOffset(0), HEADER_BYTES)
+  t.equal(tableOffset(5), HEADER_BYTES + 20)
+})
+
+t.test('directory round trip', async t => {
+  t.equal(DIRECTORY_OID, metaOid(1))
+  const cases: DirectoryEntry[][] = [
+    [],
+    [{ name: 'a', vid: 1 }],
+    [{ name: 'vm1.img', vid: 0xabcdef }, { name: 'ünïcödé 日本語', vid: 0xffffff }, { name: 'x'.repeat(255), vid: 2 }],
+    Array.from({ length: 1000 }, (_, i) => ({ name: `disk-${i}.raw`, vid: i + 1 }))
+  ]
+  for (const list of cases) t.same(decodeDirectory(encodeDirectory(list)), list, `${list.length} entries`)
+})
+
+t.test('a corrupt directory is EIO with a clear message', async t => {
+  const list = [{ name: 'vm1.img', vid: 0xabcdef }, { name: 'disk.raw', vid: 7 }]
+  const bytes = encodeDirectory(list)
+  const check = async (bad: Uint8Array, label: string): Promise<void> => {
+    const err = await sheepError(() => decodeDirectory(bad))
+    t.equal(err.code, 'EIO', `${label}: EIO`)
+    t.match(err.message, /image directory is corrupt/, `${label}: ${err.message}`)
+  }
+  await check(Buffer.alloc(0), 'empty')
+  await check(Buffer.from([2, 0]), 'unknown format')
+  for (let n = 1; n < bytes.length; n++) await check(bytes.subarray(0, n), `truncated to ${n} of ${bytes.length} bytes`)
+  const longer = Buffer.from(bytes)
+  longer[1] = 50 // claims 50 entries
+  await check(longer, 'bad entry count')
+  const nameLength = Buffer.from(bytes)
+  nameLength[2] = 200 // first name claims 200 bytes
+  await check(nameLength, 'bad name length')
+})
+
+t.test('every flipped byte of a directory is detected', async t => {
+  // The directory maps names to vids; a silently altered name or vid loses or misnames an image.
+  const bytes = encodeDirectory([{ name: 'vm1.img', vid: 0xabcdef }, { name: 'disk.raw', vid: 7 }])
+  const undetected: string[] = []
+  for (let i = 0; i < bytes.length; i++) {
+    const bad = Buffer.from(bytes)
+    bad[i] = (bad[i] as number) ^ 0x01
+    try {
+      const got = decodeDirectory(bad)
+      undetected.push(`byte ${i}: decoded as ${JSON.stringify(got)}`)
+    } catch (err) {
+      if (!(err instanceof SheepError) || err.code !== 'EIO') undetected.push(`byte ${i}: ${String(err)}`)
+    }
+  }
+  t.same(undetected, [], 'no single flipped byte decodes into a different directory')
+  let trailing: unknown = null
+  try { trailing = decodeDirectory(Buffer.concat([bytes, Buffer.from([1, 2, 3])])) } catch (err) { trailing = err }
+  t.ok(trailing instanceof SheepError && trailing.code === 'EIO', 'trailing garbage is detected')
+})

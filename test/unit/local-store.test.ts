@@ -1,0 +1,391 @@
+// LocalObjectStore on real temporary directories.
+
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { LocalObjectStore } from '../../src/objects/local-store'
+import { dataOid, inodeOid, metaOid, type ObjectId, oidToHex } from '../../src/objects/oid'
+import type { ObjectInfo } from '../../src/objects/types'
+import { sheepError, tmpDir } from './tmp'
+
+const KiB = 1024
+const MiB = 2 ** 20
+
+interface Teardownable { teardown (fn: () => unknown): void }
+
+async function openStore (t: Teardownable, dir: string, opts = {}): Promise<LocalObjectStore> {
+  const store = new LocalObjectStore(dir, opts)
+  await store.open()
+  t.teardown(() => store.close())
+  return store
+}
+
+function pattern (length: number, seed: number): Buffer {
+  const b = Buffer.alloc(length)
+  for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + 1) & 0xff
+  return b
+}
+
+async function read (store: LocalObjectStore, oid: ObjectId, offset: number, length: number): Promise<Buffer> {
+  const b = Buffer.alloc(length, 0xaa)
+  await store.read(oid, offset, length, b, 0)
+  return b
+}
+
+async function listAll (store: LocalObjectStore): Promise<ObjectInfo[]> {
+  const out: ObjectInfo[] = []
+  for await (const info of store.list()) out.push(info)
+  return out.sort((a, b) => a.oid < b.oid ? -1 : a.oid > b.oid ? 1 : 0)
+}
+
+function objectFile (dir: string, oid: ObjectId): string {
+  const vid = Number((oid >> 32n) & 0xffffffn)
+  return path.join(dir, 'objects', vid.toString(16).padStart(6, '0'), oidToHex(oid))
+}
+
+t.test('open initialises an empty directory, a missing one, and reopens its own', async t => {
+  const root = tmpDir(t)
+  const dir = path.join(root, 'a', 'b')
+  const store = new LocalObjectStore(dir)
+  await store.open()
+  t.equal(fs.readFileSync(path.join(dir, 'FORMAT'), 'utf8'), 'sheep-store 1\n')
+  t.same(await listAll(store), [])
+  await store.close()
+  await store.close() // twice is harmless
+  const again = await openStore(t, dir)
+  t.same(await listAll(again), [])
+})
+
+t.test('create, read zeros, write, read back', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(1, 0)
+  await store.create(oid, 4 * MiB)
+  t.same(await store.stat(oid), { oid, version: 1, size: 4 * MiB })
+  t.ok((await read(store, oid, 0, 4 * MiB)).equals(Buffer.alloc(4 * MiB)), 'a new object reads as zeros')
+  const data = pattern(10000, 1)
+  await store.write(oid, 12345, data)
+  t.ok((await read(store, oid, 12345, data.length)).equals(data))
+  t.ok((await read(store, oid, 0, 12345)).equals(Buffer.alloc(12345)), 'zeros before')
+  t.ok((await read(store, oid, 12345 + data.length, 5000)).equals(Buffer.alloc(5000)), 'zeros after')
+  // Into the middle of a bigger target.
+  const target = Buffer.alloc(100, 0xcc)
+  await store.read(oid, 12345, 10, target, 50)
+  t.ok(target.subarray(0, 50).equals(Buffer.alloc(50, 0xcc)), 'target before targetOffset untouched')
+  t.ok(target.subarray(50, 60).equals(data.subarray(0, 10)))
+  t.ok(target.subarray(60).equals(Buffer.alloc(40, 0xcc)), 'target after the range untouched')
+  const info = await store.stat(oid)
+  t.equal(info?.size, 4 * MiB, 'a write inside does not change the size')
+  t.equal(info?.version, 2, 'a write bumps the version')
+  t.equal(await store.stat(dataOid(1, 1)), null, 'stat of a missing object is null')
+})
+
+t.test('zero-length objects and reads', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = metaOid(5)
+  await store.create(oid, 0)
+  t.equal((await store.readAll(oid)).length, 0)
+  await store.read(oid, 0, 0, Buffer.alloc(0), 0)
+  t.pass('an empty read of an empty object')
+})
+
+t.test('reads past the end are refused', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(1, 0)
+  await store.create(oid, 100)
+  const err = await sheepError(() => read(store, oid, 50, 51))
+  t.equal(err.code, 'EINVAL')
+  t.match(err.message, oidToHex(oid))
+})
+
+t.test('a write past the end grows the object', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = inodeOid(3)
+  await store.create(oid, 10)
+  await store.write(oid, 100, Buffer.from('hello'))
+  t.equal((await store.stat(oid))?.size, 105)
+  const all = await store.readAll(oid)
+  t.equal(all.length, 105)
+  t.ok(all.subarray(0, 100).equals(Buffer.alloc(100)))
+  t.equal(all.subarray(100).toString(), 'hello')
+})
+
+t.test('a 4 KiB write into a 4 MiB object does not rewrite the object', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oid = dataOid(7, 3)
+  await store.create(oid, 4 * MiB)
+  const file = objectFile(dir, oid)
+  t.equal(fs.statSync(file).size, 4 * MiB, 'the file has the object size')
+  t.ok(fs.statSync(file).blocks * 512 <= 64 * KiB, `a new object is sparse (${fs.statSync(file).blocks * 512} bytes allocated)`)
+  const ino = fs.statSync(file).ino
+  await store.write(oid, 2 * MiB, pattern(4 * KiB, 2))
+  await store.sync([oid])
+  const st = fs.statSync(file)
+  t.equal(st.ino, ino, 'written in place, not replaced')
+  t.equal(st.size, 4 * MiB)
+  t.ok(st.blocks * 512 <= 64 * KiB, `after a 4 KiB write only ${st.blocks * 512} bytes are allocated`)
+  t.ok((await read(store, oid, 2 * MiB, 4 * KiB)).equals(pattern(4 * KiB, 2)))
+})
+
+t.test('EEXIST on double create; ENOENT on missing objects', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(1, 1)
+  await store.create(oid, 10)
+  await store.write(oid, 0, Buffer.from('keep'))
+  const dup = await sheepError(() => store.create(oid, 20))
+  t.equal(dup.code, 'EEXIST')
+  t.match(dup.message, oidToHex(oid))
+  t.equal((await store.readAll(oid)).subarray(0, 4).toString(), 'keep', 'a refused create changes nothing')
+  t.equal((await store.stat(oid))?.size, 10)
+
+  const missing = dataOid(1, 2)
+  for (const [label, op] of [
+    ['read', () => read(store, missing, 0, 1)],
+    ['write', () => store.write(missing, 0, Buffer.from('x'))],
+    ['readAll', () => store.readAll(missing)],
+    ['truncate', () => store.truncate(missing, 5)]
+  ] as const) {
+    const err = await sheepError(op)
+    t.equal(err.code, 'ENOENT', `${label} of a missing object`)
+    t.match(err.message, oidToHex(missing))
+  }
+  t.equal(await store.stat(missing), null, 'a failed write did not create it')
+  await store.remove(missing)
+  t.pass('removing a missing object is not an error')
+})
+
+t.test('replace', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oid = metaOid(1)
+  await store.replace(oid, Buffer.from('first version'))
+  t.same(await store.stat(oid), { oid, version: 1, size: 13 }, 'replace creates')
+  t.equal((await store.readAll(oid)).toString(), 'first version')
+  await store.replace(oid, Buffer.from('v2'))
+  t.same(await store.stat(oid), { oid, version: 2, size: 2 }, 'shrinks, bumps the version')
+  t.equal((await store.readAll(oid)).toString(), 'v2')
+  await store.replace(oid, pattern(100000, 3))
+  t.ok((await store.readAll(oid)).equals(pattern(100000, 3)), 'grows')
+  // Replace an object whose descriptor is cached, then write in place into the new file.
+  const d = dataOid(2, 0)
+  await store.create(d, 100)
+  await store.write(d, 0, Buffer.from('old'))
+  await store.replace(d, Buffer.from('new content'))
+  t.equal((await store.readAll(d)).toString(), 'new content', 'reads the new file, not the old descriptor')
+  await store.write(d, 0, Buffer.from('NEW'))
+  t.equal((await store.readAll(d)).toString(), 'NEW content')
+  t.equal(fs.readFileSync(objectFile(dir, d)).toString(), 'NEW content', 'the write went to the new file')
+  t.notOk(fs.existsSync(objectFile(dir, d) + '.tmp'), 'no temporary file left')
+})
+
+t.test('truncate', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(1, 0)
+  await store.create(oid, 1000)
+  await store.write(oid, 0, Buffer.alloc(1000, 0x5a))
+  await store.truncate(oid, 300)
+  t.equal((await store.stat(oid))?.size, 300)
+  t.equal((await store.readAll(oid)).length, 300)
+  t.equal((await sheepError(() => read(store, oid, 0, 301))).code, 'EINVAL')
+  await store.truncate(oid, 2000)
+  const all = await store.readAll(oid)
+  t.equal(all.length, 2000)
+  t.ok(all.subarray(0, 300).equals(Buffer.alloc(300, 0x5a)), 'kept bytes stay')
+  t.ok(all.subarray(300).equals(Buffer.alloc(1700)), 'bytes past a shrink and grow read as zeros')
+  const v = (await store.stat(oid))?.version
+  await store.truncate(oid, 2000)
+  t.equal((await store.stat(oid))?.version, v, 'same size: no change')
+  await store.truncate(oid, 0)
+  t.equal((await store.readAll(oid)).length, 0)
+})
+
+t.test('remove, list, stat', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oids = [dataOid(1, 0), dataOid(1, 5), inodeOid(1), dataOid(2, 0), inodeOid(2), metaOid(1)]
+  for (const [i, oid] of oids.entries()) await store.create(oid, 100 + i)
+  await store.write(dataOid(1, 5), 0, Buffer.from('x'))
+  const listed = await listAll(store)
+  t.same(listed.map(i => i.oid), [...oids].sort((a, b) => a < b ? -1 : 1))
+  t.same(listed.find(i => i.oid === dataOid(1, 5)), { oid: dataOid(1, 5), version: 2, size: 101 }, 'list shows current versions')
+  for (const [i, oid] of oids.entries()) t.equal((await store.stat(oid))?.size, 100 + i)
+
+  await store.remove(dataOid(1, 0))
+  await store.remove(dataOid(1, 5))
+  await store.remove(inodeOid(1))
+  t.equal(await store.stat(dataOid(1, 0)), null)
+  t.notOk(fs.existsSync(objectFile(dir, dataOid(1, 0))), 'file gone')
+  t.notOk(fs.existsSync(path.dirname(objectFile(dir, inodeOid(1)))), 'the image folder goes with its inode')
+  t.same((await listAll(store)).map(i => i.oid), [dataOid(2, 0), inodeOid(2), metaOid(1)].sort((a, b) => a < b ? -1 : 1))
+  // A removed object can be created again, fresh.
+  await store.create(dataOid(1, 0), 10)
+  t.same(await store.stat(dataOid(1, 0)), { oid: dataOid(1, 0), version: 1, size: 10 })
+  t.ok((await store.readAll(dataOid(1, 0))).equals(Buffer.alloc(10)))
+})
+
+t.test('sync and usage', async t => {
+  const store = await openStore(t, tmpDir(t), { maxOpenFiles: 1 })
+  const a = dataOid(1, 0)
+  const b = dataOid(1, 1)
+  await store.create(a, 100)
+  await store.create(b, 100) // evicts a's descriptor
+  await store.write(a, 0, Buffer.from('a'))
+  await store.write(b, 0, Buffer.from('b'))
+  await store.sync([a, b])
+  await store.sync([])
+  t.pass('sync of open and closed objects')
+  const u = await store.usage()
+  t.ok(u.capacity > 0, 'capacity')
+  t.ok(u.free >= 0 && u.free <= u.capacity, 'free within capacity')
+})
+
+t.test('reopen after close keeps contents, versions and sizes', async t => {
+  const dir = tmpDir(t)
+  const store = new LocalObjectStore(dir)
+  await store.open()
+  const a = dataOid(9, 0)
+  const b = inodeOid(9)
+  await store.create(a, 64 * KiB)
+  for (let i = 0; i < 5; i++) await store.write(a, i * 100, pattern(100, i)) // versions 2..6, size unchanged
+  await store.create(b, 10)
+  await store.write(b, 0, pattern(50, 9)) // grows
+  await store.truncate(b, 40)
+  await store.replace(metaOid(1), Buffer.from('dir'))
+  const before = await listAll(store)
+  await store.close()
+  const err = await sheepError(() => store.stat(a))
+  t.equal(err.code, 'ESHUTDOWN', 'a closed store refuses requests')
+
+  const again = await openStore(t, dir)
+  t.same(await listAll(again), before, 'same versions and sizes')
+  t.same(await again.stat(a), { oid: a, version: 6, size: 64 * KiB })
+  const bytes = await again.readAll(a)
+  for (let i = 0; i < 5; i++) t.ok(bytes.subarray(i * 100, i * 100 + 100).equals(pattern(100, i)))
+  t.ok((await again.readAll(b)).equals(pattern(40, 9)))
+  t.equal((await again.readAll(metaOid(1))).toString(), 'dir')
+})
+
+t.test('a truncated object file is EIO naming the object', async t => {
+  const dir = tmpDir(t)
+  const store = new LocalObjectStore(dir)
+  await store.open()
+  const oid = dataOid(0x42, 7)
+  await store.create(oid, 64 * KiB)
+  await store.write(oid, 0, pattern(64 * KiB, 4))
+  await store.close()
+  fs.truncateSync(objectFile(dir, oid), 1000)
+
+  const again = await openStore(t, dir)
+  t.equal((await again.stat(oid))?.size, 64 * KiB, 'the index still has the size')
+  for (const [label, op] of [
+    ['read of the lost part', () => read(again, oid, 32 * KiB, 100)],
+    ['read of the kept part', () => read(again, oid, 0, 100)],
+    ['readAll', () => again.readAll(oid)],
+    ['write', () => again.write(oid, 0, Buffer.from('x'))]
+  ] as const) {
+    const err = await sheepError(op)
+    t.equal(err.code, 'EIO', `${label}: EIO`)
+    t.match(err.message, oidToHex(oid), `${label}: names the object`)
+    t.match(err.message, /truncated/, `${label}: ${err.message}`)
+  }
+})
+
+t.test('a missing object file with an index record is EIO', async t => {
+  const dir = tmpDir(t)
+  const store = new LocalObjectStore(dir)
+  await store.open()
+  const oid = dataOid(0x43, 1)
+  await store.create(oid, 4 * KiB)
+  await store.close()
+  fs.rmSync(objectFile(dir, oid))
+  const again = await openStore(t, dir)
+  for (const op of [() => read(again, oid, 0, 10), () => again.readAll(oid), () => again.write(oid, 0, Buffer.from('x'))]) {
+    const err = await sheepError(op)
+    t.equal(err.code, 'EIO')
+    t.match(err.message, oidToHex(oid))
+    t.match(err.message, /missing/)
+  }
+  t.notOk(fs.existsSync(objectFile(dir, oid)), 'a write did not recreate it as zeros')
+})
+
+t.test('a second store on the same directory is EBUSY', async t => {
+  const dir = tmpDir(t)
+  const first = await openStore(t, dir)
+  await first.create(dataOid(1, 0), 10)
+  const second = new LocalObjectStore(dir)
+  const err = await sheepError(() => second.open())
+  t.equal(err.code, 'EBUSY')
+  t.match(err.message, /in use/)
+  t.equal((await first.stat(dataOid(1, 0)))?.size, 10, 'the first store still works')
+  await first.close()
+  const third = await openStore(t, dir)
+  t.equal((await third.stat(dataOid(1, 0)))?.size, 10, 'opens once the first has closed')
+})
+
+t.test('a non-empty directory that is not a store is EINVAL', async t => {
+  const dir = tmpDir(t)
+  fs.writeFileSync(path.join(dir, 'precious.txt'), 'do not touch')
+  const err = await sheepError(() => new LocalObjectStore(dir).open())
+  t.equal(err.code, 'EINVAL')
+  t.match(err.message, /not empty/)
+  t.same(fs.readdirSync(dir), ['precious.txt'], 'nothing written into it')
+
+  const dir2 = tmpDir(t)
+  fs.writeFileSync(path.join(dir2, 'FORMAT'), 'sheep-store 99\n')
+  const err2 = await sheepError(() => new LocalObjectStore(dir2).open())
+  t.equal(err2.code, 'EINVAL')
+  t.match(err2.message, /unknown store format/)
+
+  const dir3 = tmpDir(t)
+  fs.mkdirSync(path.join(dir3, 'lost+found'))
+  const ok = await openStore(t, dir3)
+  t.same(await listAll(ok), [], 'lost+found alone is allowed')
+})
+
+t.test('the descriptor cache with maxOpenFiles: 2, many objects, sequential I/O', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir, { maxOpenFiles: 2 })
+  const oids = Array.from({ length: 20 }, (_, i) => dataOid(5, i))
+  for (const oid of oids) await store.create(oid, 8 * KiB)
+  for (const [i, oid] of oids.entries()) await store.write(oid, 0, pattern(8 * KiB, i))
+  for (const [i, oid] of [...oids.entries()].reverse()) t.ok((await store.readAll(oid)).equals(pattern(8 * KiB, i)), `object ${i}`)
+  await store.sync(oids)
+  const fds = fs.readdirSync('/proc/self/fd').map(fd => { try { return fs.readlinkSync(`/proc/self/fd/${fd}`) } catch { return '' } })
+  const open = fds.filter(f => f.startsWith(path.join(dir, 'objects')))
+  t.ok(open.length <= 2, `${open.length} object files open`)
+})
+
+t.test('the descriptor cache with maxOpenFiles: 2 and concurrent I/O', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir, { maxOpenFiles: 2 })
+  const n = 24
+  const oids = Array.from({ length: n }, (_, i) => dataOid(6, i))
+  await Promise.all(oids.map(oid => store.create(oid, 16 * KiB)))
+  // Concurrent writes of 4 KiB pieces into every object, then concurrent reads.
+  const writes: Array<Promise<void>> = []
+  for (const [i, oid] of oids.entries()) {
+    for (let part = 0; part < 4; part++) writes.push(store.write(oid, part * 4 * KiB, pattern(4 * KiB, i * 4 + part)))
+  }
+  const w = await Promise.allSettled(writes)
+  const wfail = w.filter(r => r.status === 'rejected').map(r => String((r as PromiseRejectedResult).reason))
+  t.same(wfail.slice(0, 3), [], `every concurrent write succeeds (${wfail.length} of ${writes.length} failed)`)
+  const reads = await Promise.allSettled(oids.map(oid => store.readAll(oid)))
+  const rfail = reads.filter(r => r.status === 'rejected').map(r => String((r as PromiseRejectedResult).reason))
+  t.same(rfail.slice(0, 3), [], `every concurrent read succeeds (${rfail.length} of ${n} failed)`)
+  // Whatever happened above, check the bytes through sequential reads and in the files on disk:
+  // a failed write leaves zeros, a write through another object's descriptor leaves foreign bytes.
+  await store.sync(oids)
+  const wrong: string[] = []
+  for (const [i, oid] of oids.entries()) {
+    const viaStore = await store.readAll(oid)
+    const onDisk = fs.readFileSync(objectFile(dir, oid))
+    for (let part = 0; part < 4; part++) {
+      const want = pattern(4 * KiB, i * 4 + part)
+      const range = [part * 4 * KiB, (part + 1) * 4 * KiB] as const
+      const got = viaStore.subarray(...range)
+      if (!got.equals(want)) wrong.push(`object ${i} part ${part}: ${got.equals(Buffer.alloc(4 * KiB)) ? 'zeros' : 'foreign bytes'}`)
+      else if (!onDisk.subarray(...range).equals(want)) wrong.push(`object ${i} part ${part}: file differs`)
+    }
+  }
+  t.same(wrong.slice(0, 5), [], `every object holds its own bytes (${wrong.length} of ${writes.length} pieces wrong)`)
+})
