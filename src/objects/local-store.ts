@@ -39,6 +39,8 @@ export class LocalObjectStore implements ObjectStore {
   private readonly maxOpenFiles: number
   private openFiles = 0
   private closed = false
+  /** Object folders known to exist, so creating an object costs no mkdir. */
+  private readonly dirs = new Set<string>()
   /** Objects were created since the catalog was last synced to disk. */
   private createdSinceSync = false
 
@@ -83,7 +85,7 @@ export class LocalObjectStore implements ObjectStore {
     await this.catalog.put([info])
     this.createdSinceSync = true
     const file = this.objectPath(oid)
-    await fs.promises.mkdir(path.dirname(file), { recursive: true })
+    await this.ensureDir(path.dirname(file))
     let fd: number
     try {
       fd = await openFile(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -146,7 +148,7 @@ export class LocalObjectStore implements ObjectStore {
     const tmp = file + '.tmp'
     const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     const info: ObjectInfo = { oid, version: (old?.version ?? 0) + 1, size: data.length }
-    await fs.promises.mkdir(path.dirname(file), { recursive: true })
+    await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
       try {
@@ -210,7 +212,10 @@ export class LocalObjectStore implements ObjectStore {
     await fs.promises.rm(file, { force: true })
     await this.catalog.del(oid)
     // An image's folder goes with its inode, the last object of it to be deleted.
-    if (oidType(oid) === ObjectType.Inode) await fs.promises.rmdir(path.dirname(file)).catch(() => {})
+    if (oidType(oid) === ObjectType.Inode) {
+      this.dirs.delete(path.dirname(file))
+      await fs.promises.rmdir(path.dirname(file)).catch(() => {})
+    }
   }
 
   async stat (oid: ObjectId): Promise<ObjectInfo | null> {
@@ -285,6 +290,12 @@ export class LocalObjectStore implements ObjectStore {
       e.savedVersion = (infos[i] as ObjectInfo).version
       if (e.fd < 0 && e.inflight === 0 && e.savedVersion === e.info.version) this.entries.delete(e.info.oid)
     }
+  }
+
+  private async ensureDir (dir: string): Promise<void> {
+    if (this.dirs.has(dir)) return
+    await fs.promises.mkdir(dir, { recursive: true })
+    this.dirs.add(dir)
   }
 
   private checkOpen (): void {
