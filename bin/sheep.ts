@@ -201,7 +201,12 @@ async function main (argv: string[]): Promise<void> {
           const { values, positionals } = parse({ ...mountOpt }, 2)
           const t = target(values, positionals[0])
           if (t.name === undefined || positionals[1] === undefined) usageError('usage: sheep image rename NAME NEWNAME')
-          const to = positionals[1].includes('/') ? path.basename(positionals[1]) : positionals[1]
+          let to = positionals[1]
+          if (to.includes('/')) {
+            const dest = target(values, to)
+            if (dest.mount !== t.mount || dest.name === undefined) fail(`${to} is not in the same sheep mount as ${positionals[0]}`)
+            to = dest.name
+          }
           const info = await request(t.mount, 'image.rename', { from: t.name, to })
           process.stdout.write(`renamed ${t.name} to ${info.name}\n`)
           return

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { SheepNode } from '../src/node'
+import { checkStoreFolder, SheepNode } from '../src/node'
 
 export interface StartOptions {
   store: string
@@ -54,6 +54,8 @@ export async function startCommand (opts: StartOptions): Promise<void> {
 }
 
 async function startDetached (opts: StartOptions): Promise<void> {
+  // Refuse a foreign folder before the log file lands in it.
+  await checkStoreFolder(path.resolve(opts.store))
   await fs.promises.mkdir(opts.store, { recursive: true })
   const logFile = path.join(path.resolve(opts.store), 'sheep.log')
   const out = fs.openSync(logFile, 'a')

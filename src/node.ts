@@ -89,11 +89,11 @@ export class SheepNode {
     if (open.length > 0 && !force) {
       throw SheepError.busy(`images are open: ${open.map(i => i.name).join(', ')}; close them first or stop with --force`)
     }
-    this.stopping = this.teardown().then(() => this.log('stopped'))
+    this.stopping = this.teardown(() => this.log('stopped'))
     return await this.stopping
   }
 
-  private async teardown (): Promise<void> {
+  private async teardown (onDone?: () => void): Promise<void> {
     try {
       await this.control?.close()
       this.control = null
@@ -104,6 +104,7 @@ export class SheepNode {
       if (this.objects) fs.rmSync(path.join(this.storeDir, 'sheep.pid'), { force: true })
       await this.objects?.close()
       this.objects = null
+      onDone?.()
     } finally {
       this.markStopped()
     }
@@ -157,6 +158,32 @@ export class SheepNode {
         await images.rename(from, to)
         return images.info(images.get(to))
       },
+      'image.clone': async ({ source, tag, name }) => {
+        const images = this.imageStore()
+        const from = tag ?? (await images.snapshot(source, images.freeTag(source, `for-${name}`))).header.tag
+        return images.info(await images.clone(source, from, name))
+      },
+      'image.flatten': async ({ name }, progress) => {
+        const images = this.imageStore()
+        await images.flatten(name, progress)
+        return images.info(images.get(name))
+      },
+      'image.tree': async () => this.imageStore().tree(),
+      'snapshot.create': async ({ name, tag }) => {
+        const images = this.imageStore()
+        return images.snapshotInfo(await images.snapshot(name, tag))
+      },
+      'snapshot.list': async ({ name }) => {
+        const images = this.imageStore()
+        images.get(name)
+        return images.snapshotsOf(name).map(s => images.snapshotInfo(s))
+      },
+      'snapshot.delete': async ({ name, tag }) => { await this.imageStore().deleteSnapshot(name, tag); return null },
+      'snapshot.rollback': async ({ name, tag }) => {
+        const images = this.imageStore()
+        await images.rollback(name, tag)
+        return images.info(images.get(name))
+      },
       stop: async ({ force }) => {
         // Answer first, then stop: the stop closes this very socket.
         const open = this.imageStore().list().filter(i => i.openCount > 0)
@@ -168,6 +195,11 @@ export class SheepNode {
       }
     }
   }
+}
+
+/** Throws EINVAL unless `dir` is a store or may become one. */
+export async function checkStoreFolder (dir: string): Promise<void> {
+  await LocalObjectStore.check(dir)
 }
 
 function readPid (storeDir: string): number | null {

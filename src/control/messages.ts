@@ -2,7 +2,7 @@
 // connection over a unix socket, answered by zero or more progress lines and one result line.
 
 import type { ErrorCode } from '../errors'
-import type { ImageInfo } from '../cow/image-store'
+import type { ImageInfo, SnapshotInfo, TreeNode } from '../cow/image-store'
 
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
@@ -11,11 +11,20 @@ export interface Requests {
   'image.delete': { args: { name: string }, result: null }
   'image.resize': { args: { name: string, size: number }, result: ImageInfo }
   'image.rename': { args: { from: string, to: string }, result: ImageInfo }
+  /** Without a tag, a snapshot of the source is taken first. */
+  'image.clone': { args: { source: string, tag?: string, name: string }, result: ImageInfo }
+  'image.flatten': { args: { name: string }, result: ImageInfo }
+  'image.tree': { args: Record<string, never>, result: TreeNode[] }
+  'snapshot.create': { args: { name: string, tag: string }, result: SnapshotInfo }
+  'snapshot.list': { args: { name: string }, result: SnapshotInfo[] }
+  'snapshot.delete': { args: { name: string, tag: string }, result: null }
+  'snapshot.rollback': { args: { name: string, tag: string }, result: ImageInfo }
   stop: { args: { force?: boolean }, result: null }
 }
 
 export type Op = keyof Requests
-export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename', 'stop']
+export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename',
+  'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop']
 
 export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
 

@@ -16,7 +16,8 @@ export class ControlServer {
 
   constructor (socketPath: string, handlers: Handlers, log: (line: string) => void) {
     this.socketPath = socketPath
-    this.server = net.createServer(socket => {
+    // allowHalfOpen: a client may close its side after the request (nc -U, socat) and still get the answer.
+    this.server = net.createServer({ allowHalfOpen: true }, socket => {
       let buffered = ''
       let handled = false
       socket.setEncoding('utf8')
@@ -32,7 +33,9 @@ export class ControlServer {
         handled = true
         let request: Request
         try {
-          request = parseRequest(buffered.slice(0, nl))
+          const line = buffered.slice(0, nl)
+          if (Buffer.byteLength(line) > MAX_REQUEST_BYTES) throw SheepError.invalid('request too long')
+          request = parseRequest(line)
         } catch (err) {
           answer(socket, errorReply(err))
           return
@@ -87,6 +90,13 @@ const SHAPES: { [K in Op]: Record<string, (v: unknown) => boolean> } = {
   'image.delete': { name: isString },
   'image.resize': { name: isString, size: isSize },
   'image.rename': { from: isString, to: isString },
+  'image.clone': { source: isString, tag: optional(isString), name: isString },
+  'image.flatten': { name: isString },
+  'image.tree': {},
+  'snapshot.create': { name: isString, tag: isString },
+  'snapshot.list': { name: isString },
+  'snapshot.delete': { name: isString, tag: isString },
+  'snapshot.rollback': { name: isString, tag: isString },
   stop: { force: optional(isBool) }
 }
 

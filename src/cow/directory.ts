@@ -1,7 +1,9 @@
 // The image directory: one meta object listing every image's name and vid. It is small (a few
 // hundred bytes per image) and replaced whole on every change, atomically.
 //
-// Format 1: a frame (./frame.ts) around compact-encoding uint format, array of { string name, uint vid }.
+// Format 1: a frame (./frame.ts) around compact-encoding uint format, array of
+// { string name, string tag, uint vid, uint flags }. An image has tag ''; a snapshot has its tag.
+// A deleted snapshot that other images still read through is kept, hidden (flag 1).
 
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
@@ -11,12 +13,14 @@ import { frame, unframe } from './frame'
 export const DIRECTORY_OID = metaOid(1)
 const DIRECTORY_FORMAT = 1
 
-export interface DirectoryEntry { name: string, vid: number }
+export const HIDDEN = 1
+
+export interface DirectoryEntry { name: string, tag: string, vid: number, flags: number }
 
 const entryEncoding: c.Encoding<DirectoryEntry> = {
-  preencode (state, e) { c.string.preencode(state, e.name); c.uint.preencode(state, e.vid) },
-  encode (state, e) { c.string.encode(state, e.name); c.uint.encode(state, e.vid) },
-  decode (state) { return { name: c.string.decode(state), vid: c.uint.decode(state) } }
+  preencode (state, e) { c.string.preencode(state, e.name); c.string.preencode(state, e.tag); c.uint.preencode(state, e.vid); c.uint.preencode(state, e.flags) },
+  encode (state, e) { c.string.encode(state, e.name); c.string.encode(state, e.tag); c.uint.encode(state, e.vid); c.uint.encode(state, e.flags) },
+  decode (state) { return { name: c.string.decode(state), tag: c.string.decode(state), vid: c.uint.decode(state), flags: c.uint.decode(state) } }
 }
 
 const directoryEncoding: c.Encoding<DirectoryEntry[]> = {

@@ -1,18 +1,25 @@
-// The set of images: the directory (name -> vid), image creation, deletion, rename and resize,
-// and collection of objects that no image refers to any more.
+// The set of images and snapshots: the directory, and every operation that changes it
+// (create, delete, rename, resize, snapshot, clone, rollback, flatten), plus freeing objects
+// nothing refers to any more.
 //
-// Metadata operations run one at a time and are durable when they return. Deletion removes the
-// name first and the objects after (or after the last open handle closes, as for a file), so a
-// crash in between leaves only unreferenced objects, which open() collects.
+// How this works: every image and snapshot is an inode with its own vid. A snapshot freezes the
+// image's current inode under the tag and gives the image a new inode whose owner table is a copy
+// (so no data moves); a clone is a new image whose table is a copy of a snapshot's. The directory
+// object maps (name, tag) to vids and is replaced atomically: it is the commit point of every
+// operation here, and operations run one at a time. A deleted snapshot that live images still
+// read through stays in the directory, hidden, until nothing reads through it (see gc()).
+// Crashes leave at worst objects or inodes the directory does not reach; open() collects them.
 
 import crypto from 'node:crypto'
 import { SheepError } from '../errors'
 import { MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore, StoreUsage } from '../objects/types'
-import { decodeDirectory, DIRECTORY_OID, encodeDirectory } from './directory'
+import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
+import { blockCount, type InodeHeader } from './inode'
 import { Mutex } from './lock'
-import { validateImageName } from './names'
+import { validateImageName, validateTag } from './names'
+import { OwnerTable } from './owner-table'
 
 export const DEFAULT_COPIES = 3
 export const MAX_COPIES = 31
@@ -32,69 +39,113 @@ export interface ImageInfo {
   allocated: number
   objectSize: number
   copies: number
-  parent: number
+  /** "image@tag" of the snapshot this was made from; '' for none. */
+  parent: string
   ctime: number
   mtime: number
   openHandles: number
+  snapshots: number
+}
+
+export interface SnapshotInfo {
+  name: string
+  tag: string
+  vid: number
+  size: number
+  /** Bytes held by this snapshot alone: freed when it is deleted and no clone needs them. */
+  pinned: number
+  snapshotTime: number
+}
+
+export interface TreeNode {
+  vid: number
+  name: string
+  tag: string
+  kind: 'image' | 'snapshot' | 'deleted snapshot'
+  /** vid of the snapshot it was made from; 0 for a root. */
+  parent: number
+  size: number
+  allocated: number
+  time: number
 }
 
 export interface ImageStoreOptions {
   log?: (line: string) => void
 }
 
+type Progress = (done: number, total: number) => void
+
+const snapKey = (name: string, tag: string): string => `${name}\u0000${tag}`
+
 export class ImageStore {
   readonly objects: ObjectStore
-  private readonly byName = new Map<string, Image>()
-  /** Images whose inode cannot be read: kept in the directory, never collected, deletable. */
-  private readonly broken = new Map<string, { vid: number, reason: string }>()
+  /** The directory as committed: vid -> entry. */
+  private readonly dir = new Map<number, DirectoryEntry>()
+  /** Every loaded inode: images, snapshots (visible or hidden), unlinked images still open. */
+  private readonly inodes = new Map<number, Image>()
+  /** Directory entries whose inode cannot be read: kept, never collected, deletable. */
+  private readonly broken = new Map<number, string>()
+  private byName = new Map<string, Image>()
+  private snapshots = new Map<string, Image>()
+  private readonly unlinkedOpen = new Set<Image>()
   private readonly meta = new Mutex()
   private readonly log: (line: string) => void
   private readonly pendingDestroy = new Set<Promise<void>>()
-  /** Unlinked images still open: their vids stay taken until they are destroyed. */
-  private readonly unlinkedOpen = new Set<Image>()
+  private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
     this.log = opts.log ?? (() => {})
   }
 
-  /** Loads the directory and every inode, then deletes objects nothing refers to. */
+  /** Loads the directory and every inode, then deletes what nothing refers to. */
   async open (): Promise<{ collected: number }> {
-    const dir = await this.objects.stat(DIRECTORY_OID) === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
-    for (const { name, vid } of dir) {
+    const entries = await this.objects.stat(DIRECTORY_OID) === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
+    for (const e of entries) {
+      this.dir.set(e.vid, e)
       let image: Image
       try {
-        image = await Image.load(this.objects, vid)
+        image = await Image.load(this.objects, e.vid, this.tableOf)
       } catch (err) {
         // A missing inode is damage too: the directory names it.
         if (!(err instanceof SheepError) || (err.code !== 'EIO' && err.code !== 'ENOENT')) throw err
-        this.broken.set(name, { vid, reason: err.message })
-        this.log(`image ${JSON.stringify(name)} is unreadable and kept as it is: ${err.message}`)
+        this.broken.set(e.vid, err.message)
+        this.log(`${label(e)} is unreadable and kept as it is: ${err.message}`)
         continue
       }
-      if (image.name !== name) await image.rename(name)
-      this.byName.set(name, image)
+      this.inodes.set(e.vid, image)
     }
-    return { collected: await this.collectGarbage() }
+    for (const [vid, image] of this.inodes) {
+      const e = this.dir.get(vid) as DirectoryEntry
+      // The directory is the commit point: a header that missed a rename or a snapshot follows it.
+      if (image.name !== e.name || image.header.tag !== e.tag) await image.relabel({ name: e.name, tag: e.tag, snapshotTime: image.header.snapshotTime || Date.now() })
+      if (!image.isSnapshot) await image.zeroTail()
+    }
+    this.reindex()
+    const collected = await this.collectGarbage()
+    await this.meta.run(async () => await this.gc())
+    return { collected }
   }
 
   /** Writes out every image's header; waits for deferred deletions. */
   async close (): Promise<void> {
     await Promise.all([...this.pendingDestroy])
-    for (const image of this.byName.values()) {
+    for (const image of this.inodes.values()) {
+      if (image.isSnapshot) continue
       await image.flush()
       await image.sync()
     }
   }
 
-  /** One line per image that could not be loaded. */
+  /** One line per image or snapshot that could not be loaded. */
   problems (): string[] {
-    return [...this.broken].map(([name, b]) => `image ${JSON.stringify(name)} is unreadable: ${b.reason}`)
+    return [...this.broken].map(([vid, reason]) => `${label(this.dir.get(vid) as DirectoryEntry)} is unreadable: ${reason}`)
   }
 
-  /** Every name in the directory, unreadable images included. */
+  /** Every image name in the directory, unreadable images included. */
   names (): string[] {
-    return [...this.byName.keys(), ...this.broken.keys()].sort()
+    const broken = [...this.broken.keys()].map(v => this.dir.get(v) as DirectoryEntry).filter(e => e.tag === '').map(e => e.name)
+    return [...this.byName.keys(), ...broken].sort()
   }
 
   list (): Image[] {
@@ -107,12 +158,31 @@ export class ImageStore {
 
   get (name: string): Image {
     const image = this.byName.get(name)
-    if (image === undefined) {
-      const broken = this.broken.get(name)
-      if (broken) throw SheepError.corrupt(`image ${JSON.stringify(name)} is unreadable: ${broken.reason}`)
-      throw SheepError.notFound(`image ${JSON.stringify(name)}`)
+    if (image !== undefined) return image
+    for (const [vid, reason] of this.broken) {
+      const e = this.dir.get(vid) as DirectoryEntry
+      if (e.tag === '' && e.name === name) throw SheepError.corrupt(`image ${JSON.stringify(name)} is unreadable: ${reason}`)
     }
-    return image
+    throw SheepError.notFound(`image ${JSON.stringify(name)}`)
+  }
+
+  getSnapshot (name: string, tag: string): Image {
+    const snap = this.snapshots.get(snapKey(name, tag))
+    if (snap === undefined) {
+      this.get(name)
+      throw SheepError.notFound(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+    }
+    return snap
+  }
+
+  /** Visible snapshots of an image, oldest first. */
+  snapshotsOf (name: string): Image[] {
+    return [...this.snapshots.values()].filter(s => s.name === name).sort((a, b) => a.header.snapshotTime - b.header.snapshotTime)
+  }
+
+  /** Names of images that have snapshots (the folders of /.snapshots). */
+  snapshotFolders (): string[] {
+    return [...new Set([...this.snapshots.values()].map(s => s.name))].sort()
   }
 
   info (image: Image): ImageInfo {
@@ -124,11 +194,47 @@ export class ImageStore {
       allocated: image.allocatedBytes,
       objectSize: h.objectSize,
       copies: h.copies,
-      parent: h.parent,
+      parent: this.describe(h.parent),
       ctime: h.ctime,
       mtime: h.mtime,
-      openHandles: image.openCount
+      openHandles: image.openCount,
+      snapshots: this.snapshotsOf(h.name).length
     }
+  }
+
+  snapshotInfo (snap: Image): SnapshotInfo {
+    const h = snap.header
+    return { name: h.name, tag: h.tag, vid: h.vid, size: h.size, pinned: snap.allocatedBytes, snapshotTime: h.snapshotTime }
+  }
+
+  /** "image@tag" for a snapshot vid, "(deleted) image@tag" for a hidden one, '' for 0. */
+  describe (vid: number): string {
+    if (vid === 0) return ''
+    const e = this.dir.get(vid)
+    if (e === undefined) return `(gone ${vid.toString(16)})`
+    const name = e.tag === '' ? e.name : `${e.name}@${e.tag}`
+    return (e.flags & HIDDEN) !== 0 ? `(deleted) ${name}` : name
+  }
+
+  /** Every inode with its parent link, for `sheep image tree`. */
+  tree (): TreeNode[] {
+    const nodes: TreeNode[] = []
+    for (const [vid, image] of this.inodes) {
+      const e = this.dir.get(vid)
+      if (e === undefined) continue
+      const h = image.header
+      nodes.push({
+        vid,
+        name: e.name,
+        tag: e.tag,
+        kind: e.tag === '' ? 'image' : (e.flags & HIDDEN) !== 0 ? 'deleted snapshot' : 'snapshot',
+        parent: h.parent,
+        size: h.size,
+        allocated: image.allocatedBytes,
+        time: e.tag === '' ? h.ctime : h.snapshotTime
+      })
+    }
+    return nodes.sort((a, b) => a.time - b.time)
   }
 
   async create (name: string, size: number, opts: CreateOptions = {}): Promise<Image> {
@@ -139,9 +245,9 @@ export class ImageStore {
     const copies = opts.copies ?? DEFAULT_COPIES
     if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw SheepError.invalid(`copies must be from 1 to ${MAX_COPIES}`)
     return await this.meta.run(async () => {
-      if (this.byName.has(name) || this.broken.has(name)) throw SheepError.exists(`image ${JSON.stringify(name)}`)
+      this.checkFree(name)
       const now = Date.now()
-      const image = await Image.create(this.objects, {
+      const header: InodeHeader = {
         vid: this.newVid(),
         name,
         size,
@@ -152,92 +258,272 @@ export class ImageStore {
         mtime: now,
         mode: (opts.mode ?? 0o644) & 0o7777,
         uid: opts.uid ?? 0,
-        gid: opts.gid ?? 0
-      })
-      this.byName.set(name, image)
-      try {
-        await this.saveDirectory()
-      } catch (err) {
-        this.byName.delete(name)
-        throw err
+        gid: opts.gid ?? 0,
+        tag: '',
+        snapshotTime: 0
       }
+      const image = await Image.create(this.objects, header, emptyTable(header), this.tableOf)
+      await this.commit(() => this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 }),
+        () => this.dir.delete(header.vid))
+      this.inodes.set(header.vid, image)
+      this.reindex()
       return image
     })
   }
 
   /**
-   * Removes the name at once; the objects go now, or when the last open handle closes.
-   * onProgress reports objects freed when that happens now.
+   * Deletes an image and its snapshots. The name goes at once; the image's objects go now, or
+   * when its last open handle closes (as for a file); snapshot objects go when nothing reads
+   * through them.
    */
-  async remove (name: string, onProgress?: (done: number, total: number) => void): Promise<void> {
-    if (this.broken.has(name)) return await this.removeBroken(name)
+  async remove (name: string, onProgress?: Progress): Promise<void> {
     const image = await this.meta.run(async () => {
-      const image = this.get(name)
-      this.byName.delete(name)
-      try {
-        await this.saveDirectory()
-      } catch (err) {
-        this.byName.set(name, image)
-        throw err
+      const brokenVid = [...this.broken.keys()].find(v => { const e = this.dir.get(v) as DirectoryEntry; return e.tag === '' && e.name === name })
+      if (!this.byName.has(name) && brokenVid !== undefined) {
+        await this.removeBroken(brokenVid)
+        return undefined
       }
-      image.unlinked = true
-      this.unlinkedOpen.add(image)
+      const image = this.get(name)
+      await this.unlinkImage(image)
       return image
     })
+    if (image === undefined) return
     if (image.openCount === 0) await this.destroy(image, onProgress)
+    await this.meta.run(async () => await this.gc())
   }
 
-  /** Renames; an existing image of the new name is replaced, as rename(2) replaces a file. */
-  async rename (from: string, to: string): Promise<void> {
+  /**
+   * Renames an image and its snapshots. An existing image of the new name is an EEXIST error,
+   * or, with `replace` (what rename(2) does), deleted.
+   */
+  async rename (from: string, to: string, opts: { replace?: boolean } = {}): Promise<void> {
     validateImageName(to)
     const replaced = await this.meta.run(async () => {
       const image = this.get(from)
       if (from === to) return undefined
       const old = this.byName.get(to)
-      this.byName.delete(from)
-      this.byName.set(to, image)
-      try {
-        await this.saveDirectory()
-      } catch (err) {
-        this.byName.delete(to)
-        if (old) this.byName.set(to, old)
-        this.byName.set(from, image)
-        throw err
-      }
-      await image.rename(to)
-      if (old) {
-        old.unlinked = true
-        this.unlinkedOpen.add(old)
-      }
+      if (old === undefined || opts.replace !== true) this.checkFree(to)
+      const moved = [image, ...this.snapshotsOf(from)]
+      await this.commit(() => {
+        if (old) this.dropFromDirectory(old)
+        for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = to
+      }, () => {
+        for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = from
+        if (old) this.restoreToDirectory(old)
+      })
+      if (old) this.markUnlinked(old)
+      for (const i of moved) await i.relabel({ name: to })
+      this.reindex()
       return old
     })
-    if (replaced && replaced.openCount === 0) await this.destroy(replaced)
+    if (replaced === undefined) return
+    if (replaced.openCount === 0) await this.destroy(replaced)
+    await this.meta.run(async () => await this.gc())
   }
 
   async resize (name: string, size: number): Promise<void> {
     await this.meta.run(async () => await this.get(name).resize(size))
   }
 
+  /** Freezes the image's current state as snapshot `tag`, with no data copied. */
+  async snapshot (name: string, tag: string): Promise<Image> {
+    validateTag(tag)
+    return await this.meta.run(async () => {
+      const image = this.get(name)
+      if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+      return await image.exclusive(async () => {
+        // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
+        await image.flush()
+        await image.sync()
+        const frozen = image.vid
+        const header: InodeHeader = { ...image.header, vid: this.newVid(), parent: frozen, tag: '', snapshotTime: 0 }
+        const table = image.owners.clone()
+        await Image.writeInode(this.objects, header, table)
+        await this.commit(() => {
+          (this.dir.get(frozen) as DirectoryEntry).tag = tag
+          this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 })
+        }, () => {
+          (this.dir.get(frozen) as DirectoryEntry).tag = ''
+          this.dir.delete(header.vid)
+        })
+        const snap = image.takeOver(header, table)
+        await snap.relabel({ tag, snapshotTime: Date.now() })
+        this.inodes.set(header.vid, image)
+        this.inodes.set(frozen, snap)
+        this.reindex()
+        return snap
+      })
+    })
+  }
+
+  /** A new writable image that reads as snapshot name@tag reads, with no data copied. */
+  async clone (name: string, tag: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
+    validateImageName(newName)
+    return await this.meta.run(async () => {
+      const snap = this.getSnapshot(name, tag)
+      this.checkFree(newName)
+      const h = snap.header
+      const now = Date.now()
+      const header: InodeHeader = {
+        ...h,
+        vid: this.newVid(),
+        name: newName,
+        copies: opts.copies ?? h.copies,
+        parent: h.vid,
+        ctime: now,
+        mtime: now,
+        tag: '',
+        snapshotTime: 0
+      }
+      const image = await Image.create(this.objects, header, snap.owners.clone(), this.tableOf)
+      await this.commit(() => this.dir.set(header.vid, { name: newName, tag: '', vid: header.vid, flags: 0 }),
+        () => this.dir.delete(header.vid))
+      this.inodes.set(header.vid, image)
+      this.reindex()
+      return image
+    })
+  }
+
+  /** A tag for an implicit snapshot (e.g. of a clone made from an image): unused among name's snapshots. */
+  freeTag (name: string, base: string): string {
+    let tag = base
+    for (let n = 2; this.snapshots.has(snapKey(name, tag)); n++) tag = `${base}-${n}`
+    return tag
+  }
+
+  /** Makes the image read exactly as snapshot tag does; refused while the image is open for writing. */
+  async rollback (name: string, tag: string): Promise<void> {
+    await this.meta.run(async () => {
+      const image = this.get(name)
+      const snap = this.getSnapshot(name, tag)
+      if (image.openWriters > 0) throw SheepError.busy(`${name} is open for writing: stop what uses it first`)
+      await image.exclusive(async () => {
+        const now = Date.now()
+        const header: InodeHeader = { ...image.header, vid: this.newVid(), size: snap.size, parent: snap.vid, mtime: now }
+        const table = snap.owners.clone()
+        await Image.writeInode(this.objects, header, table)
+        const previous = image.vid
+        const entry = this.dir.get(previous) as DirectoryEntry
+        await this.commit(() => {
+          this.dir.delete(previous)
+          this.dir.set(header.vid, { ...entry, vid: header.vid })
+        }, () => {
+          this.dir.delete(header.vid)
+          this.dir.set(previous, entry)
+        })
+        const old = image.takeOver(header, table)
+        this.inodes.delete(previous)
+        this.inodes.set(header.vid, image)
+        await old.destroy()
+      })
+      this.reindex()
+      await this.gc()
+    })
+  }
+
+  /** Deletes a snapshot; its objects are freed unless a clone or the image still reads them. */
+  async deleteSnapshot (name: string, tag: string): Promise<void> {
+    await this.meta.run(async () => {
+      const snap = this.getSnapshot(name, tag)
+      const e = this.dir.get(snap.vid) as DirectoryEntry
+      await this.commit(() => { e.flags |= HIDDEN }, () => { e.flags &= ~HIDDEN })
+      this.reindex()
+      await this.gc()
+    })
+  }
+
+  /** Copies every block the image shares, so it no longer depends on any snapshot. */
+  async flatten (name: string, onProgress?: Progress): Promise<void> {
+    await this.meta.run(async () => {
+      await this.get(name).flatten(onProgress)
+      await this.gc()
+    })
+  }
+
   /** Opens a handle on an image; every openImage() is paired with one closeImage(). */
-  openImage (name: string): Image {
+  openImage (name: string, writable = false): Image {
     const image = this.get(name)
     image.openCount++
+    if (writable) image.openWriters++
     return image
   }
 
+  /** Opens a read-only handle on a snapshot. */
+  openSnapshot (name: string, tag: string): Image {
+    const snap = this.getSnapshot(name, tag)
+    snap.openCount++
+    return snap
+  }
+
   /** An open handle was closed; frees an unlinked image with the last one. */
-  async closeImage (image: Image): Promise<void> {
+  async closeImage (image: Image, writable = false): Promise<void> {
     image.openCount--
+    if (writable) image.openWriters--
     if (image.openCount > 0) return
-    if (image.unlinked) await this.destroy(image)
-    else await image.flush()
+    if (image.unlinked) {
+      await this.destroy(image)
+      await this.meta.run(async () => await this.gc())
+    } else if (!image.isSnapshot) {
+      await image.flush()
+    }
   }
 
   async usage (): Promise<StoreUsage> {
     return await this.objects.usage()
   }
 
-  private async destroy (image: Image, onProgress?: (done: number, total: number) => void): Promise<void> {
+  private checkFree (name: string): void {
+    const taken = [...this.dir.values()].some(e => e.tag === '' && e.name === name)
+    if (taken) throw SheepError.exists(`image ${JSON.stringify(name)}`)
+  }
+
+  /** Applies a change to the directory and writes it; undoes the change if the write fails. */
+  private async commit (change: () => void, undo: () => void): Promise<void> {
+    change()
+    try {
+      await this.objects.replace(DIRECTORY_OID, encodeDirectory([...this.dir.values()]))
+    } catch (err) {
+      undo()
+      throw err
+    }
+  }
+
+  /** The image leaves the directory (its snapshots stay, hidden, while anything reads through them). */
+  private async unlinkImage (image: Image): Promise<void> {
+    await this.commit(() => this.dropFromDirectory(image), () => this.restoreToDirectory(image))
+    this.markUnlinked(image)
+    this.reindex()
+  }
+
+  private dropFromDirectory (image: Image): void {
+    this.dir.delete(image.vid)
+    for (const s of this.snapshotsOf(image.name)) (this.dir.get(s.vid) as DirectoryEntry).flags |= HIDDEN
+  }
+
+  private restoreToDirectory (image: Image): void {
+    this.dir.set(image.vid, { name: image.name, tag: '', vid: image.vid, flags: 0 })
+    for (const s of this.snapshotsOf(image.name)) (this.dir.get(s.vid) as DirectoryEntry).flags &= ~HIDDEN
+  }
+
+  private markUnlinked (image: Image): void {
+    image.unlinked = true
+    this.unlinkedOpen.add(image)
+  }
+
+  private reindex (): void {
+    const byName = new Map<string, Image>()
+    const snapshots = new Map<string, Image>()
+    for (const [vid, e] of this.dir) {
+      const image = this.inodes.get(vid)
+      if (image === undefined || (e.flags & HIDDEN) !== 0) continue
+      if (e.tag === '') byName.set(e.name, image)
+      else snapshots.set(snapKey(e.name, e.tag), image)
+    }
+    this.byName = byName
+    this.snapshots = snapshots
+  }
+
+  private async destroy (image: Image, onProgress?: Progress): Promise<void> {
     const p = image.destroy(onProgress)
     this.pendingDestroy.add(p)
     try {
@@ -245,31 +531,61 @@ export class ImageStore {
     } finally {
       this.pendingDestroy.delete(p)
       this.unlinkedOpen.delete(image)
+      this.inodes.delete(image.vid)
     }
   }
 
-  /** Deletes an unreadable image: its name, then every object of its vid. */
-  private async removeBroken (name: string): Promise<void> {
-    await this.meta.run(async () => {
-      const broken = this.broken.get(name)
-      if (broken === undefined) throw SheepError.notFound(`image ${JSON.stringify(name)}`)
-      this.broken.delete(name)
-      try {
-        await this.saveDirectory()
-      } catch (err) {
-        this.broken.set(name, broken)
-        throw err
+  /** Deletes an unreadable inode's directory entry, then every object of its vid. */
+  private async removeBroken (vid: number): Promise<void> {
+    const entry = this.dir.get(vid) as DirectoryEntry
+    await this.commit(() => this.dir.delete(vid), () => this.dir.set(vid, entry))
+    this.broken.delete(vid)
+    const doomed = []
+    for await (const info of this.objects.list()) {
+      if (oidType(info.oid) !== ObjectType.Meta && oidVid(info.oid) === vid) doomed.push(info.oid)
+    }
+    for (const oid of doomed) await this.objects.remove(oid)
+  }
+
+  /**
+   * Frees what only hidden snapshots hold: a hidden snapshot nothing reads through is deleted
+   * with its objects; one that is still read through loses the objects nobody reads. Runs under
+   * the meta mutex. Blocks that became wholly an image's own since the last run may leave
+   * snapshot objects unread; this run frees them.
+   */
+  private async gc (): Promise<void> {
+    const hidden = [...this.dir.values()].filter(e => (e.flags & HIDDEN) !== 0 && this.inodes.has(e.vid))
+    if (hidden.length === 0) return
+    const referenced = new Map<number, Set<number>>()
+    const live = [...this.byName.values(), ...this.snapshots.values(), ...this.unlinkedOpen]
+    for (const image of live) {
+      const own = image.owners
+      for (const idx of own.blocks()) {
+        let t: OwnerTable | undefined = own
+        while (t !== undefined) {
+          const owner = t.owner(idx)
+          if (owner === 0) break
+          let set = referenced.get(owner)
+          if (set === undefined) { set = new Set(); referenced.set(owner, set) }
+          set.add(idx)
+          if (t.isFull(idx) || t.backing(idx) === 0) break
+          t = this.tableOf(t.backing(idx))
+        }
       }
-      const doomed = []
-      for await (const info of this.objects.list()) {
-        if (oidType(info.oid) !== ObjectType.Meta && oidVid(info.oid) === broken.vid) doomed.push(info.oid)
-      }
-      for (const oid of doomed) await this.objects.remove(oid)
-    })
+    }
+    const unneeded = hidden.filter(e => !referenced.has(e.vid))
+    if (unneeded.length > 0) {
+      await this.commit(() => { for (const e of unneeded) this.dir.delete(e.vid) }, () => { for (const e of unneeded) this.dir.set(e.vid, e) })
+      for (const e of unneeded) await this.destroy(this.inodes.get(e.vid) as Image)
+    }
+    for (const e of hidden) {
+      const image = this.inodes.get(e.vid)
+      if (image !== undefined && referenced.has(e.vid)) await image.freeUnreferenced(referenced.get(e.vid))
+    }
   }
 
   private newVid (): number {
-    const used = new Set([...this.byName.values(), ...this.broken.values(), ...this.unlinkedOpen].map(i => i.vid))
+    const used = new Set([...this.dir.keys(), ...this.inodes.keys()])
     if (used.size >= MAX_VID) throw SheepError.noSpace('no free image ids')
     for (;;) {
       const vid = crypto.randomInt(1, MAX_VID + 1)
@@ -277,29 +593,23 @@ export class ImageStore {
     }
   }
 
-  private async saveDirectory (): Promise<void> {
-    const entries = [...this.byName.entries(), ...this.broken.entries()].map(([name, image]) => ({ name, vid: image.vid }))
-    await this.objects.replace(DIRECTORY_OID, encodeDirectory(entries))
-  }
-
-  /** Deletes objects that belong to no image in the directory, or to a block it no longer owns. */
+  /** Deletes objects of inodes the directory does not list, and data objects their inode does not own. */
   private async collectGarbage (): Promise<number> {
-    const byVid = new Map<number, Image>()
-    for (const image of this.byName.values()) byVid.set(image.vid, image)
-    const keep = new Set([...this.broken.values()].map(b => b.vid))
     const owned = new Map<number, Set<number>>()
-    const ownedBy = (image: Image): Set<number> => {
-      let set = owned.get(image.vid)
-      if (set === undefined) { set = new Set(image.ownedBlocks()); owned.set(image.vid, set) }
-      return set
-    }
     const orphans = []
     for await (const info of this.objects.list()) {
       const type = oidType(info.oid)
-      if (type === ObjectType.Meta || keep.has(oidVid(info.oid))) continue
-      const image = byVid.get(oidVid(info.oid))
-      if (image === undefined) orphans.push(info.oid)
-      else if (type === ObjectType.Data && !ownedBy(image).has(oidIndex(info.oid))) orphans.push(info.oid)
+      const vid = oidVid(info.oid)
+      if (type === ObjectType.Meta || this.broken.has(vid)) continue
+      const image = this.inodes.get(vid)
+      if (image === undefined) {
+        orphans.push(info.oid)
+        continue
+      }
+      if (type !== ObjectType.Data) continue
+      let set = owned.get(vid)
+      if (set === undefined) { set = new Set(image.owners.ownedBy(vid)); owned.set(vid, set) }
+      if (!set.has(oidIndex(info.oid))) orphans.push(info.oid)
     }
     for (const oid of orphans) {
       this.log(`collecting unreferenced object ${oidToHex(oid)}`)
@@ -307,4 +617,12 @@ export class ImageStore {
     }
     return orphans.length
   }
+}
+
+function emptyTable (header: InodeHeader): OwnerTable {
+  return new OwnerTable(blockCount(header.size, header.objectSize))
+}
+
+function label (e: DirectoryEntry): string {
+  return e.tag === '' ? `image ${JSON.stringify(e.name)}` : `snapshot ${JSON.stringify(`${e.name}@${e.tag}`)}`
 }

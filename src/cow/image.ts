@@ -1,24 +1,35 @@
-// One image: guest I/O split over its data objects, thin allocation, resize and sync.
+// One image or snapshot: guest I/O over data objects, thin allocation, copy-on-write, resize, sync.
 //
-// How this works: block idx of the image lives in data object (owner[idx], idx). A write to a
-// hole first creates the object and records owner[idx] in the inode (a 4-byte write), then writes
-// the data in place. The size and times live in the inode header, written when they change by a
-// metadata operation, on sync, and when the last handle closes; a crash before that loses only
-// what was never synced. Every guest I/O holds the shared side of the image lock; resize holds
-// the exclusive side, so it never races a write into a block it frees.
+// How this works: entry idx of the owner table (./owner-table.ts) says which data object holds
+// block idx. A write to a hole creates the object and records the entry (a 16-byte write), then
+// writes in place. A write to a block the image shares with a snapshot copies up: it creates the
+// image's own object, copies only the sub-blocks the write covers partly (sub-blocks it covers
+// wholly need no copy), writes, then records which sub-blocks are now the image's own. Reads of
+// the other sub-blocks go on through the snapshot's entry (`backing`), which never changes.
+//
+// The size and times live in the inode header, written when a metadata operation changes them,
+// on sync, and when the last handle closes; a crash before that loses only what was never synced.
+// Every guest I/O holds the shared side of the image lock; resize, snapshot, rollback and flatten
+// hold the exclusive side. Writes to a block that is not wholly the image's own are serialised
+// per block.
 
 import { SheepError } from '../errors'
 import { dataOid, inodeOid, MAX_INDEX, type ObjectId } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
 import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, type InodeHeader, inodeObjectSize, tableOffset } from './inode'
 import { RwLock } from './lock'
-import { OwnerTable } from './owner-table'
+import { OwnerTable, SUBBLOCKS } from './owner-table'
 
 export const DEFAULT_OBJECT_SIZE = 4 * 2 ** 20
 export const MIN_OBJECT_SIZE = 64 * 2 ** 10
 export const MAX_OBJECT_SIZE = 64 * 2 ** 20
-/** The largest virtual size: the owner table of such an image is 64 MiB at 4 MiB objects. */
+/** The largest virtual size: the owner table of such an image is 256 MiB at 4 MiB objects. */
 export const MAX_IMAGE_SIZE = 64 * 2 ** 40
+/** Snapshots of snapshots of ...: how deep a read may follow backing entries. */
+const MAX_CHAIN = 4096
+
+/** Finds the owner table of another inode (a snapshot a block reads through). */
+export type TableLookup = (vid: number) => OwnerTable | undefined
 
 export function checkImageSize (size: number, objectSize: number): void {
   if (!Number.isSafeInteger(size) || size < 0) throw SheepError.invalid(`bad image size ${size}`)
@@ -35,11 +46,13 @@ export function checkObjectSize (objectSize: number): void {
 }
 
 export class Image {
-  readonly header: InodeHeader
+  private _header: InodeHeader
+  private table: OwnerTable
   private readonly objects: ObjectStore
-  private readonly table: OwnerTable
+  private readonly tableOf: TableLookup
   private readonly lock = new RwLock()
-  private readonly allocating = new Map<number, Promise<void>>()
+  /** Per-block queues for writes that allocate or copy up. */
+  private readonly blockQueues = new Map<number, Promise<void>>()
   private dirtyData = new Set<ObjectId>()
   /** Owner-table entries or the header were written since the inode was last synced. */
   private inodeDirty = false
@@ -47,48 +60,55 @@ export class Image {
   private headerDirty = false
   /** Only the times changed: written on flush (close), not worth a disk sync of its own. */
   private timesDirty = false
-  private owned: number
-  /** Open handles; an unlinked image is freed when the last one closes. */
+  /** Sub-blocks of objects this image owns that hold data. */
+  private ownedSubblocks: number
+  /** Open handles, and how many of them may write; an unlinked image is freed when the last closes. */
   openCount = 0
+  openWriters = 0
   unlinked = false
 
-  private constructor (objects: ObjectStore, header: InodeHeader, table: OwnerTable) {
+  private constructor (objects: ObjectStore, header: InodeHeader, table: OwnerTable, tableOf: TableLookup) {
     this.objects = objects
-    this.header = header
+    this._header = header
     this.table = table
-    this.owned = table.count(header.vid)
+    this.tableOf = tableOf
+    this.ownedSubblocks = countOwned(table, header.vid)
   }
 
-  get vid (): number { return this.header.vid }
-  get name (): string { return this.header.name }
-  get size (): number { return this.header.size }
-  private get inode (): ObjectId { return inodeOid(this.header.vid) }
+  get header (): InodeHeader { return this._header }
+  get vid (): number { return this._header.vid }
+  get name (): string { return this._header.name }
+  get size (): number { return this._header.size }
+  get isSnapshot (): boolean { return this._header.tag !== '' }
+  get owners (): OwnerTable { return this.table }
+  private get inode (): ObjectId { return inodeOid(this._header.vid) }
+  private get subSize (): number { return this._header.objectSize / SUBBLOCKS }
 
-  /** Bytes of data objects this image owns, counted up to its virtual size. */
+  /** Bytes of data this image holds in objects of its own, counted up to its virtual size. */
   get allocatedBytes (): number {
-    const os = this.header.objectSize
-    let bytes = this.owned * os
-    const last = blockCount(this.header.size, os) - 1
-    if (last >= 0 && this.table.get(last) === this.vid) bytes -= (last + 1) * os - this.header.size
+    let bytes = this.ownedSubblocks * this.subSize
+    const os = this._header.objectSize
+    const last = blockCount(this._header.size, os) - 1
+    if (last >= 0 && this.table.owner(last) === this.vid && this.table.isFull(last)) bytes -= (last + 1) * os - this._header.size
     return bytes
   }
 
-  /** Blocks whose owner is this image. */
-  ownedBlocks (): number[] {
-    const out: number[] = []
-    for (const [idx, vid] of this.table.entries()) if (vid === this.vid) out.push(idx)
-    return out
+  /** Writes a new inode (header and table) and returns its image. */
+  static async create (objects: ObjectStore, header: InodeHeader, table: OwnerTable, tableOf: TableLookup): Promise<Image> {
+    await Image.writeInode(objects, header, table)
+    return new Image(objects, header, table, tableOf)
   }
 
-  static async create (objects: ObjectStore, header: InodeHeader): Promise<Image> {
+  /** Writes and syncs a whole new inode object: the header and the table's allocated pages. */
+  static async writeInode (objects: ObjectStore, header: InodeHeader, table: OwnerTable): Promise<void> {
     const oid = inodeOid(header.vid)
     await objects.create(oid, inodeObjectSize(header.size, header.objectSize))
     await objects.write(oid, 0, encodeHeader(header))
+    for (const { first, bytes } of table.encodedPages()) await objects.write(oid, tableOffset(first), bytes)
     await objects.sync([oid])
-    return new Image(objects, header, new OwnerTable(blockCount(header.size, header.objectSize)))
   }
 
-  static async load (objects: ObjectStore, vid: number): Promise<Image> {
+  static async load (objects: ObjectStore, vid: number, tableOf: TableLookup): Promise<Image> {
     const oid = inodeOid(vid)
     const bytes = await objects.readAll(oid)
     const header = decodeHeader(bytes.subarray(0, HEADER_BYTES), `image ${vid.toString(16)}`)
@@ -98,32 +118,39 @@ export class Image {
     table.load(0, bytes.subarray(HEADER_BYTES, Math.min(bytes.length, tableEnd)))
     // Entries past the size are left from a shrink or an unsynced grow that a crash cut short.
     if (bytes.length > tableEnd) await objects.truncate(oid, tableEnd)
-    // Unsynced writes past the size may have reached the last block before a crash; the bytes
-    // past the end of a file must read as zeros when it grows again.
-    const cut = header.size % header.objectSize
-    const last = blockCount(header.size, header.objectSize) - 1
-    if (cut !== 0 && table.get(last) === vid) {
-      await objects.write(dataOid(vid, last), cut, Buffer.alloc(header.objectSize - cut))
-      await objects.sync([dataOid(vid, last)])
-    }
-    return new Image(objects, header, table)
+    return new Image(objects, header, table, tableOf)
+  }
+
+  /**
+   * Unsynced writes past the size may have reached the last block before a crash; bytes past
+   * the end of a file must read as zeros when it grows again.
+   */
+  async zeroTail (): Promise<void> {
+    const os = this._header.objectSize
+    const cut = this._header.size % os
+    const last = blockCount(this._header.size, os) - 1
+    if (cut === 0 || this.table.owner(last) !== this.vid) return
+    await this.ownWholly(last)
+    await this.objects.write(dataOid(this.vid, last), cut, Buffer.alloc(os - cut))
+    await this.objects.sync([dataOid(this.vid, last)])
   }
 
   /** Reads up to `length` bytes at `pos` into target; returns how many (0 at or past the end). */
   async read (pos: number, length: number, target: Uint8Array): Promise<number> {
     if (!this.lock.tryShared()) await this.lock.acquireShared()
     try {
-      const end = Math.min(pos + length, this.header.size)
+      const end = Math.min(pos + length, this._header.size)
       if (pos >= end) return 0
-      const os = this.header.objectSize
+      const os = this._header.objectSize
       const pending: Promise<void>[] = []
       for (let off = pos; off < end;) {
         const idx = Math.floor(off / os)
         const inObject = off - idx * os
         const n = Math.min(os - inObject, end - off)
-        const owner = this.table.get(idx)
+        const owner = this.table.owner(idx)
         if (owner === 0) target.fill(0, off - pos, off - pos + n)
-        else pending.push(this.objects.read(dataOid(owner, idx), inObject, n, target, off - pos))
+        else if (this.table.isFull(idx)) pending.push(this.objects.read(dataOid(owner, idx), inObject, n, target, off - pos))
+        else this.readShared(idx, inObject, n, target, off - pos, pending)
         off += n
       }
       if (pending.length === 1) await pending[0]
@@ -134,15 +161,53 @@ export class Image {
     }
   }
 
+  /** Reads from a block whose sub-blocks come from several objects, one read per run. */
+  private readShared (idx: number, inObject: number, n: number, target: Uint8Array, targetOffset: number, pending: Promise<void>[]): void {
+    const sub = this.subSize
+    const end = inObject + n
+    let runStart = inObject
+    let runSource = this.sourceOf(this.table, idx, Math.floor(inObject / sub))
+    const flush = (upTo: number): void => {
+      const at = targetOffset + runStart - inObject
+      if (runSource === 0) target.fill(0, at, at + upTo - runStart)
+      else pending.push(this.objects.read(dataOid(runSource, idx), runStart, upTo - runStart, target, at))
+    }
+    for (let s = (Math.floor(inObject / sub) + 1) * sub; s < end; s += sub) {
+      const source = this.sourceOf(this.table, idx, s / sub)
+      if (source !== runSource) {
+        flush(s)
+        runStart = s
+        runSource = source
+      }
+    }
+    flush(end)
+  }
+
+  /** The vid whose object holds sub-block `sub` of block idx as seen through `table`; 0 for zeros. */
+  private sourceOf (table: OwnerTable, idx: number, sub: number): number {
+    let t = table
+    for (let depth = 0; depth < MAX_CHAIN; depth++) {
+      const owner = t.owner(idx)
+      if (owner === 0 || t.hasSubblock(idx, sub)) return owner
+      const backing = t.backing(idx)
+      if (backing === 0) return 0
+      const next = this.tableOf(backing)
+      if (next === undefined) throw SheepError.corrupt(`${this.name}: block ${idx} reads through inode ${backing.toString(16)}, which is gone`)
+      t = next
+    }
+    throw SheepError.corrupt(`${this.name}: block ${idx} has a backing chain longer than ${MAX_CHAIN}`)
+  }
+
   /** Writes all of data at pos, growing the image if it ends past the current size. */
   async write (pos: number, data: Uint8Array): Promise<void> {
+    if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
     if (!Number.isSafeInteger(pos) || pos < 0) throw SheepError.invalid(`bad offset ${pos}`)
     const end = pos + data.length
     if (end > MAX_IMAGE_SIZE) throw SheepError.tooBig(`write ends at ${end}, past the maximum image size ${MAX_IMAGE_SIZE}`)
     if (!this.lock.tryShared()) await this.lock.acquireShared()
     try {
-      if (end > this.header.size) this.grow(end)
-      const os = this.header.objectSize
+      if (end > this._header.size) this.grow(end)
+      const os = this._header.objectSize
       const pending: Promise<void>[] = []
       for (let off = pos; off < end;) {
         const idx = Math.floor(off / os)
@@ -153,7 +218,7 @@ export class Image {
       }
       if (pending.length === 1) await pending[0]
       else await Promise.all(pending)
-      this.header.mtime = Date.now()
+      this._header.mtime = Date.now()
       this.timesDirty = true
     } finally {
       this.lock.releaseShared()
@@ -161,77 +226,146 @@ export class Image {
   }
 
   private async writeBlock (idx: number, inObject: number, data: Uint8Array): Promise<void> {
+    const t = this.table
+    if (t.owner(idx) === this.vid && t.isFull(idx)) return await this.writeData(idx, inObject, data)
     // A hole already reads as zeros: writing zeros there allocates nothing.
-    if (this.table.get(idx) === 0 && !this.allocating.has(idx) && isZero(data)) return
-    if (this.table.get(idx) !== this.vid) await this.allocate(idx)
+    if (t.owner(idx) === 0 && !this.blockQueues.has(idx) && isZero(data)) return
+    await this.serialised(idx, async () => {
+      if (t.owner(idx) === this.vid && t.isFull(idx)) return await this.writeData(idx, inObject, data)
+      if (t.owner(idx) === 0) {
+        await this.allocate(idx)
+        return await this.writeData(idx, inObject, data)
+      }
+      const sub = this.subSize
+      const first = Math.floor(inObject / sub)
+      const last = Math.floor((inObject + data.length - 1) / sub)
+      if (t.owner(idx) !== this.vid) await this.startCopyUp(idx)
+      // Only sub-blocks the write covers partly need their old bytes first.
+      for (const s of new Set([first, last])) {
+        if (t.hasSubblock(idx, s)) continue
+        const covered = inObject <= s * sub && inObject + data.length >= (s + 1) * sub
+        if (!covered) await this.copySubblocks(idx, s, s)
+      }
+      await this.writeData(idx, inObject, data)
+      await this.markPresent(idx, first, last)
+    })
+  }
+
+  private async writeData (idx: number, inObject: number, data: Uint8Array): Promise<void> {
     const oid = dataOid(this.vid, idx)
     this.dirtyData.add(oid)
     await this.objects.write(oid, inObject, data)
   }
 
-  private allocate (idx: number): Promise<void> {
-    let p = this.allocating.get(idx)
-    if (p === undefined) {
-      p = this.createBlock(idx).finally(() => this.allocating.delete(idx))
-      this.allocating.set(idx, p)
+  /** Runs fn after every earlier serialised operation on block idx. */
+  private async serialised (idx: number, fn: () => Promise<void>): Promise<void> {
+    const prev = this.blockQueues.get(idx)
+    const run = (prev ?? Promise.resolve()).catch(() => {}).then(fn)
+    const tail = run.catch(() => {})
+    this.blockQueues.set(idx, tail)
+    try {
+      await run
+    } finally {
+      if (this.blockQueues.get(idx) === tail) this.blockQueues.delete(idx)
     }
-    return p
   }
 
-  private async createBlock (idx: number): Promise<void> {
-    if (this.table.get(idx) === this.vid) return
-    if (this.table.get(idx) !== 0) throw new SheepError('ENOTSUP', 'copy-up from a parent image is not implemented')
-    const oid = dataOid(this.vid, idx)
-    await this.objects.create(oid, this.header.objectSize)
-    // The object exists before the entry that points at it does.
-    await this.objects.write(this.inode, tableOffset(idx), OwnerTable.encodeEntry(this.vid))
-    this.table.set(idx, this.vid)
-    this.owned++
+  /** A hole becomes an object of this image that reads as zeros. */
+  private async allocate (idx: number): Promise<void> {
+    await this.objects.create(dataOid(this.vid, idx), this._header.objectSize)
+    this.table.setFull(idx, this.vid)
+    await this.saveEntry(idx)
+    this.ownedSubblocks += SUBBLOCKS
+  }
+
+  /** A block shared with a snapshot gets an object of this image that still reads through it. */
+  private async startCopyUp (idx: number): Promise<void> {
+    const from = this.table.owner(idx)
+    await this.objects.create(dataOid(this.vid, idx), this._header.objectSize)
+    this.table.setEmpty(idx, this.vid, from)
+  }
+
+  /** Copies sub-blocks [first, last] from wherever they read from into this image's object. */
+  private async copySubblocks (idx: number, first: number, last: number): Promise<void> {
+    const sub = this.subSize
+    const buf = Buffer.alloc((last - first + 1) * sub)
+    const reads: Promise<void>[] = []
+    this.readShared(idx, first * sub, buf.length, buf, 0, reads)
+    await Promise.all(reads)
+    await this.writeData(idx, first * sub, buf)
+  }
+
+  private async markPresent (idx: number, first: number, last: number): Promise<void> {
+    const before = this.table.presentCount(idx)
+    this.table.addSubblocks(idx, first, last)
+    this.ownedSubblocks += this.table.presentCount(idx) - before
+    await this.saveEntry(idx)
+  }
+
+  /** Makes block idx wholly this image's own (copying what it still reads through others). */
+  private async ownWholly (idx: number): Promise<void> {
+    const t = this.table
+    if (t.owner(idx) === 0 || (t.owner(idx) === this.vid && t.isFull(idx))) return
+    if (t.owner(idx) !== this.vid) await this.startCopyUp(idx)
+    let s = 0
+    while (s < SUBBLOCKS) {
+      if (t.hasSubblock(idx, s)) { s++; continue }
+      let e = s
+      while (e + 1 < SUBBLOCKS && !t.hasSubblock(idx, e + 1)) e++
+      await this.copySubblocks(idx, s, e)
+      s = e + 1
+    }
+    await this.markPresent(idx, 0, SUBBLOCKS - 1)
+  }
+
+  private async saveEntry (idx: number): Promise<void> {
+    await this.objects.write(this.inode, tableOffset(idx), this.table.encodeEntry(idx))
     this.inodeDirty = true
   }
 
   private grow (size: number): void {
-    if (size <= this.header.size) return
-    this.header.size = size
-    this.table.resize(blockCount(size, this.header.objectSize))
+    if (size <= this._header.size) return
+    this._header.size = size
+    this.table.resize(blockCount(size, this._header.objectSize))
     this.headerDirty = true
   }
 
   /** Sets the virtual size; a shrink frees whole blocks past the end and zeroes the cut block's tail. */
   async resize (size: number): Promise<void> {
-    checkImageSize(size, this.header.objectSize)
+    if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
+    checkImageSize(size, this._header.objectSize)
     await this.lock.withExclusive(async () => {
-      const old = this.header.size
+      const old = this._header.size
       if (size === old) return
-      const os = this.header.objectSize
+      const os = this._header.objectSize
       if (size > old) {
         this.grow(size)
-        this.header.mtime = Date.now()
+        this._header.mtime = Date.now()
         await this.saveHeader()
         return
       }
       const keep = blockCount(size, os)
       const cut = size % os
-      if (cut !== 0 && this.table.get(keep - 1) === this.vid) {
+      if (cut !== 0 && this.table.owner(keep - 1) !== 0) {
         // A later grow must read zeros here, as it would from a file.
+        await this.ownWholly(keep - 1)
         await this.objects.write(dataOid(this.vid, keep - 1), cut, Buffer.alloc(os - cut))
         await this.objects.sync([dataOid(this.vid, keep - 1)])
       }
-      const freed: number[] = []
-      for (const [idx, vid] of this.table.entries()) if (idx >= keep && vid === this.vid) freed.push(idx)
+      const freed = [...this.table.ownedBy(this.vid)].filter(idx => idx >= keep)
       // Durable new size first: a crash after it leaves only unreferenced objects, which the
       // next start collects.
-      this.header.size = size
-      this.header.mtime = Date.now()
+      this._header.size = size
+      this._header.mtime = Date.now()
       await this.saveHeader()
       await this.objects.truncate(this.inode, inodeObjectSize(size, os))
-      this.table.resize(keep)
       for (const idx of freed) {
         const oid = dataOid(this.vid, idx)
         this.dirtyData.delete(oid)
+        this.ownedSubblocks -= this.table.presentCount(idx)
         await this.objects.remove(oid)
-        this.owned--
       }
+      this.table.resize(keep)
     })
   }
 
@@ -263,33 +397,85 @@ export class Image {
   }
 
   async setTimes (mtime: number): Promise<void> {
-    this.header.mtime = mtime
+    this._header.mtime = mtime
     await this.saveHeader()
   }
 
   async setOwnership (attrs: { mode?: number, uid?: number, gid?: number }): Promise<void> {
-    if (attrs.mode !== undefined) this.header.mode = attrs.mode & 0o7777
-    if (attrs.uid !== undefined) this.header.uid = attrs.uid
-    if (attrs.gid !== undefined) this.header.gid = attrs.gid
+    if (attrs.mode !== undefined) this._header.mode = attrs.mode & 0o7777
+    if (attrs.uid !== undefined) this._header.uid = attrs.uid
+    if (attrs.gid !== undefined) this._header.gid = attrs.gid
     await this.saveHeader()
   }
 
-  async rename (name: string): Promise<void> {
-    this.header.name = name
+  /** Changes header fields that name the inode (name, tag, parent) and saves them. */
+  async relabel (fields: Partial<Pick<InodeHeader, 'name' | 'tag' | 'parent' | 'snapshotTime'>>): Promise<void> {
+    Object.assign(this._header, fields)
     await this.saveHeader()
   }
 
-  /** Deletes every object this image owns, then its inode. */
+  /** Runs fn with no guest I/O in flight or starting on this image. */
+  async exclusive<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.lock.withExclusive(fn)
+  }
+
+  /**
+   * Becomes inode `header.vid` (already written, with a table like this one's) while the state
+   * so far stays behind as the returned image; call with the exclusive lock held.
+   */
+  takeOver (header: InodeHeader, table: OwnerTable): Image {
+    const previous = new Image(this.objects, this._header, this.table, this.tableOf)
+    this._header = header
+    this.table = table
+    this.ownedSubblocks = countOwned(table, header.vid)
+    this.dirtyData = new Set()
+    this.inodeDirty = false
+    this.headerDirty = false
+    this.timesDirty = false
+    return previous
+  }
+
+  /** Copies every shared block into objects of this image; onProgress counts blocks. */
+  async flatten (onProgress?: (done: number, total: number) => void): Promise<void> {
+    await this.lock.withExclusive(async () => {
+      const blocks = [...this.table.blocks()].filter(idx => !(this.table.owner(idx) === this.vid && this.table.isFull(idx)))
+      let done = 0
+      for (const idx of blocks) {
+        await this.ownWholly(idx)
+        onProgress?.(++done, blocks.length)
+      }
+      await this.sync()
+      this._header.parent = 0
+      await this.saveHeader()
+    })
+  }
+
+  /** Deletes data objects of this inode that `referenced` does not list, and clears their entries. */
+  async freeUnreferenced (referenced: Set<number> | undefined): Promise<number> {
+    let freed = 0
+    for (const idx of [...this.table.ownedBy(this.vid)]) {
+      if (referenced?.has(idx)) continue
+      this.ownedSubblocks -= this.table.presentCount(idx)
+      this.table.clear(idx)
+      await this.saveEntry(idx)
+      await this.objects.remove(dataOid(this.vid, idx))
+      freed++
+    }
+    if (freed > 0) await this.sync()
+    return freed
+  }
+
+  /** Deletes every object this inode owns, then the inode. */
   async destroy (onProgress?: (done: number, total: number) => void): Promise<void> {
     await this.lock.withExclusive(async () => {
-      const blocks = this.ownedBlocks()
+      const blocks = [...this.table.ownedBy(this.vid)]
       let done = 0
       for (const idx of blocks) {
         await this.objects.remove(dataOid(this.vid, idx))
-        this.table.set(idx, 0)
-        this.owned--
+        this.table.clear(idx)
         onProgress?.(++done, blocks.length)
       }
+      this.ownedSubblocks = 0
       await this.objects.remove(this.inode)
     })
   }
@@ -299,7 +485,7 @@ export class Image {
     this.headerDirty = false
     this.timesDirty = false
     try {
-      await this.objects.write(this.inode, 0, encodeHeader(this.header))
+      await this.objects.write(this.inode, 0, encodeHeader(this._header))
     } catch (err) {
       this.headerDirty ||= sizeChanged
       this.timesDirty ||= timesChanged
@@ -314,6 +500,12 @@ export class Image {
     this.inodeDirty = false
     await this.objects.sync([this.inode])
   }
+}
+
+function countOwned (table: OwnerTable, vid: number): number {
+  let n = 0
+  for (const idx of table.ownedBy(vid)) n += table.presentCount(idx)
+  return n
 }
 
 const ZEROS = Buffer.alloc(2 ** 20)

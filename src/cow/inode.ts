@@ -1,7 +1,7 @@
 // The inode object of an image: a fixed-size header, then the owner table.
 //
 //   [0, HEADER_BYTES)   the header, compact-encoding (format 1, fields below) in a frame (./frame.ts)
-//   [HEADER_BYTES, HEADER_BYTES + 4 * blocks)   owner table, u32 LE per block
+//   [HEADER_BYTES, HEADER_BYTES + 16 * blocks)  owner table (./owner-table.ts)
 
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
@@ -18,13 +18,17 @@ export interface InodeHeader {
   size: number
   objectSize: number
   copies: number
-  /** vid of the snapshot this image's unwritten blocks come from; 0 for none. */
+  /** vid of the snapshot this image (or snapshot) was made from; 0 for none. */
   parent: number
   ctime: number
   mtime: number
   mode: number
   uid: number
   gid: number
+  /** A snapshot's tag; '' for a writable image. */
+  tag: string
+  /** When the snapshot was taken (ms); 0 for a writable image. */
+  snapshotTime: number
 }
 
 const headerEncoding: c.Encoding<InodeHeader> = {
@@ -41,6 +45,8 @@ const headerEncoding: c.Encoding<InodeHeader> = {
     c.uint.preencode(state, h.mode)
     c.uint.preencode(state, h.uid)
     c.uint.preencode(state, h.gid)
+    c.string.preencode(state, h.tag)
+    c.uint.preencode(state, h.snapshotTime)
   },
   encode (state, h) {
     c.uint.encode(state, HEADER_FORMAT)
@@ -55,6 +61,8 @@ const headerEncoding: c.Encoding<InodeHeader> = {
     c.uint.encode(state, h.mode)
     c.uint.encode(state, h.uid)
     c.uint.encode(state, h.gid)
+    c.string.encode(state, h.tag)
+    c.uint.encode(state, h.snapshotTime)
   },
   decode (state) {
     const format = c.uint.decode(state)
@@ -70,7 +78,9 @@ const headerEncoding: c.Encoding<InodeHeader> = {
       mtime: c.uint.decode(state),
       mode: c.uint.decode(state),
       uid: c.uint.decode(state),
-      gid: c.uint.decode(state)
+      gid: c.uint.decode(state),
+      tag: c.string.decode(state),
+      snapshotTime: c.uint.decode(state)
     }
   }
 }

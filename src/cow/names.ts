@@ -17,3 +17,13 @@ export function validateImageName (name: unknown): string {
   if (RESERVED.test(name)) throw SheepError.invalid(`image name ${JSON.stringify(name)} is reserved`)
   return name
 }
+
+/** A snapshot tag follows the same rules as an image name. */
+export function validateTag (tag: unknown): string {
+  if (typeof tag !== 'string' || tag.length === 0) throw SheepError.invalid('a snapshot tag must not be empty')
+  try {
+    return validateImageName(tag)
+  } catch (err) {
+    throw new SheepError((err as SheepError).code, (err as SheepError).message.replace(/image name/g, 'snapshot tag'))
+  }
+}

@@ -73,7 +73,9 @@ export class Mount {
     else if (isMountPoint(this.dir)) throw SheepError.busy(`mount point ${this.dir} is busy: something is mounted there`)
     const Fuse = require('fuse-native') as FuseClass
     // fuse-native whitelists only some -o options; its option string goes to libfuse verbatim.
-    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions']
+    // No attribute or name caching: a resize, rename or delete through the command must show at
+    // once (fuse-native's attrTimeout option drops 0).
+    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions', 'attr_timeout=0', 'entry_timeout=0']
     class SheepFuse extends Fuse {
       protected override _fuseOptions (): string {
         return super._fuseOptions() + ',' + extra.join(',')

@@ -52,17 +52,29 @@ export class LocalObjectStore implements ObjectStore {
   /** Opens (or initialises) the store. EBUSY when another daemon holds it. */
   async open (): Promise<void> {
     await fs.promises.mkdir(this.dir, { recursive: true })
-    const format = await readIfExists(path.join(this.dir, FORMAT_FILE))
-    if (format === null) {
-      const present = (await fs.promises.readdir(this.dir)).filter(n => n !== 'lost+found' && n !== 'sheep.log')
-      if (present.length > 0) throw SheepError.invalid(`${this.dir} is not empty and is not a sheep store`)
-      await fs.promises.writeFile(path.join(this.dir, FORMAT_FILE), FORMAT_LINE)
-    } else if (format !== FORMAT_LINE) {
-      throw SheepError.invalid(`${this.dir} holds an unknown store format: ${JSON.stringify(format.trim())}`)
-    }
+    if (!await LocalObjectStore.check(this.dir)) await fs.promises.writeFile(path.join(this.dir, FORMAT_FILE), FORMAT_LINE)
     await fs.promises.mkdir(path.join(this.dir, 'objects'), { recursive: true })
     this.catalog = new Catalog(path.join(this.dir, 'index'))
     await this.catalog.open()
+  }
+
+  /**
+   * Whether `dir` is a store (true) or may become one (false: missing, or empty but for a log);
+   * throws EINVAL for anything else, which a store must never overwrite.
+   */
+  static async check (dir: string): Promise<boolean> {
+    const format = await readIfExists(path.join(dir, FORMAT_FILE))
+    if (format === FORMAT_LINE) return true
+    if (format !== null) throw SheepError.invalid(`${dir} holds an unknown store format: ${JSON.stringify(format.trim())}`)
+    let present: string[]
+    try {
+      present = await fs.promises.readdir(dir)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
+      throw SheepError.invalid(`${dir} cannot be a store: ${(err as Error).message}`)
+    }
+    if (present.some(n => n !== 'lost+found' && n !== 'sheep.log')) throw SheepError.invalid(`${dir} is not empty and is not a sheep store`)
+    return false
   }
 
   async close (): Promise<void> {
