@@ -7,7 +7,7 @@ import { formatSize, parseSize } from '../src/units'
 import { call } from '../src/control/client'
 import { controlSocketPath, sheepMountContaining } from '../src/control/paths'
 import type { NodeStatus } from '../src/control/messages'
-import type { ImageInfo } from '../src/cow/image-store'
+import type { ImageInfo, TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
 import { table, progressBar } from './output'
 
@@ -27,7 +27,17 @@ images (NAME is a name, or a path such as ${DEFAULT_MOUNT}/vm1.img)
   image list [--json]
   image resize NAME SIZE      SIZE may be +SIZE to grow by that much
   image rename NAME NEWNAME
-  image delete NAME
+  image delete NAME            also deletes its snapshots (clones keep what they need)
+  image tree [--json]          images, snapshots and clones as a tree
+  image flatten NAME           copy what a clone shares, so it no longer needs its snapshot
+
+snapshots (instant, whatever the size; read-only files in ${DEFAULT_MOUNT}/.snapshots/NAME/TAG)
+  snapshot create NAME TAG
+  snapshot list NAME [--json]
+  snapshot delete NAME TAG
+  snapshot rollback NAME TAG   NAME must not be open for writing
+  clone NAME@TAG NEWNAME       an instant writable clone of a snapshot
+  clone NAME NEWNAME           the same, of a snapshot taken for it now
 
 Sizes take K, M, G, T suffixes (powers of 1024). Commands find the daemon through --mount
 (default ${DEFAULT_MOUNT}) or through a path inside a mount.`
@@ -84,11 +94,46 @@ async function request<K extends Parameters<typeof call>[1]> (mount: string, op:
   }
 }
 
+const when = (ms: number): string => new Date(ms).toISOString().replace('T', ' ').slice(0, 19)
+
 function imageRow (i: ImageInfo): string[] {
   return [i.name, formatSize(i.size), formatSize(i.allocated), String(i.copies), formatSize(i.objectSize),
-    new Date(i.ctime).toISOString().replace('T', ' ').slice(0, 19), i.openHandles > 0 ? 'open' : '']
+    when(i.ctime), String(i.snapshots), i.parent, i.openHandles > 0 ? 'open' : '']
 }
-const IMAGE_HEADER = ['NAME', 'SIZE', 'USED', 'COPIES', 'OBJECT', 'CREATED', 'STATE']
+const IMAGE_HEADER = ['NAME', 'SIZE', 'USED', 'COPIES', 'OBJECT', 'CREATED', 'SNAPSHOTS', 'PARENT', 'STATE']
+
+/** NAME@TAG, a path to an image (with @TAG), or a path under .snapshots; the tag may be absent. */
+function snapshotRef (values: Values, text: string | undefined): { mount: string, name: string, tag?: string } {
+  if (text === undefined) usageError('missing image name')
+  const snapDir = /^(.*)\/\.snapshots\/([^/]+)\/([^/]+)$/.exec(path.resolve(text))
+  if (text.includes('/') && snapDir) {
+    const mount = sheepMountContaining(snapDir[1] as string)
+    if (mount === null || mount !== snapDir[1]) fail(`${text} is not inside a sheep mount`)
+    return { mount, name: snapDir[2] as string, tag: snapDir[3] as string }
+  }
+  const at = text.indexOf('@')
+  const t = target(values, at < 0 ? text : text.slice(0, at))
+  if (t.name === undefined) usageError('missing image name')
+  return { mount: t.mount, name: t.name, tag: at < 0 ? undefined : text.slice(at + 1) }
+}
+
+function formatTree (nodes: TreeNode[]): string {
+  const children = new Map<number, TreeNode[]>()
+  const byVid = new Map(nodes.map(n => [n.vid, n]))
+  for (const n of nodes) {
+    const parent = byVid.has(n.parent) ? n.parent : 0
+    children.set(parent, [...(children.get(parent) ?? []), n])
+  }
+  const lines: string[] = []
+  const walk = (n: TreeNode, prefix: string, last: boolean, root: boolean): void => {
+    const label = n.kind === 'image' ? n.name : `${n.name}@${n.tag}${n.kind === 'deleted snapshot' ? ' (deleted, kept for clones)' : ''}`
+    lines.push(`${root ? '' : prefix + (last ? '└── ' : '├── ')}${label}  [${formatSize(n.size)}, ${formatSize(n.allocated)} own, ${when(n.time)}]`)
+    const kids = children.get(n.vid) ?? []
+    kids.forEach((k, i) => walk(k, root ? '' : prefix + (last ? '    ' : '│   '), i === kids.length - 1, false))
+  }
+  for (const root of children.get(0) ?? []) walk(root, '', true, true)
+  return lines.join('\n') + (lines.length > 0 ? '\n' : '')
+}
 
 async function main (argv: string[]): Promise<void> {
   const [command, ...rest] = argv
@@ -221,9 +266,72 @@ async function main (argv: string[]): Promise<void> {
           process.stdout.write(`deleted ${t.name}\n`)
           return
         }
+        case 'tree': {
+          const { values } = parse({ ...mountOpt, ...json }, 0)
+          const nodes = await request(target(values).mount, 'image.tree', {})
+          process.stdout.write(values.json ? JSON.stringify(nodes, null, 2) + '\n' : formatTree(nodes))
+          return
+        }
+        case 'flatten': {
+          const { values, positionals } = parse({ ...mountOpt }, 1)
+          const t = target(values, positionals[0])
+          if (t.name === undefined) usageError('missing image name')
+          const bar = progressBar(`flattening ${t.name}`)
+          await request(t.mount, 'image.flatten', { name: t.name }, bar.update)
+          bar.done()
+          process.stdout.write(`flattened ${t.name}: it no longer depends on a snapshot\n`)
+          return
+        }
         default:
           usageError(sub === undefined ? 'missing image command' : `unknown image command ${JSON.stringify(sub)}`)
       }
+    }
+    // eslint-disable-next-line no-fallthrough
+    case 'snapshot': {
+      const [sub, ...subRest] = rest
+      rest.splice(0, rest.length, ...subRest)
+      const { values, positionals } = parse({ ...mountOpt, ...json }, sub === 'list' ? 1 : 2)
+      const t = target(values, positionals[0])
+      if (t.name === undefined) usageError('missing image name')
+      const tag = positionals[1]
+      if (sub !== 'list' && tag === undefined) usageError('missing snapshot tag')
+      switch (sub) {
+        case 'create': {
+          const s = await request(t.mount, 'snapshot.create', { name: t.name, tag: tag as string })
+          if (values.json) process.stdout.write(JSON.stringify(s, null, 2) + '\n')
+          else process.stdout.write(`snapshot ${s.name}@${s.tag} taken\n`)
+          return
+        }
+        case 'list': {
+          const list = await request(t.mount, 'snapshot.list', { name: t.name })
+          if (values.json) { process.stdout.write(JSON.stringify(list, null, 2) + '\n'); return }
+          process.stdout.write(table(['TAG', 'TAKEN', 'SIZE', 'PINS'], list.map(s => [s.tag, when(s.snapshotTime), formatSize(s.size), formatSize(s.pinned)])))
+          return
+        }
+        case 'delete':
+          await request(t.mount, 'snapshot.delete', { name: t.name, tag: tag as string })
+          process.stdout.write(`deleted snapshot ${t.name}@${tag}\n`)
+          return
+        case 'rollback':
+          await request(t.mount, 'snapshot.rollback', { name: t.name, tag: tag as string })
+          process.stdout.write(`rolled ${t.name} back to ${tag}\n`)
+          return
+        default:
+          usageError(sub === undefined ? 'missing snapshot command' : `unknown snapshot command ${JSON.stringify(sub)}`)
+      }
+    }
+    // eslint-disable-next-line no-fallthrough
+    case 'clone': {
+      const { values, positionals } = parse({ ...mountOpt, ...json }, 2)
+      const src = snapshotRef(values, positionals[0])
+      if (positionals[1] === undefined) usageError('missing the new image name')
+      const dest = target(values, positionals[1].includes('/') ? positionals[1] : undefined)
+      const name = positionals[1].includes('/') ? dest.name : positionals[1]
+      if (name === undefined || (positionals[1].includes('/') && dest.mount !== src.mount)) fail(`${positionals[1]} is not in the same sheep mount as ${positionals[0]}`)
+      const info = await request(src.mount, 'image.clone', { source: src.name, tag: src.tag, name })
+      if (values.json) process.stdout.write(JSON.stringify(info, null, 2) + '\n')
+      else process.stdout.write(`cloned ${info.parent} to ${info.name}\n`)
+      return
     }
     // eslint-disable-next-line no-fallthrough
     default:

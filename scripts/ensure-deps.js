@@ -30,6 +30,7 @@ const missing = []
 if (!has('fusermount')) missing.push('fuse')
 if (!hasLib('libfuse.so.2')) missing.push('libfuse2')
 if (!has('qemu-img') || !has('qemu-io')) missing.push('qemu-utils')
+if (!has('setfattr') || !has('getfattr')) missing.push('attr')
 if (bench && !has('fio')) missing.push('fio')
 
 if (missing.length > 0) {

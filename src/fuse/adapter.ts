@@ -71,11 +71,6 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     if (t.kind === 'snapshot') throw SheepError.readOnly(path)
     throw new SheepError('EISDIR', path)
   }
-  const fileAt = (path: string): Image => {
-    const t = resolve(path)
-    if (t.kind === 'image' || t.kind === 'snapshot') return t.image
-    throw new SheepError('EISDIR', path)
-  }
   const handle = (fd: number): Handle => {
     const h = handles.get(fd)
     if (h === undefined) throw new SheepError('EINVAL', `bad file handle ${fd}`)
@@ -286,7 +281,9 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     },
     getxattr (path: string, name: string, _position: number, cb: Cb) {
       run('getxattr', path, cb, () => {
-        const value = xattrs(fileAt(path))[name]
+        const t = resolve(path)
+        // null: ENODATA, what folders and unknown names answer.
+        const value = t.kind === 'image' || t.kind === 'snapshot' ? xattrs(t.image)[name] : undefined
         return [0, value === undefined ? null : Buffer.from(value)]
       })
     },
