@@ -1,7 +1,7 @@
 // The FUSE adapter: each operation is one call on the image API, its error mapped to an errno.
 //
 //   /<image>                       every image, a regular file of its virtual size
-//   /.snapshots/<image>/<tag>      every snapshot, a read-only file
+//   /.snapshots/<image>/<tag>      every snapshot, a read-only file (/.snapshots is not listed)
 //
 // Extended attributes user.sheep.* describe an image; setting user.sheep.snapshot takes a snapshot.
 
@@ -146,7 +146,8 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       run('readdir', path, cb, () => {
         const t = resolve(path)
         switch (t.kind) {
-          case 'root': return [0, ['.', '..', SNAPSHOT_DIR, ...images.names()]]
+          // .snapshots is reached by name and not listed, as ZFS's .zfs: ls, du and cp -r see images only.
+          case 'root': return [0, ['.', '..', ...images.names()]]
           case 'snapshots': return [0, ['.', '..', ...images.snapshotFolders()]]
           case 'folder': return [0, ['.', '..', ...images.snapshotsOf(t.name).map(s => s.header.tag)]]
           default: throw new SheepError('ENOTDIR', path)
