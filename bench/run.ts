@@ -1,0 +1,452 @@
+// `npm run bench`: Sheep against the Node passthrough FUSE filesystem (shared/bench/passthrough.js),
+// side by side in one run on the same disk, with the ratios shared/notes/performance.md sets as
+// targets. Prints a Markdown table and writes it to bench/results/latest.md (and the raw samples to
+// latest.json).
+//
+// How a run goes: both filesystems are mounted at once under one temporary folder. For each
+// measurement the baseline goes first and Sheep right after it, so that the machine's drift hits
+// both alike; the backing filesystem is synced after every job so one job's writeback does not
+// land in the next. Each target gets a 1 GiB file, written once (the "first write" row) so that
+// later reads find real data, then the time-based fio jobs on it; then a qemu-img convert of a
+// 1 GiB raw file from the local disk; then the daemon's memory while a 2 GiB image is written.
+// With --runs N all of that repeats N times and each cell is the median.
+//
+// Everything started is stopped on the way out, on failure and on Ctrl-C too: see cleanup.ts.
+
+import crypto from 'node:crypto'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { spawnSync } from 'node:child_process'
+import { parseArgs } from 'node:util'
+import { formatSize, parseSize } from '../src/units'
+import * as cleanup from './cleanup'
+import { FILL_OPTIONS, FIO_JOBS, type FioJob, runFio } from './fio'
+import { runTool, syncFs, versionOf } from './proc'
+import { Results, resultsTable, rssLines, SKIPPED } from './report'
+import { ONE_HOST_GOALS, ROWS, type RowId } from './rows'
+import { RssSampler } from './rss'
+import { PassthroughTarget, SheepTarget, type Target } from './targets'
+
+const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [options])
+
+  --runtime SECONDS   measured time of each time-based fio job (default 8)
+  --ramp SECONDS      fio ramp time before measuring (default 1)
+  --runs N            repeat everything N times; each cell is the median (default 1)
+  --size SIZE         test file and qemu-img convert source size (default 1G)
+  --rss-size SIZE     image written while sampling the daemon's memory (default 2G)
+  --dir DIR           where the temporary folder goes; it must be on the disk to test (default ${os.tmpdir()})
+  --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss
+                      (the first write always runs: it makes the test file)
+  -h, --help
+
+Exit status: 0 when every cell was measured (whether or not the targets are met), 1 otherwise.`
+
+interface Options {
+  runtime: number
+  ramp: number
+  runs: number
+  size: number
+  rssSize: number
+  dir: string
+  only: Set<string> | null
+}
+
+function usageError (message: string): never {
+  process.stderr.write(`bench: ${message}\n\n${USAGE}\n`)
+  process.exit(2)
+}
+
+function parseOptions (argv: string[]): Options {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        runtime: { type: 'string' },
+        ramp: { type: 'string' },
+        runs: { type: 'string' },
+        size: { type: 'string' },
+        'rss-size': { type: 'string' },
+        dir: { type: 'string' },
+        only: { type: 'string' },
+        help: { type: 'boolean', short: 'h' }
+      },
+      strict: true,
+      allowPositionals: false
+    })
+  } catch (err) {
+    usageError((err as Error).message)
+  }
+  const v = parsed.values
+  if (v.help === true) {
+    process.stdout.write(USAGE + '\n')
+    process.exit(0)
+  }
+  const int = (text: string | undefined, def: number, min: number, what: string): number => {
+    if (text === undefined) return def
+    if (!/^\d+$/.test(text) || Number(text) < min) usageError(`bad ${what} ${JSON.stringify(text)}: a whole number, at least ${min}`)
+    return Number(text)
+  }
+  const size = (text: string | undefined, def: number, what: string): number => {
+    if (text === undefined) return def
+    const n = parseSize(text)
+    if (n === null || n < 2 ** 20 || n % 2 ** 20 !== 0) usageError(`bad ${what} ${JSON.stringify(text)}: a whole number of MiB, such as 512M or 1G`)
+    return n
+  }
+  let only: Set<string> | null = null
+  if (v.only !== undefined) {
+    const known = new Set<string>([...ROWS.map(r => r.id), 'rss'])
+    only = new Set(v.only.split(',').map(s => s.trim()).filter(Boolean))
+    for (const id of only) if (!known.has(id)) usageError(`unknown row ${JSON.stringify(id)} in --only`)
+  }
+  const dir = path.resolve(v.dir ?? os.tmpdir())
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) usageError(`--dir ${dir} is not a folder`)
+  return {
+    runtime: int(v.runtime, 8, 1, '--runtime'),
+    ramp: int(v.ramp, 1, 0, '--ramp'),
+    runs: int(v.runs, 1, 1, '--runs'),
+    size: size(v.size, 2 ** 30, '--size'),
+    rssSize: size(v['rss-size'], 2 * 2 ** 30, '--rss-size'),
+    dir,
+    only
+  }
+}
+
+/** The repository root: the nearest folder up from here whose package.json names "sheep". */
+function repoRoot (): string {
+  for (let dir = __dirname; ; dir = path.dirname(dir)) {
+    try {
+      if ((JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { name?: string }).name === 'sheep') return dir
+    } catch {}
+    if (path.dirname(dir) === dir) throw new Error(`cannot find the sheep repository above ${__dirname}`)
+  }
+}
+
+/** Everything the run needs, checked before anything starts; throws with what to do. */
+function preflight (root: string, passthrough: string, opts: Options): { fio: string, qemuImg: string } {
+  const problems: string[] = []
+  if (!fs.existsSync(passthrough)) {
+    problems.push(`the baseline is missing: expected the passthrough FUSE filesystem at ${passthrough} (shared/bench/passthrough.js beside the repository)`)
+  }
+  const fio = versionOf('fio')
+  if (fio === null) problems.push('fio is not installed (apt-get install fio; `npm run bench` installs it through scripts/ensure-deps.js --bench)')
+  else if (spawnSync('fio', ['--enghelp=libaio'], { stdio: 'ignore' }).status !== 0) problems.push('this fio has no libaio engine')
+  const qemuImg = versionOf('qemu-img')
+  if (qemuImg === null) problems.push('qemu-img is not installed (apt-get install qemu-utils)')
+  if (versionOf('fusermount', ['-V']) === null) problems.push('fusermount is not installed (apt-get install fuse)')
+  if (!fs.existsSync('/dev/fuse')) problems.push('/dev/fuse does not exist')
+  if (!fs.existsSync(path.join(root, 'dist', 'bin', 'sheep.js'))) problems.push(`sheep is not built: run \`npx tsc -p .\` in ${root}`)
+  if (!fs.existsSync(path.join(root, 'node_modules', 'fuse-native'))) problems.push(`fuse-native is not installed: run \`npm ci\` in ${root}`)
+  // Two test files, the convert source, one convert copy or memory image at a time, and room to spare.
+  const need = 3 * opts.size + Math.max(opts.size, opts.rssSize) + 2 ** 30
+  const st = fs.statfsSync(opts.dir)
+  if (st.bavail * st.bsize < need) problems.push(`${opts.dir} has ${formatSize(st.bavail * st.bsize)} free; the benchmark needs about ${formatSize(need)}`)
+  if (problems.length > 0) throw new Error(problems.join('\n'))
+  return { fio: fio ?? '', qemuImg: qemuImg ?? '' }
+}
+
+function filesystemOf (dir: string): string {
+  const r = spawnSync('findmnt', ['-n', '-o', 'FSTYPE,SOURCE', '-T', dir], { encoding: 'utf8' })
+  return r.status === 0 ? r.stdout.trim().replace(/\s+/, ' on ') : 'unknown filesystem'
+}
+
+/** A file of random bytes on the local disk, for qemu-img convert (random so that nothing is skipped as zeros). */
+function makeRandomFile (file: string, size: number): void {
+  const buf = Buffer.alloc(2 ** 20)
+  const fd = fs.openSync(file, 'w')
+  try {
+    for (let off = 0; off < size; off += buf.length) {
+      crypto.randomFillSync(buf)
+      fs.writeSync(fd, buf, 0, Math.min(buf.length, size - off), off)
+    }
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+/**
+ * Reads every file under the given paths, so that they start a job in the page cache. The machine
+ * reclaims cold pages by itself, so without this the target measured second would find the other's
+ * leftovers (the convert source above all) warmer or colder than the first did.
+ */
+function warm (paths: string[]): void {
+  const buf = Buffer.allocUnsafe(4 * 2 ** 20)
+  const readAll = (file: string): void => {
+    const fd = fs.openSync(file, 'r')
+    try {
+      while (fs.readSync(fd, buf, 0, buf.length, null) > 0) { /* reading is the point */ }
+    } finally {
+      fs.closeSync(fd)
+    }
+  }
+  for (const p of paths) {
+    const st = fs.statSync(p, { throwIfNoEntry: false })
+    if (st === undefined) continue
+    if (st.isFile()) readAll(p)
+    else if (st.isDirectory()) for (const name of fs.readdirSync(p)) warm([path.join(p, name)])
+  }
+}
+
+function say (line: string): void {
+  process.stderr.write(line + '\n')
+}
+
+function removeFile (file: string): void {
+  fs.rmSync(file, { force: true })
+}
+
+/** For tidying up between passes: a target that has failed may not answer any more. */
+function removeQuietly (file: string): void {
+  try { removeFile(file) } catch {}
+}
+
+class Bench {
+  private readonly opts: Options
+  private readonly targets: Target[]
+  private readonly results: Results
+  private readonly syncDir: string
+  private readonly convertSource: string
+  /** Targets found broken (a daemon died): their remaining cells are skipped. */
+  private readonly broken = new Map<string, string>()
+  interrupted = false
+
+  constructor (opts: Options, targets: Target[], results: Results, syncDir: string, convertSource: string) {
+    this.opts = opts
+    this.targets = targets
+    this.results = results
+    this.syncDir = syncDir
+    this.convertSource = convertSource
+  }
+
+  private wanted (id: string): boolean {
+    return id === 'first-write' || this.opts.only === null || this.opts.only.has(id)
+  }
+
+  private testFile (t: Target): string {
+    return path.join(t.mount, 'bench.img')
+  }
+
+  /** Runs one measurement on one target, records its value or its error, and syncs the disk after it. */
+  private async measure (row: RowId, t: Target, run: number, fn: () => Promise<number>): Promise<void> {
+    if (this.interrupted) throw new Error('interrupted')
+    const cell = this.results.cell(row, t.name)
+    const unit = ROWS.find(r => r.id === row)?.unit ?? ''
+    const prefix = `[run ${run}/${this.opts.runs}] ${row.padEnd(14)} ${t.name.padEnd(16)}`
+    if (this.broken.has(t.name)) {
+      cell.errors.push(SKIPPED)
+      return
+    }
+    try {
+      const v = await fn()
+      cell.samples.push(v)
+      say(`${prefix} ${unit === 's' ? v.toFixed(2) : Math.round(v)} ${unit}`)
+    } catch (err) {
+      if (this.interrupted) throw err
+      const dead = t.problem()
+      const message = (err as Error).message + (dead === null ? '' : `\n  ${dead}`)
+      cell.errors.push(message)
+      say(`${prefix} FAILED: ${message}`)
+      if (dead !== null) this.broken.set(t.name, dead)
+    } finally {
+      if (!this.interrupted) syncFs(this.syncDir)
+    }
+  }
+
+  private async fio (job: FioJob, t: Target, run: number): Promise<void> {
+    await this.measure(job.row, t, run, async () => {
+      const file = this.testFile(t)
+      if (!job.timeBased) removeFile(file)
+      if (job.warm) warm(t.dataDirs())
+      const r = await runFio(job.row, file, this.opts.size, job.options,
+        job.timeBased ? { runtime: this.opts.runtime, ramp: this.opts.ramp } : null)
+      return job.value(r)
+    })
+  }
+
+  private async convert (t: Target, run: number): Promise<void> {
+    const dest = path.join(t.mount, 'convert.img')
+    await this.measure('convert', t, run, async () => {
+      removeFile(dest)
+      warm([this.convertSource])
+      try {
+        const r = await runTool('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', this.convertSource, dest],
+          { timeoutMs: Math.max(600, this.opts.size / 2 ** 21) * 1000 })
+        if (r.code !== 0) throw new Error(`qemu-img convert failed (${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim()}`)
+        const got = fs.statSync(dest).size
+        if (got !== this.opts.size) throw new Error(`qemu-img convert made a ${got}-byte file, not ${this.opts.size}`)
+        return r.seconds
+      } finally {
+        if (!this.interrupted) removeQuietly(dest)
+      }
+    })
+  }
+
+  private async memory (t: Target, run: number): Promise<void> {
+    if (this.interrupted) throw new Error('interrupted')
+    if (this.broken.has(t.name)) return
+    const file = path.join(t.mount, 'rss.img')
+    const prefix = `[run ${run}/${this.opts.runs}] ${'rss'.padEnd(14)} ${t.name.padEnd(16)}`
+    try {
+      removeFile(file)
+      const sampler = new RssSampler(t.pids())
+      sampler.begin()
+      let job
+      try {
+        job = await runFio('rss', file, this.opts.rssSize, FILL_OPTIONS, null)
+      } catch (err) {
+        sampler.end()
+        throw err
+      }
+      const report = sampler.end()
+      const mibps = job.write.bw_bytes / 2 ** 20
+      this.results.addRss(t.name, { ...report, mibps })
+      say(`${prefix} peak ${Math.round(report.peakMiB)} MiB (from ${Math.round(report.startMiB)} MiB), written at ${Math.round(mibps)} MiB/s`)
+    } catch (err) {
+      if (this.interrupted) throw err
+      const dead = t.problem()
+      const message = (err as Error).message + (dead === null ? '' : `\n  ${dead}`)
+      const list = this.results.rssErrors.get(t.name) ?? []
+      list.push(message)
+      this.results.rssErrors.set(t.name, list)
+      say(`${prefix} FAILED: ${message}`)
+      if (dead !== null) this.broken.set(t.name, dead)
+    } finally {
+      if (!this.interrupted) {
+        removeQuietly(file)
+        syncFs(this.syncDir)
+      }
+    }
+  }
+
+  /** One pass over every measurement, each target in turn for each. */
+  async pass (run: number): Promise<void> {
+    for (const job of FIO_JOBS) {
+      if (!this.wanted(job.row)) continue
+      for (const t of this.targets) await this.fio(job, t, run)
+    }
+    if (this.wanted('convert')) for (const t of this.targets) await this.convert(t, run)
+    if (this.wanted('rss')) for (const t of this.targets) await this.memory(t, run)
+    // A new pass starts with a new file, written anew by the first-write job.
+    for (const t of this.targets) if (!this.broken.has(t.name)) removeQuietly(this.testFile(t))
+  }
+}
+
+async function main (): Promise<number> {
+  const opts = parseOptions(process.argv.slice(2))
+  const root = repoRoot()
+  const passthroughScript = path.join(root, '..', 'shared', 'bench', 'passthrough.js')
+  let tools
+  try {
+    tools = preflight(root, passthroughScript, opts)
+  } catch (err) {
+    say(`bench: cannot run:\n${(err as Error).message}`)
+    return 1
+  }
+  const loadBefore = os.loadavg()
+
+  const base = fs.mkdtempSync(path.join(opts.dir, 'sheep-bench-'))
+  cleanup.trackDir(base)
+  say(`bench: working in ${base}`)
+  const targets: Target[] = [
+    new PassthroughTarget(path.join(base, 'passthrough'), passthroughScript, path.join(root, 'node_modules')),
+    new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS })
+  ]
+  const rows = ROWS.filter(r => r.id === 'first-write' || opts.only === null || opts.only.has(r.id))
+    .map(r => ({ ...r, label: r.label.replace('{size}', formatSize(opts.size)) }))
+  let results: Results | null = null
+  let bench: Bench | null = null
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (bench?.interrupted === true || cleanup.isClosing()) {
+      say(`bench: ${signal} again: killing everything now`)
+      cleanup.cleanupSync()
+      process.exit(130)
+    }
+    if (bench !== null) bench.interrupted = true
+    say(`\nbench: ${signal}: stopping and cleaning up (again to force)`)
+    void cleanup.cleanupAll().then(warnings => {
+      for (const w of warnings) say(`bench: ${w}`)
+      process.exit(signal === 'SIGINT' ? 130 : 143)
+    })
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  process.on('SIGHUP', onSignal)
+
+  const started = Date.now()
+  try {
+    for (const t of targets) {
+      say(`bench: starting ${t.name}`)
+      await t.setup()
+    }
+    const source = path.join(base, 'convert-source.raw')
+    if (opts.only === null || opts.only.has('convert')) {
+      say(`bench: writing the ${formatSize(opts.size)} qemu-img convert source`)
+      makeRandomFile(source, opts.size)
+    }
+    results = new Results(rows, targets.map(t => ({ name: t.name, description: t.description, goals: t.goals })))
+    bench = new Bench(opts, targets, results, base, source)
+    for (let run = 1; run <= opts.runs; run++) await bench.pass(run)
+  } catch (err) {
+    if (!cleanup.isClosing()) {
+      say(`bench: ${(err as Error).message}`)
+      await stopAll(targets)
+      process.exitCode = 1
+    }
+    // Interrupted: the signal handler cleans up and exits.
+    return 1
+  }
+  await stopAll(targets)
+  if (results === null) return 1
+  const loadAfter = os.loadavg()
+  const minutes = ((Date.now() - started) / 60_000).toFixed(1)
+  const header = [
+    '# Sheep benchmark: one host against the Node passthrough',
+    '',
+    `${new Date().toISOString().replace('T', ' ').slice(0, 16)} UTC on ${os.hostname()}: ${os.cpus().length} CPUs, Linux ${os.release()}, ` +
+      `Node ${process.version}, ${tools.fio}, ${tools.qemuImg.replace(/ Copyright.*/, '')}; ` +
+      `load average ${loadBefore[0]?.toFixed(2)} before, ${loadAfter[0]?.toFixed(2)} after; took ${minutes} min.`,
+    `Files on ${filesystemOf(opts.dir)} (${opts.dir}); ${formatSize(opts.size)} test file; time-based jobs ${opts.runtime} s after a ` +
+      `${opts.ramp} s ramp; ${opts.runs === 1 ? 'one run' : `median of ${opts.runs} runs`}. Ratio = column / passthrough ` +
+      '(higher is better for MiB/s and IOPS, lower for µs and s). Before each read job and each convert, the files behind ' +
+      'the mount (or the convert source) are read once, so both targets start with them in the page cache.',
+    ...targets.map(t => `- ${t.name}: ${t.description}`),
+    ''
+  ].join('\n')
+  const failures = results.failures()
+  const text = [
+    header,
+    resultsTable(results),
+    rssLines(results, formatSize(opts.rssSize)),
+    failures.length > 0 ? 'Failures:\n' + failures.map(f => `- ${f.replace(/\n/g, '\n  ')}`).join('\n') + '\n' : ''
+  ].filter(Boolean).join('\n')
+  process.stdout.write('\n' + text)
+  const out = path.join(root, 'bench', 'results')
+  fs.mkdirSync(out, { recursive: true })
+  fs.writeFileSync(path.join(out, 'latest.md'), text)
+  fs.writeFileSync(path.join(out, 'latest.json'), JSON.stringify({ options: { ...opts, only: opts.only && [...opts.only] }, tools, results }, null, 2) + '\n')
+  say(`\nbench: wrote ${path.relative(process.cwd(), path.join(out, 'latest.md')) || path.join(out, 'latest.md')}`)
+  return failures.length > 0 ? 1 : 0
+}
+
+/** Stops the targets (last first), then whatever else is registered, and removes the temporary folder. */
+async function stopAll (targets: Target[]): Promise<void> {
+  for (const t of [...targets].reverse()) {
+    try {
+      await t.teardown()
+    } catch (err) {
+      say(`bench: stopping ${t.name}: ${(err as Error).message}`)
+    }
+  }
+  for (const w of await cleanup.cleanupAll()) say(`bench: ${w}`)
+}
+
+process.on('exit', () => cleanup.cleanupSync())
+
+main().then(code => {
+  process.exitCode = code
+}, err => {
+  say(`bench: ${(err as Error)?.stack ?? String(err)}`)
+  process.exitCode = 1
+})

@@ -1,0 +1,235 @@
+// The filesystems the benchmark compares, each behind one interface so that more columns (a
+// three-node cluster with three copies, another baseline) are one more class each.
+
+import { type ChildProcess, spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import * as cleanup from './cleanup'
+import type { Goals } from './rows'
+
+export interface Target {
+  /** Column heading, e.g. "sheep (1 host)". */
+  readonly name: string
+  /** The folder the benchmark's files go in. */
+  readonly mount: string
+  /** Targets as ratios against the baseline (the first target), by row id; none for the baseline. */
+  readonly goals: Goals
+  /** A one-line description for the report, known after setup. */
+  readonly description: string
+  /** Starts the filesystem; resolves when its mount is usable. */
+  setup (): Promise<void>
+  /** Stops everything setup started and unmounts; safe to call more than once, and after a failed setup. */
+  teardown (): Promise<void>
+  /** PIDs of the processes whose memory counts as this target's (its daemons). */
+  pids (): number[]
+  /** Folders on the local disk whose files hold the target's data (read to warm the page cache). */
+  dataDirs (): string[]
+  /** Null while healthy; otherwise what went wrong (a daemon exited), with its last output. */
+  problem (): string | null
+}
+
+const LOG_TAIL = 64 * 1024
+
+/** A long-running child (a FUSE daemon) with its output kept for error messages. */
+class DaemonProcess {
+  readonly label: string
+  child: ChildProcess | null = null
+  output = ''
+
+  constructor (label: string) {
+    this.label = label
+  }
+
+  spawn (cmd: string, args: string[], env: NodeJS.ProcessEnv, extraFds = 0): ChildProcess {
+    const stdio: Array<'ignore' | 'pipe'> = ['ignore', 'pipe', 'pipe']
+    for (let i = 0; i < extraFds; i++) stdio.push('pipe')
+    // detached: a Ctrl-C in the terminal reaches only the benchmark, which stops things in order.
+    const child = spawn(cmd, args, { stdio, env, detached: true })
+    this.child = child
+    cleanup.trackChild(child, 'daemon')
+    const keep = (d: Buffer): void => {
+      this.output += d.toString()
+      if (this.output.length > LOG_TAIL) this.output = this.output.slice(-LOG_TAIL / 2)
+    }
+    child.stdout?.on('data', keep)
+    child.stderr?.on('data', keep)
+    return child
+  }
+
+  get pid (): number | null {
+    return this.child?.pid ?? null
+  }
+
+  problem (): string | null {
+    const c = this.child
+    if (c === null) return `${this.label} is not running`
+    if (!cleanup.exited(c)) return null
+    return `${this.label} (pid ${c.pid}) exited (${c.exitCode ?? c.signalCode}); its last output:\n${tail(this.output)}`
+  }
+
+  async stop (graceMs: number): Promise<void> {
+    if (this.child !== null) await cleanup.stopChild(this.child, graceMs)
+  }
+
+  /** Resolves when `ready` does; rejects when the process exits first or the time runs out. */
+  waitFor (ready: Promise<void>, timeoutMs: number): Promise<void> {
+    const child = this.child
+    if (child === null) return Promise.reject(new Error(`${this.label} was not started`))
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${this.label} was not ready within ${timeoutMs / 1000} s; its output:\n${tail(this.output)}`)), timeoutMs)
+      const onExit = (code: number | null, signal: string | null): void => {
+        clearTimeout(timer)
+        // Let the last output arrive before quoting it.
+        setTimeout(() => reject(new Error(`${this.label} exited (${code ?? signal}) before it was ready; its output:\n${tail(this.output)}`)), 100)
+      }
+      child.once('exit', onExit)
+      ready.then(() => { clearTimeout(timer); child.off('exit', onExit); resolve() },
+        err => { clearTimeout(timer); child.off('exit', onExit); reject(err) })
+    })
+  }
+}
+
+function tail (text: string, lines = 20): string {
+  const all = text.trimEnd().split('\n')
+  return all.slice(-lines).map(l => '    ' + l).join('\n') || '    (nothing)'
+}
+
+/** The Node passthrough FUSE filesystem from shared/bench: the baseline every ratio is against. */
+export class PassthroughTarget implements Target {
+  readonly name = 'passthrough'
+  readonly goals: Goals = {}
+  readonly mount: string
+  readonly backing: string
+  description = 'Node passthrough FUSE'
+  private readonly script: string
+  private readonly nodePath: string
+  private readonly daemon = new DaemonProcess('the passthrough')
+
+  /** dir: an empty folder of its own; script: passthrough.js; nodeModules: where fuse-native is. */
+  constructor (dir: string, script: string, nodeModules: string) {
+    this.backing = path.join(dir, 'backing')
+    this.mount = path.join(dir, 'mnt')
+    this.script = script
+    this.nodePath = nodeModules
+  }
+
+  async setup (): Promise<void> {
+    fs.mkdirSync(this.backing, { recursive: true })
+    fs.mkdirSync(this.mount, { recursive: true })
+    cleanup.trackMount(this.mount)
+    const env = { ...process.env, NODE_PATH: [this.nodePath, process.env.NODE_PATH].filter(Boolean).join(path.delimiter) }
+    const child = this.daemon.spawn(process.execPath, [this.script, this.backing, this.mount,
+      '--big-writes', '--max-write=131072', '--max-read=131072'], env)
+    const mounted = new Promise<void>(resolve => {
+      let out = ''
+      const onData = (d: Buffer): void => {
+        out += d.toString()
+        const line = out.split('\n').slice(0, -1).find(l => l.startsWith('mounted '))
+        if (line !== undefined) {
+          child.stdout?.off('data', onData)
+          this.description = `node ${path.basename(this.script)}: ${line.replace(/^mounted \S+ at \S+ /, '')}`
+          resolve()
+        }
+      }
+      child.stdout?.on('data', onData)
+    })
+    await this.daemon.waitFor(mounted, 30_000)
+    if (!cleanup.isMounted(this.mount)) throw new Error(`the passthrough said it mounted ${this.mount}, but nothing is mounted there`)
+  }
+
+  async teardown (): Promise<void> {
+    // The passthrough unmounts itself on SIGTERM.
+    await this.daemon.stop(10_000)
+    if (!await cleanup.unmount(this.mount)) throw new Error(`cannot unmount ${this.mount}`)
+  }
+
+  pids (): number[] {
+    const pid = this.daemon.pid
+    return pid === null ? [] : [pid]
+  }
+
+  dataDirs (): string[] {
+    return [this.backing]
+  }
+
+  problem (): string | null {
+    return this.daemon.problem()
+  }
+}
+
+export interface SheepTargetOptions {
+  /** Column heading. */
+  name: string
+  /** The repository root: bin/sheep is started from there. */
+  root: string
+  /** Copies for images made through the mount. */
+  copies: number
+  goals: Goals
+  /** More `sheep start` arguments. */
+  extraArgs?: string[]
+}
+
+/** One Sheep daemon with a store, mount and control-socket folder of its own. */
+export class SheepTarget implements Target {
+  readonly name: string
+  readonly goals: Goals
+  readonly mount: string
+  readonly store: string
+  readonly runDir: string
+  description: string
+  private readonly opts: SheepTargetOptions
+  private readonly daemon = new DaemonProcess('the sheep daemon')
+
+  constructor (dir: string, opts: SheepTargetOptions) {
+    this.name = opts.name
+    this.goals = opts.goals
+    this.opts = opts
+    this.store = path.join(dir, 'store')
+    this.mount = path.join(dir, 'mnt')
+    this.runDir = path.join(dir, 'run')
+    this.description = `bin/sheep start --copies ${opts.copies}`
+  }
+
+  async setup (): Promise<void> {
+    fs.mkdirSync(this.runDir, { recursive: true })
+    cleanup.trackMount(this.mount)
+    const args = [path.join(this.opts.root, 'bin', 'sheep'), 'start', '--store', this.store, '--mount', this.mount,
+      '--copies', String(this.opts.copies), ...(this.opts.extraArgs ?? [])]
+    this.description = `bin/sheep start --copies ${this.opts.copies}${this.opts.extraArgs?.length ? ' ' + this.opts.extraArgs.join(' ') : ''}` +
+      ` (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'})`
+    const child = this.daemon.spawn(process.execPath, args, { ...process.env, SHEEP_RUN_DIR: this.runDir, SHEEP_READY_FD: '3' }, 1)
+    // The daemon writes one line on fd 3 and closes it: "ready" or "error: ...".
+    const pipe = child.stdio[3] as NodeJS.ReadableStream
+    const ready = new Promise<void>((resolve, reject) => {
+      let said = ''
+      pipe.setEncoding('utf8')
+      pipe.on('data', (c: string) => { said += c })
+      pipe.on('end', () => {
+        if (said.trim() === 'ready') return resolve()
+        // Let the last output arrive before quoting it.
+        setTimeout(() => reject(new Error(`the sheep daemon did not start${said.trim() ? `: ${said.trim()}` : ''}; its output:\n${tail(this.daemon.output)}`)), 100)
+      })
+    })
+    await this.daemon.waitFor(ready, 60_000)
+    if (!cleanup.isMounted(this.mount)) throw new Error(`the sheep daemon said ready, but nothing is mounted at ${this.mount}`)
+  }
+
+  async teardown (): Promise<void> {
+    // SIGTERM makes the daemon stop (force) and unmount; a stuck one is killed after the grace time.
+    await this.daemon.stop(30_000)
+    if (!await cleanup.unmount(this.mount)) throw new Error(`cannot unmount ${this.mount}`)
+  }
+
+  pids (): number[] {
+    const pid = this.daemon.pid
+    return pid === null ? [] : [pid]
+  }
+
+  dataDirs (): string[] {
+    return [path.join(this.store, 'objects')]
+  }
+
+  problem (): string | null {
+    return this.daemon.problem()
+  }
+}
