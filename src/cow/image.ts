@@ -230,12 +230,12 @@ export class Image {
     if (t.owner(idx) === this.vid && t.isFull(idx)) return await this.writeData(idx, inObject, data)
     // A hole already reads as zeros: writing zeros there allocates nothing.
     if (t.owner(idx) === 0 && !this.blockQueues.has(idx) && isZero(data)) return
+    let written = false
     await this.serialised(idx, async () => {
-      if (t.owner(idx) === this.vid && t.isFull(idx)) return await this.writeData(idx, inObject, data)
-      if (t.owner(idx) === 0) {
-        await this.allocate(idx)
-        return await this.writeData(idx, inObject, data)
-      }
+      if (t.owner(idx) === this.vid && t.isFull(idx)) return
+      // A new block: only the allocation waits in the queue; the writes into it run side by side.
+      if (t.owner(idx) === 0) return await this.allocate(idx)
+      written = true
       const sub = this.subSize
       const first = Math.floor(inObject / sub)
       const last = Math.floor((inObject + data.length - 1) / sub)
@@ -249,6 +249,7 @@ export class Image {
       await this.writeData(idx, inObject, data)
       await this.markPresent(idx, first, last)
     })
+    if (!written) await this.writeData(idx, inObject, data)
   }
 
   private async writeData (idx: number, inObject: number, data: Uint8Array): Promise<void> {
