@@ -1,6 +1,6 @@
 // The results: samples per (row, target), medians, ratios against the baseline, the Markdown table.
 
-import { formatGoal, meets, type Row, type RowId } from './rows'
+import { type CowRow, type CowRowId, type CowSectionId, formatGoal, meets, type Row, type RowId } from './rows'
 import type { RssReport } from './rss'
 
 /** The error of a cell not measured because its target had failed before. */
@@ -30,13 +30,22 @@ export class Results {
   /** The run with the highest peak, per target. */
   readonly rss = new Map<string, RssResult>()
   readonly rssErrors = new Map<string, string[]>()
+  /** The copy-on-write table: its rows, and the targets it runs on (those with snapshots). */
+  readonly cowRows: CowRow[]
+  readonly cowTargets: TargetInfo[]
+  /** Errors of a copy-on-write section, by section and target. */
+  private readonly cowErrorLists = new Map<string, string[]>()
+  /** The last run's detail line of each section, by target. */
+  readonly cowDetails = new Map<string, Map<CowSectionId, string>>()
 
-  constructor (rows: Row[], targets: TargetInfo[]) {
+  constructor (rows: Row[], targets: TargetInfo[], cowRows: CowRow[] = [], cowTargets: TargetInfo[] = []) {
     this.rows = rows
     this.targets = targets
+    this.cowRows = cowRows
+    this.cowTargets = cowTargets
   }
 
-  cell (row: RowId, target: string): Cell {
+  cell (row: RowId | `cow:${CowRowId}`, target: string): Cell {
     const key = `${row}\0${target}`
     let c = this.cells.get(key)
     if (c === undefined) {
@@ -44,6 +53,28 @@ export class Results {
       this.cells.set(key, c)
     }
     return c
+  }
+
+  cowCell (row: CowRowId, target: string): Cell {
+    return this.cell(`cow:${row}`, target)
+  }
+
+  cowMedian (row: CowRowId, target: string): number | null {
+    return median(this.cowCell(row, target).samples)
+  }
+
+  cowErrors (section: CowSectionId, target: string): string[] {
+    const key = `${section}\0${target}`
+    let list = this.cowErrorLists.get(key)
+    if (list === undefined) {
+      list = []
+      this.cowErrorLists.set(key, list)
+    }
+    return list
+  }
+
+  cowSections (): CowSectionId[] {
+    return [...new Set(this.cowRows.map(r => r.section))]
   }
 
   addRss (target: string, r: RssResult): void {
@@ -65,6 +96,14 @@ export class Results {
           else out.push(`${row.id} on ${t.name}: ${e}`)
         }
       }
+      if (this.cowTargets.some(c => c.name === t.name)) {
+        for (const section of this.cowSections()) {
+          for (const e of this.cowErrors(section, t.name)) {
+            if (e === SKIPPED) skipped++
+            else out.push(`${section} on ${t.name}: ${e}`)
+          }
+        }
+      }
       if (skipped > 0) out.push(`${skipped} later measurement${skipped === 1 ? '' : 's'} on ${t.name} skipped after that`)
     }
     for (const [t, errors] of this.rssErrors) for (const e of errors) out.push(`memory on ${t}: ${e}`)
@@ -78,7 +117,16 @@ export class Results {
         ...row,
         cells: Object.fromEntries(this.targets.map(t => [t.name, { ...this.cell(row.id, t.name), median: this.median(row.id, t.name) }]))
       })),
-      rss: Object.fromEntries(this.rss)
+      rss: Object.fromEntries(this.rss),
+      cow: {
+        targets: this.cowTargets.map(t => t.name),
+        rows: this.cowRows.map(row => ({
+          ...row,
+          cells: Object.fromEntries(this.cowTargets.map(t => [t.name, { ...this.cowCell(row.id, t.name), median: this.cowMedian(row.id, t.name) }]))
+        })),
+        errors: Object.fromEntries(this.cowTargets.map(t => [t.name, Object.fromEntries(this.cowSections().map(s => [s, this.cowErrors(s, t.name)]))])),
+        details: Object.fromEntries([...this.cowDetails].map(([t, m]) => [t, Object.fromEntries(m)]))
+      }
     }
   }
 }
@@ -156,4 +204,47 @@ export function rssLines (results: Results, sizeText: string): string {
   if (lines.length === 0) return ''
   return `Peak RSS (VmRSS every 100 ms, summed over the target's daemons) while a ${sizeText} image is written ` +
     'sequentially (fio, 1M O_DIRECT):\n' + lines.join('\n') + '\n'
+}
+
+function formatCowValue (v: number, row: CowRow): string {
+  switch (row.unit) {
+    case 'ms': return v.toFixed(1)
+    case 'ratio': return v.toFixed(2)
+    default: return String(Math.round(v))
+  }
+}
+
+function formatCowGoal (row: CowRow): string {
+  if (row.goal === undefined) return ''
+  const unit = row.unit === 'ms' || row.unit === 'KiB' ? ` ${row.unit}` : ''
+  return `${row.goal.op === '<=' ? '≤' : '≥'} ${row.goal.value}${unit}`
+}
+
+/**
+ * The copy-on-write table: a row per measurement, per target its value (the median of its
+ * samples), target and verdict. A section that failed shows "failed" in each row it has no value for.
+ */
+export function cowTable (results: Results): string {
+  if (results.cowTargets.length === 0 || results.cowRows.length === 0) return ''
+  const header = ['copy-on-write']
+  const right = [false]
+  for (const t of results.cowTargets) {
+    header.push(t.name, 'target', 'met')
+    right.push(true, false, false)
+  }
+  const body: string[][] = []
+  for (const row of results.cowRows) {
+    const line = [row.label]
+    for (const t of results.cowTargets) {
+      const v = results.cowMedian(row.id, t.name)
+      line.push(v === null ? 'failed' : formatCowValue(v, row), formatCowGoal(row),
+        row.goal === undefined ? '' : v === null ? 'n/a' : meets(row.goal, v) ? 'yes' : '**no**')
+    }
+    body.push(line)
+  }
+  const notes: string[] = []
+  for (const t of results.cowTargets) {
+    for (const [section, detail] of results.cowDetails.get(t.name) ?? []) notes.push(`- ${t.name}, ${section}: ${detail}`)
+  }
+  return markdownTable(header, body, right) + (notes.length > 0 ? '\n' + notes.join('\n') + '\n' : '')
 }

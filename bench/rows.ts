@@ -81,3 +81,47 @@ export function formatGoal (goal: Goal, row: Row): string {
   const v = String(Number(goal.value.toFixed(2)))
   return row.better === 'lower' ? `${goal.op === '<=' ? '≤' : '≥'} ${v}×` : `${goal.op === '>=' ? '≥' : '≤'} ${v}`
 }
+
+// The copy-on-write table (Sheep targets only: the passthrough has no snapshots). Its targets are
+// absolute, not ratios against the baseline. Each row belongs to a section, which is what --only
+// names; a section's measurements are taken together.
+
+export type CowSectionId = 'snapshot' | 'clone-randwrite'
+export const COW_SECTIONS: readonly CowSectionId[] = ['snapshot', 'clone-randwrite']
+
+export type CowRowId = 'snapshot-ms' | 'clone-ms' | 'cow-growth' | 'cow-tables' | 'cow-rest' |
+  'plain-randwrite' | 'clone-randwrite' | 'clone-ratio' | 'clone-copied'
+
+export interface CowRow {
+  id: CowRowId
+  section: CowSectionId
+  /** {size} stands for the test file's size. */
+  label: string
+  unit: 'ms' | 'KiB' | 'IOPS' | 'ratio' | 'MiB'
+  goal?: Goal
+}
+
+/** The size of the image whose snapshot and clone are timed, and how much of it is written. */
+export const COW_BIG_IMAGE = 2 ** 40
+export const COW_BIG_WRITTEN = 2 ** 30
+
+export const COW_ROWS: CowRow[] = [
+  { id: 'snapshot-ms', section: 'snapshot', unit: 'ms', goal: { op: '<=', value: 100 },
+    label: '`snapshot.create` of a 1 TiB image with 1 GiB written (16 MiB at the start of each 16 GiB), median of 5 calls, ms' },
+  { id: 'clone-ms', section: 'snapshot', unit: 'ms', goal: { op: '<=', value: 100 },
+    label: '`image.clone` of that snapshot into a new image, median of 5 calls, ms' },
+  { id: 'cow-growth', section: 'snapshot', unit: 'KiB',
+    label: 'store growth per snapshot + clone (du of the store), KiB' },
+  { id: 'cow-tables', section: 'snapshot', unit: 'KiB',
+    label: '… of it the two new inodes (header + owner-table pages), KiB' },
+  { id: 'cow-rest', section: 'snapshot', unit: 'KiB', goal: { op: '<=', value: 1024 },
+    label: '… the rest, KiB' },
+  { id: 'plain-randwrite', section: 'clone-randwrite', unit: 'IOPS',
+    label: '4K randwrite qd1 (psync, direct) on a fully written {size} image, IOPS' },
+  { id: 'clone-randwrite', section: 'clone-randwrite', unit: 'IOPS',
+    label: 'the same on a fresh clone of it (first write into each sub-block copies it up), IOPS' },
+  { id: 'clone-ratio', section: 'clone-randwrite', unit: 'ratio', goal: { op: '>=', value: 0.5 },
+    label: 'clone / plain' },
+  { id: 'clone-copied', section: 'clone-randwrite', unit: 'MiB',
+    label: 'copied up into the clone by the end of its job (`image.list` allocated), MiB of {size}' }
+]

@@ -11,6 +11,11 @@
 // 1 GiB raw file from the local disk; then the daemon's memory while a 2 GiB image is written.
 // With --runs N all of that repeats N times and each cell is the median.
 //
+// Then, on the Sheep targets only (the passthrough has no snapshots), the copy-on-write
+// measurements of cow.ts, printed as a second table: snapshot and clone time of a 1 TiB image with
+// 1 GiB written and the store's growth from them ("snapshot"), and 4K random writes into a fresh
+// clone of a fully written image against the same image before ("clone-randwrite").
+//
 // Everything started is stopped on the way out, on failure and on Ctrl-C too: see cleanup.ts.
 
 import crypto from 'node:crypto'
@@ -21,10 +26,11 @@ import { spawnSync } from 'node:child_process'
 import { parseArgs } from 'node:util'
 import { formatSize, parseSize } from '../src/units'
 import * as cleanup from './cleanup'
+import { type CowContext, type CowOutcome, cowSpace, measureCloneRandwrite, measureSnapshot } from './cow'
 import { FILL_OPTIONS, FIO_JOBS, type FioJob, runFio } from './fio'
 import { runTool, syncFs, versionOf } from './proc'
-import { Results, resultsTable, rssLines, SKIPPED } from './report'
-import { ONE_HOST_GOALS, ROWS, type RowId } from './rows'
+import { cowTable, median, Results, resultsTable, rssLines, SKIPPED } from './report'
+import { COW_ROWS, COW_SECTIONS, type CowSectionId, ONE_HOST_GOALS, ROWS, type RowId } from './rows'
 import { RssSampler } from './rss'
 import { PassthroughTarget, SheepTarget, type Target } from './targets'
 
@@ -36,7 +42,8 @@ const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [opti
   --size SIZE         test file and qemu-img convert source size (default 1G)
   --rss-size SIZE     image written while sampling the daemon's memory (default 2G)
   --dir DIR           where the temporary folder goes; it must be on the disk to test (default ${os.tmpdir()})
-  --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss
+  --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss,
+                      and for the copy-on-write table (Sheep only): ${COW_SECTIONS.join(', ')}
                       (the first write always runs: it makes the test file)
   -h, --help
 
@@ -96,7 +103,7 @@ function parseOptions (argv: string[]): Options {
   }
   let only: Set<string> | null = null
   if (v.only !== undefined) {
-    const known = new Set<string>([...ROWS.map(r => r.id), 'rss'])
+    const known = new Set<string>([...ROWS.map(r => r.id), 'rss', ...COW_SECTIONS])
     only = new Set(v.only.split(',').map(s => s.trim()).filter(Boolean))
     for (const id of only) if (!known.has(id)) usageError(`unknown row ${JSON.stringify(id)} in --only`)
   }
@@ -138,8 +145,10 @@ function preflight (root: string, passthrough: string, opts: Options): { fio: st
   if (!fs.existsSync('/dev/fuse')) problems.push('/dev/fuse does not exist')
   if (!fs.existsSync(path.join(root, 'dist', 'bin', 'sheep.js'))) problems.push(`sheep is not built: run \`npx tsc -p .\` in ${root}`)
   if (!fs.existsSync(path.join(root, 'node_modules', 'fuse-native'))) problems.push(`fuse-native is not installed: run \`npm ci\` in ${root}`)
-  // Two test files, the convert source, one convert copy or memory image at a time, and room to spare.
-  const need = 3 * opts.size + Math.max(opts.size, opts.rssSize) + 2 ** 30
+  // Two test files, the convert source, one convert copy, memory image or copy-on-write section at
+  // a time, and room to spare.
+  const cow = COW_SECTIONS.some(id => opts.only === null || opts.only.has(id)) ? cowSpace(opts.size) : 0
+  const need = 3 * opts.size + Math.max(opts.size, opts.rssSize, cow) + 2 ** 30
   const st = fs.statfsSync(opts.dir)
   if (st.bavail * st.bsize < need) problems.push(`${opts.dir} has ${formatSize(st.bavail * st.bsize)} free; the benchmark needs about ${formatSize(need)}`)
   if (problems.length > 0) throw new Error(problems.join('\n'))
@@ -320,6 +329,54 @@ class Bench {
     }
   }
 
+  /**
+   * One copy-on-write section on one target: records its samples (several rows each) or its
+   * error (one list per section: its rows without samples show "failed"), and syncs the disk after it.
+   */
+  private async cowSection (section: CowSectionId, t: Target, run: number, fn: (ctx: CowContext) => Promise<CowOutcome>): Promise<void> {
+    if (this.interrupted) throw new Error('interrupted')
+    const cow = t.cow
+    if (cow === undefined) return
+    const errors = this.results.cowErrors(section, t.name)
+    const prefix = `[run ${run}/${this.opts.runs}] ${section.padEnd(14)} ${t.name.padEnd(16)}`
+    if (this.broken.has(t.name)) {
+      errors.push(SKIPPED)
+      return
+    }
+    const ctx: CowContext = {
+      target: t,
+      cow,
+      run,
+      size: this.opts.size,
+      timing: { runtime: this.opts.runtime, ramp: this.opts.ramp },
+      sync: () => syncFs(this.syncDir),
+      check: () => { if (this.interrupted) throw new Error('interrupted') },
+      say
+    }
+    try {
+      const out = await fn(ctx)
+      const shown: string[] = []
+      for (const row of COW_ROWS.filter(r => r.section === section)) {
+        const xs = out.samples[row.id] ?? []
+        this.results.cowCell(row.id, t.name).samples.push(...xs)
+        if (xs.length > 0) shown.push(`${row.id} ${xs.length === 1 ? (xs[0] as number).toFixed(row.unit === 'ratio' ? 2 : 0) : `median ${(median(xs) ?? 0).toFixed(1)}`}`)
+      }
+      let details = this.results.cowDetails.get(t.name)
+      if (details === undefined) this.results.cowDetails.set(t.name, details = new Map())
+      details.set(section, this.opts.runs > 1 ? `run ${run}: ${out.detail}` : out.detail)
+      say(`${prefix} ${shown.join(', ')}`)
+    } catch (err) {
+      if (this.interrupted) throw err
+      const dead = t.problem()
+      const message = (err as Error).message + (dead === null ? '' : `\n  ${dead}`)
+      errors.push(message)
+      say(`${prefix} FAILED: ${message}`)
+      if (dead !== null) this.broken.set(t.name, dead)
+    } finally {
+      if (!this.interrupted) syncFs(this.syncDir)
+    }
+  }
+
   /** One pass over every measurement, each target in turn for each. */
   async pass (run: number): Promise<void> {
     for (const job of FIO_JOBS) {
@@ -328,6 +385,9 @@ class Bench {
     }
     if (this.wanted('convert')) for (const t of this.targets) await this.convert(t, run)
     if (this.wanted('rss')) for (const t of this.targets) await this.memory(t, run)
+    const cowTargets = this.targets.filter(t => t.cow !== undefined)
+    if (this.wanted('snapshot')) for (const t of cowTargets) await this.cowSection('snapshot', t, run, measureSnapshot)
+    if (this.wanted('clone-randwrite')) for (const t of cowTargets) await this.cowSection('clone-randwrite', t, run, measureCloneRandwrite)
     // A new pass starts with a new file, written anew by the first-write job.
     for (const t of this.targets) if (!this.broken.has(t.name)) removeQuietly(this.testFile(t))
   }
@@ -354,6 +414,8 @@ async function main (): Promise<number> {
     new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS })
   ]
   const rows = ROWS.filter(r => r.id === 'first-write' || opts.only === null || opts.only.has(r.id))
+    .map(r => ({ ...r, label: r.label.replace('{size}', formatSize(opts.size)) }))
+  const cowRows = COW_ROWS.filter(r => opts.only === null || opts.only.has(r.section))
     .map(r => ({ ...r, label: r.label.replace('{size}', formatSize(opts.size)) }))
   let results: Results | null = null
   let bench: Bench | null = null
@@ -385,7 +447,8 @@ async function main (): Promise<number> {
       say(`bench: writing the ${formatSize(opts.size)} qemu-img convert source`)
       makeRandomFile(source, opts.size)
     }
-    results = new Results(rows, targets.map(t => ({ name: t.name, description: t.description, goals: t.goals })))
+    const info = (t: Target): { name: string, description: string, goals: Target['goals'] } => ({ name: t.name, description: t.description, goals: t.goals })
+    results = new Results(rows, targets.map(info), cowRows, targets.filter(t => t.cow !== undefined).map(info))
     bench = new Bench(opts, targets, results, base, source)
     for (let run = 1; run <= opts.runs; run++) await bench.pass(run)
   } catch (err) {
@@ -415,10 +478,15 @@ async function main (): Promise<number> {
     ''
   ].join('\n')
   const failures = results.failures()
+  const cow = cowTable(results)
   const text = [
     header,
     resultsTable(results),
     rssLines(results, formatSize(opts.rssSize)),
+    cow === ''
+      ? ''
+      : 'Copy-on-write, on the targets with snapshots only (absolute targets, not ratios; see bench/cow.ts for how each is taken' +
+        `${opts.runs > 1 ? `; medians over the ${opts.runs} runs` : ''}):\n\n` + cow,
     failures.length > 0 ? 'Failures:\n' + failures.map(f => `- ${f.replace(/\n/g, '\n  ')}`).join('\n') + '\n' : ''
   ].filter(Boolean).join('\n')
   process.stdout.write('\n' + text)

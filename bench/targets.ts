@@ -4,8 +4,21 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { call } from '../src/control/client'
+import type { Op, Requests } from '../src/control/messages'
+import { controlSocketPath } from '../src/control/paths'
 import * as cleanup from './cleanup'
 import type { Goals } from './rows'
+
+/** What the copy-on-write measurements need of a target that has snapshots and clones. */
+export interface CowAccess {
+  /** Sends one request to the target's control socket and waits for its answer. */
+  call: <K extends Op>(op: K, args: Requests[K]['args']) => Promise<Requests[K]['result']>
+  /** The folder holding the whole store (data and index), whose disk usage is measured. */
+  storeDir: string
+  /** The folder of the objects of one image or snapshot (by vid) inside storeDir. */
+  vidDir: (vid: number) => string
+}
 
 export interface Target {
   /** Column heading, e.g. "sheep (1 host)". */
@@ -26,6 +39,8 @@ export interface Target {
   dataDirs (): string[]
   /** Null while healthy; otherwise what went wrong (a daemon exited), with its last output. */
   problem (): string | null
+  /** Present on targets with snapshots and clones (Sheep); they get the copy-on-write table too. */
+  readonly cow?: CowAccess
 }
 
 const LOG_TAIL = 64 * 1024
@@ -176,6 +191,7 @@ export class SheepTarget implements Target {
   readonly mount: string
   readonly store: string
   readonly runDir: string
+  readonly cow: CowAccess
   description: string
   private readonly opts: SheepTargetOptions
   private readonly daemon = new DaemonProcess('the sheep daemon')
@@ -188,6 +204,13 @@ export class SheepTarget implements Target {
     this.mount = path.join(dir, 'mnt')
     this.runDir = path.join(dir, 'run')
     this.description = `bin/sheep start --copies ${opts.copies}`
+    const socket = socketOf(this.mount, this.runDir)
+    this.cow = {
+      call: async (op, args) => await call(socket, op, args),
+      storeDir: this.store,
+      // src/objects/local-store.ts: objects/<vid, 6 hex digits>/<object id>.
+      vidDir: vid => path.join(this.store, 'objects', vid.toString(16).padStart(6, '0'))
+    }
   }
 
   async setup (): Promise<void> {
@@ -231,5 +254,17 @@ export class SheepTarget implements Target {
 
   problem (): string | null {
     return this.daemon.problem()
+  }
+}
+
+/** The daemon's control socket: controlSocketPath() of the mount, with SHEEP_RUN_DIR as the daemon gets it. */
+function socketOf (mount: string, runDir: string): string {
+  const saved = process.env.SHEEP_RUN_DIR
+  process.env.SHEEP_RUN_DIR = runDir
+  try {
+    return controlSocketPath(mount)
+  } finally {
+    if (saved === undefined) delete process.env.SHEEP_RUN_DIR
+    else process.env.SHEEP_RUN_DIR = saved
   }
 }

@@ -145,7 +145,7 @@ export class SheepNode {
       'image.list': async () => this.imageStore().list().map(i => this.imageStore().info(i)),
       'image.create': async ({ name, size, objectSize, copies }) => {
         const images = this.imageStore()
-        return images.info(await images.create(name, size, { ...this.opts.createOptions, objectSize, copies: copies ?? this.opts.createOptions?.copies }))
+        return images.info(await images.create(name, size, { ...this.opts.createOptions, objectSize: objectSize ?? this.opts.createOptions?.objectSize, copies: copies ?? this.opts.createOptions?.copies }))
       },
       'image.delete': async ({ name }, progress) => { await this.imageStore().remove(name, progress); return null },
       'image.resize': async ({ name, size }) => {

@@ -99,12 +99,12 @@ export class Image {
     return new Image(objects, header, table, tableOf)
   }
 
-  /** Writes and syncs a whole new inode object: the header and the table's allocated pages. */
+  /** Writes and syncs a whole new inode object: the header and the table's entries in use. */
   static async writeInode (objects: ObjectStore, header: InodeHeader, table: OwnerTable): Promise<void> {
     const oid = inodeOid(header.vid)
     await objects.create(oid, inodeObjectSize(header.size, header.objectSize))
     await objects.write(oid, 0, encodeHeader(header))
-    for (const { first, bytes } of table.encodedPages()) await objects.write(oid, tableOffset(first), bytes)
+    for (const { first, bytes } of table.encodedRuns()) await objects.write(oid, tableOffset(first), bytes)
     await objects.sync([oid])
   }
 

@@ -147,15 +147,24 @@ export class OwnerTable {
     for (const idx of this.blocks()) if (this.owner(idx) === vid) yield idx
   }
 
-  /** Every allocated page in its on-disk form, for writing a whole table. */
-  * encodedPages (): Generator<{ first: number, bytes: Buffer }> {
+  /**
+   * Every run of non-hole entries in its on-disk form, for writing a whole table into a new
+   * (sparse) inode: holes are not written, so the cost follows the blocks in use.
+   */
+  * encodedRuns (): Generator<{ first: number, bytes: Buffer }> {
     for (const [p, page] of this.pages) {
-      const first = p * PAGE_ENTRIES
-      const n = Math.min(PAGE_ENTRIES, this.length - first)
-      if (n <= 0) continue
-      const bytes = Buffer.alloc(n * ENTRY_BYTES)
-      for (let i = 0; i < n * WORDS; i++) bytes.writeUInt32LE(page[i] as number, i * 4)
-      yield { first, bytes }
+      const base = p * PAGE_ENTRIES
+      const n = Math.min(PAGE_ENTRIES, this.length - base)
+      let i = 0
+      while (i < n) {
+        if (page[i * WORDS] === 0) { i++; continue }
+        let end = i + 1
+        while (end < n && page[end * WORDS] !== 0) end++
+        const bytes = Buffer.alloc((end - i) * ENTRY_BYTES)
+        for (let w = i * WORDS; w < end * WORDS; w++) bytes.writeUInt32LE(page[w] as number, (w - i * WORDS) * 4)
+        yield { first: base + i, bytes }
+        i = end
+      }
     }
   }
 
