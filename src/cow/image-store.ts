@@ -242,8 +242,7 @@ export class ImageStore {
     const objectSize = opts.objectSize ?? DEFAULT_OBJECT_SIZE
     checkObjectSize(objectSize)
     checkImageSize(size, objectSize)
-    const copies = opts.copies ?? DEFAULT_COPIES
-    if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw SheepError.invalid(`copies must be from 1 to ${MAX_COPIES}`)
+    const copies = checkCopies(opts.copies ?? DEFAULT_COPIES)
     return await this.meta.run(async () => {
       this.checkFree(name)
       const now = Date.now()
@@ -359,6 +358,7 @@ export class ImageStore {
   /** A new writable image that reads as snapshot name@tag reads, with no data copied. */
   async clone (name: string, tag: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
     validateImageName(newName)
+    if (opts.copies !== undefined) checkCopies(opts.copies)
     return await this.meta.run(async () => {
       const snap = this.getSnapshot(name, tag)
       this.checkFree(newName)
@@ -396,8 +396,9 @@ export class ImageStore {
     await this.meta.run(async () => {
       const image = this.get(name)
       const snap = this.getSnapshot(name, tag)
-      if (image.openWriters > 0) throw SheepError.busy(`${name} is open for writing: stop what uses it first`)
       await image.exclusive(async () => {
+        // Checked with guest I/O drained, as late as it can be.
+        if (image.openWriters > 0) throw SheepError.busy(`${name} is open for writing: stop what uses it first`)
         const now = Date.now()
         const header: InodeHeader = { ...image.header, vid: this.newVid(), size: snap.size, parent: snap.vid, mtime: now }
         const table = snap.owners.clone()
@@ -463,7 +464,10 @@ export class ImageStore {
     if (image.unlinked) {
       await this.destroy(image)
       await this.meta.run(async () => await this.gc())
-    } else if (!image.isSnapshot) {
+    } else if (image.isSnapshot) {
+      // A deleted snapshot read to the end is freed now.
+      await this.meta.run(async () => await this.gc())
+    } else {
       await image.flush()
     }
   }
@@ -557,7 +561,9 @@ export class ImageStore {
     const hidden = [...this.dir.values()].filter(e => (e.flags & HIDDEN) !== 0 && this.inodes.has(e.vid))
     if (hidden.length === 0) return
     const referenced = new Map<number, Set<number>>()
-    const live = [...this.byName.values(), ...this.snapshots.values(), ...this.unlinkedOpen]
+    // Open handles keep a deleted snapshot readable, as an unlinked file stays readable.
+    const open = hidden.map(e => this.inodes.get(e.vid) as Image).filter(i => i.openCount > 0)
+    const live = [...this.byName.values(), ...this.snapshots.values(), ...this.unlinkedOpen, ...open]
     for (const image of live) {
       const own = image.owners
       for (const idx of own.blocks()) {
@@ -573,7 +579,7 @@ export class ImageStore {
         }
       }
     }
-    const unneeded = hidden.filter(e => !referenced.has(e.vid))
+    const unneeded = hidden.filter(e => !referenced.has(e.vid) && (this.inodes.get(e.vid) as Image).openCount === 0)
     if (unneeded.length > 0) {
       await this.commit(() => { for (const e of unneeded) this.dir.delete(e.vid) }, () => { for (const e of unneeded) this.dir.set(e.vid, e) })
       for (const e of unneeded) await this.destroy(this.inodes.get(e.vid) as Image)
@@ -617,6 +623,11 @@ export class ImageStore {
     }
     return orphans.length
   }
+}
+
+function checkCopies (copies: number): number {
+  if (!Number.isInteger(copies) || copies < 1 || copies > MAX_COPIES) throw SheepError.invalid(`copies must be from 1 to ${MAX_COPIES}`)
+  return copies
 }
 
 function emptyTable (header: InodeHeader): OwnerTable {

@@ -3,7 +3,8 @@
 import t from 'tap'
 import { SheepError } from '../../../src/errors'
 import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, inodeObjectSize, type InodeHeader, tableOffset } from '../../../src/cow/inode'
-import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory } from '../../../src/cow/directory'
+import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from '../../../src/cow/directory'
+import { frame, FRAME_OVERHEAD } from '../../../src/cow/frame'
 import { metaOid } from '../../../src/objects/oid'
 import { sheepError } from '../tmp'
 
@@ -18,7 +19,9 @@ const header: InodeHeader = {
   mtime: 1_700_000_999_456,
   mode: 0o644,
   uid: 1000,
-  gid: 1000
+  gid: 1000,
+  tag: '',
+  snapshotTime: 0
 }
 
 t.test('inode header round trip', async t => {
@@ -26,7 +29,10 @@ t.test('inode header round trip', async t => {
     header,
     { ...header, name: 'ünïcödé 日本語', parent: 0x123456, size: 0, copies: 1, mode: 0o7777, uid: 0, gid: 0 },
     { ...header, vid: 1, size: 64 * 2 ** 40, objectSize: 64 * 2 ** 10, ctime: 0, mtime: Number.MAX_SAFE_INTEGER },
-    { ...header, name: 'x'.repeat(255), uid: 0xffffffff, gid: 0xfffffffe }
+    { ...header, name: 'x'.repeat(255), uid: 0xffffffff, gid: 0xfffffffe },
+    // A snapshot: its tag and when it was taken.
+    { ...header, tag: 'before-upgrade', snapshotTime: 1_700_000_500_789, parent: 0x42 },
+    { ...header, tag: 't'.repeat(255), snapshotTime: Number.MAX_SAFE_INTEGER }
   ]
   for (const h of cases) {
     const bytes = encodeHeader(h)
@@ -120,24 +126,27 @@ t.test('inode layout helpers', async t => {
   t.equal(blockCount(4096, 4096), 1)
   t.equal(blockCount(4097, 4096), 2)
   t.equal(inodeObjectSize(0, 65536), HEADER_BYTES)
-  t.equal(inodeObjectSize(65536 * 3 + 1, 65536), HEADER_BYTES + 16)
+  t.equal(inodeObjectSize(65536 * 3 + 1, 65536), HEADER_BYTES + 4 * 16, '16 bytes per block')
   t.equal(tableOffset(0), HEADER_BYTES)
-  t.equal(tableOffset(5), HEADER_BYTES + 20)
+  t.equal(tableOffset(5), HEADER_BYTES + 5 * 16)
 })
 
 t.test('directory round trip', async t => {
   t.equal(DIRECTORY_OID, metaOid(1))
   const cases: DirectoryEntry[][] = [
     [],
-    [{ name: 'a', vid: 1 }],
-    [{ name: 'vm1.img', vid: 0xabcdef }, { name: 'ünïcödé 日本語', vid: 0xffffff }, { name: 'x'.repeat(255), vid: 2 }],
-    Array.from({ length: 1000 }, (_, i) => ({ name: `disk-${i}.raw`, vid: i + 1 }))
+    [{ name: 'a', tag: '', vid: 1, flags: 0 }],
+    [{ name: 'vm1.img', tag: '', vid: 0xabcdef, flags: 0 }, { name: 'ünïcödé 日本語', tag: '', vid: 0xffffff, flags: 0 }, { name: 'x'.repeat(255), tag: '', vid: 2, flags: 0 }],
+    // An image with a visible and a hidden (deleted, still read through) snapshot.
+    [{ name: 'vm1.img', tag: '', vid: 3, flags: 0 }, { name: 'vm1.img', tag: 'snap-1', vid: 4, flags: 0 },
+      { name: 'vm1.img', tag: 'ünï 日本', vid: 5, flags: HIDDEN }, { name: 'gone.img', tag: 'x'.repeat(255), vid: 0xffffff, flags: HIDDEN }],
+    Array.from({ length: 1000 }, (_, i) => ({ name: `disk-${i >> 1}.raw`, tag: i % 2 === 0 ? '' : `s${i}`, vid: i + 1, flags: i % 3 === 0 ? HIDDEN : 0 }))
   ]
   for (const list of cases) t.same(decodeDirectory(encodeDirectory(list)), list, `${list.length} entries`)
 })
 
 t.test('a corrupt directory is EIO with a clear message', async t => {
-  const list = [{ name: 'vm1.img', vid: 0xabcdef }, { name: 'disk.raw', vid: 7 }]
+  const list: DirectoryEntry[] = [{ name: 'vm1.img', tag: '', vid: 0xabcdef, flags: 0 }, { name: 'disk.raw', tag: '', vid: 7, flags: 0 }]
   const bytes = encodeDirectory(list)
   const check = async (bad: Uint8Array, label: string): Promise<void> => {
     const err = await sheepError(() => decodeDirectory(bad))
@@ -145,19 +154,22 @@ t.test('a corrupt directory is EIO with a clear message', async t => {
     t.match(err.message, /image directory is corrupt/, `${label}: ${err.message}`)
   }
   await check(Buffer.alloc(0), 'empty')
-  await check(Buffer.from([2, 0]), 'unknown format')
+  await check(Buffer.from([2, 0]), 'shorter than a frame')
   for (let n = 1; n < bytes.length; n++) await check(bytes.subarray(0, n), `truncated to ${n} of ${bytes.length} bytes`)
-  const longer = Buffer.from(bytes)
-  longer[1] = 50 // claims 50 entries
-  await check(longer, 'bad entry count')
-  const nameLength = Buffer.from(bytes)
-  nameLength[2] = 200 // first name claims 200 bytes
-  await check(nameLength, 'bad name length')
+  // Bodies that pass the checksum but do not decode: [format, entry count, name length, name, ...].
+  const body = Buffer.from(bytes.subarray(FRAME_OVERHEAD))
+  t.same([body[0], body[1], body[2]], [1, 2, 7], 'the body starts with format 1, 2 entries, a 7-byte name')
+  const edited = (at: number, value: number): Buffer => { const b = Buffer.from(body); b[at] = value; return frame(b) }
+  await check(edited(0, 2), 'unknown format')
+  await check(edited(1, 50), 'bad entry count') // claims 50 entries
+  await check(edited(1, 1), 'fewer entries than the body holds') // trailing bytes
+  await check(edited(2, 200), 'bad name length') // first name claims 200 bytes
+  await check(frame(Buffer.concat([body, Buffer.from([0])])), 'trailing byte in the body')
 })
 
 t.test('every flipped byte of a directory is detected', async t => {
   // The directory maps names to vids; a silently altered name or vid loses or misnames an image.
-  const bytes = encodeDirectory([{ name: 'vm1.img', vid: 0xabcdef }, { name: 'disk.raw', vid: 7 }])
+  const bytes = encodeDirectory([{ name: 'vm1.img', tag: '', vid: 0xabcdef, flags: 0 }, { name: 'vm1.img', tag: 'snap', vid: 7, flags: HIDDEN }])
   const undetected: string[] = []
   for (let i = 0; i < bytes.length; i++) {
     const bad = Buffer.from(bytes)

@@ -21,6 +21,14 @@ t.test('accepts every well-formed request', async t => {
     [{ op: 'image.delete', args: { name: 'x' } }, null],
     [{ op: 'image.resize', args: { name: 'x', size: 5 } }, null],
     [{ op: 'image.rename', args: { from: 'a', to: 'b' } }, null],
+    [{ op: 'image.clone', args: { source: 'a', tag: 's1', name: 'b' } }, null],
+    [{ op: 'image.clone', args: { source: 'a', name: 'b' } }, null], // without a tag: snapshot first
+    [{ op: 'image.flatten', args: { name: 'b' } }, null],
+    [{ op: 'image.tree' }, { op: 'image.tree', args: {} }],
+    [{ op: 'snapshot.create', args: { name: 'a', tag: 's1' } }, null],
+    [{ op: 'snapshot.list', args: { name: 'a' } }, null],
+    [{ op: 'snapshot.delete', args: { name: 'a', tag: 's1' } }, null],
+    [{ op: 'snapshot.rollback', args: { name: 'a', tag: 's1' } }, null],
     [{ op: 'stop' }, { op: 'stop', args: {} }],
     [{ op: 'stop', args: {} }, null],
     [{ op: 'stop', args: { force: true } }, null],
@@ -38,8 +46,12 @@ t.test('accepts every well-formed request', async t => {
   // Every op the protocol defines is accepted in some form.
   const sample: Record<string, unknown> = {
     status: {}, 'image.list': {}, 'image.create': { name: 'a', size: 1 }, 'image.delete': { name: 'a' },
-    'image.resize': { name: 'a', size: 1 }, 'image.rename': { from: 'a', to: 'b' }, stop: {}
+    'image.resize': { name: 'a', size: 1 }, 'image.rename': { from: 'a', to: 'b' },
+    'image.clone': { source: 'a', tag: 't', name: 'b' }, 'image.flatten': { name: 'a' }, 'image.tree': {},
+    'snapshot.create': { name: 'a', tag: 't' }, 'snapshot.list': { name: 'a' }, 'snapshot.delete': { name: 'a', tag: 't' },
+    'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}
   }
+  t.same(Object.keys(sample).sort(), [...OPS].sort(), 'the sample covers every op')
   for (const op of OPS) t.equal(parseRequest(j({ op, args: sample[op] })).op, op, `op ${op}`)
 })
 
@@ -83,6 +95,8 @@ t.test('refuses unknown arguments', async t => {
   refused(t, j({ op: 'image.delete', args: { name: 'x', force: true } }), /unknown argument "force"/)
   refused(t, j({ op: 'image.create', args: { name: 'x', size: 1, objectsize: 65536 } }), /unknown argument "objectsize"/)
   refused(t, j({ op: 'stop', args: { name: 'x' } }), /unknown argument "name"/)
+  refused(t, j({ op: 'image.tree', args: { name: 'x' } }), /unknown argument "name"/)
+  refused(t, j({ op: 'snapshot.create', args: { name: 'x', tag: 't', force: true } }), /unknown argument "force"/)
 })
 
 t.test('refuses argument names inherited from Object.prototype', async t => {
@@ -130,6 +144,16 @@ t.test('refuses missing or mistyped arguments', async t => {
     [{ op: 'image.rename', args: { from: 'a' } }, 'to'],
     [{ op: 'image.rename', args: { to: 'a' } }, 'from'],
     [{ op: 'image.rename', args: { from: 'a', to: 2 } }, 'to'],
+    [{ op: 'image.clone', args: { tag: 't', name: 'b' } }, 'source'],
+    [{ op: 'image.clone', args: { source: 'a', tag: 't' } }, 'name'],
+    [{ op: 'image.clone', args: { source: 'a', tag: 1, name: 'b' } }, 'tag'],
+    [{ op: 'image.clone', args: { source: 'a', tag: null, name: 'b' } }, 'tag'],
+    [{ op: 'image.flatten', args: {} }, 'name'],
+    [{ op: 'snapshot.create', args: { name: 'a' } }, 'tag'],
+    [{ op: 'snapshot.create', args: { tag: 't' } }, 'name'],
+    [{ op: 'snapshot.list', args: { name: ['a'] } }, 'name'],
+    [{ op: 'snapshot.delete', args: { name: 'a', tag: 7 } }, 'tag'],
+    [{ op: 'snapshot.rollback', args: { name: 'a' } }, 'tag'],
     [{ op: 'stop', args: { force: 'yes' } }, 'force'],
     [{ op: 'stop', args: { force: 1 } }, 'force'],
     [{ op: 'stop', args: { force: null } }, 'force']
