@@ -160,8 +160,7 @@ export class SheepNode {
       },
       'image.clone': async ({ source, tag, name }) => {
         const images = this.imageStore()
-        const from = tag ?? (await images.snapshot(source, images.freeTag(source, `for-${name}`))).header.tag
-        return images.info(await images.clone(source, from, name))
+        return images.info(tag === undefined ? await images.cloneCurrent(source, name) : await images.clone(source, tag, name))
       },
       'image.flatten': async ({ name }, progress) => {
         const images = this.imageStore()

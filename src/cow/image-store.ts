@@ -327,31 +327,33 @@ export class ImageStore {
   /** Freezes the image's current state as snapshot `tag`, with no data copied. */
   async snapshot (name: string, tag: string): Promise<Image> {
     validateTag(tag)
-    return await this.meta.run(async () => {
-      const image = this.get(name)
-      if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
-      return await image.exclusive(async () => {
-        // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
-        await image.flush()
-        await image.sync()
-        const frozen = image.vid
-        const header: InodeHeader = { ...image.header, vid: this.newVid(), parent: frozen, tag: '', snapshotTime: 0 }
-        const table = image.owners.clone()
-        await Image.writeInode(this.objects, header, table)
-        await this.commit(() => {
-          (this.dir.get(frozen) as DirectoryEntry).tag = tag
-          this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 })
-        }, () => {
-          (this.dir.get(frozen) as DirectoryEntry).tag = ''
-          this.dir.delete(header.vid)
-        })
-        const snap = image.takeOver(header, table)
-        await snap.relabel({ tag, snapshotTime: Date.now() })
-        this.inodes.set(header.vid, image)
-        this.inodes.set(frozen, snap)
-        this.reindex()
-        return snap
+    return await this.meta.run(async () => await this.snapshotLocked(name, tag))
+  }
+
+  private async snapshotLocked (name: string, tag: string): Promise<Image> {
+    const image = this.get(name)
+    if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+    return await image.exclusive(async () => {
+      // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
+      await image.flush()
+      await image.sync()
+      const frozen = image.vid
+      const header: InodeHeader = { ...image.header, vid: this.newVid(), parent: frozen, tag: '', snapshotTime: 0 }
+      const table = image.owners.clone()
+      await Image.writeInode(this.objects, header, table)
+      await this.commit(() => {
+        (this.dir.get(frozen) as DirectoryEntry).tag = tag
+        this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 })
+      }, () => {
+        (this.dir.get(frozen) as DirectoryEntry).tag = ''
+        this.dir.delete(header.vid)
       })
+      const snap = image.takeOver(header, table)
+      await snap.relabel({ tag, snapshotTime: Date.now() })
+      this.inodes.set(header.vid, image)
+      this.inodes.set(frozen, snap)
+      this.reindex()
+      return snap
     })
   }
 
@@ -359,33 +361,47 @@ export class ImageStore {
   async clone (name: string, tag: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
     validateImageName(newName)
     if (opts.copies !== undefined) checkCopies(opts.copies)
+    return await this.meta.run(async () => await this.cloneLocked(name, tag, newName, opts))
+  }
+
+  /** A clone of the image as it is now, through a snapshot `for-<newName>` taken for it; all or nothing. */
+  async cloneCurrent (name: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
+    validateImageName(newName)
+    if (opts.copies !== undefined) checkCopies(opts.copies)
     return await this.meta.run(async () => {
-      const snap = this.getSnapshot(name, tag)
+      this.get(name)
       this.checkFree(newName)
-      const h = snap.header
-      const now = Date.now()
-      const header: InodeHeader = {
-        ...h,
-        vid: this.newVid(),
-        name: newName,
-        copies: opts.copies ?? h.copies,
-        parent: h.vid,
-        ctime: now,
-        mtime: now,
-        tag: '',
-        snapshotTime: 0
-      }
-      const image = await Image.create(this.objects, header, snap.owners.clone(), this.tableOf)
-      await this.commit(() => this.dir.set(header.vid, { name: newName, tag: '', vid: header.vid, flags: 0 }),
-        () => this.dir.delete(header.vid))
-      this.inodes.set(header.vid, image)
-      this.reindex()
-      return image
+      const snap = await this.snapshotLocked(name, this.freeTag(name, `for-${newName}`))
+      return await this.cloneLocked(name, snap.header.tag, newName, opts)
     })
   }
 
+  private async cloneLocked (name: string, tag: string, newName: string, opts: CreateOptions): Promise<Image> {
+    const snap = this.getSnapshot(name, tag)
+    this.checkFree(newName)
+    const h = snap.header
+    const now = Date.now()
+    const header: InodeHeader = {
+      ...h,
+      vid: this.newVid(),
+      name: newName,
+      copies: opts.copies ?? h.copies,
+      parent: h.vid,
+      ctime: now,
+      mtime: now,
+      tag: '',
+      snapshotTime: 0
+    }
+    const image = await Image.create(this.objects, header, snap.owners.clone(), this.tableOf)
+    await this.commit(() => this.dir.set(header.vid, { name: newName, tag: '', vid: header.vid, flags: 0 }),
+      () => this.dir.delete(header.vid))
+    this.inodes.set(header.vid, image)
+    this.reindex()
+    return image
+  }
+
   /** A tag for an implicit snapshot (e.g. of a clone made from an image): unused among name's snapshots. */
-  freeTag (name: string, base: string): string {
+  private freeTag (name: string, base: string): string {
     let tag = base
     for (let n = 2; this.snapshots.has(snapKey(name, tag)); n++) tag = `${base}-${n}`
     return tag

@@ -24,6 +24,6 @@ export function validateTag (tag: unknown): string {
   try {
     return validateImageName(tag)
   } catch (err) {
-    throw new SheepError((err as SheepError).code, (err as SheepError).message.replace(/image name/g, 'snapshot tag'))
+    throw new SheepError((err as SheepError).code, (err as SheepError).message.replace(/an image name/g, 'a snapshot tag').replace(/image name/g, 'snapshot tag'))
   }
 }
