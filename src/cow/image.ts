@@ -141,23 +141,30 @@ export class Image {
     try {
       const end = Math.min(pos + length, this._header.size)
       if (pos >= end) return 0
-      const os = this._header.objectSize
       const pending: Promise<void>[] = []
-      for (let off = pos; off < end;) {
-        const idx = Math.floor(off / os)
-        const inObject = off - idx * os
-        const n = Math.min(os - inObject, end - off)
+      this.eachBlock(pos, end, (idx, inObject, n, at) => {
         const owner = this.table.owner(idx)
-        if (owner === 0) target.fill(0, off - pos, off - pos + n)
-        else if (this.table.isFull(idx)) pending.push(this.objects.read(dataOid(owner, idx), inObject, n, target, off - pos))
-        else this.readShared(idx, inObject, n, target, off - pos, pending)
-        off += n
-      }
+        if (owner === 0) target.fill(0, at, at + n)
+        else if (this.table.isFull(idx)) pending.push(this.objects.read(dataOid(owner, idx), inObject, n, target, at))
+        else this.readShared(idx, inObject, n, target, at, pending)
+      })
       if (pending.length === 1) await pending[0]
       else if (pending.length > 1) await Promise.all(pending)
       return end - pos
     } finally {
       this.lock.releaseShared()
+    }
+  }
+
+  /** Calls fn for each block [pos, end) touches: block index, offset in it, length, offset from pos. */
+  private eachBlock (pos: number, end: number, fn: (idx: number, inObject: number, n: number, at: number) => void): void {
+    const os = this._header.objectSize
+    for (let off = pos; off < end;) {
+      const idx = Math.floor(off / os)
+      const inObject = off - idx * os
+      const n = Math.min(os - inObject, end - off)
+      fn(idx, inObject, n, off - pos)
+      off += n
     }
   }
 
@@ -207,15 +214,8 @@ export class Image {
     if (!this.lock.tryShared()) await this.lock.acquireShared()
     try {
       if (end > this._header.size) this.grow(end)
-      const os = this._header.objectSize
       const pending: Promise<void>[] = []
-      for (let off = pos; off < end;) {
-        const idx = Math.floor(off / os)
-        const inObject = off - idx * os
-        const n = Math.min(os - inObject, end - off)
-        pending.push(this.writeBlock(idx, inObject, data.subarray(off - pos, off - pos + n)))
-        off += n
-      }
+      this.eachBlock(pos, end, (idx, inObject, n, at) => pending.push(this.writeBlock(idx, inObject, data.subarray(at, at + n))))
       if (pending.length === 1) await pending[0]
       else await Promise.all(pending)
       this._header.mtime = Date.now()

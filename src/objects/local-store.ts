@@ -192,19 +192,15 @@ export class LocalObjectStore implements ObjectStore {
   async truncate (oid: ObjectId, size: number): Promise<void> {
     const e = await this.acquire(oid)
     try {
-      if (size < e.info.size) {
-        e.info.size = size
-        e.info.version++
-        await this.catalog.put([e.info])
-        e.savedVersion = e.info.version
-        await ftruncate(e.fd, size)
-      } else if (size > e.info.size) {
-        await ftruncate(e.fd, size)
-        e.info.size = size
-        e.info.version++
-        await this.catalog.put([e.info])
-        e.savedVersion = e.info.version
-      }
+      const old = e.info.size
+      if (size === old) return
+      // The record never claims more than the file holds: grow the file first, shrink it last.
+      if (size > old) await ftruncate(e.fd, size)
+      e.info.size = size
+      e.info.version++
+      await this.catalog.put([e.info])
+      e.savedVersion = e.info.version
+      if (size < old) await ftruncate(e.fd, size)
     } catch (err) {
       throw toSheepError(err)
     } finally {
