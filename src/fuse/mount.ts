@@ -73,9 +73,13 @@ export class Mount {
     else if (isMountPoint(this.dir)) throw SheepError.busy(`mount point ${this.dir} is busy: something is mounted there`)
     const Fuse = require('fuse-native') as FuseClass
     // fuse-native whitelists only some -o options; its option string goes to libfuse verbatim.
-    // No attribute or name caching: a resize, rename or delete through the command must show at
-    // once (fuse-native's attrTimeout option drops 0).
-    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions', 'attr_timeout=0', 'entry_timeout=0']
+    // attr_timeout/entry_timeout=0: no attribute or name caching, so a resize, rename or delete
+    // through the command shows at once (fuse-native's attrTimeout option drops 0).
+    // direct_io: no page cache in front of the images. Every read sees the store as it is (as
+    // other hosts will write it), and writes skip the kernel's page-cache path, which asks the
+    // daemon for security.capability before every write once getxattr is implemented (FUSE
+    // never marks its inodes S_NOSEC): measured, 4K writes and fsync got 1.3-2x faster.
+    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions', 'attr_timeout=0', 'entry_timeout=0', 'direct_io']
     class SheepFuse extends Fuse {
       protected override _fuseOptions (): string {
         return super._fuseOptions() + ',' + extra.join(',')
