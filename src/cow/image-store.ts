@@ -118,7 +118,9 @@ export class ImageStore {
     for (const [vid, image] of this.inodes) {
       const e = this.dir.get(vid) as DirectoryEntry
       // The directory is the commit point: a header that missed a rename or a snapshot follows it.
-      if (image.name !== e.name || image.header.tag !== e.tag) await image.relabel({ name: e.name, tag: e.tag, snapshotTime: image.header.snapshotTime || Date.now() })
+      if (image.name !== e.name || image.header.tag !== e.tag) {
+        await image.relabel({ name: e.name, tag: e.tag, snapshotTime: e.tag === '' ? 0 : image.header.snapshotTime || Date.now() })
+      }
       if (!image.isSnapshot) await image.zeroTail()
     }
     this.reindex()

@@ -54,6 +54,8 @@ export class Image {
   /** Per-block queues for writes that allocate or copy up. */
   private readonly blockQueues = new Map<number, Promise<void>>()
   private dirtyData = new Set<ObjectId>()
+  /** Owner-table entries changed in memory and not yet written to the inode. */
+  private readonly dirtyEntries = new Set<number>()
   /** Owner-table entries or the header were written since the inode was last synced. */
   private inodeDirty = false
   /** The size changed since the header was written: sync must write it. */
@@ -240,14 +242,24 @@ export class Image {
       const first = Math.floor(inObject / sub)
       const last = Math.floor((inObject + data.length - 1) / sub)
       if (t.owner(idx) !== this.vid) await this.startCopyUp(idx)
-      // Only sub-blocks the write covers partly need their old bytes first.
-      for (const s of new Set([first, last])) {
-        if (t.hasSubblock(idx, s)) continue
-        const covered = inObject <= s * sub && inObject + data.length >= (s + 1) * sub
-        if (!covered) await this.copySubblocks(idx, s, s)
+      // Sub-blocks the write covers only partly get their old bytes around the new ones, and all
+      // of it goes out as one write.
+      const end = inObject + data.length
+      const head = !t.hasSubblock(idx, first) && inObject > first * sub
+      const tail = !t.hasSubblock(idx, last) && end < (last + 1) * sub
+      const from = head ? first * sub : inObject
+      const to = tail ? (last + 1) * sub : end
+      let merged = data
+      if (from !== inObject || to !== end) {
+        merged = Buffer.alloc(to - from)
+        const reads: Promise<void>[] = []
+        if (head) this.readShared(idx, from, sub, merged, 0, reads)
+        if (tail && !(head && first === last)) this.readShared(idx, last * sub, sub, merged, last * sub - from, reads)
+        await Promise.all(reads)
+        merged.set(data, inObject - from)
       }
-      await this.writeData(idx, inObject, data)
-      await this.markPresent(idx, first, last)
+      await this.writeData(idx, from, merged)
+      this.markPresent(idx, first, last)
     })
     if (!written) await this.writeData(idx, inObject, data)
   }
@@ -275,7 +287,7 @@ export class Image {
   private async allocate (idx: number): Promise<void> {
     await this.objects.create(dataOid(this.vid, idx), this._header.objectSize)
     this.table.setFull(idx, this.vid)
-    await this.saveEntry(idx)
+    this.saveEntry(idx)
     this.ownedSubblocks += SUBBLOCKS
   }
 
@@ -296,11 +308,11 @@ export class Image {
     await this.writeData(idx, first * sub, buf)
   }
 
-  private async markPresent (idx: number, first: number, last: number): Promise<void> {
+  private markPresent (idx: number, first: number, last: number): void {
     const before = this.table.presentCount(idx)
     this.table.addSubblocks(idx, first, last)
     this.ownedSubblocks += this.table.presentCount(idx) - before
-    await this.saveEntry(idx)
+    this.saveEntry(idx)
   }
 
   /** Makes block idx wholly this image's own (copying what it still reads through others). */
@@ -316,12 +328,27 @@ export class Image {
       await this.copySubblocks(idx, s, e)
       s = e + 1
     }
-    await this.markPresent(idx, 0, SUBBLOCKS - 1)
+    this.markPresent(idx, 0, SUBBLOCKS - 1)
   }
 
-  private async saveEntry (idx: number): Promise<void> {
-    await this.objects.write(this.inode, tableOffset(idx), this.table.encodeEntry(idx))
-    this.inodeDirty = true
+  /**
+   * Entries reach the inode with the next flush or sync, like the data they describe: a crash
+   * before that loses only unsynced writes (a new object nothing points at is collected at start).
+   */
+  private saveEntry (idx: number): void {
+    this.dirtyEntries.add(idx)
+  }
+
+  private async writeEntries (): Promise<void> {
+    const entries = [...this.dirtyEntries]
+    this.dirtyEntries.clear()
+    try {
+      await Promise.all(entries.map(idx => this.objects.write(this.inode, tableOffset(idx), this.table.encodeEntry(idx))))
+    } catch (err) {
+      for (const idx of entries) this.dirtyEntries.add(idx)
+      throw err
+    }
+    if (entries.length > 0) this.inodeDirty = true
   }
 
   private grow (size: number): void {
@@ -380,6 +407,8 @@ export class Image {
       for (const oid of data) this.dirtyData.add(oid)
       throw err
     }
+    // Data first, then the entries that point at it.
+    await this.writeEntries()
     if (this.headerDirty) await this.writeHeader()
     if (this.inodeDirty) {
       this.inodeDirty = false
@@ -394,6 +423,7 @@ export class Image {
 
   /** Writes the header if it changed, without waiting for the disk (close-to-open consistency). */
   async flush (): Promise<void> {
+    await this.writeEntries()
     if (this.headerDirty || this.timesDirty) await this.writeHeader()
   }
 
@@ -430,6 +460,7 @@ export class Image {
     this.table = table
     this.ownedSubblocks = countOwned(table, header.vid)
     this.dirtyData = new Set()
+    this.dirtyEntries.clear()
     this.inodeDirty = false
     this.headerDirty = false
     this.timesDirty = false
@@ -453,17 +484,17 @@ export class Image {
 
   /** Deletes data objects of this inode that `referenced` does not list, and clears their entries. */
   async freeUnreferenced (referenced: Set<number> | undefined): Promise<number> {
-    let freed = 0
-    for (const idx of [...this.table.ownedBy(this.vid)]) {
-      if (referenced?.has(idx)) continue
+    const freed = [...this.table.ownedBy(this.vid)].filter(idx => !referenced?.has(idx))
+    if (freed.length === 0) return 0
+    for (const idx of freed) {
       this.ownedSubblocks -= this.table.presentCount(idx)
       this.table.clear(idx)
-      await this.saveEntry(idx)
-      await this.objects.remove(dataOid(this.vid, idx))
-      freed++
+      this.saveEntry(idx)
     }
-    if (freed > 0) await this.sync()
-    return freed
+    // The entries are gone on disk before the objects are.
+    await this.sync()
+    for (const idx of freed) await this.objects.remove(dataOid(this.vid, idx))
+    return freed.length
   }
 
   /** Deletes every object this inode owns, then the inode. */
