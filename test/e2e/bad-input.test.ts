@@ -9,7 +9,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
-import { type Daemon, isMounted, qemuImg, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted } from '../helpers/daemon'
+import { type Daemon, errCode, isMounted, qemuImg, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted } from '../helpers/daemon'
 import { MAX_IMAGE_SIZE } from '../../src/cow/image'
 
 const KiB = 2 ** 10
@@ -19,15 +19,6 @@ const TiB = 2 ** 40
 /** The part of a tap test the helpers need. */
 interface T { teardown (fn: () => unknown): void }
 
-/** The errno name a synchronous fs call fails with, or 'ok'. */
-function errCode (fn: () => unknown): string {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err)
-  }
-}
 
 /** qemu-io output of commands that are expected to fail. */
 function qemuIoFailure (file: string, commands: string[], extra: string[] = []): string {

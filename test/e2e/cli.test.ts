@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { type Daemon, isMounted, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted } from '../helpers/daemon'
+import { type Daemon, errCode, isMounted, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -54,15 +54,6 @@ function statusOf (d: Daemon): Status {
   return JSON.parse(r.stdout) as Status
 }
 
-/** The errno name a synchronous fs call fails with, or 'ok'. */
-function errCode (fn: () => unknown): string {
-  try {
-    fn()
-    return 'ok'
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err)
-  }
-}
 
 const lines = (text: string): string[] => text.trim().split('\n')
 const escape = (text: string): string => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')

@@ -157,3 +157,13 @@ export function diskUsage (dir: string): number {
   }
   return total
 }
+
+/** The errno name a synchronous fs call fails with, or 'ok'. */
+export function errCode (fn: () => unknown): string {
+  try {
+    fn()
+    return 'ok'
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? String(err)
+  }
+}
