@@ -154,10 +154,6 @@ export class ImageStore {
     return [...this.byName.values()].sort((a, b) => a.name < b.name ? -1 : a.name > b.name ? 1 : 0)
   }
 
-  lookup (name: string): Image | undefined {
-    return this.byName.get(name)
-  }
-
   get (name: string): Image {
     const image = this.byName.get(name)
     if (image !== undefined) return image
@@ -210,7 +206,7 @@ export class ImageStore {
   }
 
   /** "image@tag" for a snapshot vid, "(deleted) image@tag" for a hidden one, '' for 0. */
-  describe (vid: number): string {
+  private describe (vid: number): string {
     if (vid === 0) return ''
     const e = this.dir.get(vid)
     if (e === undefined) return `(gone ${vid.toString(16)})`

@@ -87,14 +87,6 @@ export class OwnerTable {
     page.fill(0, (idx % PAGE_ENTRIES) * WORDS, (idx % PAGE_ENTRIES + 1) * WORDS)
   }
 
-  /** Makes entry idx the same as `from`'s entry idx. */
-  copyEntry (idx: number, from: OwnerTable): void {
-    const src = from.pages.get(Math.floor(idx / PAGE_ENTRIES))
-    const w = (idx % PAGE_ENTRIES) * WORDS
-    if (src === undefined) { this.clear(idx); return }
-    this.set(idx, src[w] as number, src[w + 1] as number, src[w + 2] as number, src[w + 3] as number)
-  }
-
   private set (idx: number, owner: number, backing: number, lo: number, hi: number): void {
     if (idx >= this.length) throw new RangeError(`owner table index ${idx} past its length ${this.length}`)
     const page = this.page(idx)

@@ -136,21 +136,6 @@ t.test('blocks are in index order, ownedBy filters by vid', async t => {
   t.same([...table.ownedBy(5)], [])
 })
 
-t.test('copyEntry copies owner, backing and sub-blocks; from a hole it clears', async t => {
-  const a = new OwnerTable(2 * PAGE)
-  const b = new OwnerTable(2 * PAGE)
-  a.setEmpty(3, 9, 5)
-  a.addSubblocks(3, 10, 12)
-  b.copyEntry(3, a)
-  t.same(entry(b, 3), entry(a, 3))
-  b.setFull(4, 2)
-  b.copyEntry(4, a)
-  t.same(entry(b, 4), HOLE, 'a hole in the source clears the entry')
-  b.setFull(PAGE + 1, 2)
-  b.copyEntry(PAGE + 1, a)
-  t.same(entry(b, PAGE + 1), HOLE, 'a source page never allocated clears it too')
-})
-
 t.test('clone is a deep, independent copy', async t => {
   const a = new OwnerTable(3 * PAGE)
   a.setFull(0, 1)
