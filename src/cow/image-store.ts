@@ -132,11 +132,18 @@ export class ImageStore {
   /** Writes out every image's header; waits for deferred deletions. */
   async close (): Promise<void> {
     await Promise.all([...this.pendingDestroy])
+    // One image that cannot be written out must not keep the others from being written.
+    let first: unknown
     for (const image of this.inodes.values()) {
       if (image.isSnapshot) continue
-      await image.flush()
-      await image.sync()
+      try {
+        await image.flush()
+        await image.sync()
+      } catch (err) {
+        first ??= err
+      }
     }
+    if (first !== undefined) throw first
   }
 
   /** One line per image or snapshot that could not be loaded. */

@@ -5,7 +5,9 @@
 // writes in place. A write to a block the image shares with a snapshot copies up: it creates the
 // image's own object, copies only the sub-blocks the write covers partly (sub-blocks it covers
 // wholly need no copy), writes, then records which sub-blocks are now the image's own. Reads of
-// the other sub-blocks go on through the snapshot's entry (`backing`), which never changes.
+// the other sub-blocks go on through the snapshot's entry (`backing`), which never changes. The
+// guest is answered once its own bytes are written; the old bytes around them follow in the
+// block's queue, which reads, sync and the exclusive operations wait for.
 //
 // The size and times live in the inode header, written when a metadata operation changes them,
 // on sync, and when the last handle closes; a crash before that loses only what was never synced.
@@ -62,6 +64,8 @@ export class Image {
   private headerDirty = false
   /** Only the times changed: written on flush (close), not worth a disk sync of its own. */
   private timesDirty = false
+  /** Set when a copy-up failed after its write was answered; every later I/O gets it. */
+  private failure: SheepError | undefined
   /** Sub-blocks of objects this image owns that hold data. */
   private ownedSubblocks: number
   /** Open handles, and how many of them may write; an unlinked image is freed when the last closes. */
@@ -142,6 +146,8 @@ export class Image {
     if (!this.lock.tryShared()) await this.lock.acquireShared()
     try {
       const end = Math.min(pos + length, this._header.size)
+      if (pos < end && this.blockQueues.size > 0) await this.blocksSettled(pos, end)
+      this.checkFailure()
       if (pos >= end) return 0
       const pending: Promise<void>[] = []
       this.eachBlock(pos, end, (idx, inObject, n, at) => {
@@ -215,6 +221,7 @@ export class Image {
     if (end > MAX_IMAGE_SIZE) throw SheepError.tooBig(`write ends at ${end}, past the maximum image size ${MAX_IMAGE_SIZE}`)
     if (!this.lock.tryShared()) await this.lock.acquireShared()
     try {
+      this.checkFailure()
       if (end > this._header.size) this.grow(end)
       const pending: Promise<void>[] = []
       this.eachBlock(pos, end, (idx, inObject, n, at) => pending.push(this.writeBlock(idx, inObject, data.subarray(at, at + n))))
@@ -232,36 +239,99 @@ export class Image {
     if (t.owner(idx) === this.vid && t.isFull(idx)) return await this.writeData(idx, inObject, data)
     // A hole already reads as zeros: writing zeros there allocates nothing.
     if (t.owner(idx) === 0 && !this.blockQueues.has(idx) && isZero(data)) return
-    let written = false
-    await this.serialised(idx, async () => {
-      if (t.owner(idx) === this.vid && t.isFull(idx)) return
+    let direct = false
+    let answered = false
+    let answer!: () => void
+    const acknowledged = new Promise<void>(resolve => { answer = () => { answered = true; resolve() } })
+    const run = this.serialised(idx, async () => {
+      if (t.owner(idx) === this.vid && t.isFull(idx)) { direct = true; return }
       // A new block: only the allocation waits in the queue; the writes into it run side by side.
-      if (t.owner(idx) === 0) return await this.allocate(idx)
-      written = true
-      const sub = this.subSize
-      const first = Math.floor(inObject / sub)
-      const last = Math.floor((inObject + data.length - 1) / sub)
+      if (t.owner(idx) === 0) { await this.allocate(idx); direct = true; return }
       if (t.owner(idx) !== this.vid) await this.startCopyUp(idx)
-      // Sub-blocks the write covers only partly get their old bytes around the new ones, and all
-      // of it goes out as one write.
-      const end = inObject + data.length
-      const head = !t.hasSubblock(idx, first) && inObject > first * sub
-      const tail = !t.hasSubblock(idx, last) && end < (last + 1) * sub
-      const from = head ? first * sub : inObject
-      const to = tail ? (last + 1) * sub : end
-      let merged = data
-      if (from !== inObject || to !== end) {
-        merged = Buffer.alloc(to - from)
-        const reads: Promise<void>[] = []
-        if (head) this.readShared(idx, from, sub, merged, 0, reads)
-        if (tail && !(head && first === last)) this.readShared(idx, last * sub, sub, merged, last * sub - from, reads)
-        await Promise.all(reads)
-        merged.set(data, inObject - from)
-      }
-      await this.writeData(idx, from, merged)
-      this.markPresent(idx, first, last)
+      await this.copyUpWrite(idx, inObject, data, answer)
     })
-    if (!written) await this.writeData(idx, inObject, data)
+    // Once the guest has its answer, a failure of the copy-up behind it can only be reported later.
+    const failed = run.catch(err => { if (answered) this.fail(idx, err); else throw err })
+    await Promise.race([acknowledged, failed])
+    if (direct) await this.writeData(idx, inObject, data)
+  }
+
+  /**
+   * Writes data into a block that still reads partly through a snapshot. Sub-blocks the write
+   * covers only partly need their old bytes around the new ones; reading them would cost the guest
+   * a second disk round trip, so the guest is answered as soon as its own bytes are in, and the
+   * merged sub-blocks are written behind that answer. Until they are, the block's queue holds
+   * everything else that touches the block (reads, writes, sync, snapshot wait for it).
+   */
+  private async copyUpWrite (idx: number, inObject: number, data: Uint8Array, answer: () => void): Promise<void> {
+    const t = this.table
+    const sub = this.subSize
+    const end = inObject + data.length
+    const first = Math.floor(inObject / sub)
+    const last = Math.floor((end - 1) / sub)
+    const head = !t.hasSubblock(idx, first) && inObject > first * sub
+    const tail = !t.hasSubblock(idx, last) && end < (last + 1) * sub
+    const own = this.writeData(idx, inObject, data)
+    if (!head && !tail) {
+      await own
+      this.markPresent(idx, first, last)
+      return
+    }
+    const from = head ? first * sub : inObject
+    const to = tail ? (last + 1) * sub : end
+    // Only the old bytes outside the write are read, so the guest's bytes can go into the merged
+    // buffer now: its own buffer is the caller's again once it has its answer.
+    const merged = Buffer.allocUnsafe(to - from)
+    const reads: Promise<void>[] = []
+    if (head) this.readShared(idx, from, inObject - from, merged, 0, reads)
+    if (tail) this.readShared(idx, end, to - end, merged, end - from, reads)
+    merged.set(data, inObject - from)
+    const oldBytes = Promise.all(reads)
+    oldBytes.catch(() => {}) // awaited below; a failure before then must not go unhandled
+    await own
+    // Counted now, so that du right after the write sees it; marked present once it is all there.
+    let added = 0
+    for (let s = first; s <= last; s++) if (!t.hasSubblock(idx, s)) added++
+    this.ownedSubblocks += added
+    answer()
+    await oldBytes
+    // The guest's bytes go out again inside the merged write: the same bytes, and nothing else
+    // writes to this block until the queue moves on.
+    await this.writeData(idx, from, merged)
+    this.table.addSubblocks(idx, first, last)
+    this.saveEntry(idx)
+  }
+
+  /** A copy-up the guest was already answered for failed: the block no longer reads what was written. */
+  private fail (idx: number, err: unknown): void {
+    this.failure ??= SheepError.corrupt(`${this.name}: copy-on-write of block ${idx} failed after the write was answered: ${(err as Error).message}`)
+  }
+
+  private checkFailure (): void {
+    if (this.failure !== undefined) throw this.failure
+  }
+
+  /** Waits for everything queued on blocks (copy-ups still being written behind their answer). */
+  private async settled (): Promise<void> {
+    if (this.blockQueues.size > 0) await Promise.all(this.blockQueues.values())
+  }
+
+  /** Waits for queued work on the blocks [pos, end) touches. */
+  private async blocksSettled (pos: number, end: number): Promise<void> {
+    const os = this._header.objectSize
+    const first = Math.floor(pos / os)
+    const last = Math.floor((end - 1) / os)
+    const waits: Promise<void>[] = []
+    for (const [idx, queued] of this.blockQueues) if (idx >= first && idx <= last) waits.push(queued)
+    await Promise.all(waits)
+  }
+
+  /** Runs fn under the exclusive lock, after every copy-up still being written has landed. */
+  private async withExclusive<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.lock.withExclusive(async () => {
+      await this.settled()
+      return await fn()
+    })
   }
 
   private async writeData (idx: number, inObject: number, data: Uint8Array): Promise<void> {
@@ -273,8 +343,8 @@ export class Image {
   /** Runs fn after every earlier serialised operation on block idx. */
   private async serialised (idx: number, fn: () => Promise<void>): Promise<void> {
     const prev = this.blockQueues.get(idx)
-    const run = (prev ?? Promise.resolve()).catch(() => {}).then(fn)
-    const tail = run.catch(() => {})
+    const run = (prev ?? Promise.resolve()).then(fn)
+    const tail = run.then(() => {}, () => {})
     this.blockQueues.set(idx, tail)
     try {
       await run
@@ -362,7 +432,7 @@ export class Image {
   async resize (size: number): Promise<void> {
     if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
     checkImageSize(size, this._header.objectSize)
-    await this.lock.withExclusive(async () => {
+    await this.withExclusive(async () => {
       const old = this._header.size
       if (size === old) return
       const os = this._header.objectSize
@@ -399,6 +469,8 @@ export class Image {
 
   /** Makes every acknowledged write and the current size durable. */
   async sync (): Promise<void> {
+    await this.settled()
+    this.checkFailure()
     const data = this.dirtyData
     this.dirtyData = new Set()
     try {
@@ -423,6 +495,8 @@ export class Image {
 
   /** Writes the header if it changed, without waiting for the disk (close-to-open consistency). */
   async flush (): Promise<void> {
+    await this.settled()
+    this.checkFailure()
     await this.writeEntries()
     if (this.headerDirty || this.timesDirty) await this.writeHeader()
   }
@@ -447,7 +521,7 @@ export class Image {
 
   /** Runs fn with no guest I/O in flight or starting on this image. */
   async exclusive<T> (fn: () => Promise<T>): Promise<T> {
-    return await this.lock.withExclusive(fn)
+    return await this.withExclusive(fn)
   }
 
   /**
@@ -469,7 +543,7 @@ export class Image {
 
   /** Copies every shared block into objects of this image; onProgress counts blocks. */
   async flatten (onProgress?: (done: number, total: number) => void): Promise<void> {
-    await this.lock.withExclusive(async () => {
+    await this.withExclusive(async () => {
       const blocks = [...this.table.blocks()].filter(idx => !(this.table.owner(idx) === this.vid && this.table.isFull(idx)))
       let done = 0
       for (const idx of blocks) {
@@ -499,7 +573,7 @@ export class Image {
 
   /** Deletes every object this inode owns, then the inode. */
   async destroy (onProgress?: (done: number, total: number) => void): Promise<void> {
-    await this.lock.withExclusive(async () => {
+    await this.withExclusive(async () => {
       const blocks = [...this.table.ownedBy(this.vid)]
       let done = 0
       for (const idx of blocks) {

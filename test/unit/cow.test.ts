@@ -959,6 +959,78 @@ t.test('thin accounting: a clone owns only the sub-blocks written into it', asyn
   t.equal(env.images.get('vm').allocatedBytes, 4 * OS, 'flattened, it owns every block')
 })
 
+t.test('a copy-up answered before its old bytes are in: reads, sync and snapshots wait for them', async t => {
+  const env = await Env.open(t, tmpDir(t))
+  const { images } = env
+  const image = await images.create('a', 4 * OS, OPTS)
+  const cur = pattern(4 * OS, 1)
+  await image.write(0, cur)
+  const snap = await images.snapshot('a', 's')
+  // Many small unaligned writes into the same shared sub-blocks, each read back at once.
+  for (let i = 0; i < 40; i++) {
+    const pos = (i % 4) * OS + (i % 7) * SUB + 100 + i
+    const bytes = pattern(300, 10 + i)
+    await image.write(pos, bytes)
+    bytes.copy(cur, pos)
+    bytes.fill(0xee) // the caller's buffer is its own again once the write is answered (FUSE reuses it)
+    const back = Buffer.alloc(SUB * 2)
+    await image.read(pos - 100, back.length, back)
+    if (!back.equals(cur.subarray(pos - 100, pos - 100 + back.length))) {
+      t.fail(`write ${i} at ${pos} does not read back at once`)
+      return
+    }
+  }
+  await same(t, image, cur, 'the image reads every write and the old bytes around them')
+  const write = image.write(2 * OS + 5 * SUB + 7, Buffer.from('x'))
+  Buffer.from('x').copy(cur, 2 * OS + 5 * SUB + 7)
+  await write
+  const second = await images.snapshot('a', 't')
+  await same(t, second, cur, 'a snapshot taken right after an answered copy-up holds all of it')
+  await same(t, snap, pattern(4 * OS, 1), 'the first snapshot is untouched')
+  await image.write(3 * OS + 9 * SUB + 3, Buffer.from('yy'))
+  Buffer.from('yy').copy(cur, 3 * OS + 9 * SUB + 3)
+  await image.sync()
+  t.equal(await env.reopen(), 0, 'nothing to collect after a sync right after the write')
+  await same(t, env.images.get('a'), cur, 'after a restart too')
+})
+
+t.test('a copy-up that fails after the write was answered fails every later I/O of that image', async t => {
+  const env = await Env.open(t, tmpDir(t))
+  const { images, objects } = env
+  const image = await images.create('a', 2 * OS, OPTS)
+  await image.write(0, pattern(2 * OS, 1))
+  const snap = await images.snapshot('a', 's')
+  const other = await images.create('b', OS, OPTS)
+  await other.write(0, pattern(OS, 2))
+  // The disk under the snapshot's objects fails from here on, but only once the new bytes are in:
+  // the read of the old bytes is held back until the image's own write has completed.
+  const read = objects.read.bind(objects)
+  const write = objects.write.bind(objects)
+  let ownWritten!: () => void
+  const written = new Promise<void>(resolve => { ownWritten = resolve })
+  objects.write = async (oid, offset, data) => { await write(oid, offset, data); if (oidVid(oid) === image.vid) ownWritten() }
+  objects.read = async (oid, offset, length, target, targetOffset) => {
+    if (oidVid(oid) !== snap.vid) return await read(oid, offset, length, target, targetOffset)
+    await written
+    throw Object.assign(new Error('input/output error'), { code: 'EIO' })
+  }
+  t.teardown(() => { objects.read = read; objects.write = write })
+  await image.write(3 * SUB + 10, Buffer.from('answered'))
+  t.pass('the write itself was answered')
+  const err = await sheepError(async () => await image.read(0, 10, Buffer.alloc(10)))
+  t.equal(err.code, 'EIO', 'a later read of the image gets EIO')
+  t.match(err.message, /copy-on-write of block 0 failed after the write was answered/)
+  t.equal((await sheepError(async () => await image.write(OS, Buffer.from('z')))).code, 'EIO', 'so does a later write')
+  t.equal((await sheepError(async () => await image.sync())).code, 'EIO', 'and a sync')
+  await same(t, other, pattern(OS, 2), 'another image is unaffected')
+  objects.read = read
+  objects.write = write
+  t.equal((await sheepError(async () => await env.close())).code, 'EIO', 'closing the store reports it')
+  await env.reopen()
+  await same(t, env.images.get('b'), pattern(OS, 2), 'the other image was written out at close')
+  await same(t, env.images.get('a'), pattern(2 * OS, 1), 'the failed image reads its last synced state')
+})
+
 t.test('a deleted image still open reads and writes through its hidden snapshot until closed', async t => {
   const env = await Env.open(t, tmpDir(t))
   const { images } = env
