@@ -16,6 +16,10 @@ export type ErrorCode =
   | 'EIO' // a corrupt, truncated or missing object
   | 'ENOTSUP'
   | 'ESHUTDOWN' // the node is closing
+  | 'ENOTCONN' // a peer could not be reached, or went away mid-request
+  | 'ESTALE' // a peer request from another epoch than the replica's
+  | 'EPROTO' // a malformed peer message
+  | 'EAGAIN' // a compare-and-swap lost to another change; retry on the new state
 
 export class SheepError extends Error {
   readonly code: ErrorCode
@@ -35,10 +39,16 @@ export class SheepError extends Error {
   static busy (message: string): SheepError { return new SheepError('EBUSY', message) }
   static corrupt (message: string): SheepError { return new SheepError('EIO', message) }
   static closing (): SheepError { return new SheepError('ESHUTDOWN', 'the node is shutting down') }
+  static unreachable (message: string): SheepError { return new SheepError('ENOTCONN', message) }
+  static stale (message: string): SheepError { return new SheepError('ESTALE', message) }
+  static protocol (message: string): SheepError { return new SheepError('EPROTO', message) }
+  static conflict (message: string): SheepError { return new SheepError('EAGAIN', message) }
 }
 
 const CODES = new Set<string>(['ENOENT', 'EEXIST', 'EINVAL', 'ENAMETOOLONG', 'EFBIG', 'ENOSPC', 'EROFS',
-  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN'])
+  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN', 'ENOTCONN', 'ESTALE', 'EPROTO', 'EAGAIN'])
+
+export function isErrorCode (code: string): code is ErrorCode { return CODES.has(code) }
 
 /** Turns anything thrown (a SheepError, a Node system error, a bug) into a SheepError. */
 export function toSheepError (err: unknown): SheepError {
@@ -46,7 +56,7 @@ export function toSheepError (err: unknown): SheepError {
   const e = err as NodeJS.ErrnoException | undefined
   if (e && typeof e.code === 'string') {
     if (e.code === 'EDQUOT') return SheepError.noSpace(e.message)
-    if (CODES.has(e.code)) return new SheepError(e.code as ErrorCode, e.message)
+    if (isErrorCode(e.code)) return new SheepError(e.code, e.message)
   }
   return new SheepError('EIO', e instanceof Error ? e.message : String(err))
 }

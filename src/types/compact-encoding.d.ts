@@ -11,6 +11,10 @@ declare module 'compact-encoding' {
     const uint8: Encoding<number>
     const uint32: Encoding<number>
     const uint64: Encoding<number>
+    const float64: Encoding<number>
+    const biguint64: Encoding<bigint>
+    const bool: Encoding<boolean>
+    const fixed32: Encoding<Uint8Array>
     const string: Encoding<string>
     const utf8: Encoding<string>
     const buffer: Encoding<Uint8Array | null>

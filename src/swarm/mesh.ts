@@ -1,0 +1,272 @@
+// The connections between nodes. Hyperswarm finds the cluster's nodes on the topic derived from the
+// secret and gives each its identity (Noise key pair); object traffic then moves to a direct TCP
+// connection wrapped in the same Noise secret-stream with the same proof, because UDX is an order
+// of magnitude slower for bulk data (../../docs/ARCHITECTURE.md, "Transport"). The Hyperswarm link
+// stays as the fallback. Settings that Hyperswarm needs without internet: our own bootstrap node,
+// an explicit bind address, nodes declared reachable, frequent refresh while members are missing.
+
+import { EventEmitter } from 'node:events'
+import dgram from 'node:dgram'
+import net from 'node:net'
+import DHT from 'hyperdht'
+import Hyperswarm from 'hyperswarm'
+import SecretStream from '@hyperswarm/secret-stream'
+import { Link, type LinkKind, type RequestHandler, type SecureStream, short } from './link'
+import { topicOf } from './proof'
+import type { Member, View } from './view'
+
+export interface Address { host: string, port: number }
+
+export interface MeshTiming {
+  /** Keep-alive interval on idle connections. */
+  keepAliveMs: number
+  /** A connection silent this long is dead (a killed or frozen peer). */
+  deadAfterMs: number
+  /** Discovery refresh while known members are not connected. */
+  refreshMs: number
+  /** Wait before dialling a peer's TCP path again after it failed. */
+  redialMs: number
+}
+
+export const DEFAULT_MESH_TIMING: MeshTiming = { keepAliveMs: 1000, deadAfterMs: 3000, refreshMs: 500, redialMs: 1000 }
+
+export interface MeshOptions {
+  keyPair: DHT.KeyPair
+  secret: Buffer
+  /** The address to bind the DHT node and the TCP listener to, and to advertise. */
+  host: string
+  /** TCP port of the object path; 0 picks one. */
+  tcpPort: number
+  /** DHT bootstrap nodes to use (besides our own, if any). */
+  bootstrap: Address[]
+  /** Run a DHT bootstrap node on host:port (0 picks a port) for clusters without internet. */
+  bootstrapPort: number | null
+  /** This node's hello (its member record, with this mesh's tcpPort, and its view), read when a link opens. */
+  self: () => { member: Member, view: View }
+  /** Ids of nodes we expect to be connected to: discovery is refreshed while one is missing. */
+  wanted: () => Iterable<string>
+  onRequest: RequestHandler
+  log: (line: string) => void
+  timing?: Partial<MeshTiming>
+}
+
+export interface Peer {
+  id: string
+  /** Its latest hello: who it is and the newest view it knew. */
+  hello: NonNullable<Link['peer']>
+  swarm: Link | null
+  tcp: Link | null
+}
+
+/** Emits 'peer-up' (peer), 'peer-down' (id), 'hello' (peer) whenever a link opens with news. */
+export class Mesh extends EventEmitter {
+  readonly id: string
+  private readonly opts: MeshOptions
+  private readonly timing: MeshTiming
+  private readonly peers = new Map<string, Peer>()
+  private readonly dialling = new Set<string>()
+  private readonly banned = new Set<string>()
+  private bootstrapNode: DHT | null = null
+  private swarm: Hyperswarm | null = null
+  private discovery: Hyperswarm.Discovery | null = null
+  private server: net.Server | null = null
+  private readonly tcpSockets = new Set<net.Socket>()
+  private refreshTimer: NodeJS.Timeout | null = null
+  private closing = false
+  tcpPort = 0
+  bootstrapAddress: Address | null = null
+
+  constructor (opts: MeshOptions) {
+    super()
+    this.opts = opts
+    this.timing = { ...DEFAULT_MESH_TIMING, ...opts.timing }
+    this.id = opts.keyPair.publicKey.toString('hex')
+  }
+
+  /** Every address a joining node can bootstrap from: ours if we run one, then the configured ones. */
+  get bootstrapList (): Address[] {
+    return [...(this.bootstrapAddress === null ? [] : [this.bootstrapAddress]), ...this.opts.bootstrap]
+  }
+
+  async start (): Promise<void> {
+    const { host } = this.opts
+    this.server = net.createServer(socket => this.accept(socket))
+    await listen(this.server, this.opts.tcpPort, host)
+    this.tcpPort = (this.server.address() as net.AddressInfo).port
+    if (this.opts.bootstrapPort !== null) {
+      // A bootstrap node must know its own address (nobody can tell it): hence a fixed port.
+      const port = this.opts.bootstrapPort === 0 ? await freeUdpPort(host) : this.opts.bootstrapPort
+      this.bootstrapNode = DHT.bootstrapper(port, host, { host })
+      await this.bootstrapNode.ready()
+      this.bootstrapAddress = { host, port }
+    }
+    const bootstrap = this.bootstrapList
+    if (bootstrap.length === 0) throw new Error('no DHT bootstrap node: give --bootstrap host:port or run one with --bootstrap-port')
+    const dht = new DHT({ host, bootstrap, ephemeral: false, firewalled: false, connectionKeepAlive: this.timing.keepAliveMs, keyPair: this.opts.keyPair })
+    this.swarm = new Hyperswarm({ dht, keyPair: this.opts.keyPair, firewall: key => this.banned.has(key.toString('hex')) })
+    this.swarm.on('connection', (conn, info) => this.swarmConnection(conn, info))
+    this.discovery = this.swarm.join(topicOf(this.opts.secret), { client: true, server: true })
+    await this.discovery.flushed()
+    this.scheduleRefresh()
+  }
+
+  peer (id: string): Peer | undefined { return this.peers.get(id) }
+  get connected (): Peer[] { return [...this.peers.values()] }
+
+  /** The link to use for a request to id: TCP when it is open, else Hyperswarm. */
+  link (id: string, prefer: LinkKind = 'tcp'): Link | null {
+    const p = this.peers.get(id)
+    if (p === undefined) return null
+    const first = prefer === 'tcp' ? p.tcp : p.swarm
+    const second = prefer === 'tcp' ? p.swarm : p.tcp
+    if (first?.isOpen === true) return first
+    if (second?.isOpen === true) return second
+    return null
+  }
+
+  async close (): Promise<void> {
+    if (this.closing) return
+    this.closing = true
+    if (this.refreshTimer !== null) clearTimeout(this.refreshTimer)
+    for (const p of this.peers.values()) {
+      p.tcp?.close('node stopping')
+      p.swarm?.close('node stopping')
+    }
+    for (const s of this.tcpSockets) s.destroy()
+    await this.swarm?.destroy() // also destroys its DHT node
+    await this.bootstrapNode?.destroy()
+    if (this.server !== null) await new Promise<void>(resolve => this.server?.close(() => resolve()))
+  }
+
+  private scheduleRefresh (): void {
+    if (this.closing) return
+    const missing = [...this.opts.wanted()].some(id => id !== this.id && this.link(id) === null)
+    // Nodes that join at the same moment miss each other and Hyperswarm looks again only after
+    // minutes: look often while a member is missing, now and then while we are alone.
+    const alone = this.peers.size === 0
+    const delay = missing ? this.timing.refreshMs : alone ? 4 * this.timing.refreshMs : 0
+    if (delay === 0) {
+      this.refreshTimer = setTimeout(() => this.scheduleRefresh(), 4 * this.timing.refreshMs)
+      return
+    }
+    this.refreshTimer = setTimeout(() => {
+      this.discovery?.refresh().catch(() => {}).finally(() => this.scheduleRefresh())
+    }, delay)
+  }
+
+  private swarmConnection (conn: Hyperswarm.Connection, info: Hyperswarm.PeerInfo): void {
+    conn.on('error', () => {}) // reported by the link; an unhandled ECONNRESET would kill the node
+    conn.setTimeout(this.timing.deadAfterMs)
+    this.adopt(conn, 'swarm', () => info.ban(true))
+  }
+
+  private accept (socket: net.Socket): void {
+    this.tcpSockets.add(socket)
+    socket.on('close', () => this.tcpSockets.delete(socket))
+    socket.setNoDelay(true)
+    const stream = new SecretStream(false, socket, { keyPair: this.opts.keyPair })
+    this.secure(stream, null)
+  }
+
+  private dial (peer: Peer): void {
+    const { id } = peer
+    if (this.closing || peer.tcp !== null || this.dialling.has(id) || this.id > id) return
+    const { host, port } = peer.hello.self
+    if (port === 0) return
+    this.dialling.add(id)
+    const socket = net.connect({ host, port })
+    this.tcpSockets.add(socket)
+    socket.on('close', () => this.tcpSockets.delete(socket))
+    socket.setNoDelay(true)
+    const stream = new SecretStream(true, socket, { keyPair: this.opts.keyPair })
+    this.secure(stream, id)
+  }
+
+  /** A TCP secret-stream: once its Noise handshake is done, it becomes a link like any other. */
+  private secure (stream: SecretStream, expected: string | null): void {
+    stream.on('error', () => {})
+    stream.setKeepAlive(this.timing.keepAliveMs)
+    stream.setTimeout(this.timing.deadAfterMs)
+    const done = (): void => { if (expected !== null) this.dialling.delete(expected) }
+    stream.on('close', () => {
+      done()
+      const p = expected === null ? undefined : this.peers.get(expected)
+      // The TCP path failed while the peer is still there: try it again later.
+      if (p !== undefined && p.tcp === null && !this.closing) setTimeout(() => this.dial(p), this.timing.redialMs).unref()
+    })
+    stream.once('connect', () => {
+      done()
+      const remote = stream.remotePublicKey?.toString('hex')
+      if (expected !== null && remote !== expected) {
+        this.opts.log(`dropped TCP connection to ${expected}: it answered as ${remote ?? 'nobody'}`)
+        stream.destroy()
+        return
+      }
+      this.adopt(stream as unknown as SecureStream, 'tcp', null)
+    })
+  }
+
+  private adopt (stream: SecureStream, kind: LinkKind, ban: (() => void) | null): void {
+    if (this.closing) { stream.destroy(); return }
+    let link: Link
+    try {
+      link = new Link(stream, { kind, secret: this.opts.secret, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log })
+    } catch (err) {
+      this.opts.log(`dropped a ${kind} connection: ${(err as Error).message}`)
+      stream.destroy()
+      return
+    }
+    link.once('rejected', () => {
+      this.banned.add(link.remoteId)
+      ban?.()
+    })
+    link.once('open', hello => {
+      const existing = this.peers.get(link.remoteId)
+      const peer: Peer = existing ?? { id: link.remoteId, hello, swarm: null, tcp: null }
+      peer.hello = hello
+      const old = peer[kind]
+      peer[kind] = link
+      if (old !== null && old !== link) old.close('replaced by a newer connection')
+      if (existing === undefined) {
+        this.peers.set(peer.id, peer)
+        this.opts.log(`connected to ${short(peer.id)} at ${hello.self.host}:${hello.self.port} (${kind})`)
+        this.emit('peer-up', peer)
+      } else {
+        this.emit('hello', peer)
+      }
+      if (kind === 'swarm') this.dial(peer)
+    })
+    link.once('close', () => {
+      const peer = this.peers.get(link.remoteId)
+      if (peer === undefined || peer[kind] !== link) return
+      peer[kind] = null
+      if (peer.swarm === null && peer.tcp === null) {
+        this.peers.delete(peer.id)
+        this.opts.log(`lost ${short(peer.id)}`)
+        this.emit('peer-down', peer.id)
+      }
+    })
+  }
+}
+
+/** A UDP port nothing uses right now, for a bootstrap node asked to pick one (tests, first start). */
+async function freeUdpPort (host: string): Promise<number> {
+  const socket = dgram.createSocket('udp4')
+  await new Promise<void>((resolve, reject) => {
+    socket.once('error', reject)
+    socket.bind(0, host, () => resolve())
+  })
+  const { port } = socket.address()
+  await new Promise<void>(resolve => socket.close(() => resolve()))
+  return port
+}
+
+async function listen (server: net.Server, port: number, host: string): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, host, () => {
+      server.off('error', reject)
+      resolve()
+    })
+  })
+}

@@ -1,0 +1,125 @@
+// The parts of the Holepunch packages that src/swarm uses (they ship no types).
+
+declare module 'hyperdht' {
+  import type { EventEmitter } from 'node:events'
+  namespace DHT {
+    interface KeyPair { publicKey: Buffer, secretKey: Buffer }
+    interface Address { host: string, port: number }
+    interface Options {
+      port?: number
+      host?: string
+      bootstrap?: Address[]
+      ephemeral?: boolean
+      firewalled?: boolean
+      connectionKeepAlive?: number | false
+      keyPair?: KeyPair
+    }
+  }
+  class DHT extends EventEmitter {
+    constructor (opts?: DHT.Options)
+    static keyPair (seed?: Buffer): DHT.KeyPair
+    static bootstrapper (port: number, host: string, opts?: DHT.Options): DHT
+    ready (): Promise<void>
+    fullyBootstrapped (): Promise<void>
+    address (): DHT.Address
+    destroy (): Promise<void>
+  }
+  export = DHT
+}
+
+declare module 'hyperswarm' {
+  import type { EventEmitter } from 'node:events'
+  import type DHT from 'hyperdht'
+  import type { Duplex } from 'node:stream'
+  namespace Hyperswarm {
+    /** A Noise-encrypted, message-framed connection (@hyperswarm/secret-stream over UDX). */
+    interface Connection extends Duplex {
+      remotePublicKey: Buffer
+      handshakeHash: Buffer
+      isInitiator: boolean
+      rawStream: { remoteHost?: string, remotePort?: number } | null
+      setTimeout (ms: number): void
+      setKeepAlive (ms: number): void
+    }
+    interface PeerInfo { publicKey: Buffer, ban (banned: boolean): void }
+    interface Discovery { flushed (): Promise<void>, refresh (opts?: { client?: boolean, server?: boolean }): Promise<void>, destroy (): Promise<void> }
+    interface Options {
+      dht?: DHT
+      keyPair?: DHT.KeyPair
+      firewall?: (remotePublicKey: Buffer) => boolean
+      maxPeers?: number
+    }
+  }
+  class Hyperswarm extends EventEmitter {
+    constructor (opts?: Hyperswarm.Options)
+    keyPair: DHT.KeyPair
+    connections: Set<Hyperswarm.Connection>
+    join (topic: Buffer, opts?: { client?: boolean, server?: boolean }): Hyperswarm.Discovery
+    joinPeer (publicKey: Buffer): void
+    flush (): Promise<void>
+    destroy (): Promise<void>
+    on (event: 'connection', fn: (conn: Hyperswarm.Connection, info: Hyperswarm.PeerInfo) => void): this
+  }
+  export = Hyperswarm
+}
+
+declare module '@hyperswarm/secret-stream' {
+  import { Duplex } from 'node:stream'
+  import type DHT from 'hyperdht'
+  class SecretStream extends Duplex {
+    constructor (isInitiator: boolean, rawStream: Duplex, opts?: { keyPair?: DHT.KeyPair })
+    remotePublicKey: Buffer | null
+    publicKey: Buffer
+    handshakeHash: Buffer | null
+    isInitiator: boolean
+    setTimeout (ms: number): void
+    setKeepAlive (ms: number): void
+    static keyPair (seed?: Buffer): DHT.KeyPair
+  }
+  export = SecretStream
+}
+
+declare module 'protomux' {
+  import type { Duplex } from 'node:stream'
+  import type c from 'compact-encoding'
+  namespace Protomux {
+    interface Message<T> { send (value: T): boolean }
+    interface MessageOptions<T> { encoding: c.Encoding<T>, onmessage?: (value: T) => void | Promise<void> }
+    interface Channel {
+      open (handshake?: unknown): void
+      close (): void
+      cork (): void
+      uncork (): void
+      addMessage<T> (opts: MessageOptions<T>): Message<T>
+      readonly opened: boolean
+      readonly closed: boolean
+    }
+    interface ChannelOptions<H> {
+      protocol: string
+      id?: Buffer
+      handshake?: c.Encoding<H>
+      onopen?: (handshake: H) => void | Promise<void>
+      onclose?: () => void | Promise<void>
+    }
+  }
+  class Protomux {
+    constructor (stream: Duplex)
+    static from (stream: Duplex): Protomux
+    createChannel<H> (opts: Protomux.ChannelOptions<H>): Protomux.Channel | null
+  }
+  export = Protomux
+}
+
+declare module 'sodium-native' {
+  export const crypto_generichash_BYTES: number
+  export function crypto_generichash (out: Buffer, input: Buffer, key?: Buffer): void
+  export function sodium_memcmp (a: Buffer, b: Buffer): boolean
+  export function randombytes_buf (buf: Buffer): void
+}
+
+declare module '@hyperswarm/testnet' {
+  import type DHT from 'hyperdht'
+  interface Testnet { bootstrap: DHT.Address[], nodes: DHT[], destroy (): Promise<void> }
+  function createTestnet (size?: number, opts?: { host?: string, port?: number }): Promise<Testnet>
+  export = createTestnet
+}
