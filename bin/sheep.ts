@@ -22,6 +22,15 @@ daemon
   stop [--mount DIR] [--force]  unmount and stop; refuses while images are open unless --force
   status [--mount DIR] [--json]
 
+cluster (without these options a node keeps everything in its own store)
+  start ... --bootstrap-port PORT   found a cluster (or rejoin one) and run the DHT bootstrap node others need offline
+  start ... --join TOKEN            join the cluster a token names
+  start ... --bootstrap HOST:PORT   a DHT bootstrap node to use (repeatable)
+  start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
+  start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
+  cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
+  node list [--json]                members of the view: id, address, zone, weight, capacity, used, state
+
 images (NAME is a name, or a path such as ${DEFAULT_MOUNT}/vm1.img)
   image create NAME SIZE [--copies N] [--object-size SIZE]
   image list [--json]
@@ -64,6 +73,12 @@ function count (text: string | boolean | undefined, what: string): number | unde
   if (text === undefined) return undefined
   const n = Number(text)
   if (typeof text !== 'string' || !/^\d+$/.test(text) || !Number.isSafeInteger(n)) usageError(`bad ${what} ${JSON.stringify(text)}`)
+  return n
+}
+
+function portNumber (text: string | boolean | string[] | undefined, what: string): number | undefined {
+  const n = count(typeof text === 'string' || text === undefined ? text : String(text), what)
+  if (n !== undefined && n > 65535) usageError(`bad ${what} ${n}: a port is 0 to 65535`)
   return n
 }
 
@@ -167,9 +182,25 @@ async function main (argv: string[]): Promise<void> {
         detach: { type: 'boolean' },
         copies: { type: 'string' },
         'object-size': { type: 'string' },
-        'io-timeout': { type: 'string' }
+        'io-timeout': { type: 'string' },
+        'bootstrap-port': { type: 'string' },
+        bootstrap: { type: 'string', multiple: true },
+        join: { type: 'string' },
+        zone: { type: 'string' },
+        host: { type: 'string' },
+        port: { type: 'string' },
+        'no-direct': { type: 'boolean' }
       }, 0)
       const { startCommand } = await import('./start')
+      const { parseAddress } = await import('../src/swarm/identity')
+      const bootstrap = (values.bootstrap as string[] | undefined ?? []).map(a => {
+        try { return parseAddress(a) } catch (err) { return usageError(`--bootstrap: ${(err as Error).message}`) }
+      })
+      const clustered = values['bootstrap-port'] !== undefined || bootstrap.length > 0 || values.join !== undefined
+      if (!clustered && (values.zone !== undefined || values.host !== undefined || values.port !== undefined || values['no-direct'] !== undefined)) {
+        usageError('--zone, --host, --port and --no-direct are for a cluster: add --bootstrap-port, --bootstrap or --join')
+      }
+      if (values['no-direct'] === true && values.port !== undefined) usageError('--port is the direct path\'s port: not with --no-direct')
       await startCommand({
         store: typeof values.store === 'string' ? values.store : DEFAULT_STORE,
         mount: typeof values.mount === 'string' ? values.mount : DEFAULT_MOUNT,
@@ -177,6 +208,16 @@ async function main (argv: string[]): Promise<void> {
         copies: count(values.copies, '--copies'),
         objectSize: values['object-size'] === undefined ? undefined : size(values['object-size'] as string, '--object-size'),
         ioTimeout: count(values['io-timeout'], '--io-timeout'),
+        cluster: clustered
+          ? {
+              host: typeof values.host === 'string' ? values.host : '127.0.0.1',
+              tcpPort: values['no-direct'] === true ? null : portNumber(values.port, '--port') ?? 0,
+              bootstrapPort: portNumber(values['bootstrap-port'], '--bootstrap-port') ?? null,
+              bootstrap,
+              join: typeof values.join === 'string' ? values.join : null,
+              zone: typeof values.zone === 'string' ? values.zone : ''
+            }
+          : undefined,
         argv: rest
       })
       return
@@ -333,6 +374,23 @@ async function main (argv: string[]): Promise<void> {
       else process.stdout.write(`cloned ${info.parent} to ${info.name}\n`)
       return
     }
+    case 'cluster': {
+      const { values, positionals } = parse({ ...mountOpt }, 1)
+      if (positionals[0] !== 'token') usageError(positionals[0] === undefined ? 'missing cluster command (token)' : `unknown cluster command ${JSON.stringify(positionals[0])}`)
+      const { token } = await request(target(values).mount, 'cluster.token', {})
+      process.stdout.write(token + '\n')
+      return
+    }
+    case 'node': {
+      const { values, positionals } = parse({ ...mountOpt, ...json }, 1)
+      if (positionals[0] !== 'list') usageError(positionals[0] === undefined ? 'missing node command (list)' : `unknown node command ${JSON.stringify(positionals[0])}`)
+      const nodes = await request(target(values).mount, 'node.list', {})
+      if (values.json) { process.stdout.write(JSON.stringify(nodes, null, 2) + '\n'); return }
+      const size = (n: number | null): string => n === null ? '-' : formatSize(n)
+      process.stdout.write(table(['ID', 'ADDRESS', 'ZONE', 'WEIGHT', 'CAPACITY', 'USED', 'STATE'],
+        nodes.map(n => [n.id.slice(0, 16), n.address, n.zone === '' ? '-' : n.zone, String(n.weight), size(n.capacity), size(n.used), n.state])))
+      return
+    }
     // eslint-disable-next-line no-fallthrough
     default:
       usageError(`unknown command ${JSON.stringify(command)}`)
@@ -348,6 +406,10 @@ function formatStatus (s: NodeStatus): string {
     `images:   ${s.images} (${s.openHandles} open handles), ${formatSize(s.provisioned)} provisioned, ${formatSize(s.allocated)} allocated`,
     `objects:  ${s.objects}, ${formatSize(s.storeBytes)} on disk`,
     `capacity: ${formatSize(s.capacity)}, ${formatSize(s.free)} free${pct}`,
+    ...(s.cluster === null
+      ? []
+      : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
+          s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
     ...s.problems.map(p => `PROBLEM:  ${p}`),
     ''
   ].join('\n')

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { checkStoreFolder, SheepNode } from '../src/node'
+import { checkStoreFolder, type ClusterNodeOptions, SheepNode } from '../src/node'
 
 export interface StartOptions {
   store: string
@@ -13,6 +13,7 @@ export interface StartOptions {
   copies?: number
   objectSize?: number
   ioTimeout?: number
+  cluster?: ClusterNodeOptions
   /** The arguments of `start`, to hand to the detached daemon. */
   argv: string[]
 }
@@ -33,6 +34,7 @@ export async function startCommand (opts: StartOptions): Promise<void> {
     mount: opts.mount,
     createOptions: { copies: opts.copies, objectSize: opts.objectSize },
     ioTimeout: opts.ioTimeout === undefined ? undefined : opts.ioTimeout * 1000,
+    cluster: opts.cluster,
     log
   })
   const onSignal = (signal: string): void => {

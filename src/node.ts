@@ -9,8 +9,15 @@ import { LocalObjectStore } from './objects/local-store'
 import { Mount } from './fuse/mount'
 import { ControlServer, type Handlers } from './control/server'
 import { controlSocketPath } from './control/paths'
-import type { NodeStatus } from './control/messages'
+import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
+import type { ObjectStore } from './objects/types'
+import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
+import { Cluster } from './swarm/cluster'
+import { Gateway } from './swarm/gateway'
+import { replicaHandler } from './swarm/replica'
+import { decodeToken, encodeToken, loadIdentity } from './swarm/identity'
+import type { Address } from './swarm/mesh'
 
 export const DEFAULT_IO_TIMEOUT_MS = 120_000
 
@@ -21,7 +28,28 @@ export interface NodeOptions {
   createOptions?: CreateOptions
   ioTimeout?: number
   log?: (line: string) => void
+  /** Cluster mode: without it the node keeps every object in its own store, with no network. */
+  cluster?: ClusterNodeOptions
 }
+
+export interface ClusterNodeOptions {
+  /** Address to bind and advertise (default 127.0.0.1). */
+  host: string
+  /** Null: no direct TCP path, object traffic over Hyperswarm only (hosts that TCP cannot reach). */
+  tcpPort: number | null
+  bootstrapPort: number | null
+  bootstrap: Address[]
+  /** A join token from `sheep cluster token` on a member. */
+  join: string | null
+  zone: string
+}
+
+/** Copies of inodes and the directory: metadata is kept at least this safe. */
+const METADATA_COPIES = 3
+const DEFAULT_COPIES = 3
+const REFRESH_MS = 1000
+/** How long a joining node waits to be let in before its start fails. */
+const JOIN_WAIT_MS = 60_000
 
 export class SheepNode {
   readonly storeDir: string
@@ -29,6 +57,8 @@ export class SheepNode {
   private readonly opts: NodeOptions
   private readonly log: (line: string) => void
   private objects: LocalObjectStore | null = null
+  private cluster: Cluster | null = null
+  private refreshTimer: NodeJS.Timeout | null = null
   private images: ImageStore | null = null
   private mount: Mount | null = null
   private control: ControlServer | null = null
@@ -61,10 +91,12 @@ export class SheepNode {
     this.objects = objects
     try {
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
-      const images = new ImageStore(objects, { log: this.log })
+      const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
+      const images = new ImageStore(store, { log: this.log, collectOrphans: this.cluster === null })
       const { collected } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
       this.images = images
+      if (this.cluster !== null) this.followCluster(this.cluster, images)
       const mount = new Mount(this.mountDir)
       await mount.mount(images, {
         createOptions: this.opts.createOptions ?? {},
@@ -82,6 +114,59 @@ export class SheepNode {
     this.log(`sheep ${VERSION} serving ${this.mountDir} from store ${this.storeDir} (pid ${process.pid})`)
   }
 
+  /** Starts the cluster membership and returns the replicated object store over the local one. */
+  private async joinCluster (objects: LocalObjectStore, opts: ClusterNodeOptions): Promise<ObjectStore> {
+    const token = opts.join === null ? null : decodeToken(opts.join)
+    const identity = loadIdentity(this.storeDir, token, opts.bootstrap)
+    const usage = await objects.usage()
+    const cluster = new Cluster({
+      storeDir: this.storeDir,
+      identity,
+      host: opts.host,
+      tcpPort: opts.tcpPort,
+      bootstrapPort: opts.bootstrapPort,
+      zone: opts.zone,
+      // Whole GiB, so that free space moving does not change the member record (and the view).
+      weight: Math.max(1, Math.floor(usage.capacity / 2 ** 30)),
+      joining: token !== null,
+      log: this.log
+    })
+    this.cluster = cluster
+    await cluster.start()
+    let gateway: Gateway | null = null
+    cluster.setObjectHandler(replicaHandler(objects, {
+      epoch: () => cluster.epoch,
+      quorate: () => cluster.quorate,
+      asPrimary: async (oid, data, expected) => {
+        if (gateway === null) throw SheepError.unreachable('this node is still starting')
+        return await gateway.asPrimary(oid, data, expected)
+      }
+    }))
+    // A joining node serves nothing until a view lists it.
+    let view = cluster.view
+    while (view === null || !view.members.some(m => m.id === cluster.id)) view = await cluster.nextView(view?.epoch ?? 0, JOIN_WAIT_MS)
+    this.log(`member of a cluster of ${view.members.length} (epoch ${view.epoch}); node ${cluster.id}`)
+    const copiesOf = (oid: ObjectId): number => oidType(oid) === ObjectType.Data
+      ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
+      : METADATA_COPIES
+    gateway = new Gateway(objects, cluster, { copiesOf })
+    return gateway
+  }
+
+  /** Picks up other hosts' image changes: at once when told, and every REFRESH_MS in case a notice was lost. */
+  private followCluster (cluster: Cluster, images: ImageStore): void {
+    let running = false
+    const refresh = (): void => {
+      if (running || this.images !== images) return
+      running = true
+      images.refresh()
+        .catch(err => this.log(`refreshing images from the cluster: ${(err as Error).message}`))
+        .finally(() => { running = false })
+    }
+    cluster.on('notify', refresh)
+    this.refreshTimer = setInterval(refresh, REFRESH_MS)
+  }
+
   /** Stops the node. Refuses (EBUSY) while images are open, unless forced. */
   async stop (force = false): Promise<void> {
     if (this.stopping) return await this.stopping
@@ -95,12 +180,15 @@ export class SheepNode {
 
   private async teardown (onDone?: () => void): Promise<void> {
     try {
+      if (this.refreshTimer !== null) clearInterval(this.refreshTimer)
       await this.control?.close()
       this.control = null
       await this.mount?.unmount()
       this.mount = null
       await this.images?.close()
       this.images = null
+      await this.cluster?.close()
+      this.cluster = null
       if (this.objects) fs.rmSync(path.join(this.storeDir, 'sheep.pid'), { force: true })
       await this.objects?.close()
       this.objects = null
@@ -130,8 +218,48 @@ export class SheepNode {
       free: usage.free,
       objects: stored.objects,
       storeBytes: stored.bytes,
-      problems: images.problems()
+      problems: images.problems(),
+      cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
     }
+  }
+
+  private clusterStatus (images: Array<{ name: string, copies: number }>): ClusterStatus | null {
+    const cluster = this.cluster
+    const view = cluster?.view
+    if (cluster == null || view == null) return null
+    const members = view.members.length
+    return {
+      node: cluster.id,
+      epoch: view.epoch,
+      members,
+      reachable: view.members.filter(m => m.id === cluster.id || cluster.link(m.id) !== null).length,
+      quorate: cluster.quorate,
+      degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`)
+    }
+  }
+
+  private joinedCluster (): Cluster {
+    if (this.cluster === null) throw SheepError.invalid('this node runs without a cluster (start it with --bootstrap-port, --bootstrap or --join)')
+    return this.cluster
+  }
+
+  private async nodeList (): Promise<NodeInfo[]> {
+    const cluster = this.joinedCluster()
+    const objects = this.objects as LocalObjectStore
+    const own = await objects.usage()
+    return (cluster.view?.members ?? []).map(m => {
+      const link = cluster.link(m.id)
+      const self = m.id === cluster.id
+      return {
+        id: m.id,
+        address: `${m.host}:${m.port}`,
+        zone: m.zone,
+        weight: m.weight,
+        capacity: self ? own.capacity : null,
+        used: self ? own.capacity - own.free : null,
+        state: self ? 'self' : link === null ? 'down' : `up (${link.kind})`
+      }
+    })
   }
 
   private imageStore (): ImageStore {
@@ -183,6 +311,11 @@ export class SheepNode {
         await images.rollback(name, tag)
         return images.info(images.get(name))
       },
+      'cluster.token': async () => {
+        const cluster = this.joinedCluster()
+        return { token: encodeToken(cluster.secret, cluster.bootstrapList) }
+      },
+      'node.list': async () => await this.nodeList(),
       stop: async ({ force }) => {
         // Answer first, then stop: the stop closes this very socket.
         const open = this.imageStore().list().filter(i => i.openCount > 0)

@@ -20,11 +20,38 @@ export interface Requests {
   'snapshot.delete': { args: { name: string, tag: string }, result: null }
   'snapshot.rollback': { args: { name: string, tag: string }, result: ImageInfo }
   stop: { args: { force?: boolean }, result: null }
+  'cluster.token': { args: Record<string, never>, result: { token: string } }
+  'node.list': { args: Record<string, never>, result: NodeInfo[] }
+}
+
+/** A member of the cluster view as `sheep node list` shows it. */
+export interface NodeInfo {
+  id: string
+  address: string
+  zone: string
+  /** Capacity the node contributes (bytes): its share of objects. */
+  weight: number
+  capacity: number | null
+  used: number | null
+  /** 'self', 'up' (connected: tcp or swarm path) or 'down'. */
+  state: string
+}
+
+export interface ClusterStatus {
+  node: string
+  epoch: number
+  members: number
+  reachable: number
+  /** Whether this node reaches a majority of its view (writes stop without one). */
+  quorate: boolean
+  /** Images that ask for more copies than the view has members. */
+  degraded: string[]
 }
 
 export type Op = keyof Requests
 export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename',
-  'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop']
+  'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop',
+  'cluster.token', 'node.list']
 
 export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
 
@@ -52,6 +79,8 @@ export interface NodeStatus {
   storeBytes: number
   /** Damage found, one line each (unreadable images). */
   problems: string[]
+  /** Null for a node running without a cluster. */
+  cluster: ClusterStatus | null
 }
 
 /** Longest request line the daemon reads; anything longer is refused. */

@@ -93,6 +93,8 @@ const SHAPES: { [K in Op]: Record<string, (v: unknown) => boolean> } = {
   'image.clone': { source: isString, tag: optional(isString), name: isString },
   'image.flatten': { name: isString },
   'image.tree': {},
+  'cluster.token': {},
+  'node.list': {},
   'snapshot.create': { name: isString, tag: isString },
   'snapshot.list': { name: isString },
   'snapshot.delete': { name: isString, tag: isString },

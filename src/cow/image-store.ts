@@ -12,7 +12,7 @@
 
 import crypto from 'node:crypto'
 import { SheepError } from '../errors'
-import { MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
+import { inodeOid, MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore, StoreUsage } from '../objects/types'
 import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
@@ -71,9 +71,17 @@ export interface TreeNode {
 
 export interface ImageStoreOptions {
   log?: (line: string) => void
+  /**
+   * Delete objects nothing refers to at open (left by a crash between creating an object and
+   * recording it). Off on a cluster, where another host may be between those two steps.
+   */
+  collectOrphans?: boolean
 }
 
 type Progress = (done: number, total: number) => void
+
+/** A metadata operation that keeps losing its commit to other hosts gives up after this many tries. */
+const MAX_COMMIT_ATTEMPTS = 20
 
 const snapKey = (name: string, tag: string): string => `${name}\u0000${tag}`
 
@@ -89,18 +97,25 @@ export class ImageStore {
   private snapshots = new Map<string, Image>()
   private readonly unlinkedOpen = new Set<Image>()
   private readonly meta = new Mutex()
+  /** Versions of the directory and of each inode as last loaded: refresh() reloads what moved. */
+  private dirVersion = 0
+  private readonly inodeVersions = new Map<number, number>()
   private readonly log: (line: string) => void
+  private readonly collectOrphans: boolean
   private readonly pendingDestroy = new Set<Promise<void>>()
   private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
     this.log = opts.log ?? (() => {})
+    this.collectOrphans = opts.collectOrphans ?? true
   }
 
   /** Loads the directory and every inode, then deletes what nothing refers to. */
   async open (): Promise<{ collected: number }> {
-    const entries = await this.objects.stat(DIRECTORY_OID) === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
+    const dirInfo = await this.objects.stat(DIRECTORY_OID)
+    this.dirVersion = dirInfo?.version ?? 0
+    const entries = dirInfo === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
     for (const e of entries) {
       this.dir.set(e.vid, e)
       let image: Image
@@ -114,6 +129,7 @@ export class ImageStore {
         continue
       }
       this.inodes.set(e.vid, image)
+      this.inodeVersions.set(e.vid, (await this.objects.stat(inodeOid(e.vid)))?.version ?? 0)
     }
     for (const [vid, image] of this.inodes) {
       const e = this.dir.get(vid) as DirectoryEntry
@@ -124,8 +140,8 @@ export class ImageStore {
       if (!image.isSnapshot) await image.zeroTail()
     }
     this.reindex()
-    const collected = await this.collectGarbage()
-    await this.meta.run(async () => await this.gc())
+    const collected = this.collectOrphans ? await this.collectGarbage() : 0
+    await this.metaOp(async () => await this.gc())
     return { collected }
   }
 
@@ -248,7 +264,7 @@ export class ImageStore {
     checkObjectSize(objectSize)
     checkImageSize(size, objectSize)
     const copies = checkCopies(opts.copies ?? DEFAULT_COPIES)
-    return await this.meta.run(async () => {
+    return await this.metaOp(async () => {
       this.checkFree(name)
       const now = Date.now()
       const header: InodeHeader = {
@@ -268,7 +284,7 @@ export class ImageStore {
       }
       const image = await Image.create(this.objects, header, emptyTable(header), this.tableOf)
       await this.commit(() => this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 }),
-        () => this.dir.delete(header.vid))
+        () => this.dir.delete(header.vid), header.vid)
       this.inodes.set(header.vid, image)
       this.reindex()
       return image
@@ -281,7 +297,7 @@ export class ImageStore {
    * through them.
    */
   async remove (name: string, onProgress?: Progress): Promise<void> {
-    const image = await this.meta.run(async () => {
+    const image = await this.metaOp(async () => {
       const brokenVid = [...this.broken.keys()].find(v => { const e = this.dir.get(v) as DirectoryEntry; return e.tag === '' && e.name === name })
       if (!this.byName.has(name) && brokenVid !== undefined) {
         await this.removeBroken(brokenVid)
@@ -293,7 +309,7 @@ export class ImageStore {
     })
     if (image === undefined) return
     if (image.openCount === 0) await this.destroy(image, onProgress)
-    await this.meta.run(async () => await this.gc())
+    await this.metaOp(async () => await this.gc())
   }
 
   /**
@@ -302,7 +318,7 @@ export class ImageStore {
    */
   async rename (from: string, to: string, opts: { replace?: boolean } = {}): Promise<void> {
     validateImageName(to)
-    const replaced = await this.meta.run(async () => {
+    const replaced = await this.metaOp(async () => {
       const image = this.get(from)
       if (from === to) return undefined
       const old = this.byName.get(to)
@@ -322,17 +338,17 @@ export class ImageStore {
     })
     if (replaced === undefined) return
     if (replaced.openCount === 0) await this.destroy(replaced)
-    await this.meta.run(async () => await this.gc())
+    await this.metaOp(async () => await this.gc())
   }
 
   async resize (name: string, size: number): Promise<void> {
-    await this.meta.run(async () => await this.get(name).resize(size))
+    await this.metaOp(async () => await this.get(name).resize(size))
   }
 
   /** Freezes the image's current state as snapshot `tag`, with no data copied. */
   async snapshot (name: string, tag: string): Promise<Image> {
     validateTag(tag)
-    return await this.meta.run(async () => await this.snapshotLocked(name, tag))
+    return await this.metaOp(async () => await this.snapshotLocked(name, tag))
   }
 
   private async snapshotLocked (name: string, tag: string): Promise<Image> {
@@ -352,7 +368,7 @@ export class ImageStore {
       }, () => {
         (this.dir.get(frozen) as DirectoryEntry).tag = ''
         this.dir.delete(header.vid)
-      })
+      }, header.vid)
       const snap = image.takeOver(header, table)
       await snap.relabel({ tag, snapshotTime: Date.now() })
       this.inodes.set(header.vid, image)
@@ -366,14 +382,14 @@ export class ImageStore {
   async clone (name: string, tag: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
     validateImageName(newName)
     if (opts.copies !== undefined) checkCopies(opts.copies)
-    return await this.meta.run(async () => await this.cloneLocked(name, tag, newName, opts))
+    return await this.metaOp(async () => await this.cloneLocked(name, tag, newName, opts))
   }
 
   /** A clone of the image as it is now, through a snapshot `for-<newName>` taken for it; all or nothing. */
   async cloneCurrent (name: string, newName: string, opts: CreateOptions = {}): Promise<Image> {
     validateImageName(newName)
     if (opts.copies !== undefined) checkCopies(opts.copies)
-    return await this.meta.run(async () => {
+    return await this.metaOp(async () => {
       this.get(name)
       this.checkFree(newName)
       const snap = await this.snapshotLocked(name, this.freeTag(name, `for-${newName}`))
@@ -399,7 +415,7 @@ export class ImageStore {
     }
     const image = await Image.create(this.objects, header, snap.owners.clone(), this.tableOf)
     await this.commit(() => this.dir.set(header.vid, { name: newName, tag: '', vid: header.vid, flags: 0 }),
-      () => this.dir.delete(header.vid))
+      () => this.dir.delete(header.vid), header.vid)
     this.inodes.set(header.vid, image)
     this.reindex()
     return image
@@ -414,7 +430,7 @@ export class ImageStore {
 
   /** Makes the image read exactly as snapshot tag does; refused while the image is open for writing. */
   async rollback (name: string, tag: string): Promise<void> {
-    await this.meta.run(async () => {
+    await this.metaOp(async () => {
       const image = this.get(name)
       const snap = this.getSnapshot(name, tag)
       await image.exclusive(async () => {
@@ -432,7 +448,7 @@ export class ImageStore {
         }, () => {
           this.dir.delete(header.vid)
           this.dir.set(previous, entry)
-        })
+        }, header.vid)
         const old = image.takeOver(header, table)
         this.inodes.delete(previous)
         this.inodes.set(header.vid, image)
@@ -445,7 +461,7 @@ export class ImageStore {
 
   /** Deletes a snapshot; its objects are freed unless a clone or the image still reads them. */
   async deleteSnapshot (name: string, tag: string): Promise<void> {
-    await this.meta.run(async () => {
+    await this.metaOp(async () => {
       const snap = this.getSnapshot(name, tag)
       const e = this.dir.get(snap.vid) as DirectoryEntry
       await this.commit(() => { e.flags |= HIDDEN }, () => { e.flags &= ~HIDDEN })
@@ -456,13 +472,73 @@ export class ImageStore {
 
   /** Copies every block the image shares, so it no longer depends on any snapshot. */
   async flatten (name: string, onProgress?: Progress): Promise<void> {
-    await this.meta.run(async () => {
+    await this.metaOp(async () => {
       await this.get(name).flatten(onProgress)
       await this.gc()
     })
   }
 
   /** Opens a handle on an image; every openImage() is paired with one closeImage(). */
+  /** The copies image vid asks for (undefined for an unknown vid). */
+  copiesOf (vid: number): number | undefined {
+    return this.inodes.get(vid)?.header.copies
+  }
+
+  /**
+   * Picks up what other hosts of a cluster changed: the directory when its version moved (new,
+   * renamed and deleted images and snapshots), and the inodes of images not open here whose
+   * version moved (writes, resizes). An image open here is written only from here.
+   */
+  async refresh (): Promise<void> {
+    await this.meta.run(async () => await this.reload())
+  }
+
+  /** The body of refresh(), with the meta mutex held. */
+  private async reload (): Promise<void> {
+    const info = await this.objects.stat(DIRECTORY_OID)
+    if (info !== null && info.version !== this.dirVersion) {
+      const entries = decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
+      this.dirVersion = info.version
+      const listed = new Set(entries.map(e => e.vid))
+      for (const vid of [...this.dir.keys()]) {
+        if (listed.has(vid)) continue
+        this.dir.delete(vid)
+        if ((this.inodes.get(vid)?.openCount ?? 0) === 0) {
+          this.inodes.delete(vid)
+          this.inodeVersions.delete(vid)
+        }
+      }
+      for (const e of entries) this.dir.set(e.vid, e)
+    }
+    for (const vid of this.dir.keys()) await this.reloadInode(vid)
+    this.reindex()
+  }
+
+  /** Opens a handle like openImage, after loading the image's inode again if another host changed it. */
+  async acquire (name: string, writable: boolean): Promise<Image> {
+    const vid = this.get(name).vid
+    await this.meta.run(async () => {
+      await this.reloadInode(vid)
+      this.reindex()
+    })
+    return this.openImage(name, writable)
+  }
+
+  /** Loads inode vid again if its version moved and no handle here has it open. */
+  private async reloadInode (vid: number): Promise<void> {
+    const image = this.inodes.get(vid)
+    if (image !== undefined && image.openCount > 0) return
+    const version = (await this.objects.stat(inodeOid(vid)))?.version
+    if (version === undefined || (image !== undefined && version === this.inodeVersions.get(vid))) return
+    try {
+      this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf))
+      this.inodeVersions.set(vid, version)
+      this.broken.delete(vid)
+    } catch (err) {
+      this.broken.set(vid, (err as Error).message)
+    }
+  }
+
   openImage (name: string, writable = false): Image {
     const image = this.get(name)
     image.openCount++
@@ -484,10 +560,10 @@ export class ImageStore {
     if (image.openCount > 0) return
     if (image.unlinked) {
       await this.destroy(image)
-      await this.meta.run(async () => await this.gc())
+      await this.metaOp(async () => await this.gc())
     } else if (image.isSnapshot) {
       // A deleted snapshot read to the end is freed now.
-      await this.meta.run(async () => await this.gc())
+      await this.metaOp(async () => await this.gc())
     } else {
       await image.flush()
     }
@@ -503,14 +579,36 @@ export class ImageStore {
   }
 
   /** Applies a change to the directory and writes it; undoes the change if the write fails. */
-  private async commit (change: () => void, undo: () => void): Promise<void> {
+  private async commit (change: () => void, undo: () => void, newInode?: number): Promise<void> {
     change()
     try {
-      await this.objects.replace(DIRECTORY_OID, encodeDirectory([...this.dir.values()]))
+      // Against the version this host last loaded: if another host changed the directory since,
+      // this fails (EAGAIN) and metaOp runs the whole operation again on the new directory.
+      this.dirVersion = await this.objects.compareAndReplace(DIRECTORY_OID, encodeDirectory([...this.dir.values()]), this.dirVersion)
     } catch (err) {
       undo()
+      // The inode written for this change was never named: nothing else will ever free it.
+      if (newInode !== undefined) await this.objects.remove(inodeOid(newInode)).catch(() => {})
       throw err
     }
+  }
+
+  /**
+   * Runs a metadata operation under the meta mutex; when its directory commit loses to another
+   * host's (EAGAIN), loads the new directory and runs it again from its checks, so that of two
+   * hosts creating one name exactly one succeeds and the other gets EEXIST.
+   */
+  private async metaOp<T> (fn: () => Promise<T>): Promise<T> {
+    return await this.meta.run(async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await fn()
+        } catch (err) {
+          if (!(err instanceof SheepError && err.code === 'EAGAIN') || attempt >= MAX_COMMIT_ATTEMPTS) throw err
+          await this.reload()
+        }
+      }
+    })
   }
 
   /** The image leaves the directory (its snapshots stay, hidden, while anything reads through them). */

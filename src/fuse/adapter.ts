@@ -177,7 +177,7 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       })
     },
     open (path: string, flags: number, cb: Cb) {
-      run('open', path, cb, () => {
+      run('open', path, cb, async () => {
         const t = resolve(path)
         const writable = (flags & O_ACCMODE) !== fs.constants.O_RDONLY
         if (t.kind === 'snapshot') {
@@ -190,7 +190,7 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
           if (writable) t.image.openWriters++
           return [0, newHandle(t.image, writable)]
         }
-        return [0, newHandle(images.openImage(t.image.name, writable), writable)]
+        return [0, newHandle(await images.acquire(t.image.name, writable), writable)]
       })
     },
     create (path: string, mode: number, cb: Cb) {

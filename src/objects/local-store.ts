@@ -39,6 +39,7 @@ export class LocalObjectStore implements ObjectStore {
   private readonly maxOpenFiles: number
   private openFiles = 0
   private closed = false
+  private casTail: Promise<void> = Promise.resolve()
   /** Object folders known to exist, so creating an object costs no mkdir. */
   private readonly dirs = new Set<string>()
   /** Objects were created since the catalog was last synced to disk. */
@@ -187,6 +188,18 @@ export class LocalObjectStore implements ObjectStore {
       e.info = info
       e.savedVersion = info.version
     }
+  }
+
+  async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
+    // One compare-and-replace at a time, so no other can slip between the check and the replace.
+    const run = this.casTail.then(async () => {
+      const current = (await this.stat(oid))?.version ?? 0
+      if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
+      await this.replace(oid, data)
+      return current + 1
+    })
+    this.casTail = run.then(() => {}, () => {})
+    return await run
   }
 
   async truncate (oid: ObjectId, size: number): Promise<void> {

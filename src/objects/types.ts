@@ -32,6 +32,12 @@ export interface ObjectStore {
   readAll (oid: ObjectId): Promise<Buffer>
   /** Replaces the whole content atomically (creating the object if needed). */
   replace (oid: ObjectId, data: Uint8Array): Promise<void>
+  /**
+   * Replaces the whole content only if the object's version is still `expected` (0: it must not
+   * exist), else EAGAIN; resolves with the new version. How metadata changes stay atomic when
+   * several hosts make them at once.
+   */
+  compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number>
   /** Sets the object's size; bytes past a shrink are gone, bytes past a grow read as zeros. */
   truncate (oid: ObjectId, size: number): Promise<void>
   /** Deletes the object; a missing object is not an error. */

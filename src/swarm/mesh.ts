@@ -35,8 +35,8 @@ export interface MeshOptions {
   secret: Buffer
   /** The address to bind the DHT node and the TCP listener to, and to advertise. */
   host: string
-  /** TCP port of the object path; 0 picks one. */
-  tcpPort: number
+  /** TCP port of the object path; 0 picks one; null: no direct path, objects go over Hyperswarm. */
+  tcpPort: number | null
   /** DHT bootstrap nodes to use (besides our own, if any). */
   bootstrap: Address[]
   /** Run a DHT bootstrap node on host:port (0 picks a port) for clusters without internet. */
@@ -90,9 +90,11 @@ export class Mesh extends EventEmitter {
 
   async start (): Promise<void> {
     const { host } = this.opts
-    this.server = net.createServer(socket => this.accept(socket))
-    await listen(this.server, this.opts.tcpPort, host)
-    this.tcpPort = (this.server.address() as net.AddressInfo).port
+    if (this.opts.tcpPort !== null) {
+      this.server = net.createServer(socket => this.accept(socket))
+      await listen(this.server, this.opts.tcpPort, host)
+      this.tcpPort = (this.server.address() as net.AddressInfo).port
+    }
     if (this.opts.bootstrapPort !== null) {
       // A bootstrap node must know its own address (nobody can tell it): hence a fixed port.
       const port = this.opts.bootstrapPort === 0 ? await freeUdpPort(host) : this.opts.bootstrapPort
@@ -170,7 +172,7 @@ export class Mesh extends EventEmitter {
 
   private dial (peer: Peer): void {
     const { id } = peer
-    if (this.closing || peer.tcp !== null || this.dialling.has(id) || this.id > id) return
+    if (this.closing || this.server === null || peer.tcp !== null || this.dialling.has(id) || this.id > id) return
     const { host, port } = peer.hello.self
     if (port === 0) return
     this.dialling.add(id)

@@ -3,6 +3,7 @@
 // docs/PROTOCOL.md ("Peer protocol") for the meaning of each field.
 
 import c from 'compact-encoding'
+import type { AgreementMessage, Ballot } from './view-agreement'
 import type { Member, View } from './view'
 
 export const PROTOCOL = 'sheep/1'
@@ -125,7 +126,15 @@ export enum Op {
   /** A view agreement message (./view-agreement.ts) in `data`. */
   Agree = 12,
   /** Something in the cluster changed (`oid` names the object); no answer expected but an ack. */
-  Notify = 13
+  Notify = 13,
+  /**
+   * To the object's primary replica: replace it only if its version is `version` (0: it must not
+   * exist); the primary writes every replica before it answers with the new version. EAGAIN if
+   * the version moved.
+   */
+  CompareReplace = 14,
+  /** The whole object in one answer (up to MAX_DATA), as of one moment: no torn read across a replace. */
+  ReadAll = 15
 }
 
 export interface Request {
@@ -187,6 +196,52 @@ export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, MAX_DATA / 8)
 
 export interface Usage { capacity: number, free: number }
 export const usage: Codec<Usage> = struct<Usage>({ capacity: c.uint, free: c.uint })
+
+const ballot: Codec<Ballot> = struct<Ballot>({ round: c.uint, proposer: nodeId })
+
+function nullable<T> (codec: Codec<T>): Codec<T | null> {
+  return {
+    preencode (state, v) { c.bool.preencode(state, v !== null); if (v !== null) codec.preencode(state, v) },
+    encode (state, v) { c.bool.encode(state, v !== null); if (v !== null) codec.encode(state, v) },
+    decode (state) { return c.bool.decode(state) ? codec.decode(state) : null }
+  }
+}
+
+const accepted = nullable(struct<{ ballot: Ballot, view: View }>({ ballot, view }))
+
+const AGREEMENT_TYPES = ['prepare', 'promise', 'accept', 'accepted', 'nack', 'decided', 'query'] as const
+
+/** A view agreement message (./view-agreement.ts), carried in the data of an Agree request or response. */
+export const agreement: Codec<AgreementMessage> = {
+  preencode (state, m) { c.uint.preencode(state, 0); fieldsOf(m, (codec, v) => codec.preencode(state, v)) },
+  encode (state, m) { c.uint.encode(state, AGREEMENT_TYPES.indexOf(m.type)); fieldsOf(m, (codec, v) => codec.encode(state, v)) },
+  decode (state) {
+    const type = AGREEMENT_TYPES[c.uint.decode(state)]
+    switch (type) {
+      case 'prepare': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state) }
+      case 'promise': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), accepted: accepted.decode(state) }
+      case 'accept': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), view: view.decode(state) }
+      case 'accepted': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state) }
+      case 'nack': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), promised: ballot.decode(state) }
+      case 'decided': return { type, view: view.decode(state) }
+      case 'query': return { type }
+      default: throw new RangeError('unknown agreement message type')
+    }
+  }
+}
+
+/** Visits the fields of m after its type, in wire order. */
+function fieldsOf (m: AgreementMessage, visit: <T>(codec: Codec<T>, value: T) => void): void {
+  switch (m.type) {
+    case 'prepare': visit(c.uint, m.epoch); visit(ballot, m.ballot); break
+    case 'promise': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(accepted, m.accepted); break
+    case 'accept': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(view, m.view); break
+    case 'accepted': visit(c.uint, m.epoch); visit(ballot, m.ballot); break
+    case 'nack': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(ballot, m.promised); break
+    case 'decided': visit(view, m.view); break
+    case 'query': break
+  }
+}
 
 export function encode<T> (codec: Codec<T>, value: T): Buffer {
   return c.encode(codec, value)

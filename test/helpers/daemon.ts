@@ -3,6 +3,7 @@
 // removed) when the test ends, passes or fails, and when the test process itself exits.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process'
+import dgram from 'node:dgram'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -166,4 +167,54 @@ export function errCode (fn: () => unknown): string {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code ?? String(err)
   }
+}
+
+/**
+ * Starts n daemons as one cluster on loopback: the first founds it and runs the DHT bootstrap
+ * node, the others join with its token. Resolves once every node's view lists all n as reachable.
+ */
+export async function startCluster (t: Teardownable, n: number, extraArgs: string[] = []): Promise<Daemon[]> {
+  // A fixed port, so that the first node restarts on the address the others bootstrap from.
+  const first = await startDaemon(t, ['--bootstrap-port', String(await freeUdpPort()), ...extraArgs])
+  const token = first.sheep(['cluster', 'token', '--mount', first.mount])
+  if (token.code !== 0) throw new Error(`sheep cluster token failed: ${token.stderr}`)
+  const nodes = [first]
+  for (let i = 1; i < n; i++) nodes.push(await startDaemon(t, ['--join', token.stdout.trim(), ...extraArgs]))
+  await waitForView(nodes, n)
+  return nodes
+}
+
+async function freeUdpPort (): Promise<number> {
+  const socket = dgram.createSocket('udp4')
+  await new Promise<void>(resolve => socket.bind(0, '127.0.0.1', () => resolve()))
+  const { port } = socket.address()
+  await new Promise<void>(resolve => socket.close(() => resolve()))
+  return port
+}
+
+export interface ClusterState { epoch: number, members: number, reachable: number, quorate: boolean }
+
+export function clusterState (d: Daemon): ClusterState | null {
+  const r = d.sheep(['status', '--json', '--mount', d.mount])
+  if (r.code !== 0) return null
+  return (JSON.parse(r.stdout) as { cluster: ClusterState | null }).cluster
+}
+
+/** Waits until every node of `nodes` is in a view of `members` members, all reachable, at one epoch. */
+export async function waitForView (nodes: Daemon[], members: number, timeoutMs = 30_000): Promise<ClusterState> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const states = nodes.map(clusterState)
+    const s = states[0]
+    if (s != null && states.every(x => x != null && x.epoch === s.epoch && x.members === members && x.reachable === members)) return s
+    if (Date.now() > deadline) throw new Error(`no common view of ${members} members within ${timeoutMs} ms: ${JSON.stringify(states)}`)
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+}
+
+/** Object ids (file names) in a daemon's store. */
+export function storedObjects (d: Daemon): string[] {
+  const dir = path.join(d.store, 'objects')
+  if (!fs.existsSync(dir)) return []
+  return fs.readdirSync(dir, { recursive: true, withFileTypes: true }).filter(e => e.isFile() && /^[0-9a-f]{16}$/.test(e.name)).map(e => e.name).sort()
 }

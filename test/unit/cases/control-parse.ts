@@ -30,6 +30,8 @@ t.test('accepts every well-formed request', async t => {
     [{ op: 'snapshot.delete', args: { name: 'a', tag: 's1' } }, null],
     [{ op: 'snapshot.rollback', args: { name: 'a', tag: 's1' } }, null],
     [{ op: 'stop' }, { op: 'stop', args: {} }],
+    [{ op: 'cluster.token' }, { op: 'cluster.token', args: {} }],
+    [{ op: 'node.list' }, { op: 'node.list', args: {} }],
     [{ op: 'stop', args: {} }, null],
     [{ op: 'stop', args: { force: true } }, null],
     [{ op: 'stop', args: { force: false } }, null],
@@ -49,7 +51,7 @@ t.test('accepts every well-formed request', async t => {
     'image.resize': { name: 'a', size: 1 }, 'image.rename': { from: 'a', to: 'b' },
     'image.clone': { source: 'a', tag: 't', name: 'b' }, 'image.flatten': { name: 'a' }, 'image.tree': {},
     'snapshot.create': { name: 'a', tag: 't' }, 'snapshot.list': { name: 'a' }, 'snapshot.delete': { name: 'a', tag: 't' },
-    'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}
+    'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}, 'cluster.token': {}, 'node.list': {}
   }
   t.same(Object.keys(sample).sort(), [...OPS].sort(), 'the sample covers every op')
   for (const op of OPS) t.equal(parseRequest(j({ op, args: sample[op] })).op, op, `op ${op}`)

@@ -1,0 +1,353 @@
+// The object store that src/cow uses on a cluster: every object lives on the replicas placement
+// gives it in the current view, and each call goes to them.
+//
+// How this works: a write (and create, truncate, remove, replace, sync) goes to every replica at
+// once and succeeds only when every one of them has it; a read is served by this node's replica
+// when it holds one, else by the next replica that answers. Every request carries this node's
+// epoch; a replica in another epoch refuses it (ESTALE), a vanished one cannot answer (ENOTCONN):
+// then the call waits for the next view, which places the object on live nodes, and runs again
+// on its replicas there (writing the same bytes twice is harmless). A replica that a new view
+// added and that lacks the object gets a whole copy from one that has it before the write goes
+// on. A node that cannot reach a majority of its view refuses writes: a minority partition never
+// accepts one.
+
+import { isErrorCode, SheepError, toSheepError } from '../errors'
+import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
+import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
+import type { Cluster } from './cluster'
+import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage as usageCodec } from './messages'
+
+export interface GatewayOptions {
+  /** Copies an object should have (capped by the view's size). */
+  copiesOf: (oid: ObjectId) => number
+  /** One request to one replica. */
+  requestTimeoutMs?: number
+  /** How long a call waits for a new view when a replica is gone, before it fails. */
+  viewWaitMs?: number
+}
+
+export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
+export const DEFAULT_VIEW_WAIT_MS = 60_000
+/** Pieces in which large objects move (messages are bounded by MAX_DATA). */
+const PIECE = 4 * 2 ** 20
+/** A replica whose epoch lags ours is told about the new view in a moment: ask again this soon. */
+const STALE_RETRY_MS = 20
+
+const EMPTY = new Uint8Array(0)
+
+type Fields = Partial<Omit<Request, 'id' | 'epoch' | 'op'>>
+
+export class Gateway implements ObjectStore {
+  private readonly local: ObjectStore
+  private readonly cluster: Cluster
+  private readonly opts: Required<GatewayOptions>
+  /** Compare-and-replace calls this node runs as primary, one at a time per object. */
+  private readonly primaryQueue = new Map<ObjectId, Promise<void>>()
+
+  constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
+    this.local = local
+    this.cluster = cluster
+    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, ...opts }
+  }
+
+  async create (oid: ObjectId, size: number): Promise<void> {
+    await this.everywhere(oid, async (target, epoch, attempt) => {
+      try {
+        await this.send(target, epoch, Op.Create, { oid, length: size })
+      } catch (err) {
+        // A retry after a view change finds the object where the first attempt made it.
+        if (!(attempt > 1 && err instanceof SheepError && err.code === 'EEXIST')) throw err
+      }
+    })
+  }
+
+  async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
+    await this.fromOne(oid, async (node, epoch) => {
+      if (node === this.cluster.id) return await this.local.read(oid, offset, length, target, targetOffset)
+      for (let done = 0; done < length;) {
+        const n = Math.min(PIECE, length - done)
+        const res = await this.send(node, epoch, Op.Read, { oid, offset: offset + done, length: n })
+        if (res.data.length !== n) throw SheepError.protocol(`a replica answered ${res.data.length} bytes for a read of ${n}`)
+        target.set(res.data, targetOffset + done)
+        done += n
+      }
+    })
+  }
+
+  async write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
+    await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data))
+  }
+
+  async readAll (oid: ObjectId): Promise<Buffer> {
+    // Whole in one answer where it fits, so that a replace cannot slip between a stat and a read.
+    const whole = await this.fromOne(oid, async (node, epoch) => {
+      if (node === this.cluster.id) return await this.local.readAll(oid)
+      try {
+        return Buffer.from((await this.send(node, epoch, Op.ReadAll, { oid })).data)
+      } catch (err) {
+        if (err instanceof SheepError && err.code === 'EFBIG') return null
+        throw err
+      }
+    })
+    if (whole !== null) return whole
+    // Larger objects (inodes of huge images) are written in place, never replaced: pieces are safe.
+    const info = await this.stat(oid)
+    if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
+    const out = Buffer.alloc(info.size)
+    await this.read(oid, 0, info.size, out, 0)
+    return out
+  }
+
+  async replace (oid: ObjectId, data: Uint8Array): Promise<void> {
+    if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
+    await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data }) })
+    // Records such as the image directory: the other hosts look at once instead of at their next poll.
+    if (oidType(oid) === ObjectType.Meta) this.cluster.notify(oid)
+  }
+
+  /** Runs on the object's primary replica, which serialises these per object and writes every replica. */
+  async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
+    if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
+    for (;;) {
+      const epoch = this.cluster.epoch
+      const primary = this.replicasOf(oid)[0] as string
+      try {
+        const version = primary === this.cluster.id
+          ? await this.asPrimary(oid, data, expected)
+          : (await this.send(primary, epoch, Op.CompareReplace, { oid, data, version: expected })).version
+        if (oidType(oid) === ObjectType.Meta) this.cluster.notify(oid)
+        return version
+      } catch (err) {
+        await this.afterFailure(epoch, err)
+      }
+    }
+  }
+
+  /** The primary's side of compareAndReplace: check its own version, then replace on every replica. */
+  async asPrimary (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
+    const prev = this.primaryQueue.get(oid) ?? Promise.resolve()
+    const run = prev.then(async () => {
+      const current = (await this.local.stat(oid))?.version ?? 0
+      if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
+      await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data }) })
+      return ((await this.local.stat(oid))?.version ?? current + 1)
+    })
+    const tail = run.then(() => {}, () => {})
+    this.primaryQueue.set(oid, tail)
+    try {
+      return await run
+    } finally {
+      if (this.primaryQueue.get(oid) === tail) this.primaryQueue.delete(oid)
+    }
+  }
+
+  async truncate (oid: ObjectId, size: number): Promise<void> {
+    await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Truncate, { oid, length: size }) })
+  }
+
+  async remove (oid: ObjectId): Promise<void> {
+    await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Remove, { oid }) })
+  }
+
+  async stat (oid: ObjectId): Promise<ObjectInfo | null> {
+    try {
+      return await this.fromOne(oid, async (node, epoch) => {
+        if (node === this.cluster.id) {
+          const info = await this.local.stat(oid)
+          if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
+          return info
+        }
+        const res = await this.send(node, epoch, Op.Stat, { oid })
+        return { oid, version: res.version, size: res.size }
+      })
+    } catch (err) {
+      if (err instanceof SheepError && err.code === 'ENOENT') return null
+      throw err
+    }
+  }
+
+  /** Every object of the cluster, once, at its newest version among the members that answer. */
+  async * list (): AsyncIterable<ObjectInfo> {
+    const seen = new Map<ObjectId, ObjectInfo>()
+    for await (const info of this.local.list()) seen.set(info.oid, info)
+    const epoch = this.cluster.epoch
+    const others = (this.cluster.view?.members ?? []).filter(m => m.id !== this.cluster.id)
+    const lists = await Promise.all(others.map(async m => decode(objectList, (await this.send(m.id, epoch, Op.List, {})).data)))
+    for (const list of lists) {
+      for (const info of list) {
+        const known = seen.get(info.oid)
+        if (known === undefined || known.version < info.version) seen.set(info.oid, info)
+      }
+    }
+    yield * seen.values()
+  }
+
+  async sync (oids: Iterable<ObjectId>): Promise<void> {
+    const all = [...oids]
+    if (all.length === 0) return
+    for (let attempt = 1; ; attempt++) {
+      const epoch = this.cluster.epoch
+      const byNode = new Map<string, ObjectId[]>()
+      for (const oid of all) {
+        for (const node of this.replicasOf(oid)) {
+          const list = byNode.get(node) ?? []
+          list.push(oid)
+          byNode.set(node, list)
+        }
+      }
+      const results = await Promise.allSettled([...byNode].map(async ([node, list]) => {
+        if (node === this.cluster.id) return await this.local.sync(list)
+        await this.send(node, epoch, Op.Sync, { data: encode(oidList, list) })
+      }))
+      const failed = results.find(r => r.status === 'rejected')
+      if (failed === undefined) return
+      await this.afterFailure(epoch, failed.reason)
+    }
+  }
+
+  /** The cluster's raw capacity and free space: the sum over the members that answer. */
+  async usage (): Promise<StoreUsage> {
+    const total = await this.local.usage()
+    const epoch = this.cluster.epoch
+    const others = (this.cluster.view?.members ?? []).filter(m => m.id !== this.cluster.id)
+    const answers = await Promise.allSettled(others.map(async m => decode(usageCodec, (await this.send(m.id, epoch, Op.Usage, {})).data)))
+    for (const a of answers) {
+      if (a.status === 'fulfilled') {
+        total.capacity += a.value.capacity
+        total.free += a.value.free
+      }
+    }
+    return total
+  }
+
+  /** The replicas of oid in the current view, primary first. */
+  replicasOf (oid: ObjectId): string[] {
+    return this.cluster.placement.replicas(oid, this.opts.copiesOf(oid))
+  }
+
+  private async writeTo (target: string, epoch: number, oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
+    for (let done = 0; ;) {
+      const piece = data.subarray(done, done + PIECE)
+      try {
+        await this.send(target, epoch, Op.Write, { oid, offset: offset + done, data: piece })
+      } catch (err) {
+        if (!(err instanceof SheepError && err.code === 'ENOENT')) throw err
+        // A replica this view added does not hold the object yet: copy it over, then write.
+        await this.copyTo(target, epoch, oid)
+        await this.send(target, epoch, Op.Write, { oid, offset: offset + done, data: piece })
+      }
+      done += piece.length
+      if (done >= data.length) return
+    }
+  }
+
+  /** Gives `target` a whole copy of oid from another replica that holds it. */
+  private async copyTo (target: string, epoch: number, oid: ObjectId): Promise<void> {
+    const sources = this.replicasOf(oid).filter(n => n !== target)
+    for (const source of sources) {
+      let bytes: Buffer
+      try {
+        if (source === this.cluster.id) {
+          bytes = await this.local.readAll(oid)
+        } else {
+          const size = (await this.send(source, epoch, Op.Stat, { oid })).size
+          bytes = Buffer.alloc(size)
+          for (let done = 0; done < size; done += PIECE) {
+            const n = Math.min(PIECE, size - done)
+            const res = await this.send(source, epoch, Op.Read, { oid, offset: done, length: n })
+            bytes.set(res.data, done)
+          }
+        }
+      } catch {
+        continue
+      }
+      await this.send(target, epoch, Op.Replace, { oid, data: bytes })
+      return
+    }
+    throw SheepError.notFound(`object ${oidToHex(oid)} (no replica holds it)`)
+  }
+
+  /** Runs fn on every replica of oid; when one fails because the view changed, again in the new view. */
+  private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      if (!this.cluster.quorate) await this.afterFailure(this.cluster.epoch, SheepError.unreachable('this node cannot reach a majority of its view: writes wait'))
+      const epoch = this.cluster.epoch
+      const results = await Promise.allSettled(this.replicasOf(oid).map(async target => await fn(target, epoch, attempt)))
+      const failed = results.find(r => r.status === 'rejected')
+      if (failed === undefined) return
+      await this.afterFailure(epoch, failed.reason)
+    }
+  }
+
+  /** Runs fn on one replica of oid, this node's own first, moving to the next while they fail. */
+  private async fromOne<T> (oid: ObjectId, fn: (node: string, epoch: number) => Promise<T>): Promise<T> {
+    for (;;) {
+      const epoch = this.cluster.epoch
+      const replicas = this.replicasOf(oid)
+      const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas
+      let last: unknown = null
+      let missing = 0
+      for (const node of order) {
+        try {
+          return await fn(node, epoch)
+        } catch (err) {
+          last = err
+          if (err instanceof SheepError && err.code === 'ENOENT') missing++
+          else if (!retryable(err)) throw err
+        }
+      }
+      // Every replica answered and none has it: it does not exist.
+      if (missing === order.length || (missing > 0 && !retryable(last))) throw last
+      await this.afterFailure(epoch, last)
+    }
+  }
+
+  /** After a replica failed: rethrows anything but a lost replica or a stale epoch, else waits for a view to retry in. */
+  private async afterFailure (epoch: number, reason: unknown): Promise<void> {
+    const err = toSheepError(reason)
+    if (!retryable(err)) throw err
+    if (err.code === 'ESTALE' && this.cluster.epoch === epoch) {
+      // The replica may be ahead (we learn its view in a moment) or behind (it learns ours).
+      await Promise.race([this.cluster.nextView(epoch, this.opts.viewWaitMs).catch(() => {}), sleep(STALE_RETRY_MS)])
+      return
+    }
+    if (this.cluster.epoch !== epoch) return
+    try {
+      await this.cluster.nextView(epoch, this.opts.viewWaitMs)
+    } catch {
+      throw SheepError.unreachable(`${err.message}; no new view came within ${this.opts.viewWaitMs / 1000} s`)
+    }
+  }
+
+  private async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
+    if (target === this.cluster.id) return await this.sendLocal(op, fields)
+    const link = this.cluster.link(target)
+    if (link === null) throw SheepError.unreachable(`replica ${target.slice(0, 8)} is not connected`)
+    const res = await link.call({ epoch, op, oid: 0n, offset: 0, length: 0, version: 0, data: EMPTY, ...fields }, this.opts.requestTimeoutMs)
+    if (res.error !== '') throw new SheepError(isErrorCode(res.error) ? res.error : 'EIO', `replica ${target.slice(0, 8)}: ${res.message}`)
+    return res
+  }
+
+  /** This node's own replica, without a round trip through the codec. */
+  private async sendLocal (op: Op, f: Fields): Promise<Response> {
+    const oid = f.oid ?? 0n
+    const res: Response = { id: 0, error: '', message: '', epoch: this.cluster.epoch, version: 0, size: 0, data: EMPTY }
+    switch (op) {
+      case Op.Create: await this.local.create(oid, f.length ?? 0); break
+      case Op.Write: await this.local.write(oid, f.offset ?? 0, f.data ?? EMPTY); break
+      case Op.Replace: await this.local.replace(oid, f.data ?? EMPTY); break
+      case Op.Truncate: await this.local.truncate(oid, f.length ?? 0); break
+      case Op.Remove: await this.local.remove(oid); break
+      default: throw new Error(`no local path for operation ${op}`)
+    }
+    return res
+  }
+}
+
+function retryable (err: unknown): boolean {
+  return err instanceof SheepError && (err.code === 'ENOTCONN' || err.code === 'ESTALE')
+}
+
+async function sleep (ms: number): Promise<void> {
+  await new Promise(resolve => setTimeout(resolve, ms))
+}

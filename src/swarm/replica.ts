@@ -1,0 +1,73 @@
+// The replica side of the object protocol: a peer's request, checked against this node's epoch,
+// carried out on the local object store.
+
+import { SheepError } from '../errors'
+import type { ObjectStore } from '../objects/types'
+import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage } from './messages'
+
+export interface ReplicaContext {
+  epoch: () => number
+  quorate: () => boolean
+  /** Carries out a compare-and-replace as the object's primary (./gateway.ts). */
+  asPrimary: (oid: bigint, data: Uint8Array, expected: number) => Promise<number>
+}
+
+export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request) => Promise<Partial<Response>> {
+  const { epoch, quorate } = ctx
+  return async req => {
+    // A node cut off from the majority of its view must not take writes: the majority may have
+    // moved on without it.
+    if (!quorate()) throw SheepError.unreachable('this replica cannot reach a majority of its view')
+    const mine = epoch()
+    // Another epoch may place this object elsewhere: the sender must first agree with us on the view.
+    if (req.epoch !== mine) throw SheepError.stale(`request for epoch ${req.epoch}, this node is in epoch ${mine}`)
+    const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
+    switch (req.op) {
+      case Op.Create:
+        await local.create(req.oid, req.length)
+        return done()
+      case Op.Read: {
+        if (req.length > MAX_DATA) throw SheepError.invalid(`read of ${req.length} bytes, more than ${MAX_DATA}`)
+        const data = Buffer.allocUnsafe(req.length)
+        await local.read(req.oid, req.offset, req.length, data, 0)
+        return done({ data })
+      }
+      case Op.ReadAll: {
+        const data = await local.readAll(req.oid)
+        if (data.length > MAX_DATA) throw SheepError.tooBig(`object of ${data.length} bytes, more than ${MAX_DATA}: read it in pieces`)
+        return done({ data, size: data.length })
+      }
+      case Op.Write:
+        await local.write(req.oid, req.offset, req.data)
+        return done()
+      case Op.Truncate:
+        await local.truncate(req.oid, req.length)
+        return done()
+      case Op.Remove:
+        await local.remove(req.oid)
+        return done()
+      case Op.Stat: {
+        const info = await local.stat(req.oid)
+        if (info === null) throw SheepError.notFound(`object ${req.oid.toString(16)}`)
+        return done({ version: info.version, size: info.size })
+      }
+      case Op.List: {
+        const all = []
+        for await (const info of local.list()) all.push(info)
+        return done({ data: encode(objectList, all) })
+      }
+      case Op.Sync:
+        await local.sync(decode(oidList, req.data))
+        return done()
+      case Op.Usage:
+        return done({ data: encode(usage, await local.usage()) })
+      case Op.Replace:
+        await local.replace(req.oid, req.data)
+        return done()
+      case Op.CompareReplace:
+        return done({ version: await ctx.asPrimary(req.oid, req.data, req.version) })
+      default:
+        throw SheepError.protocol(`unknown object operation ${req.op}`)
+    }
+  }
+}
