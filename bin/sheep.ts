@@ -409,6 +409,7 @@ function formatStatus (s: NodeStatus): string {
     ...(s.cluster === null
       ? []
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
+          ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
     ...s.problems.map(p => `PROBLEM:  ${p}`),
     ''

@@ -15,6 +15,8 @@ import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
 import { Cluster } from './swarm/cluster'
 import { Gateway } from './swarm/gateway'
+import { Recovery } from './swarm/recovery'
+import type { View } from './swarm/view'
 import { replicaHandler } from './swarm/replica'
 import { decodeToken, encodeToken, loadIdentity } from './swarm/identity'
 import type { Address } from './swarm/mesh'
@@ -59,6 +61,7 @@ export class SheepNode {
   private objects: LocalObjectStore | null = null
   private cluster: Cluster | null = null
   private refreshTimer: NodeJS.Timeout | null = null
+  private recovery: Recovery | null = null
   private images: ImageStore | null = null
   private mount: Mount | null = null
   private control: ControlServer | null = null
@@ -134,7 +137,11 @@ export class SheepNode {
     this.cluster = cluster
     await cluster.start()
     let gateway: Gateway | null = null
-    cluster.setObjectHandler(replicaHandler(objects, {
+    const recovery = new Recovery(objects, cluster, oid => (gateway as Gateway).replicasOf(oid), this.log)
+    this.recovery = recovery
+    // Everything this node serves, to peers and to itself, waits for its object's recovery first.
+    const local = recovery.guarded()
+    cluster.setObjectHandler(replicaHandler(local, {
       epoch: () => cluster.epoch,
       quorate: () => cluster.quorate,
       asPrimary: async (oid, data, expected) => {
@@ -149,7 +156,9 @@ export class SheepNode {
     const copiesOf = (oid: ObjectId): number => oidType(oid) === ObjectType.Data
       ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
       : METADATA_COPIES
-    gateway = new Gateway(objects, cluster, { copiesOf })
+    gateway = new Gateway(local, cluster, { copiesOf })
+    recovery.start(view)
+    cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })
     return gateway
   }
 
@@ -234,6 +243,7 @@ export class SheepNode {
       members,
       reachable: view.members.filter(m => m.id === cluster.id || cluster.link(m.id) !== null).length,
       quorate: cluster.quorate,
+      recovering: this.recovery?.status.pending ?? 0,
       degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`)
     }
   }

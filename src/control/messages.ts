@@ -44,6 +44,8 @@ export interface ClusterStatus {
   reachable: number
   /** Whether this node reaches a majority of its view (writes stop without one). */
   quorate: boolean
+  /** Objects this node still has to copy before its replicas are current (after a view change). */
+  recovering: number
   /** Images that ask for more copies than the view has members. */
   degraded: string[]
 }

@@ -155,12 +155,12 @@ export class LocalObjectStore implements ObjectStore {
     return buf
   }
 
-  async replace (oid: ObjectId, data: Uint8Array): Promise<void> {
+  async replace (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {
     this.checkOpen()
     const file = this.objectPath(oid)
     const tmp = file + '.tmp'
     const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
-    const info: ObjectInfo = { oid, version: (old?.version ?? 0) + 1, size: data.length }
+    const info: ObjectInfo = { oid, version: version ?? (old?.version ?? 0) + 1, size: data.length }
     await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)

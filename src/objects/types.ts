@@ -30,8 +30,11 @@ export interface ObjectStore {
   write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void>
   /** The whole object. */
   readAll (oid: ObjectId): Promise<Buffer>
-  /** Replaces the whole content atomically (creating the object if needed). */
-  replace (oid: ObjectId, data: Uint8Array): Promise<void>
+  /**
+   * Replaces the whole content atomically (creating the object if needed). `version` is the
+   * version to record instead of the next one: a recovery copy keeps its source's.
+   */
+  replace (oid: ObjectId, data: Uint8Array, version?: number): Promise<void>
   /**
    * Replaces the whole content only if the object's version is still `expected` (0: it must not
    * exist), else EAGAIN; resolves with the new version. How metadata changes stay atomic when

@@ -33,9 +33,11 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done({ data })
       }
       case Op.ReadAll: {
+        const info = await local.stat(req.oid)
+        if (info === null) throw SheepError.notFound(`object ${req.oid.toString(16)}`)
         const data = await local.readAll(req.oid)
         if (data.length > MAX_DATA) throw SheepError.tooBig(`object of ${data.length} bytes, more than ${MAX_DATA}: read it in pieces`)
-        return done({ data, size: data.length })
+        return done({ data, size: data.length, version: info.version })
       }
       case Op.Write:
         await local.write(req.oid, req.offset, req.data)

@@ -4,7 +4,7 @@
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { type Daemon, qemuIo, startCluster, waitForView } from '../helpers/daemon'
+import { clusterState, type Daemon, qemuIo, startCluster, storedObjects, waitForView } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 
@@ -70,3 +70,72 @@ t.test('5 nodes, copies 2 and 3: kill -9 a node during writes; every acknowledge
     }
   }
 })
+
+t.test('a node that was down while its objects changed catches up before it serves them; copies come back to 3', async t => {
+  const nodes = await startCluster(t, 3)
+  const [n1, n2, n3] = nodes as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'vm.img', '32M', '--copies', '3'])
+  qemuIo(n1.image('vm.img'), ['write -P 0x11 0 32M'])
+  await n3.kill('SIGKILL')
+  await waitForView([n1, n2], 2)
+  // Written while node 3 is away: its copies of these blocks are now stale.
+  qemuIo(n1.image('vm.img'), ['write -P 0x22 0 8M', 'write -P 0x33 20M 4100K'])
+  await n3.start()
+  const view = await waitForView(nodes, 3)
+  t.comment(`node 3 is back in view ${view.epoch}`)
+  qemuIo(n3.image('vm.img'), ['read -P 0x22 0 8M', 'read -P 0x11 8M 12M', 'read -P 0x33 20M 4100K', 'read -P 0x11 24580K 8188K'])
+  t.pass('node 3 reads what was written while it was down, through its own mount')
+  const full = await eventuallyTrue(() => {
+    const count = new Map<string, number>()
+    for (const d of nodes) for (const oid of storedObjects(d)) count.set(oid, (count.get(oid) ?? 0) + 1)
+    return [...count.values()].every(n => n === 3)
+  }, 30_000)
+  t.ok(full, 'every object is in 3 stores again')
+})
+
+t.test('a frozen node (SIGSTOP) is left out of the view; writes go on; after SIGCONT it rejoins and catches up', async t => {
+  const nodes = await startCluster(t, 3)
+  const [n1, n2, n3] = nodes as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'vm.img', '16M', '--copies', '3'])
+  qemuIo(n1.image('vm.img'), ['write -P 0x44 0 16M'])
+  process.kill(n2.pid, 'SIGSTOP')
+  t.teardown(() => { try { process.kill(n2.pid, 'SIGCONT') } catch {} })
+  const started = Date.now()
+  qemuIo(n1.image('vm.img'), ['write -P 0x55 4M 4M'])
+  t.comment(`a write with a replica frozen took ${Date.now() - started} ms (a new view first)`)
+  qemuIo(n3.image('vm.img'), ['read -P 0x44 0 4M', 'read -P 0x55 4M 4M', 'read -P 0x44 8M 8M'])
+  t.pass('node 3 reads the write made while node 2 was frozen')
+  process.kill(n2.pid, 'SIGCONT')
+  await waitForView(nodes, 3)
+  qemuIo(n2.image('vm.img'), ['read -P 0x44 0 4M', 'read -P 0x55 4M 4M', 'read -P 0x44 8M 8M'])
+  t.pass('node 2, thawed, rejoins and reads the new bytes')
+})
+
+t.test('a node cut off from the majority accepts no write', async t => {
+  const nodes = await startCluster(t, 3)
+  const [n1, n2, n3] = nodes as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'vm.img', '8M', '--copies', '3'])
+  qemuIo(n1.image('vm.img'), ['write -P 0x66 0 8M'])
+  // Freezing the other two leaves node 1 alone: one of three is no majority.
+  for (const d of [n2, n3]) process.kill(d.pid, 'SIGSTOP')
+  t.teardown(() => { for (const d of [n2, n3]) try { process.kill(d.pid, 'SIGCONT') } catch {} })
+  const alone = await eventuallyTrue(() => clusterState(n1)?.quorate === false, 15_000)
+  t.ok(alone, 'node 1 says it has no majority')
+  const writing = write(n1.image('vm.img'), 0x77, 0, 4096)
+  const early = await Promise.race([writing.then(() => 'done'), new Promise(resolve => setTimeout(() => resolve('waiting'), 3000))])
+  t.equal(early, 'waiting', 'a write on the minority side is not acknowledged')
+  for (const d of [n2, n3]) process.kill(d.pid, 'SIGCONT')
+  t.ok(await writing, 'once the others are back, the write completes')
+  await waitForView(nodes, 3)
+  for (const d of nodes) qemuIo(d.image('vm.img'), ['read -P 0x77 0 4096', 'read -P 0x66 4096 8384512'])
+  t.pass('and every node reads it')
+})
+
+async function eventuallyTrue (check: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > deadline) return false
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  return true
+}

@@ -1,0 +1,258 @@
+// Bringing this node's replicas up to date when the view changes: a node that rejoins holds stale
+// copies of what was written while it was away, and a node that placement gives new objects does
+// not hold them yet.
+//
+// How this works: on each new view, before this node touches any object again, it asks every
+// member for its list of (object, version) and marks as pending each object placement now gives
+// it whose newest version is elsewhere. Any access to a pending object - a peer's write, a local
+// read - first copies the whole object from the member with the newest version (later writes
+// wait for that copy, so none is lost under it); the rest are copied in the background, a few at
+// a time. Then the node drops its copies of objects placement no longer gives it, once every
+// current replica holds them at least as new.
+
+import { SheepError } from '../errors'
+import { type ObjectId, oidToHex } from '../objects/oid'
+import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
+import type { Cluster } from './cluster'
+import { decode, objectList, Op, type ObjectEntry } from './messages'
+import type { View } from './view'
+
+/** Background copies in flight at once: recovery must leave the disk and network to guests. */
+const PARALLEL_COPIES = 2
+const REQUEST_TIMEOUT_MS = 30_000
+const STALE_ATTEMPTS = 100
+const STALE_WAIT_MS = 20
+/** Looks for copies this node may drop, while replicas are still copying them. */
+const DROP_PASSES = 30
+const DROP_RETRY_MS = 1000
+/** How long a round waits for links to every member before it counts the missing ones as down. */
+const CONNECT_WAIT_MS = 5000
+
+interface Deferred { promise: Promise<void>, resolve: () => void }
+
+function deferred (): Deferred {
+  let resolve!: () => void
+  const promise = new Promise<void>(r => { resolve = r })
+  return { promise, resolve }
+}
+
+function settled (): Deferred {
+  const d = deferred()
+  d.resolve()
+  return d
+}
+const EMPTY = new Uint8Array(0)
+
+export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number }
+
+export class Recovery {
+  private readonly raw: ObjectStore
+  private readonly cluster: Cluster
+  private readonly replicasOf: (oid: ObjectId) => string[]
+  private readonly log: (line: string) => void
+  /** Object -> the member holding its newest version, for objects this node must copy first. */
+  private readonly pending = new Map<ObjectId, string>()
+  private readonly copying = new Map<ObjectId, Promise<void>>()
+  /**
+   * Resolved once the pending set of the current round is known; every access waits for it. A
+   * round that finds its view outdated never resolves its own: the next round's start does.
+   */
+  private ready = settled()
+  private round = 0
+  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0 }
+
+  constructor (raw: ObjectStore, cluster: Cluster, replicasOf: (oid: ObjectId) => string[], log: (line: string) => void) {
+    this.raw = raw
+    this.cluster = cluster
+    this.replicasOf = replicasOf
+    this.log = log
+  }
+
+  get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size } }
+
+  /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
+  start (view: View): void {
+    const round = ++this.round
+    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0 }
+    const previous = this.ready
+    const ready = deferred()
+    this.ready = ready
+    previous.resolve() // its waiters look again and find this round's
+    this.plan(view, round)
+      .then(async planned => {
+        if (!planned) return
+        ready.resolve()
+        await this.drain(round)
+        await this.dropMoved(view, round)
+      })
+      .catch(err => {
+        // Serving is better than hanging every I/O on a bug here; say so loudly.
+        this.log(`recovery for view ${view.epoch} failed, objects are served as they are: ${(err as Error).message}`)
+        ready.resolve()
+      })
+  }
+
+  /** Waits until oid may be used here: after the round's plan, and after its copy if it is pending. */
+  async guard (oid: ObjectId): Promise<void> {
+    for (;;) {
+      const ready = this.ready
+      await ready.promise
+      if (ready === this.ready) break
+    }
+    if (this.pending.has(oid)) await this.copy(oid)
+  }
+
+  /** The store this node's replica serves: every access waits for its object's recovery first. */
+  guarded (): ObjectStore {
+    const raw = this.raw
+    const guard = async (oid: ObjectId): Promise<void> => await this.guard(oid)
+    return {
+      async create (oid, size) { await guard(oid); await raw.create(oid, size) },
+      async read (oid, offset, length, target, targetOffset) { await guard(oid); await raw.read(oid, offset, length, target, targetOffset) },
+      async write (oid, offset, data) { await guard(oid); await raw.write(oid, offset, data) },
+      async readAll (oid) { await guard(oid); return await raw.readAll(oid) },
+      async replace (oid, data, version) { await guard(oid); await raw.replace(oid, data, version) },
+      async compareAndReplace (oid, data, expected) { await guard(oid); return await raw.compareAndReplace(oid, data, expected) },
+      async truncate (oid, size) { await guard(oid); await raw.truncate(oid, size) },
+      async remove (oid) { await guard(oid); await raw.remove(oid) },
+      async stat (oid) { await guard(oid); return await raw.stat(oid) },
+      list: (): AsyncIterable<ObjectInfo> => raw.list(),
+      async sync (oids) { await raw.sync(oids) },
+      async usage (): Promise<StoreUsage> { return await raw.usage() }
+    }
+  }
+
+  /**
+   * Works out which objects this node must copy before it serves them in view. False when a member
+   * answered from a newer epoch: this view is outdated and a round for the newer one will come.
+   */
+  private async plan (view: View, round: number): Promise<boolean> {
+    this.pending.clear()
+    const self = this.cluster.id
+    const newest = new Map<ObjectId, { node: string, version: number }>()
+    const others = view.members.filter(m => m.id !== self)
+    // A node that just started has no links yet: give the members a moment to connect.
+    const deadline = Date.now() + CONNECT_WAIT_MS
+    while (others.some(m => this.cluster.link(m.id) === null) && Date.now() < deadline && round === this.round) {
+      await new Promise(resolve => setTimeout(resolve, STALE_WAIT_MS))
+    }
+    const lists = await Promise.all(others.map(async m => ({ node: m.id, list: await this.listOf(m.id, view.epoch) })))
+    if (lists.some(l => l.list === 'newer')) return false
+    for (const { node, list } of lists) {
+      if (list === 'newer') continue
+      for (const e of list ?? []) {
+        const known = newest.get(e.oid)
+        if (known === undefined || known.version < e.version) newest.set(e.oid, { node, version: e.version })
+      }
+    }
+    const local = new Map<ObjectId, number>()
+    for await (const info of this.raw.list()) local.set(info.oid, info.version)
+    if (round !== this.round) return false
+    for (const [oid, best] of newest) {
+      if (!this.replicasOf(oid).includes(self)) continue
+      if ((local.get(oid) ?? -1) < best.version) this.pending.set(oid, best.node)
+    }
+    this.stats.pending = this.pending.size
+    if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)
+    return true
+  }
+
+  /** Copies what is still pending, a few at a time; stops when a newer round starts. */
+  private async drain (round: number): Promise<void> {
+    const worker = async (): Promise<void> => {
+      for (;;) {
+        if (round !== this.round) return
+        const next = [...this.pending.keys()].find(oid => !this.copying.has(oid))
+        if (next === undefined) return
+        try {
+          await this.copy(next)
+        } catch (err) {
+          this.log(`recovery: object ${oidToHex(next)}: ${(err as Error).message}`)
+          return
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: PARALLEL_COPIES }, worker))
+  }
+
+  /** Copies oid whole from the member with its newest version (once, however many ask). */
+  private async copy (oid: ObjectId): Promise<void> {
+    const running = this.copying.get(oid)
+    if (running !== undefined) return await running
+    const source = this.pending.get(oid)
+    if (source === undefined) return
+    const run = (async () => {
+      const link = this.cluster.link(source)
+      if (link === null) throw SheepError.unreachable(`recovery source ${source.slice(0, 8)} for ${oidToHex(oid)} is not connected`)
+      const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+      if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
+      await this.raw.replace(oid, res.data, res.version)
+      this.pending.delete(oid)
+      this.stats.copied++
+    })()
+    this.copying.set(oid, run)
+    try {
+      await run
+    } finally {
+      this.copying.delete(oid)
+    }
+  }
+
+  /**
+   * Drops local copies placement no longer gives this node, once every replica has them; looks
+   * again a little later while some replica is still copying.
+   */
+  private async dropMoved (view: View, round: number): Promise<void> {
+    for (let pass = 0; pass < DROP_PASSES && round === this.round; pass++) {
+      if (await this.dropPass(view, round)) return
+      await new Promise(resolve => setTimeout(resolve, DROP_RETRY_MS))
+    }
+  }
+
+  /** One look; true when nothing is left to drop. */
+  private async dropPass (view: View, round: number): Promise<boolean> {
+    const self = this.cluster.id
+    const moved: ObjectInfo[] = []
+    for await (const info of this.raw.list()) if (!this.replicasOf(info.oid).includes(self)) moved.push(info)
+    if (moved.length === 0) return true
+    const held = new Map<string, Map<ObjectId, number>>()
+    for (const m of view.members) {
+      if (m.id === self) continue
+      const list = await this.listOf(m.id, view.epoch)
+      if (list === 'newer') return true
+      if (list !== null) held.set(m.id, new Map(list.map(e => [e.oid, e.version])))
+    }
+    let left = 0
+    for (const info of moved) {
+      if (round !== this.round) return true
+      const replicas = this.replicasOf(info.oid)
+      const everywhere = replicas.every(r => (held.get(r)?.get(info.oid) ?? -1) >= info.version)
+      if (!everywhere) { left++; continue }
+      await this.raw.remove(info.oid)
+      this.stats.dropped++
+    }
+    return left === 0
+  }
+
+  /**
+   * A member's objects; null if it cannot answer, 'newer' if it is in a later epoch than ours. A
+   * member still in an earlier epoch is asked again: it learns the view in a moment.
+   */
+  private async listOf (node: string, epoch: number): Promise<ObjectEntry[] | null | 'newer'> {
+    for (let attempt = 0; attempt < STALE_ATTEMPTS; attempt++) {
+      const link = this.cluster.link(node)
+      if (link === null) return null
+      try {
+        const res = await link.call({ epoch, op: Op.List, oid: 0n, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+        if (res.error === '') return decode(objectList, res.data)
+        if (res.error !== 'ESTALE') return null
+        if (res.epoch > epoch) return 'newer'
+      } catch {
+        return null
+      }
+      // It learns the view from the commit broadcast in a moment.
+      await new Promise(resolve => setTimeout(resolve, STALE_WAIT_MS))
+    }
+    return null
+  }
+}
