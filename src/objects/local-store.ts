@@ -112,6 +112,15 @@ export class LocalObjectStore implements ObjectStore {
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
     const e = await this.acquire(oid)
     try {
+      await this.readEntry(e, offset, length, target, targetOffset)
+    } finally {
+      this.release(e)
+    }
+  }
+
+  private async readEntry (e: Entry, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
+    const oid = e.info.oid
+    try {
       if (offset + length > e.info.size) throw SheepError.invalid(`read past the end of object ${oidToHex(oid)}`)
       let done = 0
       while (done < length) {
@@ -121,8 +130,6 @@ export class LocalObjectStore implements ObjectStore {
       }
     } catch (err) {
       throw toSheepError(err)
-    } finally {
-      this.release(e)
     }
   }
 
@@ -147,12 +154,15 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
+    // Size and bytes from one descriptor: a replace swapping the file meanwhile cannot tear them.
     const e = await this.acquire(oid)
-    const size = e.info.size
-    this.release(e)
-    const buf = Buffer.alloc(size)
-    await this.read(oid, 0, size, buf, 0)
-    return buf
+    try {
+      const buf = Buffer.alloc(e.info.size)
+      await this.readEntry(e, 0, buf.length, buf, 0)
+      return buf
+    } finally {
+      this.release(e)
+    }
   }
 
   async replace (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {

@@ -389,3 +389,31 @@ t.test('the descriptor cache with maxOpenFiles: 2 and concurrent I/O', async t =
   }
   t.same(wrong.slice(0, 5), [], `every object holds its own bytes (${wrong.length} of ${writes.length} pieces wrong)`)
 })
+
+t.test('readAll racing replace returns one whole version, never a mix of two', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = metaOid(7)
+  const versions = Array.from({ length: 40 }, (_, i) => Buffer.alloc(100 + 37 * i, i + 1))
+  await store.replace(oid, versions[0] as Buffer)
+  const seen: string[] = []
+  const reads: Array<Promise<void>> = []
+  for (const v of versions.slice(1)) {
+    reads.push(store.readAll(oid).then(b => { if (!versions.some(x => x.equals(b))) seen.push(`${b.length} bytes matching no version`) }))
+    await store.replace(oid, v)
+  }
+  await Promise.all(reads)
+  t.same(seen, [], `${reads.length} reads, each a whole version`)
+})
+
+t.test('compareAndReplace succeeds only on the expected version', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = metaOid(8)
+  t.equal(await store.compareAndReplace(oid, Buffer.from('one'), 0), 1, '0: the object must not exist yet')
+  t.equal((await sheepError(async () => await store.compareAndReplace(oid, Buffer.from('x'), 0))).code, 'EAGAIN', 'it exists now')
+  t.equal(await store.compareAndReplace(oid, Buffer.from('two'), 1), 2)
+  const both = await Promise.allSettled([store.compareAndReplace(oid, Buffer.from('a'), 2), store.compareAndReplace(oid, Buffer.from('b'), 2)])
+  t.same(both.map(r => r.status).sort(), ['fulfilled', 'rejected'], 'of two racing on one version, one wins')
+  t.ok(['a', 'b'].includes((await store.readAll(oid)).toString()))
+  await store.replace(oid, Buffer.from('copy'), 42)
+  t.equal((await store.stat(oid))?.version, 42, 'replace can record a given version (a recovery copy keeps its source\'s)')
+})
