@@ -121,8 +121,7 @@ export enum Op {
   Usage = 9,
   /** Replace the whole object if its version is still `version` (0: it must not exist). */
   Replace = 10,
-  /** Give me the newest committed view you know (no epoch check). */
-  GetView = 11,
+  // 11 is reserved (never sent).
   /** A view agreement message (./view-agreement.ts) in `data`. */
   Agree = 12,
   /** Something in the cluster changed (`oid` names the object); no answer expected but an ack. */
