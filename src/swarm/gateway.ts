@@ -185,7 +185,7 @@ export class Gateway implements ObjectStore {
   async sync (oids: Iterable<ObjectId>): Promise<void> {
     const all = [...oids]
     if (all.length === 0) return
-    for (let attempt = 1; ; attempt++) {
+    for (;;) {
       const epoch = this.cluster.epoch
       const byNode = new Map<string, ObjectId[]>()
       for (const oid of all) {
