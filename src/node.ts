@@ -62,6 +62,7 @@ export class SheepNode {
   private cluster: Cluster | null = null
   private refreshTimer: NodeJS.Timeout | null = null
   private recovery: Recovery | null = null
+  private gateway: Gateway | null = null
   private images: ImageStore | null = null
   private mount: Mount | null = null
   private control: ControlServer | null = null
@@ -157,6 +158,7 @@ export class SheepNode {
       ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
       : METADATA_COPIES
     gateway = new Gateway(local, cluster, { copiesOf })
+    this.gateway = gateway
     recovery.start(view)
     cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })
     return gateway
@@ -255,21 +257,21 @@ export class SheepNode {
 
   private async nodeList (): Promise<NodeInfo[]> {
     const cluster = this.joinedCluster()
-    const objects = this.objects as LocalObjectStore
-    const own = await objects.usage()
-    return (cluster.view?.members ?? []).map(m => {
+    const gateway = this.gateway as Gateway
+    return await Promise.all((cluster.view?.members ?? []).map(async m => {
       const link = cluster.link(m.id)
       const self = m.id === cluster.id
+      const usage = self || link !== null ? await gateway.memberUsage(m.id) : null
       return {
         id: m.id,
         address: `${m.host}:${m.port}`,
         zone: m.zone,
         weight: m.weight,
-        capacity: self ? own.capacity : null,
-        used: self ? own.capacity - own.free : null,
+        capacity: usage?.capacity ?? null,
+        used: usage === null ? null : usage.capacity - usage.free,
         state: self ? 'self' : link === null ? 'down' : `up (${link.kind})`
       }
-    })
+    }))
   }
 
   private imageStore (): ImageStore {

@@ -220,6 +220,16 @@ export class Gateway implements ObjectStore {
     return total
   }
 
+  /** One member's store capacity and free space; null if it does not answer. */
+  async memberUsage (id: string): Promise<StoreUsage | null> {
+    if (id === this.cluster.id) return await this.local.usage()
+    try {
+      return decode(usageCodec, (await this.send(id, this.cluster.epoch, Op.Usage, {})).data)
+    } catch {
+      return null
+    }
+  }
+
   /** The replicas of oid in the current view, primary first. */
   replicasOf (oid: ObjectId): string[] {
     return this.cluster.placement.replicas(oid, this.opts.copiesOf(oid))

@@ -82,6 +82,10 @@ t.test('copies is capped by the cluster size and the status says so', async t =>
   const list = ok(n2, ['node', 'list'])
   t.match(list, /self/)
   t.match(list, /up \(tcp\)/)
+  const nodesJson = JSON.parse(ok(n2, ['node', 'list', '--json'])) as Array<{ id: string, capacity: number | null, used: number | null, state: string }>
+  t.equal(nodesJson.length, 2, 'both members listed')
+  t.ok(nodesJson.every(n => typeof n.capacity === 'number' && n.capacity > 0 && typeof n.used === 'number'), 'with capacity and use for each')
+  t.same(nodesJson.map(n => n.state).sort(), ['self', 'up (tcp)'])
 })
 
 /** Runs a sheep command on d without blocking the event loop; resolves with its exit code and stderr. */

@@ -1,6 +1,6 @@
 // The unit tests of the pure layers, run in one process (each test file costs a process start):
 // object ids, sizes and names, the owner table, the inode and directory codecs, the control
-// request parser, and the async locks. Each group lives in ./cases/.
+// request parser, the async locks, placement and the peer codecs. Each group lives in ./cases/.
 
 import './cases/oid'
 import './cases/units-names'
