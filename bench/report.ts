@@ -2,6 +2,7 @@
 
 import { type CowRow, type CowRowId, type CowSectionId, formatGoal, meets, type Row, type RowId } from './rows'
 import type { RssReport } from './rss'
+import type { WriteKind, WriteSample } from './writes'
 
 /** The error of a cell not measured because its target had failed before. */
 export const SKIPPED = 'skipped: the target had failed earlier'
@@ -10,6 +11,8 @@ export interface TargetInfo {
   name: string
   description: string
   goals: Partial<Record<RowId, { op: '>=' | '<=', value: number }>>
+  /** Copies it keeps of each guest byte: the floor of its store writes per guest byte. */
+  copies: number
 }
 
 export interface Cell {
@@ -20,6 +23,8 @@ export interface Cell {
 export interface RssResult extends RssReport {
   /** How fast the image was written while sampling, MiB/s. */
   mibps: number
+  /** Names of the processes of perPid, in its order. */
+  labels: string[]
 }
 
 export class Results {
@@ -37,6 +42,13 @@ export class Results {
   private readonly cowErrorLists = new Map<string, string[]>()
   /** The last run's detail line of each section, by target. */
   readonly cowDetails = new Map<string, Map<CowSectionId, string>>()
+  /** Store writes per guest byte: every sample, by target. */
+  readonly writes = new Map<string, WriteSample[]>()
+  readonly writeErrors = new Map<string, string[]>()
+  /** Names of each target's processes (for the per-process figures). */
+  readonly pidLabels = new Map<string, string[]>()
+  /** Targets that did not start, and why. */
+  readonly setupErrors = new Map<string, string>()
 
   constructor (rows: Row[], targets: TargetInfo[], cowRows: CowRow[] = [], cowTargets: TargetInfo[] = []) {
     this.rows = rows
@@ -77,6 +89,18 @@ export class Results {
     return [...new Set(this.cowRows.map(r => r.section))]
   }
 
+  addWrites (target: string, sample: WriteSample): void {
+    const list = this.writes.get(target) ?? []
+    list.push(sample)
+    this.writes.set(target, list)
+  }
+
+  addWriteError (target: string, message: string): void {
+    const list = this.writeErrors.get(target) ?? []
+    list.push(message)
+    this.writeErrors.set(target, list)
+  }
+
   addRss (target: string, r: RssResult): void {
     const old = this.rss.get(target)
     if (old === undefined || r.peakMiB > old.peakMiB) this.rss.set(target, r)
@@ -89,6 +113,8 @@ export class Results {
   failures (): string[] {
     const out: string[] = []
     for (const t of this.targets) {
+      const setup = this.setupErrors.get(t.name)
+      if (setup !== undefined) out.push(`starting ${t.name}: ${setup}`)
       let skipped = 0
       for (const row of this.rows) {
         for (const e of this.cell(row.id, t.name).errors) {
@@ -104,9 +130,10 @@ export class Results {
           }
         }
       }
-      if (skipped > 0) out.push(`${skipped} later measurement${skipped === 1 ? '' : 's'} on ${t.name} skipped after that`)
+      if (skipped > 0) out.push(`${skipped} ${setup === undefined ? 'later ' : ''}measurement${skipped === 1 ? '' : 's'} on ${t.name} skipped after that`)
     }
     for (const [t, errors] of this.rssErrors) for (const e of errors) out.push(`memory on ${t}: ${e}`)
+    for (const [t, errors] of this.writeErrors) for (const e of errors) out.push(`store writes on ${t}: ${e}`)
     return out
   }
 
@@ -118,6 +145,7 @@ export class Results {
         cells: Object.fromEntries(this.targets.map(t => [t.name, { ...this.cell(row.id, t.name), median: this.median(row.id, t.name) }]))
       })),
       rss: Object.fromEntries(this.rss),
+      writes: Object.fromEntries([...this.writes].map(([t, samples]) => [t, { pids: this.pidLabels.get(t) ?? [], samples }])),
       cow: {
         targets: this.cowTargets.map(t => t.name),
         rows: this.cowRows.map(row => ({
@@ -198,12 +226,61 @@ export function rssLines (results: Results, sizeText: string): string {
       if (results.rssErrors.has(t.name)) lines.push(`- ${t.name}: failed`)
       continue
     }
-    lines.push(`- ${t.name}: **${Math.round(r.peakMiB)} MiB** peak (${Math.round(r.startMiB)} MiB before the write; ` +
-      `VmHWM since start ${Math.round(r.hwmMiB)} MiB; written at ${Math.round(r.mibps)} MiB/s; ${r.samples} samples)`)
+    // A cluster's nodes each on their own: their peaks need not fall on one sample.
+    const each = r.perPid.length > 1
+      ? '; each: ' + r.perPid.map((p, i) => `${r.labels[i] ?? `process ${i + 1}`} **${Math.round(p.peakMiB)} MiB** (VmHWM ${Math.round(p.hwmMiB)})`).join(', ')
+      : ''
+    lines.push(`- ${t.name}: **${Math.round(r.peakMiB)} MiB** peak${r.perPid.length > 1 ? ` over its ${r.perPid.length} daemons together` : ''} ` +
+      `(${Math.round(r.startMiB)} MiB before the write; VmHWM since start ${Math.round(r.hwmMiB)} MiB; written at ${Math.round(r.mibps)} MiB/s; ` +
+      `${r.samples} samples)${each}`)
   }
   if (lines.length === 0) return ''
-  return `Peak RSS (VmRSS every 100 ms, summed over the target's daemons) while a ${sizeText} image is written ` +
-    'sequentially (fio, 1M O_DIRECT):\n' + lines.join('\n') + '\n'
+  return `Peak RSS (VmRSS every 100 ms, summed over the target's daemons, and per daemon) while a ${sizeText} image is written ` +
+    'sequentially (fio, 1M O_DIRECT, through the one mount):\n' + lines.join('\n') + '\n'
+}
+
+const WRITE_ROWS: Array<{ kind: WriteKind, measure: 'written' | 'allocated', label: string }> = [
+  { kind: 'first-write', measure: 'written', label: 'first write of the {size} test file: the daemons\' write_bytes' },
+  { kind: 'first-write', measure: 'allocated', label: '… growth of the allocated bytes of the data folders' },
+  { kind: 'overwrite', measure: 'written', label: 'overwrite of its first {overwrite}: the daemons\' write_bytes' }
+]
+
+function writeRatio (s: WriteSample, measure: 'written' | 'allocated'): number | null {
+  if (measure === 'allocated') return s.allocatedGrowth === null ? null : s.allocatedGrowth / s.guestBytes
+  return s.perPid.reduce((a, b) => a + b, 0) / s.guestBytes
+}
+
+/**
+ * Bytes written to the stores per byte the guest wrote (writes.ts): a row per job and way of
+ * counting, per target the median over the runs, each daemon's share beside it when there are several.
+ */
+export function writesTable (results: Results, sizes: { size: string, overwrite: string }): string {
+  const shown = results.targets.filter(t => results.writes.has(t.name) || results.writeErrors.has(t.name))
+  if (shown.length === 0) return ''
+  const header = ['bytes written to the stores per guest byte (seq 1M O_DIRECT)', ...shown.map(t => t.name)]
+  const right = [false, ...shown.map(() => true)]
+  const body: string[][] = []
+  for (const row of WRITE_ROWS) {
+    const line = [row.label.replace('{size}', sizes.size).replace('{overwrite}', sizes.overwrite)]
+    let any = false
+    for (const t of shown) {
+      const samples = (results.writes.get(t.name) ?? []).filter(s => s.kind === row.kind)
+      const ratios = samples.map(s => writeRatio(s, row.measure)).filter((r): r is number => r !== null)
+      const m = median(ratios)
+      if (m === null) {
+        line.push(results.writeErrors.has(t.name) ? 'failed' : '—')
+        continue
+      }
+      any = true
+      // The share of each daemon, from the run closest to the median.
+      const mid = samples.reduce((best, s) => Math.abs((writeRatio(s, row.measure) ?? 0) - m) < Math.abs((writeRatio(best, row.measure) ?? 0) - m) ? s : best)
+      const each = row.measure === 'written' && mid.perPid.length > 1 ? ` (${mid.perPid.map(n => (n / mid.guestBytes).toFixed(2)).join(' + ')})` : ''
+      line.push(`${m.toFixed(2)}${each}`)
+    }
+    if (any || row.kind === 'first-write') body.push(line)
+  }
+  body.push(['floor: copies kept of each guest byte', ...shown.map(t => t.copies.toFixed(1))])
+  return markdownTable(header, body, right)
 }
 
 function formatCowValue (v: number, row: CowRow): string {

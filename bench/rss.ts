@@ -9,6 +9,8 @@ export interface RssReport {
   peakMiB: number
   /** Sum of the processes' VmHWM (their own high-water marks since they started), MiB. */
   hwmMiB: number
+  /** Each process on its own, in the order given (a cluster's nodes do not peak at the same sample). */
+  perPid: Array<{ peakMiB: number, hwmMiB: number }>
   samples: number
 }
 
@@ -30,17 +32,23 @@ export class RssSampler {
   private timer: NodeJS.Timeout | null = null
   private start: number | null = null
   private peak = 0
+  private readonly peaks: number[]
   private samples = 0
 
   constructor (pids: number[], intervalMs = 100) {
     if (pids.length === 0) throw new Error('no processes to sample')
     this.pids = pids
+    this.peaks = pids.map(() => 0)
     this.intervalMs = intervalMs
   }
 
   private sample (): void {
     let sum = 0
-    for (const pid of this.pids) sum += statusKiB(pid, 'VmRSS') ?? 0
+    this.pids.forEach((pid, i) => {
+      const kib = statusKiB(pid, 'VmRSS') ?? 0
+      sum += kib
+      if (kib > (this.peaks[i] ?? 0)) this.peaks[i] = kib
+    })
     if (this.start === null) this.start = sum
     if (sum > this.peak) this.peak = sum
     this.samples++
@@ -55,7 +63,13 @@ export class RssSampler {
     if (this.timer !== null) clearInterval(this.timer)
     this.timer = null
     this.sample()
-    const hwm = this.pids.reduce((sum, pid) => sum + (statusKiB(pid, 'VmHWM') ?? 0), 0)
-    return { startMiB: (this.start ?? 0) / 1024, peakMiB: this.peak / 1024, hwmMiB: hwm / 1024, samples: this.samples }
+    const hwms = this.pids.map(pid => statusKiB(pid, 'VmHWM') ?? 0)
+    return {
+      startMiB: (this.start ?? 0) / 1024,
+      peakMiB: this.peak / 1024,
+      hwmMiB: hwms.reduce((a, b) => a + b, 0) / 1024,
+      perPid: this.peaks.map((peak, i) => ({ peakMiB: peak / 1024, hwmMiB: (hwms[i] ?? 0) / 1024 })),
+      samples: this.samples
+    }
   }
 }

@@ -1,18 +1,22 @@
 // `npm run bench`: Sheep against the Node passthrough FUSE filesystem (shared/bench/passthrough.js),
 // side by side in one run on the same disk, with the ratios shared/notes/performance.md sets as
-// targets. Prints a Markdown table and writes it to bench/results/latest.md (and the raw samples to
-// latest.json).
+// targets. Sheep runs as one daemon with one copy ("1 host") and, unless --cluster none, as a
+// cluster of three daemons on this host with three copies (cluster.ts), once with object traffic
+// over direct TCP and once over Hyperswarm only. Prints a Markdown table and writes it to
+// bench/results/latest.md (and the raw samples to latest.json).
 //
-// How a run goes: both filesystems are mounted at once under one temporary folder. For each
-// measurement the baseline goes first and Sheep right after it, so that the machine's drift hits
-// both alike; the backing filesystem is synced after every job so one job's writeback does not
-// land in the next. Each target gets a 1 GiB file, written once (the "first write" row) so that
-// later reads find real data, then the time-based fio jobs on it; then a qemu-img convert of a
-// 1 GiB raw file from the local disk; then the daemon's memory while a 2 GiB image is written.
-// With --runs N all of that repeats N times and each cell is the median.
+// How a run goes: all the filesystems are mounted at once under one temporary folder. For each
+// measurement the baseline goes first and the Sheep columns right after it, so that the machine's
+// drift hits all alike; the backing filesystem is synced after every job so one job's writeback
+// does not land in the next. Each target gets a 1 GiB file, written once (the "first write" row) so
+// that later reads find real data, then the time-based fio jobs on it; then a qemu-img convert of a
+// 1 GiB raw file from the local disk; then the daemons' memory while a 2 GiB image is written.
+// Around the first write, and around an overwrite of part of the file right after it, the bytes
+// the daemons write to their stores are counted (writes.ts). With --runs N all of that repeats N
+// times and each cell is the median.
 //
-// Then, on the Sheep targets only (the passthrough has no snapshots), the copy-on-write
-// measurements of cow.ts, printed as a second table: snapshot and clone time of a 1 TiB image with
+// Then, on the one-host Sheep target only (the passthrough has no snapshots; cow.ts measures one
+// store, not a cluster's three), the copy-on-write measurements of cow.ts, printed as a second table: snapshot and clone time of a 1 TiB image with
 // 1 GiB written and the store's growth from them ("snapshot"), and 4K random writes into a fresh
 // clone of a fully written image against the same image before ("clone-randwrite").
 //
@@ -27,12 +31,14 @@ import { parseArgs } from 'node:util'
 import { formatSize, parseSize } from '../src/units'
 import * as cleanup from './cleanup'
 import { type CowContext, type CowOutcome, cowSpace, measureCloneRandwrite, measureSnapshot } from './cow'
-import { FILL_OPTIONS, FIO_JOBS, type FioJob, runFio } from './fio'
+import { FILL_OPTIONS, FIO_JOBS, type FioJob, type FioJobResult, runFio } from './fio'
 import { runTool, syncFs, versionOf } from './proc'
-import { cowTable, median, Results, resultsTable, rssLines, SKIPPED } from './report'
-import { COW_ROWS, COW_SECTIONS, type CowSectionId, ONE_HOST_GOALS, ROWS, type RowId } from './rows'
+import { CLUSTER_PATHS, type ClusterPath, ClusterTarget } from './cluster'
+import { cowTable, median, Results, resultsTable, rssLines, SKIPPED, type TargetInfo, writesTable } from './report'
+import { COW_ROWS, COW_SECTIONS, type CowSectionId, ONE_HOST_GOALS, ROWS, type RowId, THREE_COPIES_GOALS } from './rows'
 import { RssSampler } from './rss'
 import { PassthroughTarget, SheepTarget, type Target } from './targets'
+import { settle, type WriteCounters, writeCounters, type WriteKind, writeSample } from './writes'
 
 const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [options])
 
@@ -43,8 +49,10 @@ const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [opti
   --rss-size SIZE     image written while sampling the daemon's memory (default 2G)
   --dir DIR           where the temporary folder goes; it must be on the disk to test (default ${os.tmpdir()})
   --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss,
-                      and for the copy-on-write table (Sheep only): ${COW_SECTIONS.join(', ')}
+                      store-writes, and for the copy-on-write table (one-host Sheep only): ${COW_SECTIONS.join(', ')}
                       (the first write always runs: it makes the test file)
+  --cluster LIST      the three-node cluster columns: ${CLUSTER_PATHS.join(', ')} (default both), or none
+  --no-cluster        the same as --cluster none
   -h, --help
 
 Exit status: 0 when every cell was measured (whether or not the targets are met), 1 otherwise.`
@@ -57,6 +65,8 @@ interface Options {
   rssSize: number
   dir: string
   only: Set<string> | null
+  /** The three-node cluster columns to add, by how their nodes talk. */
+  cluster: ClusterPath[]
 }
 
 function usageError (message: string): never {
@@ -77,6 +87,8 @@ function parseOptions (argv: string[]): Options {
         'rss-size': { type: 'string' },
         dir: { type: 'string' },
         only: { type: 'string' },
+        cluster: { type: 'string' },
+        'no-cluster': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
       strict: true,
@@ -103,9 +115,22 @@ function parseOptions (argv: string[]): Options {
   }
   let only: Set<string> | null = null
   if (v.only !== undefined) {
-    const known = new Set<string>([...ROWS.map(r => r.id), 'rss', ...COW_SECTIONS])
+    const known = new Set<string>([...ROWS.map(r => r.id), 'rss', 'store-writes', ...COW_SECTIONS])
     only = new Set(v.only.split(',').map(s => s.trim()).filter(Boolean))
     for (const id of only) if (!known.has(id)) usageError(`unknown row ${JSON.stringify(id)} in --only`)
+  }
+  let cluster: ClusterPath[] = [...CLUSTER_PATHS]
+  if (v['no-cluster'] === true) {
+    if (v.cluster !== undefined && v.cluster !== 'none') usageError('--no-cluster and --cluster together')
+    cluster = []
+  } else if (v.cluster !== undefined) {
+    const names = v.cluster.split(',').map(s => s.trim()).filter(Boolean)
+    if (names.length === 1 && names[0] === 'none') cluster = []
+    else {
+      for (const name of names) if (!(CLUSTER_PATHS as readonly string[]).includes(name)) usageError(`unknown cluster path ${JSON.stringify(name)} in --cluster`)
+      // In a fixed order, whatever the order given: the columns should not move between runs.
+      cluster = CLUSTER_PATHS.filter(p => names.includes(p))
+    }
   }
   const dir = path.resolve(v.dir ?? os.tmpdir())
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) usageError(`--dir ${dir} is not a folder`)
@@ -116,7 +141,8 @@ function parseOptions (argv: string[]): Options {
     size: size(v.size, 2 ** 30, '--size'),
     rssSize: size(v['rss-size'], 2 * 2 ** 30, '--rss-size'),
     dir,
-    only
+    only,
+    cluster
   }
 }
 
@@ -145,10 +171,11 @@ function preflight (root: string, passthrough: string, opts: Options): { fio: st
   if (!fs.existsSync('/dev/fuse')) problems.push('/dev/fuse does not exist')
   if (!fs.existsSync(path.join(root, 'dist', 'bin', 'sheep.js'))) problems.push(`sheep is not built: run \`npx tsc -p .\` in ${root}`)
   if (!fs.existsSync(path.join(root, 'node_modules', 'fuse-native'))) problems.push(`fuse-native is not installed: run \`npm ci\` in ${root}`)
-  // Two test files, the convert source, one convert copy, memory image or copy-on-write section at
-  // a time, and room to spare.
+  // A test file per target (three copies of it in a cluster), the convert source, one convert copy,
+  // memory image or copy-on-write section at a time (three copies again in a cluster), and room to spare.
   const cow = COW_SECTIONS.some(id => opts.only === null || opts.only.has(id)) ? cowSpace(opts.size) : 0
-  const need = 3 * opts.size + Math.max(opts.size, opts.rssSize, cow) + 2 ** 30
+  const copies = opts.cluster.length > 0 ? 3 : 1
+  const need = (2 + 3 * opts.cluster.length) * opts.size + opts.size + Math.max(copies * opts.size, copies * opts.rssSize, cow) + 2 ** 30
   const st = fs.statfsSync(opts.dir)
   if (st.bavail * st.bsize < need) problems.push(`${opts.dir} has ${formatSize(st.bavail * st.bsize)} free; the benchmark needs about ${formatSize(need)}`)
   if (problems.length > 0) throw new Error(problems.join('\n'))
@@ -211,6 +238,19 @@ function removeQuietly (file: string): void {
   try { removeFile(file) } catch {}
 }
 
+/**
+ * What a failed measurement says: its error, then why the target broke (a daemon exited) or, with
+ * every daemon still running, their last output.
+ */
+function failureMessage (t: Target, err: unknown): { message: string, dead: string | null } {
+  const dead = t.problem()
+  const more = dead ?? t.diagnose?.() ?? null
+  return { message: (err as Error).message + (more === null ? '' : `\n  ${more.replace(/\n/g, '\n  ')}`), dead }
+}
+
+/** How much of the test file the store-writes overwrite rewrites: enough to swamp the daemons' background writes, quick at cluster speeds. */
+const OVERWRITE_BYTES = 256 * 2 ** 20
+
 class Bench {
   private readonly opts: Options
   private readonly targets: Target[]
@@ -219,6 +259,8 @@ class Bench {
   private readonly convertSource: string
   /** Targets found broken (a daemon died): their remaining cells are skipped. */
   private readonly broken = new Map<string, string>()
+  /** For the progress lines: the longest target name. */
+  private readonly nameWidth: number
   interrupted = false
 
   constructor (opts: Options, targets: Target[], results: Results, syncDir: string, convertSource: string) {
@@ -227,6 +269,12 @@ class Bench {
     this.results = results
     this.syncDir = syncDir
     this.convertSource = convertSource
+    this.nameWidth = Math.max(...targets.map(t => t.name.length))
+  }
+
+  /** A target that did not start: every measurement on it is skipped. */
+  markBroken (name: string, why: string): void {
+    this.broken.set(name, why)
   }
 
   private wanted (id: string): boolean {
@@ -242,7 +290,7 @@ class Bench {
     if (this.interrupted) throw new Error('interrupted')
     const cell = this.results.cell(row, t.name)
     const unit = ROWS.find(r => r.id === row)?.unit ?? ''
-    const prefix = `[run ${run}/${this.opts.runs}] ${row.padEnd(14)} ${t.name.padEnd(16)}`
+    const prefix = `[run ${run}/${this.opts.runs}] ${row.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
     if (this.broken.has(t.name)) {
       cell.errors.push(SKIPPED)
       return
@@ -253,24 +301,91 @@ class Bench {
       say(`${prefix} ${unit === 's' ? v.toFixed(2) : Math.round(v)} ${unit}`)
     } catch (err) {
       if (this.interrupted) throw err
-      const dead = t.problem()
-      const message = (err as Error).message + (dead === null ? '' : `\n  ${dead}`)
+      const { message, dead } = failureMessage(t, err)
       cell.errors.push(message)
       say(`${prefix} FAILED: ${message}`)
       if (dead !== null) this.broken.set(t.name, dead)
     } finally {
-      if (!this.interrupted) syncFs(this.syncDir)
+      if (!this.interrupted) {
+        syncFs(this.syncDir)
+        await this.verify(t, row)
+      }
+    }
+  }
+
+  /** The target's own check after a measurement (a cluster's view still whole), outside the timed part. */
+  private async verify (t: Target, after: string): Promise<void> {
+    if (t.verify === undefined || this.broken.has(t.name)) return
+    try {
+      await t.verify(after)
+    } catch {}
+  }
+
+  /**
+   * Counts what the target's daemons write while `write` runs, against the bytes the guest wrote
+   * (what it resolves to). Counting failures are recorded on their own: the job's cell stands.
+   */
+  private async countWrites (kind: WriteKind, t: Target, runNo: number, write: () => Promise<number>): Promise<void> {
+    const allocated = kind === 'first-write'
+    let before: WriteCounters | null = null
+    try {
+      // Whatever the previous job left the daemons doing is not this write's.
+      await settle(t)
+      before = writeCounters(t, allocated)
+    } catch (err) {
+      this.results.addWriteError(t.name, `before the ${kind}: ${(err as Error).message}`)
+    }
+    const guest = await write()
+    if (before === null) return
+    try {
+      await settle(t)
+      const sample = writeSample(kind, guest, before, writeCounters(t, allocated))
+      this.results.addWrites(t.name, sample)
+      this.results.pidLabels.set(t.name, t.pidLabels())
+      const total = sample.perPid.reduce((a, b) => a + b, 0)
+      say(`[run ${runNo}/${this.opts.runs}] ${'store-writes'.padEnd(14)} ${t.name.padEnd(this.nameWidth)} ${kind}: ${(total / guest).toFixed(2)} written` +
+        `${sample.perPid.length > 1 ? ` (${sample.perPid.map(n => (n / guest).toFixed(2)).join(' + ')})` : ''}` +
+        `${sample.allocatedGrowth === null ? '' : `, ${(sample.allocatedGrowth / guest).toFixed(2)} allocated`} per guest byte`)
+    } catch (err) {
+      this.results.addWriteError(t.name, `after the ${kind}: ${(err as Error).message}`)
+    }
+  }
+
+  /** Overwrites the start of the test file as the first write wrote it, counting the store writes. */
+  private async overwrite (t: Target, runNo: number): Promise<void> {
+    if (this.interrupted) throw new Error('interrupted')
+    if (this.broken.has(t.name)) return
+    const prefix = `[run ${runNo}/${this.opts.runs}] ${'store-writes'.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
+    try {
+      await this.countWrites('overwrite', t, runNo, async () =>
+        (await runFio('overwrite', this.testFile(t), Math.min(OVERWRITE_BYTES, this.opts.size), FILL_OPTIONS, null)).write.io_bytes)
+    } catch (err) {
+      if (this.interrupted) throw err
+      const { message, dead } = failureMessage(t, err)
+      this.results.addWriteError(t.name, `overwrite: ${message}`)
+      say(`${prefix} FAILED: ${message}`)
+      if (dead !== null) this.broken.set(t.name, dead)
+    } finally {
+      if (!this.interrupted) {
+        syncFs(this.syncDir)
+        await this.verify(t, 'the store-writes overwrite')
+      }
     }
   }
 
   private async fio (job: FioJob, t: Target, run: number): Promise<void> {
+    // The first write is also where the store writes of a new file are counted (writes.ts).
+    const count = job.row === 'first-write' && this.wanted('store-writes')
     await this.measure(job.row, t, run, async () => {
       const file = this.testFile(t)
       if (!job.timeBased) removeFile(file)
       if (job.warm) warm(t.dataDirs())
-      const r = await runFio(job.row, file, this.opts.size, job.options,
+      const go = async (): Promise<FioJobResult> => await runFio(job.row, file, this.opts.size, job.options,
         job.timeBased ? { runtime: this.opts.runtime, ramp: this.opts.ramp } : null)
-      return job.value(r)
+      let r: FioJobResult | undefined
+      if (count) await this.countWrites('first-write', t, run, async () => (r = await go()).write.io_bytes)
+      else r = await go()
+      return job.value(r as FioJobResult)
     })
   }
 
@@ -296,7 +411,7 @@ class Bench {
     if (this.interrupted) throw new Error('interrupted')
     if (this.broken.has(t.name)) return
     const file = path.join(t.mount, 'rss.img')
-    const prefix = `[run ${run}/${this.opts.runs}] ${'rss'.padEnd(14)} ${t.name.padEnd(16)}`
+    const prefix = `[run ${run}/${this.opts.runs}] ${'rss'.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
     try {
       removeFile(file)
       const sampler = new RssSampler(t.pids())
@@ -310,12 +425,11 @@ class Bench {
       }
       const report = sampler.end()
       const mibps = job.write.bw_bytes / 2 ** 20
-      this.results.addRss(t.name, { ...report, mibps })
+      this.results.addRss(t.name, { ...report, mibps, labels: t.pidLabels() })
       say(`${prefix} peak ${Math.round(report.peakMiB)} MiB (from ${Math.round(report.startMiB)} MiB), written at ${Math.round(mibps)} MiB/s`)
     } catch (err) {
       if (this.interrupted) throw err
-      const dead = t.problem()
-      const message = (err as Error).message + (dead === null ? '' : `\n  ${dead}`)
+      const { message, dead } = failureMessage(t, err)
       const list = this.results.rssErrors.get(t.name) ?? []
       list.push(message)
       this.results.rssErrors.set(t.name, list)
@@ -325,6 +439,7 @@ class Bench {
       if (!this.interrupted) {
         removeQuietly(file)
         syncFs(this.syncDir)
+        await this.verify(t, 'the memory measurement')
       }
     }
   }
@@ -338,7 +453,7 @@ class Bench {
     const cow = t.cow
     if (cow === undefined) return
     const errors = this.results.cowErrors(section, t.name)
-    const prefix = `[run ${run}/${this.opts.runs}] ${section.padEnd(14)} ${t.name.padEnd(16)}`
+    const prefix = `[run ${run}/${this.opts.runs}] ${section.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
     if (this.broken.has(t.name)) {
       errors.push(SKIPPED)
       return
@@ -382,6 +497,7 @@ class Bench {
     for (const job of FIO_JOBS) {
       if (!this.wanted(job.row)) continue
       for (const t of this.targets) await this.fio(job, t, run)
+      if (job.row === 'first-write' && this.wanted('store-writes')) for (const t of this.targets) await this.overwrite(t, run)
     }
     if (this.wanted('convert')) for (const t of this.targets) await this.convert(t, run)
     if (this.wanted('rss')) for (const t of this.targets) await this.memory(t, run)
@@ -411,7 +527,8 @@ async function main (): Promise<number> {
   say(`bench: working in ${base}`)
   const targets: Target[] = [
     new PassthroughTarget(path.join(base, 'passthrough'), passthroughScript, path.join(root, 'node_modules')),
-    new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS })
+    new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS }),
+    ...opts.cluster.map(p => new ClusterTarget(path.join(base, `cluster-${p}`), { root, path: p, goals: THREE_COPIES_GOALS }))
   ]
   const rows = ROWS.filter(r => r.id === 'first-write' || opts.only === null || opts.only.has(r.id))
     .map(r => ({ ...r, label: r.label.replace('{size}', formatSize(opts.size)) }))
@@ -437,35 +554,53 @@ async function main (): Promise<number> {
   process.on('SIGHUP', onSignal)
 
   const started = Date.now()
+  // A column that does not start (a cluster that does not form) is reported and skipped; the others
+  // still run. Without the baseline there is nothing to compare with.
+  const setupErrors = new Map<string, string>()
   try {
     for (const t of targets) {
       say(`bench: starting ${t.name}`)
-      await t.setup()
+      const t0 = Date.now()
+      try {
+        await t.setup()
+      } catch (err) {
+        if (t === targets[0] || cleanup.isClosing()) throw err
+        // Setup's errors quote the daemon that failed already.
+        const message = (err as Error).message
+        say(`bench: ${t.name} did not start: ${message}`)
+        setupErrors.set(t.name, message)
+        try { await t.teardown() } catch {}
+        continue
+      }
+      say(`bench: ${t.name} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`)
     }
     const source = path.join(base, 'convert-source.raw')
     if (opts.only === null || opts.only.has('convert')) {
       say(`bench: writing the ${formatSize(opts.size)} qemu-img convert source`)
       makeRandomFile(source, opts.size)
     }
-    const info = (t: Target): { name: string, description: string, goals: Target['goals'] } => ({ name: t.name, description: t.description, goals: t.goals })
-    results = new Results(rows, targets.map(info), cowRows, targets.filter(t => t.cow !== undefined).map(info))
+    const info = (t: Target): TargetInfo => ({ name: t.name, description: t.description, goals: t.goals, copies: t.copies })
+    results = new Results(rows, targets.map(info), cowRows, targets.filter(t => t.cow !== undefined && !setupErrors.has(t.name)).map(info))
+    for (const [name, message] of setupErrors) results.setupErrors.set(name, message)
     bench = new Bench(opts, targets, results, base, source)
+    for (const [name, message] of setupErrors) bench.markBroken(name, message)
     for (let run = 1; run <= opts.runs; run++) await bench.pass(run)
   } catch (err) {
     if (!cleanup.isClosing()) {
       say(`bench: ${(err as Error).message}`)
-      await stopAll(targets)
+      await stopAll(targets, root, () => true)
       process.exitCode = 1
     }
     // Interrupted: the signal handler cleans up and exits.
     return 1
   }
-  await stopAll(targets)
+  const finished = results
+  await stopAll(targets, root, () => finished === null || finished.failures().length > 0)
   if (results === null) return 1
   const loadAfter = os.loadavg()
   const minutes = ((Date.now() - started) / 60_000).toFixed(1)
   const header = [
-    '# Sheep benchmark: one host against the Node passthrough',
+    `# Sheep benchmark: one host${opts.cluster.length > 0 ? ' and three nodes with three copies' : ''} against the Node passthrough`,
     '',
     `${new Date().toISOString().replace('T', ' ').slice(0, 16)} UTC on ${os.hostname()}: ${os.cpus().length} CPUs, Linux ${os.release()}, ` +
       `Node ${process.version}, ${tools.fio}, ${tools.qemuImg.replace(/ Copyright.*/, '')}; ` +
@@ -473,19 +608,29 @@ async function main (): Promise<number> {
     `Files on ${filesystemOf(opts.dir)} (${opts.dir}); ${formatSize(opts.size)} test file; time-based jobs ${opts.runtime} s after a ` +
       `${opts.ramp} s ramp; ${opts.runs === 1 ? 'one run' : `median of ${opts.runs} runs`}. Ratio = column / passthrough ` +
       '(higher is better for MiB/s and IOPS, lower for µs and s). Before each read job and each convert, the files behind ' +
-      'the mount (or the convert source) are read once, so both targets start with them in the page cache.',
-    ...targets.map(t => `- ${t.name}: ${t.description}`),
+      'the mount (or the convert source) are read once (in a cluster, all three stores), so every target starts with them in the page cache. ' +
+      'Targets: the one-host figures against the one-host targets, the three-node ones against the three-copy targets (shared/notes/performance.md).',
+    ...targets.flatMap(t => [`- ${t.name}: ${t.description}`, ...(t.notes?.() ?? []).map(n => `  - **${n}**`)]),
     ''
   ].join('\n')
   const failures = results.failures()
   const cow = cowTable(results)
+  const writes = writesTable(results, { size: formatSize(opts.size), overwrite: formatSize(Math.min(OVERWRITE_BYTES, opts.size)) })
   const text = [
     header,
     resultsTable(results),
+    writes === ''
+      ? ''
+      : 'Bytes written to the stores per byte the guest wrote (bench/writes.ts; ' +
+        `${opts.runs > 1 ? `medians over the ${opts.runs} runs; ` : ''}the guest's bytes are fio's io_bytes). "write_bytes" is ` +
+        'write_bytes − cancelled_write_bytes of /proc/<pid>/io summed over the target\'s daemons, taken before the job and once ' +
+        'they have been quiet for 1 s after it: everything they wrote (object data, copies received from the other nodes, index, ' +
+        'logs), per daemon in brackets. "Allocated" is the growth of du over the data folders (the stores\' `objects` folders, ' +
+        'the passthrough\'s backing folder). The floor is the copies kept.\n\n' + writes,
     rssLines(results, formatSize(opts.rssSize)),
     cow === ''
       ? ''
-      : 'Copy-on-write, on the targets with snapshots only (absolute targets, not ratios; see bench/cow.ts for how each is taken' +
+      : `Copy-on-write, on ${results.cowTargets.map(t => t.name).join(', ')} only (absolute targets, not ratios; see bench/cow.ts for how each is taken` +
         `${opts.runs > 1 ? `; medians over the ${opts.runs} runs` : ''}):\n\n` + cow,
     failures.length > 0 ? 'Failures:\n' + failures.map(f => `- ${f.replace(/\n/g, '\n  ')}`).join('\n') + '\n' : ''
   ].filter(Boolean).join('\n')
@@ -498,13 +643,30 @@ async function main (): Promise<number> {
   return failures.length > 0 ? 1 : 0
 }
 
-/** Stops the targets (last first), then whatever else is registered, and removes the temporary folder. */
-async function stopAll (targets: Target[]): Promise<void> {
+/**
+ * Stops the targets (last first), keeps the daemons' logs in bench/results/logs/ when keepLogs()
+ * says so (a run with failures), then stops whatever else is registered and removes the temporary folder.
+ */
+async function stopAll (targets: Target[], root: string, keepLogs: () => boolean): Promise<void> {
   for (const t of [...targets].reverse()) {
     try {
       await t.teardown()
     } catch (err) {
       say(`bench: stopping ${t.name}: ${(err as Error).message}`)
+    }
+  }
+  const logs = path.join(root, 'bench', 'results', 'logs')
+  // Logs of an earlier run would pass for this one's.
+  fs.rmSync(logs, { recursive: true, force: true })
+  if (keepLogs()) {
+    for (const t of targets) {
+      for (const file of t.logFiles?.() ?? []) {
+        if (!fs.existsSync(file)) continue
+        const dest = path.join(logs, t.name.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, ''), `${path.basename(path.dirname(file))}.log`)
+        fs.mkdirSync(path.dirname(dest), { recursive: true })
+        fs.copyFileSync(file, dest)
+        say(`bench: kept ${path.relative(process.cwd(), dest)}`)
+      }
     }
   }
   for (const w of await cleanup.cleanupAll()) say(`bench: ${w}`)

@@ -1,5 +1,5 @@
-// The filesystems the benchmark compares, each behind one interface so that more columns (a
-// three-node cluster with three copies, another baseline) are one more class each.
+// The filesystems the benchmark compares, each behind one interface so that more columns (the
+// three-node cluster of cluster.ts, another baseline) are one more class each.
 
 import { type ChildProcess, spawn } from 'node:child_process'
 import fs from 'node:fs'
@@ -33,26 +33,44 @@ export interface Target {
   setup (): Promise<void>
   /** Stops everything setup started and unmounts; safe to call more than once, and after a failed setup. */
   teardown (): Promise<void>
-  /** PIDs of the processes whose memory counts as this target's (its daemons). */
+  /** Copies of each byte the guest writes that the target keeps (the floor of its store writes per guest byte). */
+  readonly copies: number
+  /** PIDs of the processes whose memory and disk writes count as this target's (its daemons), in a fixed order. */
   pids (): number[]
-  /** Folders on the local disk whose files hold the target's data (read to warm the page cache). */
+  /** What to call each of pids() in the report, in the same order. */
+  pidLabels (): string[]
+  /** Folders on the local disk whose files hold the target's data (read to warm the page cache; their growth is measured). */
   dataDirs (): string[]
   /** Null while healthy; otherwise what went wrong (a daemon exited), with its last output. */
   problem (): string | null
+  /**
+   * The daemons' last output, quoted with a failed measurement that problem() does not explain
+   * (a job that failed or hung while every daemon still runs): the clue is usually in their logs.
+   */
+  diagnose? (): string
+  /** Checked after each measurement (not timed); what it finds wrong goes into notes(). */
+  verify? (after: string): Promise<void>
+  /** Things seen during the run that the report should mention under the target's description (a cluster view that changed). */
+  notes? (): string[]
+  /** The daemons' log files, copied to bench/results/logs/ when the run had failures (the temporary folder goes). */
+  logFiles? (): string[]
   /** Present on targets with snapshots and clones (Sheep); they get the copy-on-write table too. */
   readonly cow?: CowAccess
 }
 
 const LOG_TAIL = 64 * 1024
 
-/** A long-running child (a FUSE daemon) with its output kept for error messages. */
-class DaemonProcess {
+/** A long-running child (a FUSE daemon) with its output kept for error messages, and in a file if asked. */
+export class DaemonProcess {
   readonly label: string
+  /** Where all of its output also goes; the tail kept in memory is for error messages only. */
+  readonly logFile: string | null
   child: ChildProcess | null = null
   output = ''
 
-  constructor (label: string) {
+  constructor (label: string, logFile: string | null = null) {
     this.label = label
+    this.logFile = logFile
   }
 
   spawn (cmd: string, args: string[], env: NodeJS.ProcessEnv, extraFds = 0): ChildProcess {
@@ -62,7 +80,10 @@ class DaemonProcess {
     const child = spawn(cmd, args, { stdio, env, detached: true })
     this.child = child
     cleanup.trackChild(child, 'daemon')
+    const log = this.logFile === null ? null : fs.createWriteStream(this.logFile, { flags: 'a' })
+    child.once('close', () => log?.end())
     const keep = (d: Buffer): void => {
+      log?.write(d)
       this.output += d.toString()
       if (this.output.length > LOG_TAIL) this.output = this.output.slice(-LOG_TAIL / 2)
     }
@@ -104,7 +125,7 @@ class DaemonProcess {
   }
 }
 
-function tail (text: string, lines = 20): string {
+export function tail (text: string, lines = 20): string {
   const all = text.trimEnd().split('\n')
   return all.slice(-lines).map(l => '    ' + l).join('\n') || '    (nothing)'
 }
@@ -113,6 +134,7 @@ function tail (text: string, lines = 20): string {
 export class PassthroughTarget implements Target {
   readonly name = 'passthrough'
   readonly goals: Goals = {}
+  readonly copies = 1
   readonly mount: string
   readonly backing: string
   description = 'Node passthrough FUSE'
@@ -163,6 +185,10 @@ export class PassthroughTarget implements Target {
     return pid === null ? [] : [pid]
   }
 
+  pidLabels (): string[] {
+    return ['the passthrough']
+  }
+
   dataDirs (): string[] {
     return [this.backing]
   }
@@ -188,6 +214,7 @@ export interface SheepTargetOptions {
 export class SheepTarget implements Target {
   readonly name: string
   readonly goals: Goals
+  readonly copies: number
   readonly mount: string
   readonly store: string
   readonly runDir: string
@@ -199,6 +226,7 @@ export class SheepTarget implements Target {
   constructor (dir: string, opts: SheepTargetOptions) {
     this.name = opts.name
     this.goals = opts.goals
+    this.copies = opts.copies
     this.opts = opts
     this.store = path.join(dir, 'store')
     this.mount = path.join(dir, 'mnt')
@@ -220,20 +248,7 @@ export class SheepTarget implements Target {
       '--copies', String(this.opts.copies), ...(this.opts.extraArgs ?? [])]
     this.description = `bin/sheep start --copies ${this.opts.copies}${this.opts.extraArgs?.length ? ' ' + this.opts.extraArgs.join(' ') : ''}` +
       ` (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'})`
-    const child = this.daemon.spawn(process.execPath, args, { ...process.env, SHEEP_RUN_DIR: this.runDir, SHEEP_READY_FD: '3' }, 1)
-    // The daemon writes one line on fd 3 and closes it: "ready" or "error: ...".
-    const pipe = child.stdio[3] as NodeJS.ReadableStream
-    const ready = new Promise<void>((resolve, reject) => {
-      let said = ''
-      pipe.setEncoding('utf8')
-      pipe.on('data', (c: string) => { said += c })
-      pipe.on('end', () => {
-        if (said.trim() === 'ready') return resolve()
-        // Let the last output arrive before quoting it.
-        setTimeout(() => reject(new Error(`the sheep daemon did not start${said.trim() ? `: ${said.trim()}` : ''}; its output:\n${tail(this.daemon.output)}`)), 100)
-      })
-    })
-    await this.daemon.waitFor(ready, 60_000)
+    await startSheep(this.daemon, args, this.runDir, 60_000)
     if (!cleanup.isMounted(this.mount)) throw new Error(`the sheep daemon said ready, but nothing is mounted at ${this.mount}`)
   }
 
@@ -248,6 +263,10 @@ export class SheepTarget implements Target {
     return pid === null ? [] : [pid]
   }
 
+  pidLabels (): string[] {
+    return ['the daemon']
+  }
+
   dataDirs (): string[] {
     return [path.join(this.store, 'objects')]
   }
@@ -255,10 +274,34 @@ export class SheepTarget implements Target {
   problem (): string | null {
     return this.daemon.problem()
   }
+
+  diagnose (): string {
+    return `the daemon's last output:\n${tail(this.daemon.output)}`
+  }
+}
+
+/**
+ * Runs `node ARGS` (bin/sheep start ...) as `daemon` with SHEEP_RUN_DIR set, and resolves once the
+ * daemon says it is ready: it writes one line on fd 3 and closes it, "ready" or "error: ...".
+ */
+export async function startSheep (daemon: DaemonProcess, args: string[], runDir: string, timeoutMs: number): Promise<void> {
+  const child = daemon.spawn(process.execPath, args, { ...process.env, SHEEP_RUN_DIR: runDir, SHEEP_READY_FD: '3' }, 1)
+  const pipe = child.stdio[3] as NodeJS.ReadableStream
+  const ready = new Promise<void>((resolve, reject) => {
+    let said = ''
+    pipe.setEncoding('utf8')
+    pipe.on('data', (c: string) => { said += c })
+    pipe.on('end', () => {
+      if (said.trim() === 'ready') return resolve()
+      // Let the last output arrive before quoting it.
+      setTimeout(() => reject(new Error(`${daemon.label} did not start${said.trim() ? `: ${said.trim()}` : ''}; its output:\n${tail(daemon.output)}`)), 100)
+    })
+  })
+  await daemon.waitFor(ready, timeoutMs)
 }
 
 /** The daemon's control socket: controlSocketPath() of the mount, with SHEEP_RUN_DIR as the daemon gets it. */
-function socketOf (mount: string, runDir: string): string {
+export function socketOf (mount: string, runDir: string): string {
   const saved = process.env.SHEEP_RUN_DIR
   process.env.SHEEP_RUN_DIR = runDir
   try {
