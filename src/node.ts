@@ -4,7 +4,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from './errors'
-import { type CreateOptions, ImageStore } from './cow/image-store'
+import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
 import { LocalObjectStore } from './objects/local-store'
 import { Mount } from './fuse/mount'
 import { ControlServer, type Handlers } from './control/server'
@@ -100,6 +100,7 @@ export class SheepNode {
       const { collected } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
       this.images = images
+      this.recovery?.imagesLoaded()
       if (this.cluster !== null) this.followCluster(this.cluster, images)
       const mount = new Mount(this.mountDir)
       await mount.mount(images, {
@@ -138,7 +139,10 @@ export class SheepNode {
     this.cluster = cluster
     await cluster.start()
     let gateway: Gateway | null = null
-    const recovery = new Recovery(objects, cluster, oid => (gateway as Gateway).replicasOf(oid), this.log)
+    const recovery = new Recovery(objects, cluster, {
+      replicasOf: oid => oidType(oid) === ObjectType.Data && this.images?.copiesOf(oidVid(oid)) === undefined ? null : (gateway as Gateway).replicasOf(oid),
+      widest: oid => cluster.placement.replicas(oid, oidType(oid) === ObjectType.Data ? MAX_COPIES : METADATA_COPIES)
+    }, this.log)
     this.recovery = recovery
     // Everything this node serves, to peers and to itself, waits for its object's recovery first.
     const local = recovery.guarded()

@@ -48,7 +48,8 @@ export interface RecoveryStatus { epoch: number, pending: number, copied: number
 export class Recovery {
   private readonly raw: ObjectStore
   private readonly cluster: Cluster
-  private readonly replicasOf: (oid: ObjectId) => string[]
+  /** Replicas of oid; null while its image is not known here (created elsewhere a moment ago). */
+  private readonly replicasOf: (oid: ObjectId) => string[] | null
   private readonly log: (line: string) => void
   /** Object -> the member holding its newest version, for objects this node must copy first. */
   private readonly pending = new Map<ObjectId, string>()
@@ -61,11 +62,27 @@ export class Recovery {
   private round = 0
   private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0 }
 
-  constructor (raw: ObjectStore, cluster: Cluster, replicasOf: (oid: ObjectId) => string[], log: (line: string) => void) {
+  /** Replicas of oid for the most copies any image may ask: a superset of its real replicas. */
+  private readonly widest: (oid: ObjectId) => string[]
+  /** Resolved once every image's copies are known (the node has loaded its images). */
+  private readonly copiesKnown = deferred()
+
+  constructor (raw: ObjectStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
     this.raw = raw
     this.cluster = cluster
-    this.replicasOf = replicasOf
+    this.replicasOf = placement.replicasOf
+    this.widest = placement.widest
     this.log = log
+  }
+
+  /**
+   * Until the images are loaded, the copies of their data objects are unknown; the plan takes
+   * every object this node might hold (the widest placement: placement's replicas for fewer
+   * copies are a prefix of those for more), copies one before any access to it, and copies in
+   * the background, or drops, only once copies are known.
+   */
+  imagesLoaded (): void {
+    this.copiesKnown.resolve()
   }
 
   get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size } }
@@ -149,7 +166,7 @@ export class Recovery {
     for await (const info of this.raw.list()) local.set(info.oid, info.version)
     if (round !== this.round) return false
     for (const [oid, best] of newest) {
-      if (!this.replicasOf(oid).includes(self)) continue
+      if (!this.widest(oid).includes(self)) continue
       if ((local.get(oid) ?? -1) < best.version) this.pending.set(oid, best.node)
     }
     this.stats.pending = this.pending.size
@@ -159,6 +176,10 @@ export class Recovery {
 
   /** Copies what is still pending, a few at a time; stops when a newer round starts. */
   private async drain (round: number): Promise<void> {
+    await this.copiesKnown.promise
+    // Only the wide plan listed these: this node is not one of their replicas after all. (Those
+    // of images not known here yet are copied when first used.)
+    for (const oid of [...this.pending.keys()]) if (this.replicasOf(oid)?.includes(this.cluster.id) !== true) this.pending.delete(oid)
     const worker = async (): Promise<void> => {
       for (;;) {
         if (round !== this.round) return
@@ -213,7 +234,11 @@ export class Recovery {
   private async dropPass (view: View, round: number): Promise<boolean> {
     const self = this.cluster.id
     const moved: ObjectInfo[] = []
-    for await (const info of this.raw.list()) if (!this.replicasOf(info.oid).includes(self)) moved.push(info)
+    for await (const info of this.raw.list()) {
+      const replicas = this.replicasOf(info.oid)
+      // An object of an image not known here yet is kept: its copies are unknown.
+      if (replicas !== null && !replicas.includes(self)) moved.push(info)
+    }
     if (moved.length === 0) return true
     const held = new Map<string, Map<ObjectId, number>>()
     for (const m of view.members) {
@@ -225,8 +250,8 @@ export class Recovery {
     let left = 0
     for (const info of moved) {
       if (round !== this.round) return true
-      const replicas = this.replicasOf(info.oid)
-      const everywhere = replicas.every(r => (held.get(r)?.get(info.oid) ?? -1) >= info.version)
+      const replicas = this.replicasOf(info.oid) ?? []
+      const everywhere = replicas.length > 0 && replicas.every(r => (held.get(r)?.get(info.oid) ?? -1) >= info.version)
       if (!everywhere) { left++; continue }
       await this.raw.remove(info.oid)
       this.stats.dropped++
