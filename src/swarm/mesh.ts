@@ -135,7 +135,9 @@ export class Mesh extends EventEmitter {
       p.swarm?.close('node stopping')
     }
     for (const s of this.tcpSockets) s.destroy()
-    await this.swarm?.destroy() // also destroys its DHT node
+    // Forced: no unannouncing to peers that may be gone already (it took seconds); a stale
+    // announcement only costs a connection attempt that fails.
+    await this.swarm?.destroy({ force: true }) // also destroys its DHT node
     await this.bootstrapNode?.destroy()
     if (this.server !== null) await new Promise<void>(resolve => this.server?.close(() => resolve()))
   }

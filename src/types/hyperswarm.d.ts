@@ -57,7 +57,7 @@ declare module 'hyperswarm' {
     join (topic: Buffer, opts?: { client?: boolean, server?: boolean }): Hyperswarm.Discovery
     joinPeer (publicKey: Buffer): void
     flush (): Promise<void>
-    destroy (): Promise<void>
+    destroy (opts?: { force?: boolean }): Promise<void>
     on (event: 'connection', fn: (conn: Hyperswarm.Connection, info: Hyperswarm.PeerInfo) => void): this
   }
   export = Hyperswarm
