@@ -200,7 +200,13 @@ export class SheepNode {
       this.control = null
       await this.mount?.unmount()
       this.mount = null
-      await this.images?.close()
+      this.gateway?.stopping()
+      try {
+        await this.images?.close()
+      } catch (err) {
+        // Say what could not be written out, and still release the store and leave the cluster.
+        this.log(`stopping: writing out images failed: ${(err as Error).message}`)
+      }
       this.images = null
       await this.cluster?.close()
       this.cluster = null

@@ -28,6 +28,7 @@ export interface GatewayOptions {
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
 export const DEFAULT_VIEW_WAIT_MS = 60_000
+const STOPPING_VIEW_WAIT_MS = 3000
 /** Pieces in which large objects move (messages are bounded by MAX_DATA). */
 const PIECE = 4 * 2 ** 20
 /** A replica whose epoch lags ours is told about the new view in a moment: ask again this soon. */
@@ -41,6 +42,8 @@ export class Gateway implements ObjectStore {
   private readonly local: ObjectStore
   private readonly cluster: Cluster
   private readonly opts: Required<GatewayOptions>
+  /** How long a call waits for a new view; shorter once the node is stopping. */
+  private viewWaitMs: number
   /** Compare-and-replace calls this node runs as primary, one at a time per object. */
   private readonly primaryQueue = new Map<ObjectId, Promise<void>>()
 
@@ -48,6 +51,7 @@ export class Gateway implements ObjectStore {
     this.local = local
     this.cluster = cluster
     this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, ...opts }
+    this.viewWaitMs = this.opts.viewWaitMs
   }
 
   async create (oid: ObjectId, size: number): Promise<void> {
@@ -220,6 +224,15 @@ export class Gateway implements ObjectStore {
     return total
   }
 
+  /**
+   * The node is stopping: what it still writes out (headers, entries) waits only briefly for a
+   * view, so that stopping the last nodes of a cluster, which may have no majority left, does
+   * not hang.
+   */
+  stopping (): void {
+    this.viewWaitMs = Math.min(this.viewWaitMs, STOPPING_VIEW_WAIT_MS)
+  }
+
   /** One member's store capacity and free space; null if it does not answer. */
   async memberUsage (id: string): Promise<StoreUsage | null> {
     if (id === this.cluster.id) return await this.local.usage()
@@ -318,14 +331,14 @@ export class Gateway implements ObjectStore {
     if (!retryable(err)) throw err
     if (err.code === 'ESTALE' && this.cluster.epoch === epoch) {
       // The replica may be ahead (we learn its view in a moment) or behind (it learns ours).
-      await Promise.race([this.cluster.nextView(epoch, this.opts.viewWaitMs).catch(() => {}), sleep(STALE_RETRY_MS)])
+      await Promise.race([this.cluster.nextView(epoch, this.viewWaitMs).catch(() => {}), sleep(STALE_RETRY_MS)])
       return
     }
     if (this.cluster.epoch !== epoch) return
     try {
-      await this.cluster.nextView(epoch, this.opts.viewWaitMs)
+      await this.cluster.nextView(epoch, this.viewWaitMs)
     } catch {
-      throw SheepError.unreachable(`${err.message}; no new view came within ${this.opts.viewWaitMs / 1000} s`)
+      throw SheepError.unreachable(`${err.message}; no new view came within ${this.viewWaitMs / 1000} s`)
     }
   }
 

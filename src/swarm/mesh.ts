@@ -28,6 +28,9 @@ export interface MeshTiming {
   redialMs: number
 }
 
+/** How long closing waits for the topic to be unannounced. */
+const UNANNOUNCE_MS = 1500
+
 export const DEFAULT_MESH_TIMING: MeshTiming = { keepAliveMs: 1000, deadAfterMs: 3000, refreshMs: 500, redialMs: 1000 }
 
 export interface MeshOptions {
@@ -135,9 +138,14 @@ export class Mesh extends EventEmitter {
       p.swarm?.close('node stopping')
     }
     for (const s of this.tcpSockets) s.destroy()
-    // Forced: no unannouncing to peers that may be gone already (it took seconds); a stale
-    // announcement only costs a connection attempt that fails.
-    await this.swarm?.destroy({ force: true }) // also destroys its DHT node
+    // Unannouncing lets a restart of this node be found at once (a stale announcement sends
+    // peers to a dead address, and Hyperswarm backs off); but it can take seconds when the
+    // DHT nodes it asks are gone already: give it a moment, then force (also ends its DHT node).
+    const swarm = this.swarm
+    if (swarm !== null) {
+      await Promise.race([swarm.destroy().catch(() => {}), new Promise(resolve => setTimeout(resolve, UNANNOUNCE_MS).unref())])
+      await swarm.destroy({ force: true })
+    }
     await this.bootstrapNode?.destroy()
     if (this.server !== null) await new Promise<void>(resolve => this.server?.close(() => resolve()))
   }
