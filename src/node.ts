@@ -96,7 +96,7 @@ export class SheepNode {
     try {
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
       const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
-      const images = new ImageStore(store, { log: this.log, collectOrphans: this.cluster === null })
+      const images = new ImageStore(store, { log: this.log, soleWriter: this.cluster === null })
       const { collected } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
       this.images = images

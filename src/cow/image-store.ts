@@ -72,10 +72,11 @@ export interface TreeNode {
 export interface ImageStoreOptions {
   log?: (line: string) => void
   /**
-   * Delete objects nothing refers to at open (left by a crash between creating an object and
-   * recording it). Off on a cluster, where another host may be between those two steps.
+   * This store's images are written through this ImageStore only (one host): open repairs what a
+   * crash left - objects nothing refers to, owner entries past an image's size, bytes past its
+   * end in its last block. False on a cluster, where another host may be between those steps.
    */
-  collectOrphans?: boolean
+  soleWriter?: boolean
 }
 
 type Progress = (done: number, total: number) => void
@@ -101,14 +102,14 @@ export class ImageStore {
   private dirVersion = 0
   private readonly inodeVersions = new Map<number, number>()
   private readonly log: (line: string) => void
-  private readonly collectOrphans: boolean
+  private readonly soleWriter: boolean
   private readonly pendingDestroy = new Set<Promise<void>>()
   private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
     this.log = opts.log ?? (() => {})
-    this.collectOrphans = opts.collectOrphans ?? true
+    this.soleWriter = opts.soleWriter ?? true
   }
 
   /** Loads the directory and every inode, then deletes what nothing refers to. */
@@ -120,7 +121,7 @@ export class ImageStore {
       this.dir.set(e.vid, e)
       let image: Image
       try {
-        image = await Image.load(this.objects, e.vid, this.tableOf)
+        image = await Image.load(this.objects, e.vid, this.tableOf, this.soleWriter)
       } catch (err) {
         // A missing inode is damage too: the directory names it.
         if (!(err instanceof SheepError) || (err.code !== 'EIO' && err.code !== 'ENOENT')) throw err
@@ -137,10 +138,10 @@ export class ImageStore {
       if (image.name !== e.name || image.header.tag !== e.tag) {
         await image.relabel({ name: e.name, tag: e.tag, snapshotTime: e.tag === '' ? 0 : image.header.snapshotTime || Date.now() })
       }
-      if (!image.isSnapshot) await image.zeroTail()
+      if (this.soleWriter && !image.isSnapshot) await image.zeroTail()
     }
     this.reindex()
-    const collected = this.collectOrphans ? await this.collectGarbage() : 0
+    const collected = this.soleWriter ? await this.collectGarbage() : 0
     await this.metaOp(async () => await this.gc())
     return { collected }
   }
@@ -531,7 +532,7 @@ export class ImageStore {
     const version = (await this.objects.stat(inodeOid(vid)))?.version
     if (version === undefined || (image !== undefined && version === this.inodeVersions.get(vid))) return
     try {
-      this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf))
+      this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf, false))
       this.inodeVersions.set(vid, version)
       this.broken.delete(vid)
     } catch (err) {

@@ -114,7 +114,12 @@ export class Image {
     await objects.sync([oid])
   }
 
-  static async load (objects: ObjectStore, vid: number, tableOf: TableLookup): Promise<Image> {
+  /**
+   * Loads inode vid. With `repair`, entries past the size are cut off the inode: only right for
+   * the sole writer of the image at start-up. On a cluster another host may be writing the
+   * image, whose entries land before its new size does.
+   */
+  static async load (objects: ObjectStore, vid: number, tableOf: TableLookup, repair: boolean): Promise<Image> {
     const oid = inodeOid(vid)
     const bytes = await objects.readAll(oid)
     const header = decodeHeader(bytes.subarray(0, HEADER_BYTES), `image ${vid.toString(16)}`)
@@ -123,7 +128,7 @@ export class Image {
     const tableEnd = inodeObjectSize(header.size, header.objectSize)
     table.load(0, bytes.subarray(HEADER_BYTES, Math.min(bytes.length, tableEnd)))
     // Entries past the size are left from a shrink or an unsynced grow that a crash cut short.
-    if (bytes.length > tableEnd) await objects.truncate(oid, tableEnd)
+    if (repair && bytes.length > tableEnd) await objects.truncate(oid, tableEnd)
     return new Image(objects, header, table, tableOf)
   }
 

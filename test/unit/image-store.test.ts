@@ -601,3 +601,42 @@ t.test('a corrupted directory is detected, not taken as a rename', async t => {
 function lookup (images: ImageStore, name: string): Image | undefined {
   return images.list().find(i => i.name === name)
 }
+
+t.test('two image stores over one object store (two hosts of a cluster): what one does, the other sees; loading never repairs', async t => {
+  const objects = new LocalObjectStore(tmpDir(t))
+  await objects.open()
+  t.teardown(async () => await objects.close())
+  const a = new ImageStore(objects, { soleWriter: false })
+  const b = new ImageStore(objects, { soleWriter: false })
+  await a.open()
+  await b.open()
+  const img = await a.create('vm', 4 * OS, OPTS)
+  const h = a.openImage('vm', true)
+  await h.write(0, pattern(6 * OS, 1)) // grows the image past its size: header written at flush
+  await h.flush()
+  await b.refresh()
+  t.equal(b.get('vm').size, 6 * OS, 'b sees the new size after a refresh')
+  const inode = inodeOid(img.vid)
+  const full = (await objects.stat(inode))?.size
+  // The writer's entries land before its header: another host loading in between sees entries
+  // past the size it reads, and must leave them alone.
+  await h.write(6 * OS, pattern(2 * OS, 2))
+  const entriesOnly = a.get('vm')
+  await (entriesOnly as unknown as { writeEntries: () => Promise<void> }).writeEntries()
+  const grown = (await objects.stat(inode))?.size as number
+  t.ok(grown > (full as number), 'the entries past the old size are in the inode')
+  await b.refresh()
+  t.equal((await objects.stat(inode))?.size, grown, 'loading on b did not cut them off')
+  await a.closeImage(h, true)
+  await b.refresh()
+  const back = Buffer.alloc(8 * OS)
+  const hb = await b.acquire('vm', false)
+  await hb.read(0, back.length, back)
+  t.ok(back.equals(Buffer.concat([pattern(6 * OS, 1), pattern(2 * OS, 2)])), 'b reads every write of a')
+  await b.closeImage(hb)
+  // A name created on a wins; b, creating the same name on its stale directory, gets EEXIST.
+  await a.create('x', OS, OPTS)
+  t.equal((await sheepError(async () => await b.create('x', OS, OPTS))).code, 'EEXIST', 'compare-and-swap: b reloads and finds x taken')
+  await a.close()
+  await b.close()
+})
