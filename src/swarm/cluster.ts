@@ -108,7 +108,6 @@ export class Cluster extends EventEmitter {
   }
 
   get view (): View | null { return this.keeper.view }
-  get history (): View[] { return this.keeper.history }
   get epoch (): number { return this.keeper.view?.epoch ?? 0 }
   get bootstrapList (): Address[] { return this.mesh.bootstrapList }
   get secret (): Buffer { return this.opts.identity.secret }

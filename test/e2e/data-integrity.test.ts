@@ -12,6 +12,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { type Daemon, diskUsage, isMounted, qemuImg, qemuIo, startDaemon, tempDir } from '../helpers/daemon'
+import { Rng } from '../helpers/random'
 
 const KiB = 2 ** 10
 const MiB = 2 ** 20
@@ -24,35 +25,6 @@ t.comment(`seed=${SEED} (replay with SHEEP_TEST_SEED=${SEED})`)
 
 // ---------------------------------------------------------------------------------------------
 // Helpers kept here: they are specific to these checks.
-
-/** mulberry32: a small, fast, seedable PRNG returning floats in [0, 1). */
-function mulberry32 (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-class Rng {
-  private readonly next: () => number
-  constructor (seed: number) { this.next = mulberry32(seed) }
-  float (): number { return this.next() }
-  /** An integer in [lo, hi]. */
-  int (lo: number, hi: number): number { return lo + Math.floor(this.next() * (hi - lo + 1)) }
-  chance (p: number): boolean { return this.next() < p }
-  /** Deterministic pseudo-random bytes. */
-  bytes (n: number): Buffer {
-    const b = Buffer.alloc(n)
-    let i = 0
-    for (; i + 4 <= n; i += 4) b.writeUInt32LE((this.next() * 4294967296) >>> 0, i)
-    for (; i < n; i++) b[i] = (this.next() * 256) | 0
-    return b
-  }
-}
 
 /** A per-test seed derived from the run's seed, so tests do not shift each other's sequences. */
 function seedFor (name: string): number {
@@ -190,7 +162,7 @@ const OBJECT = 1 * MiB
 
 /** A size from 1 byte to 300 KiB, biased to both small and large. */
 function ioSize (r: Rng): number {
-  const k = r.float()
+  const k = r.next()
   if (k < 0.3) return r.int(1, 4 * KiB)
   if (k < 0.7) return r.int(1, 64 * KiB)
   return r.int(64 * KiB, 300 * KiB)
@@ -198,7 +170,7 @@ function ioSize (r: Rng): number {
 
 /** An offset anywhere in the span, near an object boundary, or near (and past) the end. */
 function ioOffset (r: Rng, len: number, size: number): number {
-  const k = r.float()
+  const k = r.next()
   let off: number
   if (k < 0.55) off = r.int(0, RANDOM_SPAN - 1)
   else if (k < 0.8) off = r.int(1, RANDOM_SPAN / OBJECT - 1) * OBJECT + r.int(-len, 512)
@@ -230,7 +202,7 @@ t.test('random reads, writes and truncates match a reference file on local disk'
   const counts = { write: 0, read: 0, truncate: 0, fsync: 0, pastEnd: 0 }
   let failure: string | null = null
   for (let i = 0; i < OPS && failure === null; i++) {
-    const k = r.float()
+    const k = r.next()
     const fd = r.chance(0.4) ? direct : cached
     const via = fd === direct ? 'O_DIRECT' : 'cached'
     try {

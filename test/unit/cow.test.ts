@@ -15,6 +15,7 @@ import { DIRECTORY_OID } from '../../src/cow/directory'
 import { SUBBLOCKS } from '../../src/cow/owner-table'
 import { SheepError } from '../../src/errors'
 import { sheepError, tmpDir } from './tmp'
+import { Rng } from '../helpers/random'
 
 const KiB = 1024
 const OS = 64 * KiB // object size for these tests
@@ -79,44 +80,6 @@ class Env {
 }
 
 /** A seeded PRNG (mulberry32), so a failing run can be replayed. */
-class Rng {
-  private s: number
-  constructor (seed: number) { this.s = seed >>> 0 }
-  next (): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0
-    let x = this.s
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-
-  /** An integer in [lo, hi]. */
-  int (lo: number, hi: number): number { return lo + Math.floor(this.next() * (hi - lo + 1)) }
-  chance (p: number): boolean { return this.next() < p }
-  pick<T> (items: readonly T[]): T {
-    if (items.length === 0) throw new Error('pick from nothing')
-    return items[this.int(0, items.length - 1)] as T
-  }
-
-  bytes (n: number): Buffer {
-    const b = Buffer.alloc(n)
-    let i = 0
-    for (; i + 4 <= n; i += 4) b.writeUInt32LE((this.next() * 4294967296) >>> 0, i)
-    for (; i < n; i++) b[i] = this.int(0, 255)
-    return b
-  }
-
-  shuffle<T> (items: T[]): T[] {
-    for (let i = items.length - 1; i > 0; i--) {
-      const j = this.int(0, i)
-      const tmp = items[i] as T
-      items[i] = items[j] as T
-      items[j] = tmp
-    }
-    return items
-  }
-}
-
 function pattern (length: number, seed: number): Buffer {
   const b = Buffer.alloc(length)
   for (let i = 0; i < length; i++) b[i] = (i * 13 + seed * 101 + 7 + (i >> 10) * 3) & 0xff

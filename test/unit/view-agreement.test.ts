@@ -15,6 +15,7 @@ import {
   type PersistedState, STATE_FORMAT, ViewKeeper, compareBallots, hasMajority, majority, parseMessage
 } from '../../src/swarm/view-agreement'
 import { settle, sheepError } from './tmp'
+import { mulberry32 } from '../helpers/random'
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -43,18 +44,6 @@ function key (v: View): string {
 
 function stateWith (history: View[], instances: PersistedState['instances'] = []): PersistedState {
   return { format: STATE_FORMAT, lastRound: 0, history, instances }
-}
-
-/** Mulberry32: small, seedable, good enough to schedule a simulation. */
-function seededRandom (seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let x = a
-    x = Math.imul(x ^ (x >>> 15), x | 1)
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,7 +184,7 @@ class Cluster {
   private readonly sent: Array<{ from: string, to: string, msg: AgreementMessage }> = []
 
   constructor (seed: number, ids: string[], net = PERFECT, private readonly timing = (_id: string) => TIMING) {
-    this.rand = seededRandom(seed)
+    this.rand = mulberry32(seed)
     this.net = net
     for (const id of ids) this.nodes.set(id, { id, durable: null, saves: 0, incarnation: 0, keeper: null })
   }
