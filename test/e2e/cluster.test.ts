@@ -5,7 +5,7 @@
 import t from 'tap'
 import { execFile } from 'node:child_process'
 import fs from 'node:fs'
-import { type Daemon, qemuIo, SHEEP_BIN, startCluster, storedObjects } from '../helpers/daemon'
+import { Daemon, isMounted, qemuIo, SHEEP_BIN, startCluster, startDaemon, storedObjects, tempDir } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 
@@ -120,4 +120,32 @@ t.test('two hosts creating the same names at once: exactly one of each pair succ
   const stray = nodes.flatMap(d => storedObjects(d)).filter(oid => !oid.startsWith('2') && !vids.has(oid.slice(2, 8)))
   t.same(stray, [], 'the losers left no inode behind')
   ok(n3, ['image', 'delete', 'race0.img'])
+})
+
+t.test('bad cluster input: a clear one-line error, a non-zero exit, nothing started', async t => {
+  const d = new Daemon(tempDir(t), [])
+  const start = (args: string[]): { code: number | null, err: string } => {
+    const r = d.sheep(['start', '--store', d.store, '--mount', d.mount, ...args])
+    return { code: r.code, err: r.stderr.trim().split('\n')[0] ?? '' }
+  }
+  const cases: Array<[string[], RegExp, number]> = [
+    [['--join', 'not-a-token'], /bad join token \(it does not start with sheep1\.\)/, 1],
+    [['--join', 'sheep1.c2hvcnQ.127.0.0.1:1'], /bad join token \(the secret is not 32 bytes\)/, 1],
+    [['--bootstrap', 'nohost'], /--bootstrap: bad address "nohost": expected host:port/, 2],
+    [['--bootstrap-port', '70000'], /bad --bootstrap-port 70000: a port is 0 to 65535/, 2],
+    [['--zone', 'a'], /--zone, --host, --port and --no-direct are for a cluster/, 2],
+    [['--bootstrap-port', '0', '--no-direct', '--port', '5000'], /--port is the direct path's port: not with --no-direct/, 2]
+  ]
+  for (const [args, re, code] of cases) {
+    const r = start(args)
+    t.equal(r.code, code, `${args.join(' ')}: exit ${code}`)
+    t.match(r.err, re, `${args.join(' ')}: says why`)
+  }
+  t.notOk(isMounted(d.mount), 'nothing is mounted')
+  t.notOk(fs.existsSync(`${d.store}/cluster.json`), 'no cluster identity was written')
+  const one = await startDaemon(t)
+  const r = one.sheep(['cluster', 'token', '--mount', one.mount])
+  t.not(r.code, 0, 'cluster token on a one-host node fails')
+  t.match(r.stderr, /runs without a cluster/, 'and says why')
+  t.match(one.sheep(['node', 'list', '--mount', one.mount]).stderr, /runs without a cluster/, 'so does node list')
 })
