@@ -10,6 +10,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError, toSheepError } from '../errors'
 import { Catalog } from './catalog'
+import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
 
@@ -20,6 +21,8 @@ export const DEFAULT_MAX_OPEN_FILES = 512
 export interface LocalStoreOptions {
   /** How many object files stay open between I/Os. */
   maxOpenFiles?: number
+  /** When reads and writes run on the event loop's thread (./file-io.ts). */
+  io?: FileIoOptions
 }
 
 interface Entry {
@@ -37,6 +40,7 @@ export class LocalObjectStore implements ObjectStore {
   private readonly entries = new Map<ObjectId, Entry>() // insertion order = least recently used first
   private readonly loading = new Map<ObjectId, Promise<Entry>>()
   private readonly maxOpenFiles: number
+  private readonly io: FileIo
   private openFiles = 0
   private closed = false
   private casTail: Promise<void> = Promise.resolve()
@@ -48,6 +52,7 @@ export class LocalObjectStore implements ObjectStore {
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
     this.maxOpenFiles = opts.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES
+    this.io = new FileIo(opts.io)
   }
 
   /** Opens (or initialises) the store. EBUSY when another daemon holds it. */
@@ -124,7 +129,7 @@ export class LocalObjectStore implements ObjectStore {
       if (offset + length > e.info.size) throw SheepError.invalid(`read past the end of object ${oidToHex(oid)}`)
       let done = 0
       while (done < length) {
-        const n = await pread(e.fd, target, targetOffset + done, length - done, offset + done)
+        const n = await this.io.read(e.fd, target, targetOffset + done, length - done, offset + done)
         if (n === 0) throw SheepError.corrupt(`object ${oidToHex(oid)} is truncated: its file ends before byte ${offset + done}`)
         done += n
       }
@@ -138,7 +143,7 @@ export class LocalObjectStore implements ObjectStore {
     try {
       let done = 0
       while (done < data.length) {
-        done += await pwrite(e.fd, data, done, data.length - done, offset + done)
+        done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
       e.info.version++
       if (offset + data.length > e.info.size) {
@@ -176,7 +181,7 @@ export class LocalObjectStore implements ObjectStore {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
       try {
         let done = 0
-        while (done < data.length) done += await pwrite(fd, data, done, data.length - done, done)
+        while (done < data.length) done += await this.io.write(fd, data, done, data.length - done, done)
         await fdatasync(fd)
       } finally {
         fs.closeSync(fd)
@@ -425,30 +430,4 @@ async function readIfExists (file: string): Promise<string | null> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
     throw err
   }
-}
-
-// Callback-style fs calls: they skip the FileHandle machinery of fs.promises on the hot path.
-function openFile (file: string, flags: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.open(file, flags, 0o600, (err, fd) => err ? reject(err) : resolve(fd)))
-}
-
-function pread (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (err, n) => err ? reject(toSheepError(err)) : resolve(n)))
-}
-
-function pwrite (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
-}
-
-function ftruncate (fd: number, size: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.ftruncate(fd, size, err => err ? reject(err) : resolve()))
-}
-
-function fdatasync (fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
-}
-
-async function syncPath (file: string): Promise<void> {
-  const fd = await openFile(file, fs.constants.O_RDONLY)
-  try { await fdatasync(fd) } finally { fs.closeSync(fd) }
 }

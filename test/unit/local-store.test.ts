@@ -3,6 +3,7 @@
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
+import { FileIo } from '../../src/objects/file-io'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import type { ObjectInfo } from '../../src/objects/types'
@@ -416,4 +417,53 @@ t.test('compareAndReplace succeeds only on the expected version', async t => {
   t.ok(['a', 'b'].includes((await store.readAll(oid)).toString()))
   await store.replace(oid, Buffer.from('copy'), 42)
   t.equal((await store.stat(oid))?.version, 42, 'replace can record a given version (a recovery copy keeps its source\'s)')
+})
+
+t.test('small I/O on the event loop and through the pool give the same bytes and the same errors', async t => {
+  for (const [label, io] of [['inline', {}], ['pool', { maxInline: 0 }], ['pool after a slow call', { slowMs: -1 }]] as const) {
+    const dir = tmpDir(t)
+    const store = await openStore(t, dir, { io })
+    const oid = dataOid(9, 1)
+    await store.create(oid, 1 * MiB)
+    const data = pattern(200 * KiB, 3) // more than an inline call takes: written in one piece through the pool
+    await store.write(oid, 1000, data)
+    await store.write(oid, 5000, pattern(4 * KiB, 4))
+    data.set(pattern(4 * KiB, 4), 4000)
+    t.ok((await read(store, oid, 1000, data.length)).equals(data), `${label}: large and small writes read back`)
+    t.ok((await read(store, oid, 0, 1000)).equals(Buffer.alloc(1000)), `${label}: zeros before`)
+    const file = objectFile(dir, oid)
+    fs.truncateSync(file, 2000)
+    const err = await sheepError(() => read(store, oid, 4096, 4096))
+    t.equal(err.code, 'EIO', `${label}: a read past the file's end is EIO`)
+    t.match(err.message, /truncated/, `${label}: ${err.message}`)
+  }
+})
+
+t.test('FileIo: inline while calls are quick, the pool for a while after a slow one', async t => {
+  const dir = tmpDir(t)
+  const fd = fs.openSync(path.join(dir, 'f'), 'w+')
+  t.teardown(() => fs.closeSync(fd))
+  const quick = new FileIo({ maxInline: 8 * KiB })
+  t.ok(quick.inline(8 * KiB), 'up to maxInline: inline')
+  t.notOk(quick.inline(8 * KiB + 1), 'larger: the pool')
+  t.equal(await quick.write(fd, pattern(8 * KiB, 5), 0, 8 * KiB, 0), 8 * KiB)
+  t.ok(quick.inline(1), 'a quick call keeps calls inline')
+
+  const slow = new FileIo({ slowMs: -1, poolMs: 30 }) // every inline call counts as slow
+  t.ok(slow.inline(1))
+  const b = Buffer.alloc(8 * KiB)
+  t.equal(await slow.read(fd, b, 0, b.length, 0), 8 * KiB)
+  t.ok(b.equals(pattern(8 * KiB, 5)), 'read back what was written')
+  t.notOk(slow.inline(1), 'after a slow call: the pool')
+  t.equal(await slow.read(fd, b, 0, 10, 0), 10, 'the pool still reads')
+  await new Promise(resolve => setTimeout(resolve, 100))
+  t.ok(slow.inline(1), 'inline again once poolMs has passed')
+
+  // Errors of inline calls come back as rejections, as the pool's do.
+  const ro = fs.openSync(path.join(dir, 'f'), 'r')
+  t.teardown(() => fs.closeSync(ro))
+  for (const io of [quick, new FileIo({ maxInline: 0 })]) {
+    await t.rejects(io.write(ro, Buffer.from('x'), 0, 1, 0), { code: 'EBADF' }, 'a write to a read-only descriptor')
+    await t.rejects(io.read(2 ** 31 - 2, b, 0, 1, 0), { code: 'EBADF' }, 'a read of a descriptor that is not open')
+  }
 })

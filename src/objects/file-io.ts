@@ -1,0 +1,90 @@
+// Calls on object files: open, positioned read and write, truncate, sync.
+//
+// Small reads and writes run on the event loop's own thread (readSync/writeSync) instead of
+// libuv's thread pool. Handing a call to a pool thread and back costs two thread wake-ups, and on
+// a virtual machine with few cores a wake-up is tens of microseconds of CPU and more of waiting
+// (docs/ARCHITECTURE.md, "Small I/O on the event loop"): for a replica that is most of what a 4 KiB
+// write costs it. A call stays inline only while such calls are quick: one that takes longer than
+// `slowMs` (the page cache did not hold the bytes, or the kernel throttled a writer of dirty pages)
+// sends the next ones to the pool for `poolMs`. The event loop, which also answers peers and keeps
+// links alive, is then blocked by at most one slow call per `poolMs`. Syncs always go to the pool:
+// they wait for the disk.
+
+import fs from 'node:fs'
+import { performance } from 'node:perf_hooks'
+
+export interface FileIoOptions {
+  /** Reads and writes up to this many bytes may run inline (0: never). */
+  maxInline?: number
+  /** An inline call that took longer than this sends calls to the pool for a while. */
+  slowMs?: number
+  /** How long calls go to the pool after a slow inline one. */
+  poolMs?: number
+}
+
+/** A FUSE request's largest size: whole guest requests go inline, whole-object copies do not. */
+export const DEFAULT_MAX_INLINE = 128 * 1024
+export const DEFAULT_SLOW_MS = 2
+export const DEFAULT_POOL_MS = 1000
+
+export class FileIo {
+  private readonly maxInline: number
+  private readonly slowMs: number
+  private readonly poolMs: number
+  /** Until then (performance.now()), calls go to the pool. */
+  private poolUntil = 0
+
+  constructor (opts: FileIoOptions = {}) {
+    this.maxInline = opts.maxInline ?? DEFAULT_MAX_INLINE
+    this.slowMs = opts.slowMs ?? DEFAULT_SLOW_MS
+    this.poolMs = opts.poolMs ?? DEFAULT_POOL_MS
+  }
+
+  /** Whether a call of `length` bytes would run inline now. */
+  inline (length: number): boolean {
+    return length <= this.maxInline && performance.now() >= this.poolUntil
+  }
+
+  async read (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+    if (!this.inline(len)) return await new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
+    const start = performance.now()
+    try {
+      return fs.readSync(fd, buf, off, len, pos)
+    } finally {
+      this.timed(start)
+    }
+  }
+
+  async write (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+    if (!this.inline(len)) return await new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
+    const start = performance.now()
+    try {
+      return fs.writeSync(fd, buf, off, len, pos)
+    } finally {
+      this.timed(start)
+    }
+  }
+
+  private timed (start: number): void {
+    const end = performance.now()
+    if (end - start > this.slowMs) this.poolUntil = end + this.poolMs
+  }
+}
+
+// Callback-style fs calls: they skip the FileHandle machinery of fs.promises on the hot path.
+export async function openFile (file: string, flags: number): Promise<number> {
+  return await new Promise((resolve, reject) => fs.open(file, flags, 0o600, (err, fd) => err ? reject(err) : resolve(fd)))
+}
+
+export async function ftruncate (fd: number, size: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => fs.ftruncate(fd, size, err => err ? reject(err) : resolve()))
+}
+
+export async function fdatasync (fd: number): Promise<void> {
+  await new Promise<void>((resolve, reject) => fs.fdatasync(fd, err => err ? reject(err) : resolve()))
+}
+
+export async function syncPath (file: string): Promise<void> {
+  const fd = await openFile(file, fs.constants.O_RDONLY)
+  try { await fdatasync(fd) } finally { fs.closeSync(fd) }
+}
