@@ -2,7 +2,7 @@
 
 import t from 'tap'
 import {
-  dataOid, inodeOid, MAX_INDEX, MAX_VID, metaOid, ObjectType, oidFromHex, oidIndex, oidToHex, oidType, oidVid
+  dataOid, inodeOid, MAX_INDEX, MAX_VID, metaOid, ObjectType, oidFromHex, oidIndex, oidToHex, oidType, oidVid, tokenOid
 } from '../../../src/objects/oid'
 
 const VIDS = [0, 1, 2, 0x7fffff, 0x800000, MAX_VID - 1, MAX_VID]
@@ -98,7 +98,7 @@ t.test('oidFromHex rejects malformed strings', async t => {
     '-000000000000001',
     '+000000000000001',
     '00000000_0000001',
-    '3000000000000000', // type 3 (unknown)
+    '4000000000000000', // type 4 (unknown)
     'f000000000000000', // type 15
     '0100000000000000', // reserved bits set
     '0f00000000000000',
@@ -109,4 +109,5 @@ t.test('oidFromHex rejects malformed strings', async t => {
   for (const s of bad) t.equal(oidFromHex(s), null, `rejects ${JSON.stringify(s)}`)
   t.equal(oidFromHex('0000000000000000'), 0n)
   t.equal(oidFromHex('2000000000000001'), metaOid(1))
+  t.equal(oidFromHex('3000002a00000000'), tokenOid(0x2a))
 })
