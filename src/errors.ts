@@ -17,7 +17,7 @@ export type ErrorCode =
   | 'ENOTSUP'
   | 'ESHUTDOWN' // the node is closing
   | 'ENOTCONN' // a peer could not be reached, or went away mid-request
-  | 'ESTALE' // a peer request from another epoch than the replica's
+  | 'ESTALE' // a peer request from another epoch than the replica's; an open image changed on another host
   | 'EPROTO' // a malformed peer message
   | 'EAGAIN' // a compare-and-swap lost to another change; retry on the new state
 

@@ -18,6 +18,7 @@ import { Gateway } from './swarm/gateway'
 import { Recovery } from './swarm/recovery'
 import type { View } from './swarm/view'
 import { replicaHandler } from './swarm/replica'
+import { ClusterTokens } from './swarm/write-tokens'
 import { decodeToken, encodeToken, loadIdentity } from './swarm/identity'
 import type { Address } from './swarm/mesh'
 
@@ -96,7 +97,8 @@ export class SheepNode {
     try {
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
       const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
-      const images = new ImageStore(store, { log: this.log, soleWriter: this.cluster === null })
+      const tokens = this.gateway === null || this.cluster === null ? undefined : new ClusterTokens(this.gateway, this.cluster)
+      const images = new ImageStore(store, { log: this.log, soleWriter: this.cluster === null, tokens })
       const { collected } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
       this.images = images
@@ -152,7 +154,9 @@ export class SheepNode {
       asPrimary: async (oid, data, expected) => {
         if (gateway === null) throw SheepError.unreachable('this node is still starting')
         return await gateway.asPrimary(oid, data, expected)
-      }
+      },
+      // Before its images are loaded a node has none open, and nothing to write out.
+      release: async (vid, purpose) => await this.images?.releaseToken(vid, purpose)
     }))
     // A joining node serves nothing until a view lists it.
     let view = cluster.view
@@ -179,6 +183,7 @@ export class SheepNode {
         .finally(() => { running = false })
     }
     cluster.on('notify', refresh)
+    cluster.on('view', () => images.recheckTokens())
     this.refreshTimer = setInterval(refresh, REFRESH_MS)
   }
 

@@ -20,6 +20,7 @@ import { blockCount, type InodeHeader } from './inode'
 import { Mutex } from './lock'
 import { validateImageName, validateTag } from './names'
 import { OwnerTable } from './owner-table'
+import type { TokenPurpose, WriteTokens } from './tokens'
 
 export const DEFAULT_COPIES = 3
 export const MAX_COPIES = 31
@@ -77,6 +78,8 @@ export interface ImageStoreOptions {
    * end in its last block. False on a cluster, where another host may be between those steps.
    */
   soleWriter?: boolean
+  /** On a cluster, the images' write tokens (./tokens.ts); a one-host store has none. */
+  tokens?: WriteTokens
 }
 
 type Progress = (done: number, total: number) => void
@@ -105,11 +108,15 @@ export class ImageStore {
   private readonly soleWriter: boolean
   private readonly pendingDestroy = new Set<Promise<void>>()
   private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
+  private readonly tokens: WriteTokens | undefined
+  /** Takes of a write token in progress, one per image. */
+  private readonly taking = new Map<Image, Promise<void>>()
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
     this.log = opts.log ?? (() => {})
     this.soleWriter = opts.soleWriter ?? true
+    this.tokens = opts.tokens
   }
 
   /** Loads the directory and every inode, then deletes what nothing refers to. */
@@ -305,6 +312,7 @@ export class ImageStore {
         return undefined
       }
       const image = this.get(name)
+      await this.hold(image, 'change')
       await this.unlinkImage(image)
       return image
     })
@@ -324,6 +332,9 @@ export class ImageStore {
       if (from === to) return undefined
       const old = this.byName.get(to)
       if (old === undefined || opts.replace !== true) this.checkFree(to)
+      // The name is in the header too, which the token's holder writes.
+      await this.hold(image, 'change')
+      if (old !== undefined) await this.hold(old, 'change')
       const moved = [image, ...this.snapshotsOf(from)]
       await this.commit(() => {
         if (old) this.dropFromDirectory(old)
@@ -343,7 +354,11 @@ export class ImageStore {
   }
 
   async resize (name: string, size: number): Promise<void> {
-    await this.metaOp(async () => await this.get(name).resize(size))
+    await this.metaOp(async () => {
+      const image = this.get(name)
+      await this.hold(image, 'change')
+      await image.resize(size)
+    })
   }
 
   /** Freezes the image's current state as snapshot `tag`, with no data copied. */
@@ -355,6 +370,7 @@ export class ImageStore {
   private async snapshotLocked (name: string, tag: string): Promise<Image> {
     const image = this.get(name)
     if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+    await this.hold(image, 'change')
     return await image.exclusive(async () => {
       // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
       await image.flush()
@@ -371,6 +387,7 @@ export class ImageStore {
         this.dir.delete(header.vid)
       }, header.vid)
       const snap = image.takeOver(header, table)
+      this.newInode(image)
       await snap.relabel({ tag, snapshotTime: Date.now() })
       this.inodes.set(header.vid, image)
       this.inodes.set(frozen, snap)
@@ -434,6 +451,7 @@ export class ImageStore {
     await this.metaOp(async () => {
       const image = this.get(name)
       const snap = this.getSnapshot(name, tag)
+      await this.hold(image, 'change')
       await image.exclusive(async () => {
         // Checked with guest I/O drained, as late as it can be.
         if (image.openWriters > 0) throw SheepError.busy(`${name} is open for writing: stop what uses it first`)
@@ -451,9 +469,10 @@ export class ImageStore {
           this.dir.set(previous, entry)
         }, header.vid)
         const old = image.takeOver(header, table)
+        this.newInode(image)
         this.inodes.delete(previous)
         this.inodes.set(header.vid, image)
-        await old.destroy()
+        await this.destroyObjects(old)
       })
       this.reindex()
       await this.gc()
@@ -474,7 +493,9 @@ export class ImageStore {
   /** Copies every block the image shares, so it no longer depends on any snapshot. */
   async flatten (name: string, onProgress?: Progress): Promise<void> {
     await this.metaOp(async () => {
-      await this.get(name).flatten(onProgress)
+      const image = this.get(name)
+      await this.hold(image, 'change')
+      await image.flatten(onProgress)
       await this.gc()
     })
   }
@@ -538,6 +559,112 @@ export class ImageStore {
     } catch (err) {
       this.broken.set(vid, (err as Error).message)
     }
+  }
+
+  /**
+   * Runs I/O through a handle on image. On a cluster, I/O through a writable handle holds the
+   * image's write token: the first takes it (loading the inode again if another host had it),
+   * and a release waits until the I/O under it is done.
+   */
+  io<T> (image: Image, writable: boolean, fn: () => Promise<T>): Promise<T> {
+    // Not async: one host's I/O is not wrapped in a promise more than it was without tokens.
+    if (!writable || this.tokens === undefined) return fn()
+    return this.underToken(image, fn)
+  }
+
+  private async underToken<T> (image: Image, fn: () => Promise<T>): Promise<T> {
+    const token = image.token
+    while (!token.held) await this.hold(image, 'io')
+    token.enter()
+    try {
+      return await fn()
+    } finally {
+      token.leave()
+    }
+  }
+
+  /**
+   * Another host takes image vid's token: this host writes out the owner-table entries and the
+   * header it kept of the image, and gives up its hold. For a change, refuses (EBUSY) while the
+   * image is open for writing here.
+   */
+  async releaseToken (vid: number, purpose: TokenPurpose): Promise<void> {
+    const image = this.inodes.get(vid)
+    if (image === undefined) return
+    if (purpose === 'change' && image.openWriters > 0) throw SheepError.busy(`${image.name} is open for writing there`)
+    const token = image.token
+    token.turn++
+    // Even when not holding: a new view (recheckTokens) leaves what was kept unwritten.
+    const held = token.held
+    token.held = false
+    try {
+      await token.drained()
+      await image.exclusive(async () => await image.flush())
+    } catch (err) {
+      // Still this host's: what it kept is not written out yet.
+      token.held = held
+      throw err
+    }
+  }
+
+  /**
+   * A new view: this host may have been out of the last one, and another host may have taken a
+   * token without asking it. The next I/O makes sure (a read of the token, when nothing moved);
+   * what this host kept stays until then, or until a release writes it out.
+   */
+  recheckTokens (): void {
+    for (const image of this.inodes.values()) {
+      image.token.turn++
+      image.token.held = false
+    }
+  }
+
+  /** Makes this host the holder of image's write token, loading its inode again if another host had it. */
+  private async hold (image: Image, purpose: TokenPurpose): Promise<void> {
+    if (this.tokens === undefined) return
+    while (!image.token.held) {
+      let taking = this.taking.get(image)
+      if (taking === undefined) {
+        taking = this.takeOnce(this.tokens, image, purpose).finally(() => this.taking.delete(image))
+        this.taking.set(image, taking)
+      }
+      await taking
+    }
+  }
+
+  private async takeOnce (tokens: WriteTokens, image: Image, purpose: TokenPurpose): Promise<void> {
+    const turn = image.token.turn
+    const vid = image.vid
+    const moved = await tokens.take(vid, purpose)
+    if (moved) await image.exclusive(async () => await this.reloadHeld(image, vid))
+    // A release that came in meanwhile (another host asked) wins: the caller takes it again.
+    if (image.token.turn === turn && image.vid === vid) image.token.held = true
+  }
+
+  /** Loads inode vid again into image, open here, after another host held its token. */
+  private async reloadHeld (image: Image, vid: number): Promise<void> {
+    if (image.vid !== vid) return // it went on as a new inode meanwhile (a snapshot here)
+    let fresh: Image
+    try {
+      fresh = await Image.load(this.objects, vid, this.tableOf, false)
+    } catch (err) {
+      if (err instanceof SheepError && err.code === 'ENOENT') {
+        // Deleted while this host took the token: the record just written goes too.
+        await this.tokens?.forget(vid)
+        throw SheepError.stale(`${image.name} was deleted or rolled back on another host: open it again`)
+      }
+      throw err
+    }
+    if (fresh.isSnapshot) throw SheepError.stale(`${image.name} was snapshotted on another host while open here: open it again`)
+    const dropped = image.adopt(fresh)
+    if (dropped > 0) this.log(`${image.name}: dropped ${dropped} owner entries not written out before another host took the image's write token`)
+    this.inodeVersions.set(vid, (await this.objects.stat(inodeOid(vid)))?.version ?? 0)
+  }
+
+  /** The image went on as a new inode: the token it held was the old one's. */
+  private newInode (image: Image): void {
+    image.token.turn++
+    image.token.held = false
   }
 
   openImage (name: string, writable = false): Image {
@@ -648,7 +775,7 @@ export class ImageStore {
   }
 
   private async destroy (image: Image, onProgress?: Progress): Promise<void> {
-    const p = image.destroy(onProgress)
+    const p = this.destroyObjects(image, onProgress)
     this.pendingDestroy.add(p)
     try {
       await p
@@ -657,6 +784,12 @@ export class ImageStore {
       this.unlinkedOpen.delete(image)
       this.inodes.delete(image.vid)
     }
+  }
+
+  /** Deletes an image's objects, its token record first: an image's folder goes with its inode. */
+  private async destroyObjects (image: Image, onProgress?: Progress): Promise<void> {
+    await this.tokens?.forget(image.vid)
+    await image.destroy(onProgress)
   }
 
   /** Deletes an unreadable inode's directory entry, then every object of its vid. */

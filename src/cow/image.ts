@@ -20,6 +20,7 @@ import { dataOid, inodeOid, MAX_INDEX, type ObjectId } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
 import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, type InodeHeader, inodeObjectSize, tableOffset } from './inode'
 import { RwLock } from './lock'
+import { TokenHold } from './tokens'
 import { OwnerTable, SUBBLOCKS } from './owner-table'
 
 export const DEFAULT_OBJECT_SIZE = 4 * 2 ** 20
@@ -72,6 +73,8 @@ export class Image {
   openCount = 0
   openWriters = 0
   unlinked = false
+  /** On a cluster: whether this host holds the image's write token (./tokens.ts). */
+  readonly token = new TokenHold()
 
   private constructor (objects: ObjectStore, header: InodeHeader, table: OwnerTable, tableOf: TableLookup) {
     this.objects = objects
@@ -522,6 +525,23 @@ export class Image {
   async relabel (fields: Partial<Pick<InodeHeader, 'name' | 'tag' | 'parent' | 'snapshotTime'>>): Promise<void> {
     Object.assign(this._header, fields)
     await this.saveHeader()
+  }
+
+  /**
+   * Takes the header and table of `fresh`, the same inode loaded again after another host changed
+   * it; call with the exclusive lock held. Whatever this image kept unwritten is stale then (its
+   * token was taken without asking it: it was out of the view) and is dropped; returns how many
+   * entries that was.
+   */
+  adopt (fresh: Image): number {
+    const dropped = this.dirtyEntries.size
+    this._header = fresh._header
+    this.table = fresh.table
+    this.ownedSubblocks = fresh.ownedSubblocks
+    this.dirtyEntries.clear()
+    this.headerDirty = false
+    this.timesDirty = false
+    return dropped
   }
 
   /** Runs fn with no guest I/O in flight or starting on this image. */

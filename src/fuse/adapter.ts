@@ -81,6 +81,8 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     handles.set(fd, { image, writable })
     return fd
   }
+  // The header these change is written by the holder of the image's write token (on a cluster).
+  const asHolder = async (image: Image, change: (image: Image) => Promise<void>): Promise<void> => await images.io(image, true, async () => await change(image))
   const fail = (op: string, path: string, err: unknown, cb: Cb): void => {
     const errno = errnoOf(err)
     if (err instanceof SheepError && err.code === 'EIO') opts.log(`${op} ${path}: ${err.message}`)
@@ -210,11 +212,15 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       })
     },
     read (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      run('read', path, cb, () => handle(fd).image.read(pos, len, buf))
+      run('read', path, cb, () => {
+        const h = handle(fd)
+        return images.io(h.image, h.writable, async () => await h.image.read(pos, len, buf))
+      })
     },
     write (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       run('write', path, cb, async () => {
-        await handle(fd).image.write(pos, len === buf.length ? buf : buf.subarray(0, len))
+        const h = handle(fd)
+        await images.io(h.image, h.writable, async () => await h.image.write(pos, len === buf.length ? buf : buf.subarray(0, len)))
         return len
       })
     },
@@ -259,15 +265,15 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       })
     },
     utimens (path: string, _atime: number, mtime: number, cb: Cb) {
-      run('utimens', path, cb, async () => { await imageAt(path).setTimes(Math.round(Number(mtime))); return 0 })
+      run('utimens', path, cb, async () => { await asHolder(imageAt(path), i => i.setTimes(Math.round(Number(mtime)))); return 0 })
     },
     chmod (path: string, mode: number, cb: Cb) {
-      run('chmod', path, cb, async () => { await imageAt(path).setOwnership({ mode }); return 0 })
+      run('chmod', path, cb, async () => { await asHolder(imageAt(path), i => i.setOwnership({ mode })); return 0 })
     },
     chown (path: string, uid: number, gid: number, cb: Cb) {
       run('chown', path, cb, async () => {
         // (uid_t)-1 means "leave unchanged".
-        await imageAt(path).setOwnership({ uid: uid === 0xffffffff ? undefined : uid, gid: gid === 0xffffffff ? undefined : gid })
+        await asHolder(imageAt(path), i => i.setOwnership({ uid: uid === 0xffffffff ? undefined : uid, gid: gid === 0xffffffff ? undefined : gid }))
         return 0
       })
     },

@@ -326,7 +326,7 @@ export class Gateway implements ObjectStore {
   }
 
   /** After a replica failed: rethrows anything but a lost replica or a stale epoch, else waits for a view to retry in. */
-  private async afterFailure (epoch: number, reason: unknown): Promise<void> {
+  async afterFailure (epoch: number, reason: unknown): Promise<void> {
     const err = toSheepError(reason)
     if (!retryable(err)) throw err
     if (err.code === 'ESTALE' && this.cluster.epoch === epoch) {
@@ -342,7 +342,8 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  private async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
+  /** One request to one member (this node's own store for it), its error as a SheepError. */
+  async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
     if (target === this.cluster.id) return await this.sendLocal(op, fields)
     const link = this.cluster.link(target)
     if (link === null) throw SheepError.unreachable(`replica ${target.slice(0, 8)} is not connected`)

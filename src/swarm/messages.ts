@@ -133,7 +133,13 @@ export enum Op {
    */
   CompareReplace = 14,
   /** The whole object in one answer (up to MAX_DATA), as of one moment: no torn read across a replace. */
-  ReadAll = 15
+  ReadAll = 15,
+  /**
+   * To the holder of the write token of image `oidVid(oid)` (oid: its token object): write out
+   * what you kept of the image and let the token go. `version` 1: for a change of the image,
+   * refused (EBUSY) while the holder has it open for writing.
+   */
+  Release = 16
 }
 
 export interface Request {
@@ -192,6 +198,10 @@ export const objectList: Codec<ObjectEntry[]> = boundedArray(struct<ObjectEntry>
 }), MAX_DATA / 10)
 
 export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, MAX_DATA / 8)
+
+/** An image's token object (ObjectType.Token): who holds its write token, and how many takes so far. */
+export interface TokenRecord { holder: string, generation: number }
+export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: c.uint })
 
 export interface Usage { capacity: number, free: number }
 export const usage: Codec<Usage> = struct<Usage>({ capacity: c.uint, free: c.uint })

@@ -2,6 +2,8 @@
 // carried out on the local object store.
 
 import { SheepError } from '../errors'
+import type { TokenPurpose } from '../cow/tokens'
+import { ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
 import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage } from './messages'
 
@@ -10,6 +12,8 @@ export interface ReplicaContext {
   quorate: () => boolean
   /** Carries out a compare-and-replace as the object's primary (./gateway.ts). */
   asPrimary: (oid: bigint, data: Uint8Array, expected: number) => Promise<number>
+  /** Another host takes the write token of image vid, which this host may hold (./write-tokens.ts). */
+  release: (vid: number, purpose: TokenPurpose) => Promise<void>
 }
 
 export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request) => Promise<Partial<Response>> {
@@ -65,6 +69,10 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done({ data: encode(usage, await local.usage()) })
       case Op.Replace:
         await local.replace(req.oid, req.data)
+        return done()
+      case Op.Release:
+        if (oidType(req.oid) !== ObjectType.Token) throw SheepError.invalid(`release of ${oidToHex(req.oid)}, which is not a token object`)
+        await ctx.release(oidVid(req.oid), req.version === 1 ? 'change' : 'io')
         return done()
       case Op.CompareReplace:
         return done({ version: await ctx.asPrimary(req.oid, req.data, req.version) })

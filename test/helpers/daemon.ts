@@ -165,7 +165,10 @@ export function errCode (fn: () => unknown): string {
     fn()
     return 'ok'
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code ?? String(err)
+    const e = err as NodeJS.ErrnoException
+    // libuv has no name for some (ESTALE is "Unknown system error -116"): the number has one.
+    const named = e.errno === undefined ? undefined : Object.entries(os.constants.errno).find(([, n]) => n === -(e.errno as number))?.[0]
+    return named ?? e.code ?? String(err)
   }
 }
 

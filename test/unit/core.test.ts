@@ -1,6 +1,6 @@
 // The unit tests of the pure layers, run in one process (each test file costs a process start):
 // object ids, sizes and names, the owner table, the inode and directory codecs, the control
-// request parser, the async locks, placement and the peer codecs. Each group lives in ./cases/.
+// request parser, the async locks, placement, the peer codecs and the replica's checks. Each group lives in ./cases/.
 
 import './cases/oid'
 import './cases/units-names'
@@ -10,3 +10,4 @@ import './cases/control-parse'
 import './cases/lock'
 import './cases/placement'
 import './cases/peer-messages'
+import './cases/replica'

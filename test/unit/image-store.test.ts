@@ -5,10 +5,12 @@ import crypto from 'node:crypto'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, type ObjectId, ObjectType, oidIndex, oidType, oidVid } from '../../src/objects/oid'
 import { ImageStore } from '../../src/cow/image-store'
+import type { WriteTokens } from '../../src/cow/tokens'
 import type { Image } from '../../src/cow/image'
 import { DIRECTORY_OID } from '../../src/cow/directory'
 import { inodeObjectSize } from '../../src/cow/inode'
 import { sheepError, tmpDir } from './tmp'
+import { SheepError } from '../../src/errors'
 
 const KiB = 1024
 const MiB = 2 ** 20
@@ -637,6 +639,101 @@ t.test('two image stores over one object store (two hosts of a cluster): what on
   // A name created on a wins; b, creating the same name on its stale directory, gets EEXIST.
   await a.create('x', OS, OPTS)
   t.equal((await sheepError(async () => await b.create('x', OS, OPTS))).code, 'EEXIST', 'compare-and-swap: b reloads and finds x taken')
+  await a.close()
+  await b.close()
+})
+
+/**
+ * Write tokens between image stores of one process, with the contract of the cluster's
+ * (src/swarm/write-tokens.ts, tested on real nodes in test/e2e/cluster-tokens.test.ts): a take
+ * asks the holder to release first and says whether another store held the token since.
+ */
+class SharedTokens {
+  private readonly holder = new Map<number, ImageStore>()
+  private readonly generation = new Map<number, number>()
+  readonly takes: string[] = []
+  constructor (private readonly objects: LocalObjectStore) {}
+
+  forStore (name: string, store: () => ImageStore): WriteTokens {
+    const last = new Map<number, number>()
+    return {
+      take: async (vid, purpose) => {
+        this.takes.push(`${name} ${purpose}`)
+        const holder = this.holder.get(vid)
+        if (holder === undefined && await this.objects.stat(inodeOid(vid)) === null) throw SheepError.stale(`image ${vid} was deleted`)
+        if (holder !== undefined && holder !== store()) await holder.releaseToken(vid, purpose)
+        const moved = holder !== undefined && last.get(vid) !== this.generation.get(vid)
+        const generation = (this.generation.get(vid) ?? 0) + 1
+        this.holder.set(vid, store())
+        this.generation.set(vid, generation)
+        last.set(vid, generation)
+        return moved
+      },
+      forget: async vid => { this.holder.delete(vid) }
+    }
+  }
+}
+
+t.test('write tokens: the holder writes out what it kept before another store takes over; changes wait for it to close', async t => {
+  const objects = new LocalObjectStore(tmpDir(t))
+  await objects.open()
+  t.teardown(async () => await objects.close())
+  const shared = new SharedTokens(objects)
+  const a: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('a', () => a) })
+  const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b', () => b) })
+  await a.open()
+  await b.open()
+  await a.create('vm', 8 * OS, OPTS)
+  await b.refresh()
+  const ha = await a.acquire('vm', true)
+  const hb = await b.acquire('vm', true)
+  await a.io(ha, true, async () => await ha.write(0, pattern(2 * OS, 1)))
+  t.same(shared.takes, ['a io'], 'the first I/O of a writable handle takes the token')
+  await a.io(ha, true, async () => await ha.write(5 * OS, pattern(OS, 2)))
+  t.same(shared.takes, ['a io'], 'later I/O under the token does not ask again')
+
+  // b loaded the inode before a allocated anything: its first I/O takes the token and reloads.
+  const back = Buffer.alloc(6 * OS)
+  await b.io(hb, true, async () => await hb.read(0, back.length, back))
+  t.ok(back.equals(Buffer.concat([pattern(2 * OS, 1), Buffer.alloc(3 * OS), pattern(OS, 2)])), 'b reads every block a allocated')
+  t.notOk(ha.token.held, 'a let the token go')
+  await b.io(hb, true, async () => await hb.write(3 * OS, pattern(OS, 3)))
+  const fromA = Buffer.alloc(OS)
+  await a.io(ha, true, async () => await ha.read(3 * OS, OS, fromA))
+  t.ok(fromA.equals(pattern(OS, 3)), 'and a reads what b allocated, after taking the token back')
+  t.same(shared.takes, ['a io', 'b io', 'a io'])
+
+  // A read-only handle takes no token.
+  const ro = await b.acquire('vm', false)
+  await b.io(ro, false, async () => await ro.read(0, OS, Buffer.alloc(OS)))
+  t.same(shared.takes, ['a io', 'b io', 'a io'], 'no take for a read-only handle')
+  await b.closeImage(ro)
+
+  // a holds the token and has the image open for writing: b's changes are refused.
+  for (const change of [async () => await b.resize('vm', 16 * OS), async () => await b.snapshot('vm', 's'), async () => await b.remove('vm')]) {
+    const err = await sheepError(change)
+    t.equal(err.code, 'EBUSY', `refused: ${err.message}`)
+  }
+  t.equal(a.get('vm').size, 8 * OS, 'nothing changed')
+  await a.closeImage(ha, true)
+  await b.closeImage(hb, true)
+  await b.resize('vm', 16 * OS)
+  t.equal(b.get('vm').size, 16 * OS, 'once a closed, b resizes')
+
+  // A new view: each store checks again at its next I/O; nothing moved, nothing is reloaded.
+  const hb2 = await b.acquire('vm', true)
+  b.recheckTokens()
+  t.notOk(hb2.token.held)
+  await b.io(hb2, true, async () => await hb2.write(0, pattern(OS, 4)))
+  t.ok(hb2.token.held, 'taken again at the next I/O')
+
+  // Deleted by the other store while open here: ESTALE, not old bytes.
+  const ha2 = await a.acquire('vm', true)
+  await b.closeImage(hb2, true)
+  await b.remove('vm')
+  const err = await sheepError(async () => await a.io(ha2, true, async () => await ha2.read(0, OS, Buffer.alloc(OS))))
+  t.equal(err.code, 'ESTALE', `I/O on a handle of an image deleted elsewhere: ${err.message}`)
+  await a.closeImage(ha2, true)
   await a.close()
   await b.close()
 })
