@@ -27,6 +27,9 @@ export const DEFAULT_MAX_INLINE = 128 * 1024
 export const DEFAULT_SLOW_MS = 2
 export const DEFAULT_POOL_MS = 1000
 
+type PooledCall = (fd: number, buf: Uint8Array, off: number, len: number, pos: number, done: (err: NodeJS.ErrnoException | null, n: number) => void) => void
+type InlineCall = (fd: number, buf: Uint8Array, off: number, len: number, pos: number) => number
+
 export class FileIo {
   private readonly maxInline: number
   private readonly slowMs: number
@@ -46,20 +49,18 @@ export class FileIo {
   }
 
   async read (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-    if (!this.inline(len)) return await new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
-    const start = performance.now()
-    try {
-      return fs.readSync(fd, buf, off, len, pos)
-    } finally {
-      this.timed(start)
-    }
+    return await this.call(fs.read, fs.readSync, fd, buf, off, len, pos)
   }
 
   async write (fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-    if (!this.inline(len)) return await new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
+    return await this.call(fs.write, fs.writeSync, fd, buf, off, len, pos)
+  }
+
+  private async call (pooled: PooledCall, inline: InlineCall, fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+    if (!this.inline(len)) return await new Promise((resolve, reject) => pooled(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
     const start = performance.now()
     try {
-      return fs.writeSync(fd, buf, off, len, pos)
+      return inline(fd, buf, off, len, pos)
     } finally {
       this.timed(start)
     }
