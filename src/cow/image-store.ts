@@ -109,8 +109,8 @@ export class ImageStore {
   private readonly pendingDestroy = new Set<Promise<void>>()
   private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
   private readonly tokens: WriteTokens | undefined
-  /** Takes of a write token in progress, one per image. */
-  private readonly taking = new Map<Image, Promise<void>>()
+  /** Images whose objects are being deleted: their token is not given to another host. */
+  private readonly dying = new Set<number>()
 
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
@@ -161,8 +161,8 @@ export class ImageStore {
     for (const image of this.inodes.values()) {
       if (image.isSnapshot) continue
       try {
-        await image.flush()
-        await image.sync()
+        // What a new view left unchecked is written out only by the token's holder.
+        await this.writeOut(image, async () => { await image.flush(); await image.sync() })
       } catch (err) {
         first ??= err
       }
@@ -312,8 +312,7 @@ export class ImageStore {
         return undefined
       }
       const image = this.get(name)
-      await this.hold(image, 'change')
-      await this.unlinkImage(image)
+      await this.changing(image, async () => await this.unlinkImage(image))
       return image
     })
     if (image === undefined) return
@@ -332,19 +331,20 @@ export class ImageStore {
       if (from === to) return undefined
       const old = this.byName.get(to)
       if (old === undefined || opts.replace !== true) this.checkFree(to)
-      // The name is in the header too, which the token's holder writes.
-      await this.hold(image, 'change')
-      if (old !== undefined) await this.hold(old, 'change')
       const moved = [image, ...this.snapshotsOf(from)]
-      await this.commit(() => {
-        if (old) this.dropFromDirectory(old)
-        for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = to
-      }, () => {
-        for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = from
-        if (old) this.restoreToDirectory(old)
-      })
-      if (old) this.markUnlinked(old)
-      for (const i of moved) await i.relabel({ name: to })
+      const rename = async (): Promise<void> => {
+        await this.commit(() => {
+          if (old) this.dropFromDirectory(old)
+          for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = to
+        }, () => {
+          for (const i of moved) (this.dir.get(i.vid) as DirectoryEntry).name = from
+          if (old) this.restoreToDirectory(old)
+        })
+        if (old) this.markUnlinked(old)
+        for (const i of moved) await i.relabel({ name: to })
+      }
+      // The name is in the header too, which the token's holder writes.
+      await this.changing(image, async () => old === undefined ? await rename() : await this.changing(old, rename))
       this.reindex()
       return old
     })
@@ -356,8 +356,7 @@ export class ImageStore {
   async resize (name: string, size: number): Promise<void> {
     await this.metaOp(async () => {
       const image = this.get(name)
-      await this.hold(image, 'change')
-      await image.resize(size)
+      await this.changing(image, async () => await image.resize(size))
     })
   }
 
@@ -370,8 +369,7 @@ export class ImageStore {
   private async snapshotLocked (name: string, tag: string): Promise<Image> {
     const image = this.get(name)
     if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
-    await this.hold(image, 'change')
-    return await image.exclusive(async () => {
+    return await this.changing(image, async () => await image.exclusive(async () => {
       // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
       await image.flush()
       await image.sync()
@@ -393,7 +391,7 @@ export class ImageStore {
       this.inodes.set(frozen, snap)
       this.reindex()
       return snap
-    })
+    }))
   }
 
   /** A new writable image that reads as snapshot name@tag reads, with no data copied. */
@@ -451,8 +449,7 @@ export class ImageStore {
     await this.metaOp(async () => {
       const image = this.get(name)
       const snap = this.getSnapshot(name, tag)
-      await this.hold(image, 'change')
-      await image.exclusive(async () => {
+      await this.changing(image, async () => await image.exclusive(async () => {
         // Checked with guest I/O drained, as late as it can be.
         if (image.openWriters > 0) throw SheepError.busy(`${name} is open for writing: stop what uses it first`)
         const now = Date.now()
@@ -473,7 +470,7 @@ export class ImageStore {
         this.inodes.delete(previous)
         this.inodes.set(header.vid, image)
         await this.destroyObjects(old)
-      })
+      }))
       this.reindex()
       await this.gc()
     })
@@ -494,8 +491,7 @@ export class ImageStore {
   async flatten (name: string, onProgress?: Progress): Promise<void> {
     await this.metaOp(async () => {
       const image = this.get(name)
-      await this.hold(image, 'change')
-      await image.flatten(onProgress)
+      await this.changing(image, async () => await image.flatten(onProgress))
       await this.gc()
     })
   }
@@ -536,20 +532,33 @@ export class ImageStore {
     this.reindex()
   }
 
-  /** Opens a handle like openImage, after loading the image's inode again if another host changed it. */
+  /**
+   * Opens a handle like openImage, after loading again what another host changed of the image's
+   * inode and of the inodes it reads through (a snapshot loaded here while it was still the image).
+   */
   async acquire (name: string, writable: boolean): Promise<Image> {
     const vid = this.get(name).vid
     await this.meta.run(async () => {
-      await this.reloadInode(vid)
+      await this.reloadChain(vid)
       this.reindex()
     })
     return this.openImage(name, writable)
   }
 
+  /** reloadInode for vid and each inode it was made from (snapshot or clone parents). */
+  private async reloadChain (vid: number): Promise<void> {
+    const seen = new Set<number>()
+    for (let v = vid; v !== 0 && !seen.has(v); v = this.inodes.get(v)?.header.parent ?? 0) {
+      seen.add(v)
+      await this.reloadInode(v)
+    }
+  }
+
   /** Loads inode vid again if its version moved and no handle here has it open. */
   private async reloadInode (vid: number): Promise<void> {
     const image = this.inodes.get(vid)
-    if (image !== undefined && image.openCount > 0) return
+    // An instance in use keeps its token state: a release must wait for what runs under it.
+    if (image !== undefined && (image.openCount > 0 || image.token.busy)) return
     const version = (await this.objects.stat(inodeOid(vid)))?.version
     if (version === undefined || (image !== undefined && version === this.inodeVersions.get(vid))) return
     try {
@@ -572,6 +581,15 @@ export class ImageStore {
     return this.underToken(image, fn)
   }
 
+  /**
+   * Runs a flush or sync of image: as the holder of its token when this host kept something
+   * unwritten of it. Not otherwise: every close of a descriptor (close-on-exec in a forked child
+   * too) sends a flush, which must not take the token from the host that writes the image.
+   */
+  writeOut<T> (image: Image, fn: () => Promise<T>): Promise<T> {
+    return this.io(image, image.hasUnwritten, fn)
+  }
+
   private async underToken<T> (image: Image, fn: () => Promise<T>): Promise<T> {
     const token = image.token
     while (!token.held) await this.hold(image, 'io')
@@ -583,17 +601,32 @@ export class ImageStore {
     }
   }
 
+  /** Runs a change of image (resize, snapshot, ...) as the holder of its token, which waits for it before a release. */
+  private async changing<T> (image: Image, fn: () => Promise<T>): Promise<T> {
+    if (this.tokens === undefined) return await fn()
+    const token = image.token
+    while (!token.held) await this.hold(image, 'change')
+    token.enter()
+    try {
+      return await fn()
+    } finally {
+      token.leave()
+    }
+  }
+
   /**
    * Another host takes image vid's token: this host writes out the owner-table entries and the
    * header it kept of the image, and gives up its hold. For a change, refuses (EBUSY) while the
-   * image is open for writing here.
+   * image is open for writing here; ENOENT while its objects are being deleted.
    */
   async releaseToken (vid: number, purpose: TokenPurpose): Promise<void> {
+    if (this.dying.has(vid)) throw SheepError.notFound(`image ${vid.toString(16)} is being deleted`)
     const image = this.inodes.get(vid)
+    if (purpose === 'change' && image !== undefined && image.openWriters > 0) throw SheepError.busy(`${image.name} is open for writing there`)
+    this.tokens?.released(vid)
     if (image === undefined) return
-    if (purpose === 'change' && image.openWriters > 0) throw SheepError.busy(`${image.name} is open for writing there`)
     const token = image.token
-    token.turn++
+    const turn = ++token.turn
     // Even when not holding: a new view (recheckTokens) leaves what was kept unwritten.
     const held = token.held
     token.held = false
@@ -601,8 +634,8 @@ export class ImageStore {
       await token.drained()
       await image.exclusive(async () => await image.flush())
     } catch (err) {
-      // Still this host's: what it kept is not written out yet.
-      token.held = held
+      // Still this host's, unless something moved the token since: what it kept is not written out.
+      if (token.turn === turn) token.held = held
       throw err
     }
   }
@@ -621,24 +654,37 @@ export class ImageStore {
 
   /** Makes this host the holder of image's write token, loading its inode again if another host had it. */
   private async hold (image: Image, purpose: TokenPurpose): Promise<void> {
-    if (this.tokens === undefined) return
-    while (!image.token.held) {
-      let taking = this.taking.get(image)
+    const tokens = this.tokens
+    if (tokens === undefined) return
+    const token = image.token
+    while (!token.held) {
+      // One take per purpose at a time: a guest I/O must not fail because a change was refused.
+      let taking = token.taking[purpose]
       if (taking === undefined) {
-        taking = this.takeOnce(this.tokens, image, purpose).finally(() => this.taking.delete(image))
-        this.taking.set(image, taking)
+        taking = this.takeOnce(tokens, image, purpose).finally(() => { delete token.taking[purpose] })
+        token.taking[purpose] = taking
       }
       await taking
     }
   }
 
   private async takeOnce (tokens: WriteTokens, image: Image, purpose: TokenPurpose): Promise<void> {
-    const turn = image.token.turn
+    const token = image.token
+    if (token.lost !== null) throw SheepError.stale(token.lost)
+    const turn = token.turn
     const vid = image.vid
-    const moved = await tokens.take(vid, purpose)
-    if (moved) await image.exclusive(async () => await this.reloadHeld(image, vid))
+    let moved: boolean
+    try {
+      moved = await tokens.take(vid, purpose)
+    } catch (err) {
+      if (err instanceof SheepError && err.code === 'ESTALE') throw this.lose(image, `${image.name}: ${err.message}; open it again`)
+      throw err
+    }
+    if (moved) token.reloadOwed = true
+    // Owed until a load succeeds: the next take finds the token this host's and would not say so.
+    if (token.reloadOwed) await image.exclusive(async () => await this.reloadHeld(image, vid))
     // A release that came in meanwhile (another host asked) wins: the caller takes it again.
-    if (image.token.turn === turn && image.vid === vid) image.token.held = true
+    if (token.turn === turn && image.vid === vid) token.held = true
   }
 
   /** Loads inode vid again into image, open here, after another host held its token. */
@@ -648,23 +694,27 @@ export class ImageStore {
     try {
       fresh = await Image.load(this.objects, vid, this.tableOf, false)
     } catch (err) {
-      if (err instanceof SheepError && err.code === 'ENOENT') {
-        // Deleted while this host took the token: the record just written goes too.
-        await this.tokens?.forget(vid)
-        throw SheepError.stale(`${image.name} was deleted or rolled back on another host: open it again`)
-      }
+      if (err instanceof SheepError && err.code === 'ENOENT') throw this.lose(image, `${image.name} was deleted or rolled back on another host: open it again`)
       throw err
     }
-    if (fresh.isSnapshot) throw SheepError.stale(`${image.name} was snapshotted on another host while open here: open it again`)
+    if (fresh.isSnapshot) throw this.lose(image, `${image.name} was snapshotted on another host while open here: open it again`)
     const dropped = image.adopt(fresh)
+    image.token.reloadOwed = false
     if (dropped > 0) this.log(`${image.name}: dropped ${dropped} owner entries not written out before another host took the image's write token`)
     this.inodeVersions.set(vid, (await this.objects.stat(inodeOid(vid)))?.version ?? 0)
+  }
+
+  /** This instance of an image can no longer do I/O here: every later try is ESTALE too. */
+  private lose (image: Image, why: string): SheepError {
+    image.token.lost = why
+    return SheepError.stale(why)
   }
 
   /** The image went on as a new inode: the token it held was the old one's. */
   private newInode (image: Image): void {
     image.token.turn++
     image.token.held = false
+    image.token.reloadOwed = false
   }
 
   openImage (name: string, writable = false): Image {
@@ -692,8 +742,9 @@ export class ImageStore {
     } else if (image.isSnapshot) {
       // A deleted snapshot read to the end is freed now.
       await this.metaOp(async () => await this.gc())
-    } else {
-      await image.flush()
+    } else if (image.token.lost === null) {
+      // (An image lost to a change elsewhere has nothing here worth writing out.)
+      await this.writeOut(image, async () => await image.flush())
     }
   }
 
@@ -786,10 +837,20 @@ export class ImageStore {
     }
   }
 
-  /** Deletes an image's objects, its token record first: an image's folder goes with its inode. */
+  /**
+   * Deletes an image's objects. Its token is marked deleted first, so that no host takes it and
+   * writes into objects going away, and its record goes last.
+   */
   private async destroyObjects (image: Image, onProgress?: Progress): Promise<void> {
-    await this.tokens?.forget(image.vid)
-    await image.destroy(onProgress)
+    const vid = image.vid
+    this.dying.add(vid)
+    try {
+      await this.tokens?.bury(vid)
+      await image.destroy(onProgress)
+      await this.tokens?.forget(vid)
+    } finally {
+      this.dying.delete(vid)
+    }
   }
 
   /** Deletes an unreadable inode's directory entry, then every object of its vid. */

@@ -93,6 +93,9 @@ export class Image {
   private get inode (): ObjectId { return inodeOid(this._header.vid) }
   private get subSize (): number { return this._header.objectSize / SUBBLOCKS }
 
+  /** Owner entries or header fields changed here and not yet written to the inode. */
+  get hasUnwritten (): boolean { return this.dirtyEntries.size > 0 || this.headerDirty || this.timesDirty }
+
   /** Bytes of data this image holds in objects of its own, counted up to its virtual size. */
   get allocatedBytes (): number {
     let bytes = this.ownedSubblocks * this.subSize

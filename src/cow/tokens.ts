@@ -14,10 +14,14 @@ export interface WriteTokens {
    * Makes this host the holder of image vid's token, after the holder has written out what it
    * kept (for 'change' it refuses with EBUSY while it has the image open for writing). Resolves
    * true when another host held the token since this host last did: what this host loaded of
-   * the image may be stale.
+   * the image may be stale. ESTALE when the image was deleted.
    */
   take: (vid: number, purpose: TokenPurpose) => Promise<boolean>
-  /** Deletes the token record of an image being deleted. */
+  /** This host let image vid's token go (another host is taking it): its next take must swap. */
+  released: (vid: number) => void
+  /** Marks image vid's token deleted before its objects go: a take from now on is ESTALE. */
+  bury: (vid: number) => Promise<void>
+  /** Deletes the token record, once the image's objects are gone. */
   forget: (vid: number) => Promise<void>
 }
 
@@ -27,9 +31,17 @@ export class TokenHold {
   held = false
   /** Moves on every release, so that a take a release overtook can tell. */
   turn = 0
-  /** I/O started under the token and not finished: a release waits for it. */
+  /** Another host held the token since this host loaded the inode: load it again before any I/O. */
+  reloadOwed = false
+  /** Why this image can no longer be used here (changed into a snapshot, or deleted, elsewhere). */
+  lost: string | null = null
+  /** Takes in progress, one per purpose. */
+  readonly taking: Partial<Record<TokenPurpose, Promise<void>>> = {}
+  /** I/O and changes started under the token and not finished: a release waits for them. */
   private users = 0
   private readonly idle: Array<() => void> = []
+
+  get busy (): boolean { return this.users > 0 }
 
   enter (): void { this.users++ }
 

@@ -225,10 +225,10 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
       })
     },
     flush (path: string, fd: number, cb: Cb) {
-      run('flush', path, cb, async () => { const h = handle(fd); if (h.writable) await h.image.flush(); return 0 })
+      run('flush', path, cb, async () => { const h = handle(fd); if (h.writable) await images.writeOut(h.image, async () => await h.image.flush()); return 0 })
     },
     fsync (path: string, _datasync: number, fd: number, cb: Cb) {
-      run('fsync', path, cb, async () => { await handle(fd).image.sync(); return 0 })
+      run('fsync', path, cb, async () => { const h = handle(fd); await images.writeOut(h.image, async () => await h.image.sync()); return 0 })
     },
     truncate (path: string, size: number, cb: Cb) {
       run('truncate', path, cb, async () => { await images.resize(imageAt(path).name, size); return 0 })

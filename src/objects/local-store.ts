@@ -247,8 +247,8 @@ export class LocalObjectStore implements ObjectStore {
     const file = this.objectPath(oid)
     await fs.promises.rm(file, { force: true })
     await this.catalog.del(oid)
-    // An image's folder goes with its inode, the last object of it to be deleted.
-    if (oidType(oid) === ObjectType.Inode) {
+    // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
+    if (oidType(oid) === ObjectType.Inode || oidType(oid) === ObjectType.Token) {
       this.dirs.delete(path.dirname(file))
       await fs.promises.rmdir(path.dirname(file)).catch(() => {})
     }

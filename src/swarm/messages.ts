@@ -199,9 +199,12 @@ export const objectList: Codec<ObjectEntry[]> = boundedArray(struct<ObjectEntry>
 
 export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, MAX_DATA / 8)
 
-/** An image's token object (ObjectType.Token): who holds its write token, and how many takes so far. */
-export interface TokenRecord { holder: string, generation: number }
-export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: c.uint })
+/**
+ * An image's token object (ObjectType.Token): who holds its write token, how many takes so far,
+ * and whether the image is being deleted (its token is then never given again).
+ */
+export interface TokenRecord { holder: string, generation: number, deleted: boolean }
+export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: c.uint, deleted: c.bool })
 
 export interface Usage { capacity: number, free: number }
 export const usage: Codec<Usage> = struct<Usage>({ capacity: c.uint, free: c.uint })

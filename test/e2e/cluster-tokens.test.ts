@@ -90,6 +90,22 @@ t.test('write tokens on a 2-node cluster', async t => {
     t.pass('A writes after the snapshot B took; the snapshot keeps the old bytes')
   })
 
+  t.test('an image snapshotted by its writer fails I/O on another host\'s open handle with ESTALE until reopened', async t => {
+    ok(a, ['image', 'create', 'snap.img', '16M', '--copies', '2'])
+    const onA = openRw(t, a.image('snap.img'))
+    fs.writeSync(onA.fd, fill(0x71, MiB), 0, MiB, 0)
+    const onB = openRw(t, b.image('snap.img'))
+    ok(a, ['snapshot', 'create', 'snap.img', 'before'])
+    fs.writeSync(onA.fd, fill(0x72, 4096), 0, 4096, 0)
+    for (const attempt of ['first', 'second']) t.equal(errCode(() => readAt(onB.fd, 0, 4096)), 'ESTALE', `B's ${attempt} read`)
+    t.equal(errCode(() => fs.writeSync(onB.fd, fill(0x73, 4096), 0, 4096, 0)), 'ESTALE', 'and a write: nothing lands in the snapshot')
+    onB.close()
+    onA.close()
+    qemuIo(b.image('snap.img'), ['read -P 0x72 0 4K', 'read -P 0x71 4K 1020K'])
+    qemuIo(b.image('.snapshots/snap.img/before'), ['read -P 0x71 0 1M'], ['-r'])
+    t.pass('opened again on B: the image and the snapshot as A left them')
+  })
+
   t.test('an image deleted on another host fails I/O on a handle still open here with ESTALE', async t => {
     ok(a, ['image', 'create', 'gone.img', '16M', '--copies', '2'])
     const onA = openRw(t, a.image('gone.img'))

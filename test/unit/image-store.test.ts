@@ -644,32 +644,36 @@ t.test('two image stores over one object store (two hosts of a cluster): what on
 })
 
 /**
- * Write tokens between image stores of one process, with the contract of the cluster's
- * (src/swarm/write-tokens.ts, tested on real nodes in test/e2e/cluster-tokens.test.ts): a take
+ * Write tokens between image stores of one process, kept as the cluster keeps them
+ * (src/swarm/write-tokens.ts, tested on real nodes in test/e2e/cluster-tokens.test.ts): one
+ * record per image (holder, generation, deleted) and, per store, the generation it took; a take
  * asks the holder to release first and says whether another store held the token since.
  */
 class SharedTokens {
-  private readonly holder = new Map<number, ImageStore>()
-  private readonly generation = new Map<number, number>()
+  private readonly records = new Map<number, { holder: string, generation: number, deleted: boolean }>()
   readonly takes: string[] = []
-  constructor (private readonly objects: LocalObjectStore) {}
+  constructor (private readonly objects: LocalObjectStore, private readonly stores: Map<string, () => ImageStore>) {}
 
-  forStore (name: string, store: () => ImageStore): WriteTokens {
-    const last = new Map<number, number>()
+  forStore (name: string): WriteTokens {
+    const taken = new Map<number, number>()
     return {
       take: async (vid, purpose) => {
         this.takes.push(`${name} ${purpose}`)
-        const holder = this.holder.get(vid)
-        if (holder === undefined && await this.objects.stat(inodeOid(vid)) === null) throw SheepError.stale(`image ${vid} was deleted`)
-        if (holder !== undefined && holder !== store()) await holder.releaseToken(vid, purpose)
-        const moved = holder !== undefined && last.get(vid) !== this.generation.get(vid)
-        const generation = (this.generation.get(vid) ?? 0) + 1
-        this.holder.set(vid, store())
-        this.generation.set(vid, generation)
-        last.set(vid, generation)
-        return moved
+        for (;;) {
+          const current = this.records.get(vid)
+          if (current?.deleted === true || (current === undefined && await this.objects.stat(inodeOid(vid)) === null)) throw SheepError.stale(`image ${vid} was deleted`)
+          if (current !== undefined && current.holder === name && current.generation === taken.get(vid)) return false
+          if (current !== undefined && current.holder !== name) await (this.stores.get(current.holder) as () => ImageStore)().releaseToken(vid, purpose)
+          if (this.records.get(vid) !== current) continue // the swap would fail
+          const generation = (current?.generation ?? 0) + 1
+          this.records.set(vid, { holder: name, generation, deleted: false })
+          taken.set(vid, generation)
+          return current !== undefined
+        }
       },
-      forget: async vid => { this.holder.delete(vid) }
+      released: vid => { taken.delete(vid) },
+      bury: async vid => { this.records.set(vid, { holder: name, generation: (this.records.get(vid)?.generation ?? 0) + 1, deleted: true }) },
+      forget: async vid => { this.records.delete(vid) }
     }
   }
 }
@@ -678,9 +682,10 @@ t.test('write tokens: the holder writes out what it kept before another store ta
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   t.teardown(async () => await objects.close())
-  const shared = new SharedTokens(objects)
-  const a: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('a', () => a) })
-  const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b', () => b) })
+  const stores = new Map<string, () => ImageStore>([['a', () => a], ['b', () => b]])
+  const shared = new SharedTokens(objects, stores)
+  const a: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('a') })
+  const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b') })
   await a.open()
   await b.open()
   await a.create('vm', 8 * OS, OPTS)
@@ -727,9 +732,28 @@ t.test('write tokens: the holder writes out what it kept before another store ta
   await b.io(hb2, true, async () => await hb2.write(0, pattern(OS, 4)))
   t.ok(hb2.token.held, 'taken again at the next I/O')
 
+  // Snapshotted by the holder while open on the other store: ESTALE there, at every I/O until reopened.
+  await b.io(hb2, true, async () => await hb2.write(0, pattern(OS, 5)))
+  const stale = await a.acquire('vm', true)
+  await b.snapshot('vm', 'snap')
+  for (const attempt of ['first', 'second']) {
+    const e = await sheepError(async () => await a.io(stale, true, async () => await stale.write(0, pattern(OS, 6))))
+    t.equal(e.code, 'ESTALE', `${attempt} I/O on a handle of an image snapshotted elsewhere: ${e.message}`)
+  }
+  await a.closeImage(stale, true)
+  await a.refresh()
+  const fresh = await a.acquire('vm', true)
+  const now = Buffer.alloc(OS)
+  await a.io(fresh, true, async () => await fresh.read(0, OS, now))
+  t.ok(now.equals(pattern(OS, 5)), 'opened again, it reads the image as it is')
+  await a.closeImage(fresh, true)
+
   // Deleted by the other store while open here: ESTALE, not old bytes.
   const ha2 = await a.acquire('vm', true)
   await b.closeImage(hb2, true)
+  const hb3 = await b.acquire('vm', true)
+  await b.io(hb3, true, async () => await hb3.write(0, pattern(OS, 7))) // b holds the token; a did no I/O
+  await b.closeImage(hb3, true)
   await b.remove('vm')
   const err = await sheepError(async () => await a.io(ha2, true, async () => await ha2.read(0, OS, Buffer.alloc(OS))))
   t.equal(err.code, 'ESTALE', `I/O on a handle of an image deleted elsewhere: ${err.message}`)

@@ -26,7 +26,10 @@ t.test('every message round-trips', async t => {
   const list = [{ oid: 1n, version: 2, size: 3 }, { oid: 0x2000000000000001n, version: 9, size: 4 << 20 }]
   t.same(decode(objectList, encode(objectList, list)), list, 'object list')
   t.same(decode(usage, encode(usage, { capacity: 2 ** 40, free: 2 ** 39 })), { capacity: 2 ** 40, free: 2 ** 39 }, 'usage')
-  t.same(decode(tokenRecord, encode(tokenRecord, { holder: id(4), generation: 2 ** 40 })), { holder: id(4), generation: 2 ** 40 }, 'token record')
+  for (const deleted of [false, true]) {
+    const record = { holder: id(4), generation: 2 ** 40, deleted }
+    t.same(decode(tokenRecord, encode(tokenRecord, record)), record, `token record (deleted: ${String(deleted)})`)
+  }
   const ballot = { round: 3, proposer: id(2) }
   const messages: AgreementMessage[] = [
     { type: 'prepare', epoch: 8, ballot },
@@ -56,7 +59,7 @@ t.test('truncated, trailing, oversized and malformed input is refused', async t 
   const longZone = { ...aView, members: [{ ...member(1), zone: 'z'.repeat(1025) }] }
   t.throws(() => decode(view, encode(view, longZone)), /more than 1024/, 'a string longer than 1024 characters')
   t.throws(() => decode(agreement, Buffer.from([42])), /unknown agreement message type/, 'an unknown agreement type')
-  const token = encode(tokenRecord, { holder: id(4), generation: 7 })
+  const token = encode(tokenRecord, { holder: id(4), generation: 7, deleted: false })
   for (let n = 0; n < token.length; n++) t.throws(() => decode(tokenRecord, token.subarray(0, n)), `a token record cut at byte ${n}`)
-  t.throws(() => decode(tokenRecord, encode(tokenRecord, { holder: 'someone', generation: 1 })), /64 hex digits/, 'a token holder that is not a node id')
+  t.throws(() => decode(tokenRecord, encode(tokenRecord, { holder: 'someone', generation: 1, deleted: false })), /64 hex digits/, 'a token holder that is not a node id')
 })
