@@ -578,7 +578,7 @@ export class ImageStore {
   io<T> (image: Image, writable: boolean, fn: () => Promise<T>): Promise<T> {
     // Not async: one host's I/O is not wrapped in a promise more than it was without tokens.
     if (!writable || this.tokens === undefined) return fn()
-    return this.underToken(image, fn)
+    return this.underToken(image, 'io', fn)
   }
 
   /**
@@ -590,22 +590,14 @@ export class ImageStore {
     return this.io(image, image.hasUnwritten, fn)
   }
 
-  private async underToken<T> (image: Image, fn: () => Promise<T>): Promise<T> {
-    const token = image.token
-    while (!token.held) await this.hold(image, 'io')
-    token.enter()
-    try {
-      return await fn()
-    } finally {
-      token.leave()
-    }
-  }
-
   /** Runs a change of image (resize, snapshot, ...) as the holder of its token, which waits for it before a release. */
   private async changing<T> (image: Image, fn: () => Promise<T>): Promise<T> {
-    if (this.tokens === undefined) return await fn()
+    return this.tokens === undefined ? await fn() : await this.underToken(image, 'change', fn)
+  }
+
+  private async underToken<T> (image: Image, purpose: TokenPurpose, fn: () => Promise<T>): Promise<T> {
     const token = image.token
-    while (!token.held) await this.hold(image, 'change')
+    while (!token.held) await this.hold(image, purpose)
     token.enter()
     try {
       return await fn()
