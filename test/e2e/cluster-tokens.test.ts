@@ -2,7 +2,8 @@
 // hosts with the same image open for writing, as in a live migration, each see every block the
 // other allocated once they do I/O after it; a change (resize, snapshot, delete) from a host that
 // does not hold the token is refused while the holder has the image open for writing; an image
-// changed elsewhere under an open handle fails that handle's I/O with ESTALE, never with old bytes.
+// changed elsewhere under an open handle fails that handle's I/O with ESTALE, never with old bytes;
+// a holder killed with SIGKILL loses its token to the next host once the view drops it.
 
 import t from 'tap'
 import fs from 'node:fs'
@@ -117,4 +118,30 @@ t.test('write tokens on a 2-node cluster', async t => {
     onA.close()
     t.notOk(fs.readdirSync(a.mount).includes('gone.img'), 'the image is gone on A too')
   })
+})
+
+t.test('the writer of an image dies (kill -9): another host takes its token over and reads every synced write', async t => {
+  const [n1, writer, taker] = await startCluster(t, 3) as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'ha.img', '64M', '--copies', '2'])
+  const onWriter = fs.openSync(writer.image('ha.img'), 'r+')
+  // New blocks (their owner entries reach the inode at the fsync) and an overwrite.
+  for (const [byte, pos] of [[0x81, 0], [0x82, 30 * MiB], [0x83, 63 * MiB]]) fs.writeSync(onWriter, fill(byte as number, MiB), 0, MiB, pos as number)
+  fs.fsyncSync(onWriter)
+  fs.writeSync(onWriter, fill(0x84, 4096), 0, 4096, 0)
+  fs.fsyncSync(onWriter)
+  // Open before the death, as a migration's destination is (a VM restarted elsewhere opens after
+  // it, which the open's own reload covers).
+  const onTaker = openRw(t, taker.image('ha.img'))
+  await writer.kill('SIGKILL')
+  try { fs.closeSync(onWriter) } catch {} // its mount is gone with its daemon
+  const start = Date.now()
+  t.ok(readAt(onTaker.fd, 0, 4096).equals(fill(0x84, 4096)), 'the taker reads the last synced write')
+  t.ok(Date.now() - start < 15_000, `once the dead holder is out of the view (${Date.now() - start} ms)`)
+  t.ok(readAt(onTaker.fd, 4096, MiB - 4096).equals(fill(0x81, MiB - 4096)), 'and the block around it')
+  t.ok(readAt(onTaker.fd, 30 * MiB, MiB).equals(fill(0x82, MiB)), 'and the other blocks the writer allocated')
+  t.ok(readAt(onTaker.fd, 63 * MiB, MiB).equals(fill(0x83, MiB)), 'up to the last block')
+  fs.writeSync(onTaker.fd, fill(0x85, MiB), 0, MiB, 10 * MiB)
+  onTaker.close()
+  qemuIo(n1.image('ha.img'), ['read -P 0x84 0 4K', 'read -P 0x85 10M 1M', 'read -P 0x82 30M 1M', 'read -P 0x83 63M 1M'])
+  t.pass('a third host reads what both wrote')
 })
