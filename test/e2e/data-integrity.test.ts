@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
-import { type Daemon, diskUsage, isMounted, qemuImg, qemuIo, startDaemon, tempDir } from '../helpers/daemon'
+import { type Daemon, diskUsage, isMounted, qemuImg, qemuIo, startDaemon, tempDir, waitFor } from '../helpers/daemon'
 import { Rng } from '../helpers/random'
 
 const KiB = 2 ** 10
@@ -108,15 +108,6 @@ function filesUnder (dir: string): string[] {
     .map(e => path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name))
 }
 
-/** Polls a condition that the system makes true asynchronously, for at most `ms`. */
-async function waitFor (cond: () => boolean, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    if (cond()) return true
-    if (Date.now() > deadline) return false
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-}
 
 function run (cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 60_000 })

@@ -27,7 +27,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { Daemon, diskUsage, qemuImg, qemuIo, type RunResult, SHEEP_BIN, tempDir } from '../helpers/daemon'
+import { Daemon, diskUsage, qemuImg, qemuIo, type RunResult, SHEEP_BIN, tempDir, waitFor } from '../helpers/daemon'
 import { call } from '../../src/control/client'
 import type { Op, Requests } from '../../src/control/messages'
 import { controlSocketPath } from '../../src/control/paths'
@@ -137,15 +137,6 @@ function checkCopies (t: T, stores: Daemon[], copies: number, when: string): voi
   t.same(wrong.slice(0, 10), [], `${when}: each of ${held.size} objects in as many stores as it should be (data ${Math.min(copies, stores.length)}, metadata ${want(DIRECTORY_OBJECT)}, of ${stores.length})${wrong.length > 10 ? `; ${wrong.length} wrong` : ''}`)
 }
 
-/** Waits (bounded) until cond holds: for effects that are asynchronous by nature (FUSE release). */
-async function pollUntil (cond: () => boolean, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (cond()) return true
-    if (Date.now() > deadline) return false
-    await new Promise(resolve => setTimeout(resolve, 20))
-  }
-}
 
 const imageList = (t: T, d: Daemon): ImageInfo[] => JSON.parse(sheepOk(t, d, ['image', 'list', '--json'], 'image list --json')) as ImageInfo[]
 const snapshotList = (t: T, d: Daemon, name: string): SnapshotInfo[] => JSON.parse(sheepOk(t, d, ['snapshot', 'list', name, '--json'], `snapshot list ${name}`)) as SnapshotInfo[]
@@ -276,7 +267,7 @@ async function deleteInOrder (t: T, env: SnapshotEnv, d: Daemon, items: ChainIte
   }
   // Deletion of an image still held by a FUSE release that has not arrived yet finishes with it.
   const stores = env.nodes(d)
-  const clean = await pollUntil(() => objectFiles(stores).join() === DIRECTORY_OBJECT, 5000)
+  const clean = await waitFor(() => objectFiles(stores).join() === DIRECTORY_OBJECT, 5000)
   t.ok(clean, `no object is left but the directory (${objectFiles(stores).length} files: ${objectFiles(stores).slice(0, 5).join(' ')})`)
   t.same(tree(t, d), [], 'image tree --json is empty')
   t.same(imageList(t, d), [], 'image list --json is empty')
@@ -501,7 +492,7 @@ export function snapshotCases (start: Start, env: SnapshotEnv): void {
     // Nothing is leaked: with the image gone, only the directory is left.
     sheepOk(t, d, ['image', 'delete', name])
     const stores = env.nodes(d)
-    t.ok(await pollUntil(() => objectFiles(stores).join() === DIRECTORY_OBJECT, 5000), `no object is left but the directory (${objectFiles(stores).join(' ')})`)
+    t.ok(await waitFor(() => objectFiles(stores).join() === DIRECTORY_OBJECT, 5000), `no object is left but the directory (${objectFiles(stores).join(' ')})`)
   })
 
   // ---------------------------------------------------------------------------------------------
@@ -528,9 +519,9 @@ export function snapshotCases (start: Start, env: SnapshotEnv): void {
     const [, n2, n3] = env.nodes(d)
     if (n2 !== undefined && n3 !== undefined) {
       const oldOn3 = snapPath(n3, 'base.img', 'old')
-      t.ok(await pollUntil(() => fs.existsSync(oldOn3), 5000), 'node 3 lists base.img@old, taken through node 1')
+      t.ok(await waitFor(() => fs.existsSync(oldOn3), 5000), 'node 3 lists base.img@old, taken through node 1')
       t.equal(sha256(oldOn3), sha256(snapPath(d, 'base.img', 'old')), 'base.img@old reads the same through node 3 as through node 1')
-      t.ok(await pollUntil(() => fs.existsSync(n2.image('child.img')), 5000), 'node 2 lists child.img, cloned on node 1')
+      t.ok(await waitFor(() => fs.existsSync(n2.image('child.img')), 5000), 'node 2 lists child.img, cloned on node 1')
       t.equal(sha256(n2.image('child.img')), childHash, 'child.img, cloned and written through node 1, reads the same through node 2')
     }
 
@@ -547,7 +538,7 @@ export function snapshotCases (start: Start, env: SnapshotEnv): void {
     t.equal(sha256(child), childHash, 'the clone reads the same bytes after its parent and every snapshot are gone')
     if (n2 !== undefined && n3 !== undefined) {
       const gone = (n: Daemon): boolean => !fs.readdirSync(n.mount).includes('base.img') && !fs.readdirSync(path.join(n.mount, '.snapshots')).includes('base.img')
-      t.ok(await pollUntil(() => gone(n2) && gone(n3), 5000), 'nodes 2 and 3 no longer list base.img or its snapshots')
+      t.ok(await waitFor(() => gone(n2) && gone(n3), 5000), 'nodes 2 and 3 no longer list base.img or its snapshots')
       t.equal(sha256(n2.image('child.img')), childHash, 'the flattened clone reads the same through node 2 without its parent')
     }
 

@@ -159,6 +159,16 @@ export function diskUsage (dir: string): number {
   return total
 }
 
+/** Polls a condition the system makes true asynchronously (a FUSE release, a peer's notice) for at most `ms`. */
+export async function waitFor (cond: () => boolean, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    if (cond()) return true
+    if (Date.now() > deadline) return false
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+}
+
 /** The errno name a synchronous fs call fails with, or 'ok'. */
 export function errCode (fn: () => unknown): string {
   try {
