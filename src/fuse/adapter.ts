@@ -214,13 +214,13 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     read (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       run('read', path, cb, () => {
         const h = handle(fd)
-        return images.io(h.image, h.writable, async () => await h.image.read(pos, len, buf))
+        return images.io(h.image, h.writable, () => h.image.read(pos, len, buf))
       })
     },
     write (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
       run('write', path, cb, async () => {
         const h = handle(fd)
-        await images.io(h.image, h.writable, async () => await h.image.write(pos, len === buf.length ? buf : buf.subarray(0, len)))
+        await images.io(h.image, h.writable, () => h.image.write(pos, len === buf.length ? buf : buf.subarray(0, len)))
         return len
       })
     },

@@ -57,8 +57,8 @@ export class FileIo {
   }
 
   private async call (pooled: PooledCall, inline: InlineCall, fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
-    if (!this.inline(len)) return await new Promise((resolve, reject) => pooled(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
     const start = performance.now()
+    if (len > this.maxInline || start < this.poolUntil) return await new Promise((resolve, reject) => pooled(fd, buf, off, len, pos, (err, n) => err ? reject(err) : resolve(n)))
     try {
       return inline(fd, buf, off, len, pos)
     } finally {
