@@ -98,6 +98,7 @@ export class SheepNode {
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
       const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
       const tokens = this.gateway === null || this.cluster === null ? undefined : new ClusterTokens(this.gateway, this.cluster)
+      if (tokens !== undefined) this.gateway?.fenceWith((oid, epoch) => tokens.fence(oid, epoch))
       const images = new ImageStore(store, { log: this.log, soleWriter: this.cluster === null, tokens })
       const { collected } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)

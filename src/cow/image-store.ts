@@ -560,7 +560,8 @@ export class ImageStore {
     // An instance in use keeps its token state: a release must wait for what runs under it.
     if (image !== undefined && (image.openCount > 0 || image.token.busy)) return
     const version = (await this.objects.stat(inodeOid(vid)))?.version
-    if (version === undefined || (image !== undefined && version === this.inodeVersions.get(vid))) return
+    // An instance lost to another host is replaced by a fresh one once nothing here uses it.
+    if (version === undefined || (image !== undefined && image.token.lost === null && version === this.inodeVersions.get(vid))) return
     try {
       this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf, false))
       this.inodeVersions.set(vid, version)
@@ -601,6 +602,10 @@ export class ImageStore {
     token.enter()
     try {
       return await fn()
+    } catch (err) {
+      // The store refuses writes of a host whose token another host took (ESTALE): fenced.
+      if (err instanceof SheepError && err.code === 'ESTALE') throw this.lose(image, `${image.name}: ${err.message}; open it again`)
+      throw err
     } finally {
       token.leave()
     }

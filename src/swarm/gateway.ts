@@ -38,6 +38,12 @@ const EMPTY = new Uint8Array(0)
 
 type Fields = Partial<Omit<Request, 'id' | 'epoch' | 'op'>>
 
+/**
+ * Asked before every write of an object in an epoch: undefined to go on, or a promise to wait for
+ * first (ESTALE: this host must not write it). Write tokens fence a holder this way (./write-tokens.ts).
+ */
+export type WriteFence = (oid: ObjectId, epoch: number) => Promise<void> | undefined
+
 export class Gateway implements ObjectStore {
   private readonly local: ObjectStore
   private readonly cluster: Cluster
@@ -46,6 +52,7 @@ export class Gateway implements ObjectStore {
   private viewWaitMs: number
   /** Compare-and-replace calls this node runs as primary, one at a time per object. */
   private readonly primaryQueue = new Map<ObjectId, Promise<void>>()
+  private fence: WriteFence = () => undefined
 
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
@@ -243,6 +250,11 @@ export class Gateway implements ObjectStore {
     }
   }
 
+  /** Sets what every write asks before it goes out in an epoch. */
+  fenceWith (fence: WriteFence): void {
+    this.fence = fence
+  }
+
   /** The replicas of oid in the current view, primary first. */
   replicasOf (oid: ObjectId): string[] {
     return this.cluster.placement.replicas(oid, this.opts.copiesOf(oid))
@@ -290,15 +302,35 @@ export class Gateway implements ObjectStore {
     throw SheepError.notFound(`object ${oidToHex(oid)} (no replica holds it)`)
   }
 
-  /** Runs fn on every replica of oid; when one fails because the view changed, again in the new view. */
+  /**
+   * Runs fn on every replica of oid; when one fails because the view changed, again in the new
+   * view. This node's own copy is changed only once the others took the change in this epoch: a
+   * node that was frozen or cut off, and does not know yet that the view moved on without it, must
+   * not change its copy with what the others refuse (its copy would then differ from theirs at
+   * the same version, which recovery cannot tell).
+   */
   private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       if (!this.cluster.quorate) await this.afterFailure(this.cluster.epoch, SheepError.unreachable('this node cannot reach a majority of its view: writes wait'))
-      const epoch = this.cluster.epoch
-      const results = await Promise.allSettled(this.replicasOf(oid).map(async target => await fn(target, epoch, attempt)))
+      let epoch = this.cluster.epoch
+      for (let wait = this.fence(oid, epoch); wait !== undefined; wait = this.fence(oid, epoch)) {
+        await wait
+        epoch = this.cluster.epoch
+      }
+      const replicas = this.replicasOf(oid)
+      const others = replicas.filter(n => n !== this.cluster.id)
+      const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))
       const failed = results.find(r => r.status === 'rejected')
-      if (failed === undefined) return
-      await this.afterFailure(epoch, failed.reason)
+      if (failed !== undefined) {
+        await this.afterFailure(epoch, failed.reason)
+        continue
+      }
+      if (others.length === replicas.length) return
+      try {
+        return await fn(this.cluster.id, epoch, attempt)
+      } catch (err) {
+        await this.afterFailure(epoch, err)
+      }
     }
   }
 

@@ -5,9 +5,17 @@
 // let go (Op.Release). A holder that is no longer a member is not asked: like a crashed host, it
 // loses what it had not written out. A holder that is a member but does not answer is waited
 // out: the next view drops it, or it answers then.
+//
+// Fencing: a host that held a token and was out of the view while another host took it without
+// asking (it was frozen, or cut off) must not write after it thaws, neither the I/O it had admitted
+// nor any later: its image handles get ESTALE (open it again). It learns so because a holder
+// confirms its hold in every new epoch before it writes an object of the image in that epoch: by
+// compare-and-replace, so that of a confirmation and a take without asking, both made from one
+// version of the record, only one succeeds. Replicas refuse requests of older epochs, so what
+// the thawed host sent before it learned the new view does not land either.
 
 import { SheepError } from '../errors'
-import { inodeOid, tokenOid } from '../objects/oid'
+import { inodeOid, type ObjectId, ObjectType, oidType, oidVid, tokenOid } from '../objects/oid'
 import type { TokenPurpose, WriteTokens } from '../cow/tokens'
 import type { Cluster } from './cluster'
 import type { Gateway } from './gateway'
@@ -19,6 +27,8 @@ export class ClusterTokens implements WriteTokens {
   private readonly cluster: Cluster
   /** The generation of each token this host holds, as it took it; gone once it let the token go. */
   private readonly taken = new Map<number, number>()
+  /** The epoch in which this host last made sure it holds each of those. */
+  private readonly confirmed = new Map<number, number>()
 
   constructor (gateway: Gateway, cluster: Cluster) {
     this.gateway = gateway
@@ -27,25 +37,66 @@ export class ClusterTokens implements WriteTokens {
 
   async take (vid: number, purpose: TokenPurpose): Promise<boolean> {
     for (;;) {
+      const epoch = this.cluster.epoch
       const { version, current } = await this.read(vid)
       if (current?.deleted === true) throw SheepError.stale(`image ${vid.toString(16)} was deleted on another host`)
       // No record: nobody took the token yet, or the image is gone (its record goes last).
       if (current === null && await this.gateway.stat(inodeOid(vid)) === null) throw SheepError.stale(`image ${vid.toString(16)} was deleted on another host`)
-      if (current !== null && current.holder === this.cluster.id && current.generation === this.taken.get(vid)) return false
+      if (this.taken.has(vid) && current !== null) {
+        if (await this.reassert(vid, epoch, version, current)) return false
+        continue
+      }
       if (current !== null && current.holder !== this.cluster.id && !await this.release(current.holder, vid, purpose)) continue
-      const generation = (current?.generation ?? 0) + 1
-      if (!await this.swap(vid, version, { holder: this.cluster.id, generation, deleted: false })) continue
-      this.taken.set(vid, generation)
+      if (!await this.swap(vid, version, { holder: this.cluster.id, generation: (current?.generation ?? 0) + 1, deleted: false }, epoch)) continue
       return current !== null
     }
   }
 
   released (vid: number): void {
     this.taken.delete(vid)
+    this.confirmed.delete(vid)
+  }
+
+  /**
+   * Called by the gateway before it writes object oid in epoch `epoch`: if the object is one of an
+   * image whose token this host holds, makes sure it still does in that epoch (at most one read and
+   * one swap of the record per image and epoch; nothing to wait for otherwise). ESTALE when another
+   * host took the token without asking this one.
+   */
+  fence (oid: ObjectId, epoch: number): Promise<void> | undefined {
+    const type = oidType(oid)
+    if (type !== ObjectType.Data && type !== ObjectType.Inode) return undefined
+    const vid = oidVid(oid)
+    if (!this.taken.has(vid) || this.confirmed.get(vid) === epoch) return undefined
+    return this.confirm(vid)
+  }
+
+  private async confirm (vid: number): Promise<void> {
+    // A release that came meanwhile waits for the write at hand before the taker swaps: go on.
+    while (this.taken.has(vid) && this.confirmed.get(vid) !== this.cluster.epoch) {
+      const epoch = this.cluster.epoch
+      const { version, current } = await this.read(vid)
+      if (!this.taken.has(vid)) return
+      if (current === null || current.deleted) throw SheepError.stale(`image ${vid.toString(16)} was deleted on another host`)
+      await this.reassert(vid, epoch, version, current)
+    }
+  }
+
+  /**
+   * This host took vid's token and has not let it go: true once it made sure it still holds it in
+   * `epoch`, false if the record moved meanwhile (read it again). ESTALE if another host holds it.
+   */
+  private async reassert (vid: number, epoch: number, version: number, current: TokenRecord): Promise<boolean> {
+    if (current.holder !== this.cluster.id || current.generation !== this.taken.get(vid)) {
+      this.released(vid)
+      throw SheepError.stale(`its write token was taken over by node ${short(current.holder)} while this host was out of the cluster`)
+    }
+    if (this.confirmed.get(vid) === epoch) return true
+    return await this.swap(vid, version, { ...current, generation: current.generation + 1 }, epoch)
   }
 
   async bury (vid: number): Promise<void> {
-    this.taken.delete(vid)
+    this.released(vid)
     for (;;) {
       const { version, current } = await this.read(vid)
       if (current?.deleted === true) return
@@ -54,7 +105,7 @@ export class ClusterTokens implements WriteTokens {
   }
 
   async forget (vid: number): Promise<void> {
-    this.taken.delete(vid)
+    this.released(vid)
     try {
       await this.gateway.remove(tokenOid(vid))
     } catch (err) {
@@ -79,10 +130,18 @@ export class ClusterTokens implements WriteTokens {
     }
   }
 
-  /** Replaces the record if it is still at `version`; false if another host changed it first. */
-  private async swap (vid: number, version: number, record: TokenRecord): Promise<boolean> {
+  /**
+   * Replaces the record if it is still at `version`; false if another host changed it first. A
+   * record naming this host as the live holder makes it the holder, confirmed in `epoch` if the
+   * swap was done in it.
+   */
+  private async swap (vid: number, version: number, record: TokenRecord, epoch?: number): Promise<boolean> {
     try {
       await this.gateway.compareAndReplace(tokenOid(vid), encode(tokenRecord, record), version)
+      if (!record.deleted) {
+        this.taken.set(vid, record.generation)
+        if (epoch === this.cluster.epoch) this.confirmed.set(vid, epoch)
+      }
       return true
     } catch (err) {
       if (err instanceof SheepError && err.code === 'EAGAIN') return false

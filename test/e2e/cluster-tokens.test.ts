@@ -3,11 +3,13 @@
 // other allocated once they do I/O after it; a change (resize, snapshot, delete) from a host that
 // does not hold the token is refused while the holder has the image open for writing; an image
 // changed elsewhere under an open handle fails that handle's I/O with ESTALE, never with old bytes;
-// a holder killed with SIGKILL loses its token to the next host once the view drops it.
+// a holder killed with SIGKILL loses its token to the next host once the view drops it; a holder
+// frozen (SIGSTOP) until another host took its token over is fenced: nothing it sends after it
+// thaws lands, and its open handles fail with ESTALE until reopened.
 
 import t from 'tap'
 import fs from 'node:fs'
-import { type Daemon, errCode, qemuIo, startCluster } from '../helpers/daemon'
+import { type Daemon, errCode, qemuIo, QemuIoSession, startCluster, waitForView } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 
@@ -144,4 +146,37 @@ t.test('the writer of an image dies (kill -9): another host takes its token over
   onTaker.close()
   qemuIo(n1.image('ha.img'), ['read -P 0x84 0 4K', 'read -P 0x85 10M 1M', 'read -P 0x82 30M 1M', 'read -P 0x83 63M 1M'])
   t.pass('a third host reads what both wrote')
+})
+
+t.test('a writer frozen (SIGSTOP) while another host took its token over is fenced when it thaws', async t => {
+  const nodes = await startCluster(t, 3)
+  const [n1, writer, taker] = nodes as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'fence.img', '16M', '--copies', '3'])
+  // The guest on the writer: qemu-io in a process of its own, the image open throughout.
+  const guest = new QemuIoSession(t, writer.image('fence.img'))
+  t.match(await guest.run('write -P 0x91 0 1M'), /wrote 1048576/, 'the writer writes')
+  t.notMatch(await guest.run('flush'), /fail/i, 'and flushes')
+  process.kill(writer.pid, 'SIGSTOP')
+  t.teardown(() => { try { process.kill(writer.pid, 'SIGCONT') } catch {} })
+  // The guest goes on writing: its write waits in the kernel for the frozen daemon.
+  const late = guest.run('write -P 0x92 0 4k')
+  // The VM is restarted on another host once the frozen one is out of the view.
+  await waitForView([n1, taker], 2)
+  const onTaker = openRw(t, taker.image('fence.img'))
+  fs.writeSync(onTaker.fd, fill(0x93, 4096), 0, 4096, 0)
+  fs.fsyncSync(onTaker.fd)
+  process.kill(writer.pid, 'SIGCONT')
+  t.match(await late, /write failed: Stale file handle/, 'the write the frozen host had not done fails when it thaws')
+  t.match(await guest.run('read -P 0x91 4k 4k'), /read failed: Stale file handle/, 'so does later I/O through its handle')
+  t.match(await guest.run('write -P 0x94 8k 4k'), /write failed: Stale file handle/, 'writes too')
+  t.ok(readAt(onTaker.fd, 0, MiB).equals(Buffer.concat([fill(0x93, 4096), fill(0x91, MiB - 4096)])), 'the taker goes on with its own bytes')
+  await waitForView(nodes, 3)
+  qemuIo(n1.image('fence.img'), ['read -P 0x93 0 4K', 'read -P 0x91 4K 1020K', 'read -P 0 1M 15M'])
+  t.pass('a third host reads what the taker wrote, nothing of the thawed host\'s')
+  await guest.quit()
+  onTaker.close()
+  qemuIo(writer.image('fence.img'), ['read -P 0x93 0 4K', 'write -P 0x95 8K 4K', 'read -P 0x91 4K 4K'])
+  t.pass('reopened, the thawed host reads the image as the taker left it, and writes again')
+  qemuIo(taker.image('fence.img'), ['read -P 0x95 8K 4K'])
+  t.pass('which the taker sees')
 })

@@ -142,6 +142,60 @@ export function qemuIo (file: string, commands: string[], extra: string[] = []):
   return out
 }
 
+/**
+ * qemu-io kept running on one image, as a guest is: commands go to it one at a time, each
+ * answered with what qemu-io printed for it. It holds the image open in a process of its own, so
+ * that this test process holds no descriptor on a mount whose daemon may be frozen (a child's
+ * close-on-exec would wait for that daemon). Ended by its PID when the test ends.
+ */
+export class QemuIoSession {
+  private readonly proc: ChildProcess
+  private out = ''
+  private waiting: ((said: string) => void) | null = null
+
+  constructor (t: Teardownable, file: string) {
+    // O_DIRECT (-t none): every command reaches the daemon, none is served by the page cache.
+    this.proc = spawn('qemu-io', ['-f', 'raw', '-t', 'none', file], { stdio: ['pipe', 'pipe', 'pipe'] })
+    const take = (d: Buffer): void => { this.out += d.toString(); this.answer() }
+    this.proc.stdout?.on('data', take)
+    this.proc.stderr?.on('data', take)
+    this.proc.on('exit', () => { this.waiting?.(`${this.out}(qemu-io exited)`); this.waiting = null })
+    t.teardown(() => { if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL') })
+  }
+
+  /** Runs one qemu-io command (such as "write -P 0x5a 0 4k") and resolves with what it printed. */
+  async run (command: string): Promise<string> {
+    if (this.waiting !== null) throw new Error('one qemu-io command at a time')
+    const said = new Promise<string>(resolve => { this.waiting = resolve })
+    this.proc.stdin?.write(`${command}\n`)
+    this.answer()
+    return await said
+  }
+
+  /** Closes the image and ends qemu-io. */
+  async quit (): Promise<void> {
+    if (this.proc.exitCode !== null || this.proc.signalCode !== null) return
+    const exited = new Promise(resolve => this.proc.once('exit', resolve))
+    this.proc.stdin?.end('quit\n')
+    await exited
+  }
+
+  // qemu-io prints its prompt before each command it reads: the text up to the next prompt
+  // answers the command before.
+  private answer (): void {
+    const prompt = 'qemu-io> '
+    const first = this.out.indexOf(prompt)
+    if (first < 0 || this.waiting === null) return
+    const next = this.out.indexOf(prompt, first + prompt.length)
+    if (next < 0) return
+    const said = this.out.slice(first + prompt.length, next)
+    this.out = this.out.slice(next)
+    const resolve = this.waiting
+    this.waiting = null
+    resolve(said)
+  }
+}
+
 export function qemuImg (args: string[]): string {
   const r = spawnSync('qemu-img', args, { encoding: 'utf8', timeout: 300_000 })
   if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed (${r.status}): ${r.stdout}${r.stderr}`)
