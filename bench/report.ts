@@ -1,6 +1,7 @@
 // The results: samples per (row, target), medians, ratios against the baseline, the Markdown table.
 
-import { type CowRow, type CowRowId, type CowSectionId, formatGoal, meets, type Row, type RowId } from './rows'
+import type { FloorResult } from './floor'
+import { type CowRow, type CowRowId, type CowSectionId, FLOOR_IDS, type FloorId, formatGoal, meets, type Row, type RowId, ROWS, THREE_COPIES_GOALS } from './rows'
 import type { RssReport } from './rss'
 import type { WriteKind, WriteSample } from './writes'
 
@@ -49,6 +50,9 @@ export class Results {
   readonly pidLabels = new Map<string, string[]>()
   /** Targets that did not start, and why. */
   readonly setupErrors = new Map<string, string>()
+  /** The transport floor (floor.ts): one measurement per run, and why any failed. */
+  readonly floor: FloorResult[] = []
+  readonly floorErrors: string[] = []
 
   constructor (rows: Row[], targets: TargetInfo[], cowRows: CowRow[] = [], cowTargets: TargetInfo[] = []) {
     this.rows = rows
@@ -110,6 +114,11 @@ export class Results {
     return median(this.cell(row, target).samples)
   }
 
+  /** A floor figure over the runs: the median of their means (or of their medians). */
+  floorMedian (id: FloorId, stat: 'meanUs' | 'medianUs'): number | null {
+    return median(this.floor.map(r => r[id][stat]))
+  }
+
   failures (): string[] {
     const out: string[] = []
     for (const t of this.targets) {
@@ -134,6 +143,7 @@ export class Results {
     }
     for (const [t, errors] of this.rssErrors) for (const e of errors) out.push(`memory on ${t}: ${e}`)
     for (const [t, errors] of this.writeErrors) for (const e of errors) out.push(`store writes on ${t}: ${e}`)
+    for (const e of this.floorErrors) out.push(`transport floor: ${e}`)
     return out
   }
 
@@ -146,6 +156,11 @@ export class Results {
       })),
       rss: Object.fromEntries(this.rss),
       writes: Object.fromEntries([...this.writes].map(([t, samples]) => [t, { pids: this.pidLabels.get(t) ?? [], samples }])),
+      floor: {
+        runs: this.floor,
+        errors: this.floorErrors,
+        medians: Object.fromEntries(FLOOR_IDS.map(id => [id, { meanUs: this.floorMedian(id, 'meanUs'), medianUs: this.floorMedian(id, 'medianUs') }]))
+      },
       cow: {
         targets: this.cowTargets.map(t => t.name),
         rows: this.cowRows.map(row => ({
@@ -324,4 +339,70 @@ export function cowTable (results: Results): string {
     for (const [section, detail] of results.cowDetails.get(t.name) ?? []) notes.push(`- ${t.name}, ${section}: ${detail}`)
   }
   return markdownTable(header, body, right) + (notes.length > 0 ? '\n' + notes.join('\n') + '\n' : '')
+}
+
+const FLOOR_LABELS: Record<FloorId, string> = {
+  rtt2_128k: 'a 128 KiB Write to both (what each 128 KiB FUSE request of a three-copy write adds)',
+  rtt2_4k: 'a 4 KiB Write to both (a 4 KiB write)',
+  rtt2_small: 'an empty Write to both (a sync, beyond its fdatasync)'
+}
+
+interface FloorRow {
+  row: RowId
+  /** The baseline's time per FUSE request, µs, from its figure in the row's unit. */
+  perRequest: (value: number) => number
+  /** The round trips to both remote replicas that a three-copy write adds to each request. */
+  adds: FloorId[]
+}
+
+const FLOOR_ROWS: FloorRow[] = [
+  // libfuse 2 sends a 1 MiB O_DIRECT write as eight 128 KiB requests, one after the other.
+  { row: 'seq-write', perRequest: mibps => 2 ** 17 / (mibps * 2 ** 20 / 1e6), adds: ['rtt2_128k'] },
+  { row: 'randwrite-qd1', perRequest: iops => 1e6 / iops, adds: ['rtt2_4k'] },
+  { row: 'fsync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
+]
+
+/** The floor's figure over the runs as the ceilings use it: the mean (fio's figures are means too). */
+function floorMean (results: Results, id: FloorId): number {
+  return results.floorMedian(id, 'meanUs') ?? NaN
+}
+
+/** One row of the floor's table: the baseline's figure and time per request, what the transport adds, the best ratio. */
+function floorLine (results: Results, f: FloorRow): string[] {
+  const row = ROWS.find(r => r.id === f.row) as Row
+  const baseline = results.targets[0]
+  const ran = results.rows.some(r => r.id === f.row)
+  const base = ran && baseline !== undefined ? results.median(f.row, baseline.name) : null
+  const added = f.adds.reduce((sum, id) => sum + floorMean(results, id), 0)
+  const goal = THREE_COPIES_GOALS[f.row]
+  const line = [row.label, ran ? formatValue(base, row) : 'not run']
+  if (base === null || base <= 0) line.push('—', `${Math.round(added)} (${f.adds.join(' + ')})`, '—')
+  else {
+    const own = f.perRequest(base)
+    const best = row.better === 'higher' ? own / (own + added) : (own + added) / own
+    line.push(String(Math.round(own)), `${Math.round(added)} (${f.adds.join(' + ')})`, formatRatio(best, row))
+    if (goal !== undefined) return [...line, formatGoal(goal, row), meets(goal, best) ? 'yes' : '**no**']
+  }
+  return [...line, goal === undefined ? '' : formatGoal(goal, row), '']
+}
+
+/**
+ * The transport floor (floor.ts) and, for the write rows it bounds, the best ratio a three-copy
+ * write could reach against this run's passthrough if it cost nothing but the round trips.
+ */
+export function floorSection (results: Results, runs: number): string {
+  if (results.floor.length === 0 && results.floorErrors.length === 0) return ''
+  const intro = `Transport floor of a three-copy write (bench/floor.ts${runs > 1 ? `; medians over the ${runs} runs` : ''}): two child Node ` +
+    'processes on 127.0.0.1 play the remote replicas, each reached over TCP (no Nagle) through the Noise secret-stream, Link and codecs ' +
+    "Sheep's nodes use, and answer each Write at once without touching a disk. One request at a time goes to both; the next once both have answered."
+  if (results.floor.length === 0) return intro + ' It failed (see Failures).\n'
+  const figures = FLOOR_IDS.map(id => `- \`${id}\`, ${FLOOR_LABELS[id]}: mean **${Math.round(floorMean(results, id))} µs**, ` +
+    `median ${Math.round(results.floorMedian(id, 'medianUs') ?? NaN)} µs (${results.floor.reduce((n, r) => n + r[id].requests, 0)} requests)`)
+  const table = markdownTable(
+    ['job', results.targets[0]?.name ?? 'baseline', 'its time per request, µs', 'transport adds (means), µs', 'best ratio', 'three-copy target', 'reachable'],
+    FLOOR_ROWS.map(f => floorLine(results, f)), [false, true, true, true, true, false, false])
+  return intro + '\n\n' + figures.join('\n') + '\n\n' + table + '\n' +
+    'Best ratio: the passthrough\'s time per request with the round trips added: t / (t + rtt2_128k) per 128 KiB request of a seq write, ' +
+    'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fsync. ' +
+    'These assume Sheep costs nothing beyond the transport and the passthrough\'s own work.\n'
 }

@@ -83,6 +83,12 @@ export function formatGoal (goal: Goal, row: Row): string {
   return row.better === 'lower' ? `${goal.op === '<=' ? '≤' : '≥'} ${v}×` : `${goal.op === '>=' ? '≥' : '≤'} ${v}`
 }
 
+// The transport floor under a three-copy write (floor.ts): one Write to both remote replicas at
+// once, by its payload: a 128 KiB FUSE request, a 4 KiB one, and nothing (as small as a sync).
+export type FloorId = 'rtt2_128k' | 'rtt2_4k' | 'rtt2_small'
+export const FLOOR_IDS: readonly FloorId[] = ['rtt2_128k', 'rtt2_4k', 'rtt2_small']
+export const FLOOR_BYTES: Record<FloorId, number> = { rtt2_128k: 128 * 2 ** 10, rtt2_4k: 4 * 2 ** 10, rtt2_small: 0 }
+
 // The copy-on-write table (Sheep targets only: the passthrough has no snapshots). Its targets are
 // absolute, not ratios against the baseline. Each row belongs to a section, which is what --only
 // names; a section's measurements are taken together.

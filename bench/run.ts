@@ -20,6 +20,9 @@
 // 1 GiB written and the store's growth from them ("snapshot"), and 4K random writes into a fresh
 // clone of a fully written image against the same image before ("clone-randwrite").
 //
+// With the cluster columns, each pass also measures the floor the transport alone puts under a
+// three-copy write (floor.ts), printed after the table with the best ratios it leaves the write rows.
+//
 // Everything started is stopped on the way out, on failure and on Ctrl-C too: see cleanup.ts.
 
 import crypto from 'node:crypto'
@@ -32,10 +35,11 @@ import { formatSize, parseSize } from '../src/units'
 import * as cleanup from './cleanup'
 import { type CowContext, type CowOutcome, cowSpace, measureCloneRandwrite, measureSnapshot } from './cow'
 import { FILL_OPTIONS, FIO_JOBS, type FioJob, type FioJobResult, runFio } from './fio'
+import { formatFloor, measureFloor } from './floor'
 import { runTool, syncFs, versionOf } from './proc'
 import { CLUSTER_PATHS, type ClusterPath, ClusterTarget } from './cluster'
-import { cowTable, median, Results, resultsTable, rssLines, SKIPPED, type TargetInfo, writesTable } from './report'
-import { COW_ROWS, COW_SECTIONS, type CowSectionId, ONE_HOST_GOALS, ROWS, type RowId, THREE_COPIES_GOALS } from './rows'
+import { cowTable, floorSection, median, Results, resultsTable, rssLines, SKIPPED, type TargetInfo, writesTable } from './report'
+import { COW_ROWS, COW_SECTIONS, type CowSectionId, FLOOR_IDS, ONE_HOST_GOALS, ROWS, type RowId, THREE_COPIES_GOALS } from './rows'
 import { RssSampler } from './rss'
 import { PassthroughTarget, SheepTarget, type Target } from './targets'
 import { settle, type WriteCounters, writeCounters, type WriteKind, writeSample } from './writes'
@@ -49,9 +53,12 @@ const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [opti
   --rss-size SIZE     image written while sampling the daemon's memory (default 2G)
   --dir DIR           where the temporary folder goes; it must be on the disk to test (default ${os.tmpdir()})
   --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss,
-                      store-writes, and for the copy-on-write table (one-host Sheep only): ${COW_SECTIONS.join(', ')}
+                      store-writes, floor, and for the copy-on-write table (one-host Sheep only): ${COW_SECTIONS.join(', ')}
                       (the first write always runs: it makes the test file)
-  --cluster LIST      the three-node cluster columns: ${CLUSTER_PATHS.join(', ')} (default both), or none
+  --cluster LIST      the three-node cluster columns: ${CLUSTER_PATHS.join(', ')} (default both), or none; with any,
+                      "floor" also runs: round trips to two child processes over Sheep's own TCP
+                      transport (bench/floor.ts), and the best ratios they leave seq-write,
+                      randwrite-qd1 and fsync against the passthrough
   --no-cluster        the same as --cluster none
   -h, --help
 
@@ -115,7 +122,7 @@ function parseOptions (argv: string[]): Options {
   }
   let only: Set<string> | null = null
   if (v.only !== undefined) {
-    const known = new Set<string>([...ROWS.map(r => r.id), 'rss', 'store-writes', ...COW_SECTIONS])
+    const known = new Set<string>([...ROWS.map(r => r.id), 'rss', 'store-writes', 'floor', ...COW_SECTIONS])
     only = new Set(v.only.split(',').map(s => s.trim()).filter(Boolean))
     for (const id of only) if (!known.has(id)) usageError(`unknown row ${JSON.stringify(id)} in --only`)
   }
@@ -492,6 +499,21 @@ class Bench {
     }
   }
 
+  /** The transport's floor under a three-copy write (floor.ts); no target of its own, no disk. */
+  private async floor (run: number): Promise<void> {
+    if (this.interrupted) throw new Error('interrupted')
+    const prefix = `[run ${run}/${this.opts.runs}] ${'floor'.padEnd(14)}`
+    try {
+      const r = await measureFloor()
+      this.results.floor.push(r)
+      say(`${prefix} ${FLOOR_IDS.map(id => formatFloor(id, r[id])).join('; ')}`)
+    } catch (err) {
+      if (this.interrupted) throw err
+      this.results.floorErrors.push((err as Error).message)
+      say(`${prefix} FAILED: ${(err as Error).message}`)
+    }
+  }
+
   /** One pass over every measurement, each target in turn for each. */
   async pass (run: number): Promise<void> {
     for (const job of FIO_JOBS) {
@@ -499,6 +521,8 @@ class Bench {
       for (const t of this.targets) await this.fio(job, t, run)
       if (job.row === 'first-write' && this.wanted('store-writes')) for (const t of this.targets) await this.overwrite(t, run)
     }
+    // Right after the write rows it bounds, so that it meets the machine in the same state.
+    if (this.opts.cluster.length > 0 && this.wanted('floor')) await this.floor(run)
     if (this.wanted('convert')) for (const t of this.targets) await this.convert(t, run)
     if (this.wanted('rss')) for (const t of this.targets) await this.memory(t, run)
     const cowTargets = this.targets.filter(t => t.cow !== undefined)
@@ -619,6 +643,7 @@ async function main (): Promise<number> {
   const text = [
     header,
     resultsTable(results),
+    floorSection(results, opts.runs),
     writes === ''
       ? ''
       : 'Bytes written to the stores per byte the guest wrote (bench/writes.ts; ' +
