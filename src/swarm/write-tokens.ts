@@ -25,8 +25,8 @@ import { decode, encode, Op, type TokenRecord, tokenRecord } from './messages'
 export class ClusterTokens implements WriteTokens {
   private readonly gateway: Gateway
   private readonly cluster: Cluster
-  /** The generation of each token this host holds, as it took it; gone once it let the token go. */
-  private readonly taken = new Map<number, number>()
+  /** Images whose token this host took and has not let go. */
+  private readonly taken = new Set<number>()
   /** The epoch in which this host last made sure it holds each of those. */
   private readonly confirmed = new Map<number, number>()
 
@@ -85,9 +85,11 @@ export class ClusterTokens implements WriteTokens {
   /**
    * This host took vid's token and has not let it go: true once it made sure it still holds it in
    * `epoch`, false if the record moved meanwhile (read it again). ESTALE if another host holds it.
+   * Only this host names itself the holder, so a record naming it is its own, whatever the
+   * generation (a swap whose answer a view change lost moved it on).
    */
   private async reassert (vid: number, epoch: number, version: number, current: TokenRecord): Promise<boolean> {
-    if (current.holder !== this.cluster.id || current.generation !== this.taken.get(vid)) {
+    if (current.holder !== this.cluster.id) {
       this.released(vid)
       throw SheepError.stale(`its write token was taken over by node ${short(current.holder)} while this host was out of the cluster`)
     }
@@ -139,7 +141,7 @@ export class ClusterTokens implements WriteTokens {
     try {
       await this.gateway.compareAndReplace(tokenOid(vid), encode(tokenRecord, record), version)
       if (!record.deleted) {
-        this.taken.set(vid, record.generation)
+        this.taken.add(vid)
         if (epoch === this.cluster.epoch) this.confirmed.set(vid, epoch)
       }
       return true
