@@ -39,6 +39,8 @@ export class LocalObjectStore implements ObjectStore {
   private catalog!: Catalog
   private readonly entries = new Map<ObjectId, Entry>() // insertion order = least recently used first
   private readonly loading = new Map<ObjectId, Promise<Entry>>()
+  /** Replaces in progress (the last one of each object): a load waits for them. */
+  private readonly replacing = new Map<ObjectId, Promise<void>>()
   private readonly maxOpenFiles: number
   private readonly io: FileIo
   private openFiles = 0
@@ -172,6 +174,24 @@ export class LocalObjectStore implements ObjectStore {
 
   async replace (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {
     this.checkOpen()
+    // A load reads the record, then opens the file: one running across the swap would pair the
+    // new file with the old size (a torn readAll). Loads begun before wait here, later ones in
+    // load(); replaces of one object go one after the other.
+    const before = [this.replacing.get(oid), this.loading.get(oid)]
+    const run = (async () => {
+      for (const p of before) await p?.catch(() => {})
+      await this.swapIn(oid, data, version)
+    })()
+    const tail = run.catch(() => {})
+    this.replacing.set(oid, tail)
+    try {
+      await run
+    } finally {
+      if (this.replacing.get(oid) === tail) this.replacing.delete(oid)
+    }
+  }
+
+  private async swapIn (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {
     const file = this.objectPath(oid)
     const tmp = file + '.tmp'
     const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
@@ -369,7 +389,9 @@ export class LocalObjectStore implements ObjectStore {
   private load (oid: ObjectId): Promise<Entry> {
     let p = this.loading.get(oid)
     if (p === undefined) {
-      p = this.loadEntry(oid).finally(() => this.loading.delete(oid))
+      const replacing = this.replacing.get(oid)
+      p = (replacing === undefined ? this.loadEntry(oid) : replacing.then(async () => await this.loadEntry(oid)))
+        .finally(() => this.loading.delete(oid))
       this.loading.set(oid, p)
     }
     return p

@@ -179,6 +179,32 @@ t.test('replace', async t => {
   t.notOk(fs.existsSync(objectFile(dir, d) + '.tmp'), 'no temporary file left')
 })
 
+t.test('readAll of an object with no open descriptor, racing replaces of other sizes, returns one whole version', async t => {
+  // One open descriptor at most: every readAll of the object loads it afresh (record, then file).
+  const store = await openStore(t, tmpDir(t), { maxOpenFiles: 1 })
+  const oid = metaOid(7)
+  const other = metaOid(8)
+  const versions = [pattern(300, 1), pattern(70000, 2), pattern(5, 3), pattern(40000, 4)]
+  await store.replace(other, Buffer.from('evicts'))
+  await store.replace(oid, versions[0] as Buffer)
+  let torn = 0
+  let reads = 0
+  for (let round = 0; round < 20; round++) {
+    let replaced = false
+    const replacing = store.replace(oid, versions[(round + 1) % versions.length] as Buffer).finally(() => { replaced = true })
+    // Read it again and again while the replace runs, each time loading it afresh.
+    while (!replaced) {
+      await store.readAll(other)
+      const r = await store.readAll(oid)
+      reads++
+      if (!versions.some(v => v.equals(r))) torn++
+    }
+    await replacing
+  }
+  t.ok(reads >= 20, `${reads} reads while the replaces ran`)
+  t.equal(torn, 0, 'no read paired one version\'s size with another\'s bytes')
+})
+
 t.test('truncate', async t => {
   const store = await openStore(t, tmpDir(t))
   const oid = dataOid(1, 0)
