@@ -142,6 +142,33 @@ export class Cluster extends EventEmitter {
     this.scheduleCheck()
   }
 
+  /**
+   * Resolves once this node reaches a majority of its view, or a new view comes (links come back
+   * without one when this node was only cut off, or frozen, for a moment); ENOTCONN after ms.
+   */
+  async quorum (ms: number): Promise<void> {
+    if (this.quorate) return
+    const epoch = this.epoch
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (!this.quorate && this.epoch === epoch) return
+        stop()
+        resolve()
+      }
+      const stop = (): void => {
+        clearTimeout(timer)
+        this.mesh.off('peer-up', check)
+        this.off('view', check)
+      }
+      const timer = setTimeout(() => {
+        stop()
+        reject(SheepError.unreachable(`this node cannot reach a majority of its view (epoch ${epoch}), and no new view came within ${ms} ms`))
+      }, ms)
+      this.mesh.on('peer-up', check)
+      this.on('view', check)
+    })
+  }
+
   /** Resolves with the first view newer than `epoch` this node learns; ENOTCONN after ms. */
   async nextView (epoch: number, ms: number): Promise<View> {
     const now = this.view

@@ -116,6 +116,29 @@ export class Gateway implements ObjectStore {
     if (oidType(oid) === ObjectType.Meta) this.cluster.notify(oid)
   }
 
+  /**
+   * An object's bytes and version as its primary replica has them, which is what
+   * compareAndReplace compares against; null if it does not exist. The version is read first: if
+   * the object is replaced in between, a compare-and-replace against it fails and is tried again.
+   */
+  async readAtPrimary (oid: ObjectId): Promise<{ version: number, data: Buffer } | null> {
+    for (;;) {
+      const epoch = this.cluster.epoch
+      const primary = this.replicasOf(oid)[0] as string
+      try {
+        if (primary === this.cluster.id) {
+          const info = await this.local.stat(oid)
+          return info === null ? null : { version: info.version, data: await this.local.readAll(oid) }
+        }
+        const res = await this.send(primary, epoch, Op.ReadAll, { oid })
+        return { version: res.version, data: Buffer.from(res.data) }
+      } catch (err) {
+        if (err instanceof SheepError && err.code === 'ENOENT') return null
+        await this.afterFailure(epoch, err)
+      }
+    }
+  }
+
   /** Runs on the object's primary replica, which serialises these per object and writes every replica. */
   async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
     if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
@@ -140,8 +163,11 @@ export class Gateway implements ObjectStore {
     const run = prev.then(async () => {
       const current = (await this.local.stat(oid))?.version ?? 0
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
-      await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data }) })
-      return ((await this.local.stat(oid))?.version ?? current + 1)
+      // Every replica records the new version, whatever it counted before: a replica whose count
+      // strayed (a replace that reached it and not the others) agrees again.
+      const version = current + 1
+      await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data, version }) })
+      return version
     })
     const tail = run.then(() => {}, () => {})
     this.primaryQueue.set(oid, tail)
@@ -276,16 +302,20 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  /** Gives `target` a whole copy of oid from another replica that holds it. */
+  /** Gives `target` a whole copy of oid, at its version, from another replica that holds it. */
   private async copyTo (target: string, epoch: number, oid: ObjectId): Promise<void> {
     const sources = this.replicasOf(oid).filter(n => n !== target)
     for (const source of sources) {
       let bytes: Buffer
+      let version: number
       try {
         if (source === this.cluster.id) {
+          version = (await this.local.stat(oid))?.version ?? 0
           bytes = await this.local.readAll(oid)
         } else {
-          const size = (await this.send(source, epoch, Op.Stat, { oid })).size
+          const info = await this.send(source, epoch, Op.Stat, { oid })
+          const size = info.size
+          version = info.version
           bytes = Buffer.alloc(size)
           for (let done = 0; done < size; done += PIECE) {
             const n = Math.min(PIECE, size - done)
@@ -296,7 +326,7 @@ export class Gateway implements ObjectStore {
       } catch {
         continue
       }
-      await this.send(target, epoch, Op.Replace, { oid, data: bytes })
+      await this.send(target, epoch, Op.Replace, { oid, data: bytes, version })
       return
     }
     throw SheepError.notFound(`object ${oidToHex(oid)} (no replica holds it)`)
@@ -311,7 +341,7 @@ export class Gateway implements ObjectStore {
    */
   private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      if (!this.cluster.quorate) await this.afterFailure(this.cluster.epoch, SheepError.unreachable('this node cannot reach a majority of its view: writes wait'))
+      if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
       let epoch = this.cluster.epoch
       for (let wait = this.fence(oid, epoch); wait !== undefined; wait = this.fence(oid, epoch)) {
         await wait
@@ -391,7 +421,7 @@ export class Gateway implements ObjectStore {
     switch (op) {
       case Op.Create: await this.local.create(oid, f.length ?? 0); break
       case Op.Write: await this.local.write(oid, f.offset ?? 0, f.data ?? EMPTY); break
-      case Op.Replace: await this.local.replace(oid, f.data ?? EMPTY); break
+      case Op.Replace: await this.local.replace(oid, f.data ?? EMPTY, f.version === undefined || f.version === 0 ? undefined : f.version); break
       case Op.Truncate: await this.local.truncate(oid, f.length ?? 0); break
       case Op.Remove: await this.local.remove(oid); break
       default: throw new Error(`no local path for operation ${op}`)

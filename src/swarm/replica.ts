@@ -68,7 +68,8 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       case Op.Usage:
         return done({ data: encode(usage, await local.usage()) })
       case Op.Replace:
-        await local.replace(req.oid, req.data)
+        // A version given is the one every replica records, so that they all agree on it.
+        await local.replace(req.oid, req.data, req.version === 0 ? undefined : req.version)
         return done()
       case Op.Release:
         if (oidType(req.oid) !== ObjectType.Token) throw SheepError.invalid(`release of ${oidToHex(req.oid)}, which is not a token object`)

@@ -115,20 +115,19 @@ export class ClusterTokens implements WriteTokens {
     }
   }
 
-  /** The record and the version it was read at (0: there is none). */
+  /**
+   * The record and the version it was read at (0: there is none), as the token object's primary
+   * has them: a swap is compared against the primary's version, and a replica whose count strayed
+   * would make every swap against its version fail.
+   */
   private async read (vid: number): Promise<{ version: number, current: TokenRecord | null }> {
-    const oid = tokenOid(vid)
-    for (;;) {
-      // The version first: if the record is replaced before it is read, a swap against it fails.
-      const version = (await this.gateway.stat(oid))?.version ?? 0
-      if (version === 0) return { version, current: null }
-      try {
-        return { version, current: decode(tokenRecord, await this.gateway.readAll(oid)) }
-      } catch (err) {
-        if (err instanceof SheepError && err.code === 'ENOENT') continue // removed meanwhile
-        if (err instanceof RangeError) throw SheepError.corrupt(`the write token of image ${vid.toString(16)} is unreadable: ${err.message}`)
-        throw err
-      }
+    const found = await this.gateway.readAtPrimary(tokenOid(vid))
+    if (found === null) return { version: 0, current: null }
+    try {
+      return { version: found.version, current: decode(tokenRecord, found.data) }
+    } catch (err) {
+      if (err instanceof RangeError) throw SheepError.corrupt(`the write token of image ${vid.toString(16)} is unreadable: ${err.message}`)
+      throw err
     }
   }
 
