@@ -11,7 +11,14 @@ import path from 'node:path'
 export const ROOT = path.join(__dirname, '..', '..', '..')
 export const SHEEP_BIN = path.join(ROOT, 'bin', 'sheep')
 
-interface Teardownable { teardown (fn: () => unknown): void }
+interface Teardownable {
+  teardown (fn: () => unknown): void
+  /** tap's: false once an assertion of the test failed (or it timed out). */
+  passing?: () => boolean
+}
+
+/** Lines of each daemon's log shown when its test failed. */
+const LOG_TAIL_LINES = 60
 
 export interface RunResult { code: number | null, stdout: string, stderr: string }
 
@@ -127,6 +134,8 @@ export function tempDir (t: Teardownable, prefix = 'sheep-test-'): string {
 export async function startDaemon (t: Teardownable, extraArgs: string[] = []): Promise<Daemon> {
   const d = new Daemon(tempDir(t), extraArgs)
   t.teardown(async () => {
+    // What the daemons said is what tells a hang or a failure in CI apart: keep it before it goes.
+    if (t.passing?.() === false) process.stderr.write(`--- last lines of the log of the daemon at ${d.mount} (pid ${d.proc?.pid ?? 'none'}):\n${d.log.split('\n').slice(-LOG_TAIL_LINES).join('\n')}\n`)
     await Promise.race([d.stop(), new Promise(resolve => setTimeout(resolve, 15_000).unref())])
     d.cleanupSync()
   })
