@@ -56,6 +56,7 @@ export class Daemon {
     })
     this.proc = proc
     live.add(this)
+    if (proc.pid !== undefined) tellReaper(`track ${proc.pid} ${this.dir}`)
     proc.stdout?.on('data', (d: Buffer) => { this.log += d.toString() })
     proc.stderr?.on('data', (d: Buffer) => { this.log += d.toString() })
     const ready = proc.stdio[3] as NodeJS.ReadableStream
@@ -100,10 +101,22 @@ export class Daemon {
     }
     unmountIfMounted(this.mount)
     live.delete(this)
+    if (proc?.pid !== undefined) tellReaper(`forget ${proc.pid}`)
   }
 }
 
 const live = new Set<Daemon>()
+
+let reaper: ChildProcess | null = null
+
+/** Tells the reaper (./reaper.ts), started with the first daemon, what to end if this process dies. */
+function tellReaper (line: string): void {
+  if (reaper === null) {
+    reaper = spawn(process.execPath, [path.join(__dirname, 'reaper.js')], { stdio: ['pipe', 'ignore', 'ignore'], detached: true })
+    reaper.unref()
+  }
+  reaper.stdin?.write(line + '\n')
+}
 process.on('exit', () => {
   for (const d of live) d.cleanupSync()
 })
