@@ -10,7 +10,7 @@ import SecretStream from '@hyperswarm/secret-stream'
 import type DHT from 'hyperdht'
 import { SheepError } from '../src/errors'
 import { Link, type RequestHandler, type SecureStream } from '../src/swarm/link'
-import { DEFAULT_MESH_TIMING } from '../src/swarm/mesh'
+import { secretStreamOver } from '../src/swarm/mesh'
 import { Op } from '../src/swarm/messages'
 import type { Member } from '../src/swarm/view'
 
@@ -39,10 +39,7 @@ export function memberOf (keyPair: DHT.KeyPair, port: number): Member {
  * keep-alive and dead-connection timeout) and resolves with the Link once both proofs checked out.
  */
 export async function linkOver (socket: net.Socket, initiator: boolean, setup: LinkSetup): Promise<Link> {
-  socket.setNoDelay(true)
-  const stream = new SecretStream(initiator, socket, { keyPair: setup.keyPair })
-  stream.setKeepAlive(DEFAULT_MESH_TIMING.keepAliveMs)
-  stream.setTimeout(DEFAULT_MESH_TIMING.deadAfterMs)
+  const stream = secretStreamOver(socket, initiator, setup.keyPair)
   return await new Promise<Link>((resolve, reject) => {
     const failed = (err?: Error): void => reject(SheepError.unreachable(`no link over TCP: ${err?.message ?? 'the connection closed during the handshake'}`))
     stream.once('error', failed)

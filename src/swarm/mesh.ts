@@ -175,9 +175,7 @@ export class Mesh extends EventEmitter {
   private accept (socket: net.Socket): void {
     this.tcpSockets.add(socket)
     socket.on('close', () => this.tcpSockets.delete(socket))
-    socket.setNoDelay(true)
-    const stream = new SecretStream(false, socket, { keyPair: this.opts.keyPair })
-    this.secure(stream, null)
+    this.secure(secretStreamOver(socket, false, this.opts.keyPair, this.timing), null)
   }
 
   private dial (peer: Peer): void {
@@ -189,16 +187,12 @@ export class Mesh extends EventEmitter {
     const socket = net.connect({ host, port })
     this.tcpSockets.add(socket)
     socket.on('close', () => this.tcpSockets.delete(socket))
-    socket.setNoDelay(true)
-    const stream = new SecretStream(true, socket, { keyPair: this.opts.keyPair })
-    this.secure(stream, id)
+    this.secure(secretStreamOver(socket, true, this.opts.keyPair, this.timing), id)
   }
 
   /** A TCP secret-stream: once its Noise handshake is done, it becomes a link like any other. */
   private secure (stream: SecretStream, expected: string | null): void {
     stream.on('error', () => {})
-    stream.setKeepAlive(this.timing.keepAliveMs)
-    stream.setTimeout(this.timing.deadAfterMs)
     const done = (): void => { if (expected !== null) this.dialling.delete(expected) }
     stream.on('close', () => {
       done()
@@ -271,6 +265,18 @@ async function freeUdpPort (host: string): Promise<number> {
   const { port } = socket.address()
   await new Promise<void>(resolve => socket.close(() => resolve()))
   return port
+}
+
+/**
+ * A TCP socket as the direct path carries it: no Nagle, the Noise secret-stream with this node's
+ * key pair, keep-alive and the dead-connection timeout (the bench's transport floor uses it too).
+ */
+export function secretStreamOver (socket: net.Socket, initiator: boolean, keyPair: DHT.KeyPair, timing: MeshTiming = DEFAULT_MESH_TIMING): SecretStream {
+  socket.setNoDelay(true)
+  const stream = new SecretStream(initiator, socket, { keyPair })
+  stream.setKeepAlive(timing.keepAliveMs)
+  stream.setTimeout(timing.deadAfterMs)
+  return stream
 }
 
 async function listen (server: net.Server, port: number, host: string): Promise<void> {
