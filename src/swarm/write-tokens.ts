@@ -77,7 +77,10 @@ export class ClusterTokens implements WriteTokens {
       const epoch = this.cluster.epoch
       const { version, current } = await this.read(vid)
       if (!this.taken.has(vid)) return
-      if (current === null || current.deleted) throw SheepError.stale(`image ${vid.toString(16)} was deleted on another host`)
+      if (current === null || current.deleted) {
+        this.released(vid)
+        throw SheepError.stale(`image ${vid.toString(16)} was deleted on another host`)
+      }
       await this.reassert(vid, epoch, version, current)
     }
   }

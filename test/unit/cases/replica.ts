@@ -1,10 +1,11 @@
 // The replica side of the peer protocol (src/swarm/replica.ts) over a real local store: requests
 // from another epoch, without a majority, of unknown kinds or naming the wrong object are refused
-// with their own error and change nothing; a release of a write token reaches the images.
+// with their own error and change nothing; a release of a write token reaches the images; a
+// replace that names a version makes the replica record that one.
 
 import t from 'tap'
 import { LocalObjectStore } from '../../../src/objects/local-store'
-import { dataOid, inodeOid, tokenOid } from '../../../src/objects/oid'
+import { dataOid, inodeOid, metaOid, tokenOid } from '../../../src/objects/oid'
 import { Op, type Request } from '../../../src/swarm/messages'
 import { replicaHandler } from '../../../src/swarm/replica'
 import type { TokenPurpose } from '../../../src/cow/tokens'
@@ -35,4 +36,28 @@ t.test('the replica handler checks epoch, majority, operation and object before 
   await serve(req({ op: Op.Release, oid: tokenOid(7), version: 0 }))
   await serve(req({ op: Op.Release, oid: tokenOid(0xabcdef), version: 1 }))
   t.same(released, [[7, 'io'], [0xabcdef, 'change']], 'releases reach the images with the vid and purpose')
+})
+
+t.test('a replace naming a version records that version, whatever the replica counted; one naming none counts on', async t => {
+  const store = new LocalObjectStore(tmpDir(t))
+  await store.open()
+  t.teardown(async () => await store.close())
+  const serve = replicaHandler(store, {
+    epoch: () => 1,
+    quorate: () => true,
+    asPrimary: async () => { throw new Error('not used') },
+    release: async () => {}
+  })
+  const oid = metaOid(3)
+  const replace = async (text: string, version: number): Promise<void> => {
+    await serve({ id: 1, epoch: 1, op: Op.Replace, oid, offset: 0, length: 0, version, data: Buffer.from(text) })
+  }
+  await replace('a', 0)
+  await replace('b', 0)
+  await replace('c', 0) // this replica is now one ahead of a primary at version 2
+  t.equal((await store.stat(oid))?.version, 3, 'no version given: its own count')
+  await replace('d', 3)
+  t.same({ version: (await store.stat(oid))?.version, bytes: (await store.readAll(oid)).toString() }, { version: 3, bytes: 'd' }, 'the primary\'s version, not its count plus one')
+  await replace('e', 0)
+  t.equal((await store.stat(oid))?.version, 4, 'and counts on from there')
 })
