@@ -1,5 +1,11 @@
 // The store's index: one classic-level record per object, keyed by the object id in hex.
 // Record format v1 (compact-encoding): uint version, uint size.
+//
+// Writes are applied in the order they are made, in batches (group commit): classic-level runs
+// each call on a pool thread, so two puts of one key made back to back could otherwise land in
+// either order and leave the older record (a grown inode whose recorded size went back, cutting
+// off owner entries; issue 15). A synced batch makes every write before it durable too, since
+// LevelDB's log is written in order.
 
 import { ClassicLevel } from 'classic-level'
 import c from 'compact-encoding'
@@ -8,6 +14,10 @@ import { type ObjectId, oidFromHex, oidToHex } from './oid'
 import type { ObjectInfo } from './types'
 
 const RECORD_FORMAT = 1
+/** Key of the record a sync with nothing else to write writes; outside the range of object keys. */
+const SYNC_KEY = 'sync'
+const FIRST_KEY = '0'.repeat(16)
+const LAST_KEY = 'f'.repeat(16)
 
 const record = {
   preencode (state: c.State, r: { version: number, size: number }) {
@@ -23,8 +33,26 @@ const record = {
   }
 }
 
+type Op = { type: 'put', key: string, value: Buffer } | { type: 'del', key: string }
+
+interface Queued {
+  ops: Op[]
+  sync: boolean
+  done: (err?: Error) => void
+}
+
+/** A record that could not be decoded: listed apart, so that nothing is deleted for it. */
+export interface UnreadableRecord {
+  key: string
+  reason: string
+}
+
 export class Catalog {
   private readonly db: ClassicLevel<string, Buffer>
+  private queue: Queued[] = []
+  private writing = false
+  /** A batch written without sync since the last synced one: flush() has work to do. */
+  private unsynced = false
 
   constructor (dir: string) {
     this.db = new ClassicLevel<string, Buffer>(dir, { keyEncoding: 'utf8', valueEncoding: 'buffer' })
@@ -40,31 +68,76 @@ export class Catalog {
     }
   }
 
-  async close (): Promise<void> { await this.db.close() }
+  async close (): Promise<void> {
+    await this.flush()
+    await this.db.close()
+  }
 
+  /** The record as last written (a write still queued is not seen). */
   async get (oid: ObjectId): Promise<ObjectInfo | null> {
     const value = await this.db.get(oidToHex(oid))
     if (value === undefined) return null
     return { oid, ...decodeRecord(oid, value) }
   }
 
+  /** Writes the records after every write made before; with sync, all of them are durable when it resolves. */
   async put (infos: ObjectInfo[], sync = false): Promise<void> {
-    if (infos.length === 1) {
-      const i = infos[0] as ObjectInfo
-      await this.db.put(oidToHex(i.oid), c.encode(record, i), { sync })
-      return
-    }
-    await this.db.batch(infos.map(i => ({ type: 'put' as const, key: oidToHex(i.oid), value: c.encode(record, i) })), { sync })
+    await this.enqueue(infos.map(i => ({ type: 'put', key: oidToHex(i.oid), value: c.encode(record, i) })), sync)
   }
 
-  async del (oid: ObjectId): Promise<void> { await this.db.del(oidToHex(oid)) }
+  async del (oid: ObjectId): Promise<void> {
+    await this.enqueue([{ type: 'del', key: oidToHex(oid) }], false)
+  }
 
-  async * list (): AsyncIterable<ObjectInfo> {
-    for await (const [key, value] of this.db.iterator()) {
+  /** Makes every write made so far durable. */
+  async flush (): Promise<void> {
+    if (!this.unsynced && !this.writing) return
+    await this.enqueue([{ type: 'put', key: SYNC_KEY, value: Buffer.alloc(0) }], true)
+  }
+
+  /** Every object's record; undecodable ones go to `unreadable` instead, never throw. */
+  async * list (unreadable?: UnreadableRecord[]): AsyncIterable<ObjectInfo> {
+    for await (const [key, value] of this.db.iterator({ gte: FIRST_KEY, lte: LAST_KEY })) {
       const oid = oidFromHex(key)
-      if (oid === null) throw SheepError.corrupt(`store index has a malformed key ${JSON.stringify(key)}`)
-      yield { oid, ...decodeRecord(oid, value) }
+      if (oid === null) {
+        unreadable?.push({ key, reason: 'malformed key' })
+        continue
+      }
+      let r: { version: number, size: number }
+      try {
+        r = decodeRecord(oid, value)
+      } catch (err) {
+        unreadable?.push({ key, reason: (err as Error).message })
+        continue
+      }
+      yield { oid, ...r }
     }
+  }
+
+  private async enqueue (ops: Op[], sync: boolean): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.queue.push({ ops, sync, done: err => err === undefined ? resolve() : reject(err) })
+      if (!this.writing) void this.drain()
+    })
+  }
+
+  /** Writes what is queued, one batch at a time, each batch all that queued while the last ran. */
+  private async drain (): Promise<void> {
+    this.writing = true
+    while (this.queue.length > 0) {
+      const group = this.queue
+      this.queue = []
+      const sync = group.some(q => q.sync)
+      let failure: Error | undefined
+      try {
+        await this.db.batch(group.flatMap(q => q.ops), { sync })
+        this.unsynced = !sync
+      } catch (err) {
+        failure = new SheepError('EIO', `cannot write the store index: ${(err as Error).message}`)
+      }
+      for (const q of group) q.done(failure)
+    }
+    this.writing = false
   }
 }
 

@@ -89,3 +89,13 @@ export async function syncPath (file: string): Promise<void> {
   const fd = await openFile(file, fs.constants.O_RDONLY)
   try { await fdatasync(fd) } finally { fs.closeSync(fd) }
 }
+
+/** Makes the names in a folder durable: a file created or renamed there is found after a power cut. */
+export async function syncDir (dir: string): Promise<void> {
+  const fd = await openFile(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)
+  try {
+    await new Promise<void>((resolve, reject) => fs.fsync(fd, err => err ? reject(err) : resolve()))
+  } finally {
+    fs.closeSync(fd)
+  }
+}

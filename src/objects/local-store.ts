@@ -5,13 +5,17 @@
 // it is unlinked, so every object file has a record. A record whose file is missing or shorter
 // than its size is a corrupt object: reads of it fail with EIO, never return other bytes.
 // Whole-object replacement goes through a temporary file and rename, so it is atomic.
+// sync() returns once the objects' bytes, their files' names and every catalog write made before
+// it are on disk (docs/ARCHITECTURE.md, "Crash safety", has the whole order).
 
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError, toSheepError } from '../errors'
+import { failpoint } from '../failpoints'
 import { Catalog } from './catalog'
-import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncPath } from './file-io'
+import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
+import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
 
 const FORMAT_FILE = 'FORMAT'
@@ -48,8 +52,10 @@ export class LocalObjectStore implements ObjectStore {
   private casTail: Promise<void> = Promise.resolve()
   /** Object folders known to exist, so creating an object costs no mkdir. */
   private readonly dirs = new Set<string>()
-  /** Objects were created since the catalog was last synced to disk. */
-  private createdSinceSync = false
+  /** Folders that gained a name (a new object file or folder) since their last sync. */
+  private readonly newNames = new SyncQueue<string>(async dirs => { await Promise.all(dirs.map(syncDirIfThere)) })
+  /** Records that must reach the disk before a sync returns: new objects, changed sizes. */
+  private readonly records = new SyncQueue<'catalog'>(async () => { await this.catalog.flush() })
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
@@ -102,10 +108,11 @@ export class LocalObjectStore implements ObjectStore {
     this.checkOpen()
     if (this.entries.has(oid) || await this.catalog.get(oid)) throw SheepError.exists(`object ${oidToHex(oid)}`)
     const info: ObjectInfo = { oid, version: 1, size }
+    this.records.add('catalog')
     await this.catalog.put([info])
-    this.createdSinceSync = true
     const file = this.objectPath(oid)
     await this.ensureDir(path.dirname(file))
+    this.newNames.add(path.dirname(file))
     let fd: number
     try {
       fd = await openFile(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -150,8 +157,7 @@ export class LocalObjectStore implements ObjectStore {
       e.info.version++
       if (offset + data.length > e.info.size) {
         e.info.size = offset + data.length
-        await this.catalog.put([e.info])
-        e.savedVersion = e.info.version
+        await this.saveInfo(e)
       }
     } catch (err) {
       throw toSheepError(err)
@@ -211,6 +217,8 @@ export class LocalObjectStore implements ObjectStore {
       const fits = Math.min(old?.size ?? 0, data.length)
       if (old === null || fits < old.size) await this.catalog.put([{ oid, version: old?.version ?? 0, size: fits }], true)
       await fs.promises.rename(tmp, file)
+      // The new name must be on disk before the record that describes the new file.
+      await syncDir(path.dirname(file))
       await this.catalog.put([info], true)
     } catch (err) {
       throw toSheepError(err)
@@ -242,12 +250,12 @@ export class LocalObjectStore implements ObjectStore {
     try {
       const old = e.info.size
       if (size === old) return
-      // The record never claims more than the file holds: grow the file first, shrink it last.
+      // The record never claims more than the file holds: grow the file first, shrink it last,
+      // once the smaller record is on disk.
       if (size > old) await ftruncate(e.fd, size)
       e.info.size = size
       e.info.version++
-      await this.catalog.put([e.info])
-      e.savedVersion = e.info.version
+      await this.saveInfo(e, size < old)
       if (size < old) await ftruncate(e.fd, size)
     } catch (err) {
       throw toSheepError(err)
@@ -305,16 +313,19 @@ export class LocalObjectStore implements ObjectStore {
         if (e) synced.push(e)
       }
     }
+    work.push(this.newNames.sync())
     try {
       await Promise.all(work)
+      failpoint('store-sync:after-files')
+      // Records of new objects and sizes objects grew to must be durable before anything that
+      // refers to them is. Versions alone are not worth a disk sync of the index (they survive a
+      // process crash, not a power cut: docs/ARCHITECTURE.md).
+      await this.records.sync()
+      failpoint('store-sync:after-records')
     } catch (err) {
       throw toSheepError(err)
     }
-    // New objects' records must be durable before anything that refers to them is; one synced
-    // catalog write flushes every record written before it.
-    const syncCatalog = this.createdSinceSync
-    this.createdSinceSync = false
-    await this.persistVersions(synced, syncCatalog)
+    await this.persistVersions(synced, false)
   }
 
   async usage (): Promise<StoreUsage> {
@@ -335,15 +346,25 @@ export class LocalObjectStore implements ObjectStore {
     return { objects, bytes }
   }
 
+  /** Writes an entry's record as it is now; later writes of it are queued behind this one. */
+  private async saveInfo (e: Entry, sync = false): Promise<void> {
+    const info = { ...e.info }
+    if (!sync) this.records.add('catalog')
+    await this.catalog.put([info], sync)
+    if (info.version > e.savedVersion) e.savedVersion = info.version
+  }
+
   private async persistVersions (entries: Entry[], sync: boolean): Promise<void> {
     const changed = entries.filter(e => e.info.version !== e.savedVersion)
-    if (changed.length === 0 && sync && entries[0]) changed.push(entries[0])
-    if (changed.length === 0) return
+    if (changed.length === 0) {
+      if (sync) await this.catalog.flush()
+      return
+    }
     const infos = changed.map(e => ({ ...e.info }))
     await this.catalog.put(infos, sync)
     for (let i = 0; i < changed.length; i++) {
       const e = changed[i] as Entry
-      e.savedVersion = (infos[i] as ObjectInfo).version
+      e.savedVersion = Math.max(e.savedVersion, (infos[i] as ObjectInfo).version)
       if (e.fd < 0 && e.inflight === 0 && e.savedVersion === e.info.version) this.entries.delete(e.info.oid)
     }
   }
@@ -352,6 +373,7 @@ export class LocalObjectStore implements ObjectStore {
     if (this.dirs.has(dir)) return
     await fs.promises.mkdir(dir, { recursive: true })
     this.dirs.add(dir)
+    this.newNames.add(path.dirname(dir))
   }
 
   private checkOpen (): void {
@@ -451,5 +473,14 @@ async function readIfExists (file: string): Promise<string | null> {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
     throw err
+  }
+}
+
+/** A folder removed since it gained a name (its image's objects were all deleted) needs no sync. */
+async function syncDirIfThere (dir: string): Promise<void> {
+  try {
+    await syncDir(dir)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
 }
