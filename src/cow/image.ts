@@ -16,10 +16,11 @@
 // per block.
 
 import { SheepError } from '../errors'
+import { failpoint } from '../failpoints'
 import { dataOid, inodeOid, MAX_INDEX, type ObjectId } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
 import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, type InodeHeader, inodeObjectSize, tableOffset } from './inode'
-import { RwLock } from './lock'
+import { Mutex, RwLock } from './lock'
 import { TokenHold } from './tokens'
 import { OwnerTable, SUBBLOCKS } from './owner-table'
 
@@ -54,8 +55,11 @@ export class Image {
   private readonly objects: ObjectStore
   private readonly tableOf: TableLookup
   private readonly lock = new RwLock()
+  /** Writes of the inode object (entries, header) and its syncs, one at a time: see sync(). */
+  private readonly inodeWrites = new Mutex()
   /** Per-block queues for writes that allocate or copy up. */
   private readonly blockQueues = new Map<number, Promise<void>>()
+  /** Data objects written or created since the last sync. */
   private dirtyData = new Set<ObjectId>()
   /** Owner-table entries changed in memory and not yet written to the inode. */
   private readonly dirtyEntries = new Set<number>()
@@ -93,8 +97,8 @@ export class Image {
   private get inode (): ObjectId { return inodeOid(this._header.vid) }
   private get subSize (): number { return this._header.objectSize / SUBBLOCKS }
 
-  /** Owner entries or header fields changed here and not yet written to the inode. */
-  get hasUnwritten (): boolean { return this.dirtyEntries.size > 0 || this.headerDirty || this.timesDirty }
+  /** Data not yet synced, or owner entries or header fields changed here and not yet written to the inode. */
+  get hasUnwritten (): boolean { return this.dirtyData.size > 0 || this.dirtyEntries.size > 0 || this.headerDirty || this.timesDirty }
 
   /** Bytes of data this image holds in objects of its own, counted up to its virtual size. */
   get allocatedBytes (): number {
@@ -347,8 +351,10 @@ export class Image {
 
   private async writeData (idx: number, inObject: number, data: Uint8Array): Promise<void> {
     const oid = dataOid(this.vid, idx)
-    this.dirtyData.add(oid)
     await this.objects.write(oid, inObject, data)
+    // Added once written: a sync that began while this write was under way must not take the
+    // object off the list before the write reaches it.
+    this.dirtyData.add(oid)
   }
 
   /** Runs fn after every earlier serialised operation on block idx. */
@@ -366,7 +372,7 @@ export class Image {
 
   /** A hole becomes an object of this image that reads as zeros. */
   private async allocate (idx: number): Promise<void> {
-    await this.objects.create(dataOid(this.vid, idx), this._header.objectSize)
+    await this.createObject(idx)
     this.table.setFull(idx, this.vid)
     this.saveEntry(idx)
     this.ownedSubblocks += SUBBLOCKS
@@ -375,8 +381,26 @@ export class Image {
   /** A block shared with a snapshot gets an object of this image that still reads through it. */
   private async startCopyUp (idx: number): Promise<void> {
     const from = this.table.owner(idx)
-    await this.objects.create(dataOid(this.vid, idx), this._header.objectSize)
+    await this.createObject(idx)
     this.table.setEmpty(idx, this.vid, from)
+  }
+
+  /**
+   * Creates the data object of block idx, which no entry of this image points at. One left by a
+   * crash before its entry was synced (never acknowledged) is emptied: the block is a hole to
+   * this image, and must read as zeros around the new bytes.
+   */
+  private async createObject (idx: number): Promise<void> {
+    const oid = dataOid(this.vid, idx)
+    try {
+      await this.objects.create(oid, this._header.objectSize)
+    } catch (err) {
+      if (!(err instanceof SheepError) || err.code !== 'EEXIST') throw err
+      await this.objects.remove(oid)
+      await this.objects.create(oid, this._header.objectSize)
+    }
+    // Its size and name must be durable before the entry that points at it is (sync()).
+    this.dirtyData.add(oid)
   }
 
   /** Copies sub-blocks [first, last] from wherever they read from into this image's object. */
@@ -420,9 +444,8 @@ export class Image {
     this.dirtyEntries.add(idx)
   }
 
-  private async writeEntries (): Promise<void> {
-    const entries = [...this.dirtyEntries]
-    this.dirtyEntries.clear()
+  /** Writes the given owner entries into the inode object (not synced). */
+  private async writeEntries (entries: number[]): Promise<void> {
     try {
       await Promise.all(entries.map(idx => this.objects.write(this.inode, tableOffset(idx), this.table.encodeEntry(idx))))
     } catch (err) {
@@ -478,38 +501,62 @@ export class Image {
     })
   }
 
-  /** Makes every acknowledged write and the current size durable. */
+  /**
+   * Makes every acknowledged write and the current size durable, in this order (each step
+   * durable before the next begins; docs/ARCHITECTURE.md "Crash safety" says why each crash
+   * point is safe):
+   * 1. the data objects written or created since the last sync: their bytes, their files' names
+   *    and sizes, their catalog records;
+   * 2. the owner entries and header changed up to the moment the data to sync was taken,
+   *    written into the inode object;
+   * 3. the inode object: its bytes, then its record (a size it grew to).
+   * Entries and data are taken at the same moment, so an entry written in step 2 points at an
+   * object made durable in step 1 or by an earlier sync. Step 2 and 3 run under `inodeWrites`:
+   * a flush or sync that overlaps this one finds the inode steps of the other done or waits for
+   * them, and never returns before entries another call took are on disk.
+   */
   async sync (): Promise<void> {
     await this.settled()
     this.checkFailure()
     const data = this.dirtyData
     this.dirtyData = new Set()
+    const entries = [...this.dirtyEntries]
+    this.dirtyEntries.clear()
     try {
       if (data.size > 0) await this.objects.sync(data)
     } catch (err) {
       for (const oid of data) this.dirtyData.add(oid)
+      for (const idx of entries) this.dirtyEntries.add(idx)
       throw err
     }
-    // Data first, then the entries that point at it.
-    await this.writeEntries()
-    if (this.headerDirty) await this.writeHeader()
-    if (this.inodeDirty) {
-      this.inodeDirty = false
-      try {
-        await this.objects.sync([this.inode])
-      } catch (err) {
-        this.inodeDirty = true
-        throw err
+    failpoint('image-sync:after-data')
+    await this.inodeWrites.run(async () => {
+      await this.writeEntries(entries)
+      if (this.headerDirty) await this.writeHeader()
+      failpoint('image-sync:after-entries')
+      if (this.inodeDirty) {
+        this.inodeDirty = false
+        try {
+          await this.objects.sync([this.inode])
+        } catch (err) {
+          this.inodeDirty = true
+          throw err
+        }
       }
-    }
+      failpoint('image-sync:after-inode')
+    })
   }
 
-  /** Writes the header if it changed, without waiting for the disk (close-to-open consistency). */
+  /**
+   * On close: what was written becomes durable (as NFS commits on close), so an entry never
+   * reaches the inode before the object it points at; only a change of times is written without
+   * waiting for the disk.
+   */
   async flush (): Promise<void> {
+    if (this.dirtyData.size > 0 || this.dirtyEntries.size > 0 || this.headerDirty) return await this.sync()
     await this.settled()
     this.checkFailure()
-    await this.writeEntries()
-    if (this.headerDirty || this.timesDirty) await this.writeHeader()
+    if (this.timesDirty) await this.inodeWrites.run(async () => { await this.writeHeader() })
   }
 
   async setTimes (mtime: number): Promise<void> {
@@ -630,9 +677,11 @@ export class Image {
 
   /** Writes and syncs the header: metadata operations are durable when they return. */
   private async saveHeader (): Promise<void> {
-    await this.writeHeader()
-    this.inodeDirty = false
-    await this.objects.sync([this.inode])
+    await this.inodeWrites.run(async () => {
+      await this.writeHeader()
+      this.inodeDirty = false
+      await this.objects.sync([this.inode])
+    })
   }
 }
 
