@@ -411,6 +411,9 @@ function formatStatus (s: NodeStatus): string {
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
           ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
+    ...(s.strays.objects === 0
+      ? []
+      : [`strays:   ${s.strays.objects} objects (${formatSize(s.strays.bytes)}) set aside in ${s.strays.dir}: blocks no image points at, left by a crash before a sync; delete them once no guest misses data`]),
     ...s.problems.map(p => `PROBLEM:  ${p}`),
     ''
   ].join('\n')

@@ -5,7 +5,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from './errors'
 import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
-import { LocalObjectStore } from './objects/local-store'
+import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
 import { Mount } from './fuse/mount'
 import { ControlServer, type Handlers } from './control/server'
 import { controlSocketPath } from './control/paths'
@@ -99,9 +99,12 @@ export class SheepNode {
       const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
       const tokens = this.gateway === null || this.cluster === null ? undefined : new ClusterTokens(this.gateway, this.cluster)
       if (tokens !== undefined) this.gateway?.fenceWith((oid, epoch) => tokens.fence(oid, epoch))
-      const images = new ImageStore(store, { log: this.log, soleWriter: this.cluster === null, tokens })
-      const { collected } = await images.open()
+      const soleWriter = this.cluster === null
+      const setAside = soleWriter ? async (oid: ObjectId) => await objects.setAside(oid) : undefined
+      const images = new ImageStore(store, { log: this.log, soleWriter, tokens, setAside })
+      const { collected, strays } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
+      if (strays > 0) this.log(`set aside ${strays} objects no image points at in ${path.join(this.storeDir, STRAYS_DIR)} (see sheep status)`)
       this.images = images
       this.recovery?.imagesLoaded()
       if (this.cluster !== null) this.followCluster(this.cluster, images)
@@ -245,7 +248,8 @@ export class SheepNode {
       free: usage.free,
       objects: stored.objects,
       storeBytes: stored.bytes,
-      problems: images.problems(),
+      problems: [...images.problems(), ...objects.problems()],
+      strays: await objects.strays(),
       cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
     }
   }

@@ -79,8 +79,10 @@ export interface NodeStatus {
   objects: number
   /** Bytes the object files occupy on the store's disk. */
   storeBytes: number
-  /** Damage found, one line each (unreadable images). */
+  /** Damage found, one line each (unreadable images, unreadable index records). */
   problems: string[]
+  /** Objects a start-up set aside because no image points at them (the store's strays folder). */
+  strays: { dir: string, objects: number, bytes: number }
   /** Null for a node running without a cluster. */
   cluster: ClusterStatus | null
 }

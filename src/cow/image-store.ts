@@ -14,6 +14,7 @@ import crypto from 'node:crypto'
 import { SheepError } from '../errors'
 import { inodeOid, MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore, StoreUsage } from '../objects/types'
+import type { ObjectId } from '../objects/oid'
 import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
 import { blockCount, type InodeHeader } from './inode'
@@ -80,6 +81,20 @@ export interface ImageStoreOptions {
   soleWriter?: boolean
   /** On a cluster, the images' write tokens (./tokens.ts); a one-host store has none. */
   tokens?: WriteTokens
+  /**
+   * Keeps an object the start-up repair is in doubt about out of the way of the images (the
+   * local store moves it to its strays folder) and says where it went. Without it such an
+   * object stays where it is, reported in the log.
+   */
+  setAside?: (oid: ObjectId) => Promise<string>
+}
+
+/** What open() did with objects nothing refers to. */
+export interface OpenRepairs {
+  /** Deleted: objects of images the directory no longer has, blocks past an image's end. */
+  collected: number
+  /** Kept aside: blocks inside an image that its inode does not point at. */
+  strays: number
 }
 
 type Progress = (done: number, total: number) => void
@@ -109,6 +124,7 @@ export class ImageStore {
   private readonly pendingDestroy = new Set<Promise<void>>()
   private readonly tableOf = (vid: number): OwnerTable | undefined => this.inodes.get(vid)?.owners
   private readonly tokens: WriteTokens | undefined
+  private readonly setAside: ((oid: ObjectId) => Promise<string>) | undefined
   /** Images whose objects are being deleted: their token is not given to another host. */
   private readonly dying = new Set<number>()
 
@@ -117,10 +133,11 @@ export class ImageStore {
     this.log = opts.log ?? (() => {})
     this.soleWriter = opts.soleWriter ?? true
     this.tokens = opts.tokens
+    this.setAside = opts.setAside
   }
 
   /** Loads the directory and every inode, then deletes what nothing refers to. */
-  async open (): Promise<{ collected: number }> {
+  async open (): Promise<OpenRepairs> {
     const dirInfo = await this.objects.stat(DIRECTORY_OID)
     this.dirVersion = dirInfo?.version ?? 0
     const entries = dirInfo === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
@@ -148,9 +165,9 @@ export class ImageStore {
       if (this.soleWriter && !image.isSnapshot) await image.zeroTail()
     }
     this.reindex()
-    const collected = this.soleWriter ? await this.collectGarbage() : 0
+    const repairs = this.soleWriter ? await this.collectGarbage() : { collected: 0, strays: 0 }
     await this.metaOp(async () => await this.gc())
-    return { collected }
+    return repairs
   }
 
   /** Writes out every image's header; waits for deferred deletions. */
@@ -910,29 +927,50 @@ export class ImageStore {
     }
   }
 
-  /** Deletes objects of inodes the directory does not list, and data objects their inode does not own. */
-  private async collectGarbage (): Promise<number> {
+  /**
+   * What a crash can leave behind, sorted by what is certain. Deleted: objects of images the
+   * directory (the commit point of create and delete) does not have, and data objects past the
+   * end an image's durable header gives (a shrink, or a grow never synced). Kept aside: a data
+   * object inside an image that its inode does not point at. A crash between creating it and
+   * syncing its entry leaves one (its writes were never acknowledged by an fsync), but so would
+   * an entry lost to damage, and data is never deleted on a guess. Objects of images whose inode
+   * cannot be read, and objects whose index record cannot be read, are not touched.
+   */
+  private async collectGarbage (): Promise<OpenRepairs> {
     const owned = new Map<number, Set<number>>()
-    const orphans = []
+    const doomed: ObjectId[] = []
+    const doubtful: ObjectId[] = []
     for await (const info of this.objects.list()) {
       const type = oidType(info.oid)
       const vid = oidVid(info.oid)
       if (type === ObjectType.Meta || this.broken.has(vid)) continue
       const image = this.inodes.get(vid)
       if (image === undefined) {
-        orphans.push(info.oid)
+        doomed.push(info.oid)
         continue
       }
       if (type !== ObjectType.Data) continue
       let set = owned.get(vid)
       if (set === undefined) { set = new Set(image.owners.ownedBy(vid)); owned.set(vid, set) }
-      if (!set.has(oidIndex(info.oid))) orphans.push(info.oid)
+      const idx = oidIndex(info.oid)
+      if (set.has(idx)) continue
+      if (idx >= blockCount(image.size, image.header.objectSize)) doomed.push(info.oid)
+      else doubtful.push(info.oid)
     }
-    for (const oid of orphans) {
+    for (const oid of doomed) {
       this.log(`collecting unreferenced object ${oidToHex(oid)}`)
       await this.objects.remove(oid)
     }
-    return orphans.length
+    for (const oid of doubtful) {
+      const where = this.inodes.get(oidVid(oid)) as Image
+      const what = `object ${oidToHex(oid)} (block ${oidIndex(oid)} of ${where.isSnapshot ? 'snapshot' : 'image'} ${JSON.stringify(where.name)}), which its inode does not point at`
+      if (this.setAside === undefined) {
+        this.log(`kept ${what}`)
+        continue
+      }
+      this.log(`set aside ${what}, as ${await this.setAside(oid)}`)
+    }
+    return { collected: doomed.length, strays: doubtful.length }
   }
 }
 

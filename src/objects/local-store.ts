@@ -12,13 +12,15 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError, toSheepError } from '../errors'
 import { failpoint } from '../failpoints'
-import { Catalog } from './catalog'
+import { Catalog, type UnreadableRecord } from './catalog'
 import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
 
 const FORMAT_FILE = 'FORMAT'
+/** Where objects a start-up was in doubt about are kept for an operator (setAside). */
+export const STRAYS_DIR = 'strays'
 const FORMAT_LINE = 'sheep-store 1\n'
 export const DEFAULT_MAX_OPEN_FILES = 512
 
@@ -48,6 +50,8 @@ export class LocalObjectStore implements ObjectStore {
   private readonly maxOpenFiles: number
   private readonly io: FileIo
   private openFiles = 0
+  /** Index records the last listing could not read. */
+  private unreadable: UnreadableRecord[] = []
   private closed = false
   private casTail: Promise<void> = Promise.resolve()
   /** Object folders known to exist, so creating an object costs no mkdir. */
@@ -291,10 +295,61 @@ export class LocalObjectStore implements ObjectStore {
 
   async * list (): AsyncIterable<ObjectInfo> {
     this.checkOpen()
-    for await (const info of this.catalog.list()) {
+    const unreadable: UnreadableRecord[] = []
+    for await (const info of this.catalog.list(unreadable)) {
       const e = this.entries.get(info.oid)
       yield e ? { ...e.info } : info
     }
+    this.unreadable = unreadable
+  }
+
+  /** Damage the last listing found: index records that cannot be read (their objects are left alone). */
+  problems (): string[] {
+    return this.unreadable.map(r => `store index record ${JSON.stringify(r.key)} is unreadable (${r.reason}); its object is kept as it is`)
+  }
+
+  /**
+   * Moves an object out of the store into strays/, keeping its bytes for an operator: what a
+   * start-up does with an object it cannot prove unreferenced. Returns the file's new path.
+   */
+  async setAside (oid: ObjectId): Promise<string> {
+    this.checkOpen()
+    const e = this.entries.get(oid)
+    if (e) {
+      await this.waitIdle(e)
+      this.closeFd(e)
+      this.entries.delete(oid)
+    }
+    const strays = path.join(this.dir, STRAYS_DIR)
+    await fs.promises.mkdir(strays, { recursive: true })
+    let target = path.join(strays, oidToHex(oid))
+    for (let n = 1; await exists(target); n++) target = path.join(strays, `${oidToHex(oid)}.${n}`)
+    try {
+      await fs.promises.rename(this.objectPath(oid), target)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toSheepError(err)
+    }
+    await syncDir(strays)
+    await this.catalog.del(oid)
+    return target
+  }
+
+  /** The objects set aside so far, and the bytes they occupy. */
+  async strays (): Promise<{ dir: string, objects: number, bytes: number }> {
+    const dir = path.join(this.dir, STRAYS_DIR)
+    let objects = 0
+    let bytes = 0
+    let names: string[] = []
+    try {
+      names = await fs.promises.readdir(dir)
+    } catch {}
+    for (const name of names) {
+      try {
+        bytes += (await fs.promises.stat(path.join(dir, name))).blocks * 512
+        objects++
+      } catch {}
+    }
+    return { dir, objects, bytes }
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {
@@ -464,6 +519,15 @@ export class LocalObjectStore implements ObjectStore {
     fs.close(e.fd, () => {})
     e.fd = -1
     this.openFiles--
+  }
+}
+
+async function exists (file: string): Promise<boolean> {
+  try {
+    await fs.promises.lstat(file)
+    return true
+  } catch {
+    return false
   }
 }
 

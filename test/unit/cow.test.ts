@@ -44,7 +44,8 @@ class Env {
     await this.objects.open()
     this.images = new ImageStore(this.objects)
     this.closed = false
-    return (await this.images.open()).collected
+    const { collected, strays } = await this.images.open()
+    return collected + strays
   }
 
   async close (): Promise<void> {
@@ -57,7 +58,7 @@ class Env {
     }
   }
 
-  /** Closes everything and opens a new ImageStore on the same store; returns what open collected. */
+  /** Closes everything and opens a new ImageStore on the same store; returns how many objects open collected or set aside. */
   async reopen (): Promise<number> {
     await this.close()
     return await this.start()
