@@ -13,13 +13,13 @@ import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
-import { Cluster } from './swarm/cluster'
-import { Gateway } from './swarm/gateway'
-import { Recovery } from './swarm/recovery'
+// The cluster's modules load only on a cluster node (joinCluster): Hyperswarm and its stack take
+// most of a one-host daemon's start-up otherwise, and a restart after a crash is on the clock.
+import type { Cluster } from './swarm/cluster'
+import type { Gateway } from './swarm/gateway'
+import type { Recovery } from './swarm/recovery'
 import type { View } from './swarm/view'
-import { replicaHandler } from './swarm/replica'
-import { ClusterTokens } from './swarm/write-tokens'
-import { decodeToken, encodeToken, loadIdentity } from './swarm/identity'
+import type { ClusterTokens } from './swarm/write-tokens'
 import type { Address } from './swarm/mesh'
 
 export const DEFAULT_IO_TIMEOUT_MS = 120_000
@@ -96,9 +96,7 @@ export class SheepNode {
     this.objects = objects
     try {
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
-      const store = this.opts.cluster === undefined ? objects : await this.joinCluster(objects, this.opts.cluster)
-      const tokens = this.gateway === null || this.cluster === null ? undefined : new ClusterTokens(this.gateway, this.cluster)
-      if (tokens !== undefined) this.gateway?.fenceWith((oid, epoch) => tokens.fence(oid, epoch))
+      const { store, tokens } = this.opts.cluster === undefined ? { store: objects, tokens: undefined } : await this.joinCluster(objects, this.opts.cluster)
       const soleWriter = this.cluster === null
       const setAside = soleWriter ? async (oid: ObjectId) => await objects.setAside(oid) : undefined
       const images = new ImageStore(store, { log: this.log, soleWriter, tokens, setAside })
@@ -125,8 +123,11 @@ export class SheepNode {
     this.log(`sheep ${VERSION} serving ${this.mountDir} from store ${this.storeDir} (pid ${process.pid})`)
   }
 
-  /** Starts the cluster membership and returns the replicated object store over the local one. */
-  private async joinCluster (objects: LocalObjectStore, opts: ClusterNodeOptions): Promise<ObjectStore> {
+  /** Starts the cluster membership and returns the replicated object store over the local one, and the write tokens. */
+  private async joinCluster (objects: LocalObjectStore, opts: ClusterNodeOptions): Promise<{ store: ObjectStore, tokens: ClusterTokens }> {
+    const [{ Cluster }, { Gateway }, { Recovery }, { replicaHandler }, { ClusterTokens }, { decodeToken, loadIdentity }] = await Promise.all([
+      import('./swarm/cluster'), import('./swarm/gateway'), import('./swarm/recovery'), import('./swarm/replica'),
+      import('./swarm/write-tokens'), import('./swarm/identity')])
     const token = opts.join === null ? null : decodeToken(opts.join)
     const identity = loadIdentity(this.storeDir, token, opts.bootstrap)
     const usage = await objects.usage()
@@ -173,7 +174,9 @@ export class SheepNode {
     this.gateway = gateway
     recovery.start(view)
     cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })
-    return gateway
+    const tokens = new ClusterTokens(gateway, cluster)
+    gateway.fenceWith((oid, epoch) => tokens.fence(oid, epoch))
+    return { store: gateway, tokens }
   }
 
   /** Picks up other hosts' image changes: at once when told, and every REFRESH_MS in case a notice was lost. */
@@ -345,6 +348,7 @@ export class SheepNode {
       },
       'cluster.token': async () => {
         const cluster = this.joinedCluster()
+        const { encodeToken } = await import('./swarm/identity')
         return { token: encodeToken(cluster.secret, cluster.bootstrapList) }
       },
       'node.list': async () => await this.nodeList(),

@@ -28,11 +28,14 @@ export class Daemon {
   readonly mount: string
   readonly runDir: string
   readonly extraArgs: string[]
+  /** Added to the daemon's environment (failpoints). */
+  readonly extraEnv: NodeJS.ProcessEnv
   proc: ChildProcess | null = null
   log = ''
 
-  constructor (dir: string, extraArgs: string[]) {
+  constructor (dir: string, extraArgs: string[], extraEnv: NodeJS.ProcessEnv = {}) {
     this.dir = dir
+    this.extraEnv = extraEnv
     this.store = path.join(dir, 'store')
     this.mount = path.join(dir, 'mnt')
     this.runDir = path.join(dir, 'run')
@@ -52,7 +55,7 @@ export class Daemon {
   async start (): Promise<void> {
     const proc = spawn(process.execPath, [SHEEP_BIN, 'start', '--store', this.store, '--mount', this.mount, ...this.extraArgs], {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
-      env: { ...this.env, SHEEP_READY_FD: '3' }
+      env: { ...this.env, ...this.extraEnv, SHEEP_READY_FD: '3' }
     })
     this.proc = proc
     live.add(this)
@@ -144,8 +147,8 @@ export function tempDir (t: Teardownable, prefix = 'sheep-test-'): string {
 }
 
 /** Starts a daemon in a fresh folder; it is stopped and cleaned up when the test ends. */
-export async function startDaemon (t: Teardownable, extraArgs: string[] = []): Promise<Daemon> {
-  const d = new Daemon(tempDir(t), extraArgs)
+export async function startDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Daemon> {
+  const d = new Daemon(tempDir(t), extraArgs, extraEnv)
   t.teardown(async () => {
     // What the daemons said is what tells a hang or a failure in CI apart: keep it before it goes.
     if (t.passing?.() === false) process.stderr.write(`--- last lines of the log of the daemon at ${d.mount} (pid ${d.proc?.pid ?? 'none'}):\n${d.log.split('\n').slice(-LOG_TAIL_LINES).join('\n')}\n`)
@@ -154,6 +157,24 @@ export async function startDaemon (t: Teardownable, extraArgs: string[] = []): P
   })
   await d.start()
   return d
+}
+
+/**
+ * Keeps n cores busy until the test ends (spinning child processes, ended by their PIDs, by the
+ * reaper too if this process dies): crash windows that an idle machine hides open up under load.
+ */
+export function busyLoops (t: Teardownable, n: number): void {
+  const dir = tempDir(t, 'sheep-busy-')
+  for (let i = 0; i < n; i++) {
+    const proc = spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' })
+    if (proc.pid === undefined) continue
+    const pid = proc.pid
+    tellReaper(`track ${pid} ${dir}`)
+    t.teardown(() => {
+      try { process.kill(pid, 'SIGKILL') } catch {}
+      tellReaper(`forget ${pid}`)
+    })
+  }
 }
 
 /** Runs qemu-io on a raw image with the given commands; throws with its output if any fails. */
