@@ -159,22 +159,32 @@ export async function startDaemon (t: Teardownable, extraArgs: string[] = [], ex
   return d
 }
 
+/** Spinning processes that keep cores busy; paused (SIGSTOP) and resumed (SIGCONT) by their PIDs. */
+export interface BusyLoops {
+  pause: () => void
+  resume: () => void
+}
+
 /**
  * Keeps n cores busy until the test ends (spinning child processes, ended by their PIDs, by the
  * reaper too if this process dies): crash windows that an idle machine hides open up under load.
  */
-export function busyLoops (t: Teardownable, n: number): void {
+export function busyLoops (t: Teardownable, n: number): BusyLoops {
   const dir = tempDir(t, 'sheep-busy-')
+  const pids: number[] = []
   for (let i = 0; i < n; i++) {
     const proc = spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' })
     if (proc.pid === undefined) continue
     const pid = proc.pid
+    pids.push(pid)
     tellReaper(`track ${pid} ${dir}`)
     t.teardown(() => {
       try { process.kill(pid, 'SIGKILL') } catch {}
       tellReaper(`forget ${pid}`)
     })
   }
+  const signal = (sig: NodeJS.Signals): void => { for (const pid of pids) { try { process.kill(pid, sig) } catch {} } }
+  return { pause: () => signal('SIGSTOP'), resume: () => signal('SIGCONT') }
 }
 
 /** Runs qemu-io on a raw image with the given commands; throws with its output if any fails. */
