@@ -133,6 +133,7 @@ t.test('torture: SIGKILLs (200, or SHEEP_CRASH_ROUNDS) of the daemon at random m
     lap('restarting')
     failures.push(...checkRound(img, model, rng, 64).map(w => `round ${round} (seed ${seed}): ${w}`))
     lap('checking')
+    if (round % 50 === 0) t.comment(`${round} rounds: ${model.writes} writes, ${model.syncs} fsyncs, ${failures.length} failures`)
   }
   t.comment(`time spent: ${JSON.stringify(spent)} ms`)
   t.same(failures, [], `every acknowledged sector read back after each crash (${model.writes} writes, ${model.syncs} fsyncs)`)
