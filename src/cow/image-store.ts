@@ -888,6 +888,9 @@ export class ImageStore {
   private async gc (): Promise<void> {
     const hidden = [...this.dir.values()].filter(e => (e.flags & HIDDEN) !== 0 && this.inodes.has(e.vid))
     if (hidden.length === 0) return
+    // An inode that cannot be read may read through any snapshot: while one is broken, what
+    // nothing readable refers to is not known to be unreferenced, and nothing is freed.
+    if (this.broken.size > 0) return
     const referenced = new Map<number, Set<number>>()
     // Open handles keep a deleted snapshot readable, as an unlinked file stays readable.
     const open = hidden.map(e => this.inodes.get(e.vid) as Image).filter(i => i.openCount > 0)

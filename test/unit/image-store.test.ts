@@ -568,6 +568,25 @@ t.test('an inode with a corrupt header marks its image broken; the others work',
   t.equal(await objectsOf(again.objects, bad.vid), 0, 'deleting it frees its objects')
 })
 
+t.test('while an inode is broken, no deleted snapshot it may read through is freed', async t => {
+  const dir = tmpDir(t)
+  const env = await openEnv(t, dir)
+  const base = await env.images.create('base', 2 * OS, OPTS)
+  await base.write(0, pattern(2 * OS, 4))
+  await env.images.snapshot('base', 's')
+  const clone = await env.images.clone('base', 's', 'clone')
+  const snapVid = env.images.getSnapshot('base', 's').vid
+  await env.images.remove('base') // the snapshot stays, hidden: the clone reads through it
+  await closeEnv(env)
+  const objects = new LocalObjectStore(dir)
+  await objects.open()
+  await objects.write(inodeOid(clone.vid), 12, Buffer.from([0xff, 0xff, 0xff, 0xff])) // the clone's header is now garbage
+  await objects.close()
+  const again = await openEnv(t, dir)
+  t.match(again.images.problems(), [/"clone" is unreadable/])
+  t.equal(await objectsOf(again.objects, snapVid), 3, 'the hidden snapshot keeps its inode and both blocks')
+})
+
 t.test('a missing inode marks its image broken instead of failing open', async t => {
   // The directory names an image whose inode object is gone: a corrupt store, so EIO for that
   // image, like a corrupt inode; the other images must still be served.
