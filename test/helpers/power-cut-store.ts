@@ -38,6 +38,8 @@
 // random. A sync() takes its marks (what it must make durable: what was made before it was
 // called) at the call, and applies them when its effect happens; a sync called while another's
 // catalog or folder flush is under way waits for it, as SyncQueue does, so it inherits its marks.
+// cutAfter(n) stops the disk after n more effects (later calls stay in flight): the disk only
+// changes at effects, so cuts between effects reach every state a power cut can leave.
 // After crash() the old store is dead: its calls never resolve (the old ImageStore just stops).
 
 import { SheepError } from '../../src/errors'
@@ -101,10 +103,15 @@ function applyFileOp (f: FileState, op: FileOp): void {
   for (let off = op.offset; off < end;) {
     const p = Math.floor(off / PAGE)
     const to = Math.min(end, (p + 1) * PAGE)
-    const page = Buffer.alloc(PAGE)
-    f.pages.get(p)?.copy(page)
-    op.data.copy(page, off - p * PAGE, off - op.offset, to - op.offset)
-    f.pages.set(p, page)
+    if (to - off === PAGE) {
+      // A whole page: the op's own bytes, shared (pages are never changed in place).
+      f.pages.set(p, off === op.offset && to === end ? op.data : op.data.subarray(off - op.offset, to - op.offset))
+    } else {
+      const page = Buffer.alloc(PAGE)
+      f.pages.get(p)?.copy(page)
+      op.data.copy(page, off - p * PAGE, off - op.offset, to - op.offset)
+      f.pages.set(p, page)
+    }
     off = to
   }
   if (end > f.size) f.size = end
@@ -160,6 +167,10 @@ export class PowerCutStore implements ObjectStore {
   private readonly inflight = new Set<() => void>()
   private casTail: Promise<unknown> = Promise.resolve()
   private dead = false
+  /** Effects so far, and after how many the disk stops (cutAfter). */
+  private effects = 0
+  private cutAt = Infinity
+  private onCut: (() => void) | undefined
   private readonly rng: Rng
   /** Most microtask turns a call takes before its effect. */
   maxTicks = 3
@@ -217,6 +228,7 @@ export class PowerCutStore implements ObjectStore {
     this.folder(oidVid(oid)).add({ oid, file: null })
   }
 
+  /** Applies a file operation; a write's data is the store's own copy, never changed after. */
   private fileOp (id: number, op: FileOp): void {
     const f = this.files.get(id) as FileState
     applyFileOp(f, op)
@@ -226,7 +238,7 @@ export class PowerCutStore implements ObjectStore {
     // Pages reach the disk independently of each other.
     for (let off = op.offset; off < op.offset + op.data.length;) {
       const end = Math.min(op.offset + op.data.length, (Math.floor(off / PAGE) + 1) * PAGE)
-      s.add({ kind: 'write', offset: off, data: Buffer.from(op.data.subarray(off - op.offset, end - op.offset)) })
+      s.add({ kind: 'write', offset: off, data: op.data.subarray(off - op.offset, end - op.offset) })
       off = end
     }
   }
@@ -256,6 +268,12 @@ export class PowerCutStore implements ObjectStore {
     const ticks = this.rng.int(0, this.maxTicks)
     for (let i = 0; i < ticks; i++) await Promise.resolve()
     if (this.dead) return await never<T>()
+    if (this.effects >= this.cutAt) {
+      // The power is going: this call stays in flight, for crash() to decide.
+      this.onCut?.()
+      return await never<T>()
+    }
+    this.effects++
     this.inflight.delete(run)
     run()
     // Happened: the caller hears of it one turn later (a crash may fall in between).
@@ -425,6 +443,22 @@ export class PowerCutStore implements ObjectStore {
 
   async usage (): Promise<StoreUsage> {
     return { capacity: 2 ** 40, free: 2 ** 39 }
+  }
+
+  /**
+   * Lets `n` more calls have their effect, then none: later calls stay in flight until crash().
+   * Resolves when a call finds the power gone. A cut between any two effects reaches every
+   * state of the disk that a cut between two instructions of the image layer could.
+   */
+  cutAfter (n: number): Promise<void> {
+    this.cutAt = this.effects + n
+    return new Promise(resolve => { this.onCut = resolve })
+  }
+
+  /** Takes back cutAfter(), if no call found the power gone yet. */
+  uncut (): void {
+    this.cutAt = Infinity
+    this.onCut = undefined
   }
 
   /** How many calls have not had their effect yet. */
