@@ -910,6 +910,9 @@ export class ImageStore {
         }
       }
     }
+    // The tables read above are the ones in memory: what they no longer point at must be so on
+    // disk too before it is freed, or a crash brings back inodes that read through freed objects.
+    for (const image of live) if (image.hasUnwritten) await image.sync()
     const unneeded = hidden.filter(e => !referenced.has(e.vid) && (this.inodes.get(e.vid) as Image).openCount === 0)
     if (unneeded.length > 0) {
       await this.commit(() => { for (const e of unneeded) this.dir.delete(e.vid) }, () => { for (const e of unneeded) this.dir.set(e.vid, e) })

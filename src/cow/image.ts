@@ -57,6 +57,8 @@ export class Image {
   private readonly lock = new RwLock()
   /** Writes of the inode object (entries, header) and its syncs, one at a time: see sync(). */
   private readonly inodeWrites = new Mutex()
+  /** Syncs, one at a time: see sync(). */
+  private readonly syncs = new Mutex()
   /** Per-block queues for writes that allocate or copy up. */
   private readonly blockQueues = new Map<number, Promise<void>>()
   /** Data objects written or created since the last sync. */
@@ -152,8 +154,9 @@ export class Image {
     const last = blockCount(this._header.size, os) - 1
     if (cut === 0 || this.table.owner(last) !== this.vid) return
     await this.ownWholly(last)
-    await this.objects.write(dataOid(this.vid, last), cut, Buffer.alloc(os - cut))
-    await this.objects.sync([dataOid(this.vid, last)])
+    await this.writeData(last, cut, Buffer.alloc(os - cut))
+    // With the entry of a copy-up: until it is on disk the inode reads the block elsewhere.
+    await this.sync()
   }
 
   /** Reads up to `length` bytes at `pos` into target; returns how many (0 at or past the end). */
@@ -481,15 +484,16 @@ export class Image {
       if (cut !== 0 && this.table.owner(keep - 1) !== 0) {
         // A later grow must read zeros here, as it would from a file.
         await this.ownWholly(keep - 1)
-        await this.objects.write(dataOid(this.vid, keep - 1), cut, Buffer.alloc(os - cut))
-        await this.objects.sync([dataOid(this.vid, keep - 1)])
+        await this.writeData(keep - 1, cut, Buffer.alloc(os - cut))
       }
       const freed = [...this.table.ownedBy(this.vid)].filter(idx => idx >= keep)
-      // Durable new size first: a crash after it leaves only unreferenced objects, which the
+      // Durable new size first, with the zeroed tail and its block's entry (a copy-up of a block
+      // shared with a snapshot): a crash after it leaves only unreferenced objects, which the
       // next start collects.
       this._header.size = size
       this._header.mtime = Date.now()
-      await this.saveHeader()
+      this.headerDirty = true
+      await this.sync()
       await this.objects.truncate(this.inode, inodeObjectSize(size, os))
       for (const idx of freed) {
         const oid = dataOid(this.vid, idx)
@@ -511,11 +515,15 @@ export class Image {
    *    written into the inode object;
    * 3. the inode object: its bytes, then its record (a size it grew to).
    * Entries and data are taken at the same moment, so an entry written in step 2 points at an
-   * object made durable in step 1 or by an earlier sync. Step 2 and 3 run under `inodeWrites`:
-   * a flush or sync that overlaps this one finds the inode steps of the other done or waits for
-   * them, and never returns before entries another call took are on disk.
+   * object made durable in step 1 or by an earlier sync. Syncs run one at a time: one that
+   * overlaps another waits for it, since the other may have taken what its caller wrote. Step 2
+   * and 3 also hold `inodeWrites`, which every other write of the inode takes.
    */
   async sync (): Promise<void> {
+    await this.syncs.run(async () => { await this.syncOnce() })
+  }
+
+  private async syncOnce (): Promise<void> {
     await this.settled()
     this.checkFailure()
     const data = this.dirtyData

@@ -6,7 +6,10 @@
 // than its size is a corrupt object: reads of it fail with EIO, never return other bytes.
 // Whole-object replacement goes through a temporary file and rename, so it is atomic.
 // sync() returns once the objects' bytes, their files' names and every catalog write made before
-// it are on disk (docs/ARCHITECTURE.md, "Crash safety", has the whole order).
+// it are on disk (docs/ARCHITECTURE.md, "Crash safety", has the whole order). A record never
+// claims more bytes than its file durably holds, whatever a power cut keeps: an object grows in
+// memory and its larger size is recorded only once its file was synced, and a file found longer
+// than its record (a growth never synced, a shrink whose cut was lost) is cut to it when loaded.
 
 import fs from 'node:fs'
 import path from 'node:path'
@@ -37,6 +40,8 @@ interface Entry {
   inflight: number
   /** Version last written to the catalog. */
   savedVersion: number
+  /** Size last written to the catalog: what the file durably holds, at least. */
+  savedSize: number
 }
 
 export class LocalObjectStore implements ObjectStore {
@@ -97,6 +102,8 @@ export class LocalObjectStore implements ObjectStore {
 
   async close (): Promise<void> {
     if (this.closed) return
+    // Grown objects' files first: their sizes are recorded only once the files hold them.
+    await this.sync([...this.entries.values()].filter(e => e.info.size > e.savedSize).map(e => e.info.oid))
     this.closed = true
     await this.persistVersions([...this.entries.values()], true)
     for (const e of this.entries.values()) this.closeFd(e)
@@ -124,7 +131,7 @@ export class LocalObjectStore implements ObjectStore {
     } catch (err) {
       throw toSheepError(err)
     }
-    this.remember({ info, fd, inflight: 0, savedVersion: 1 })
+    this.remember({ info, fd, inflight: 0, savedVersion: 1, savedSize: size })
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
@@ -159,10 +166,8 @@ export class LocalObjectStore implements ObjectStore {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
       e.info.version++
-      if (offset + data.length > e.info.size) {
-        e.info.size = offset + data.length
-        await this.saveInfo(e)
-      }
+      // Recorded by the next sync, after the file's growth is on disk.
+      if (offset + data.length > e.info.size) e.info.size = offset + data.length
     } catch (err) {
       throw toSheepError(err)
     } finally {
@@ -234,6 +239,7 @@ export class LocalObjectStore implements ObjectStore {
       this.closeFd(e)
       e.info = info
       e.savedVersion = info.version
+      e.savedSize = info.size
     }
   }
 
@@ -254,13 +260,17 @@ export class LocalObjectStore implements ObjectStore {
     try {
       const old = e.info.size
       if (size === old) return
-      // The record never claims more than the file holds: grow the file first, shrink it last,
-      // once the smaller record is on disk.
-      if (size > old) await ftruncate(e.fd, size)
-      e.info.size = size
+      // The record never claims more than the file holds: a growth is recorded by the next sync;
+      // a shrink is recorded, durably, before the file is cut.
       e.info.version++
-      await this.saveInfo(e, size < old)
-      if (size < old) await ftruncate(e.fd, size)
+      if (size > old) {
+        await ftruncate(e.fd, size)
+        e.info.size = size
+        return
+      }
+      e.info.size = size
+      await this.saveInfo(e)
+      await ftruncate(e.fd, size)
     } catch (err) {
       throw toSheepError(err)
     } finally {
@@ -355,26 +365,40 @@ export class LocalObjectStore implements ObjectStore {
   async sync (oids: Iterable<ObjectId>): Promise<void> {
     this.checkOpen()
     const synced: Entry[] = []
+    /** Each synced entry's size when its sync began: what the file holds once it is done. */
+    const sizes: number[] = []
     const work: Promise<void>[] = []
     for (const oid of oids) {
       const e = this.entries.get(oid)
-      if (e && e.fd >= 0) {
+      if (e) {
         synced.push(e)
+        sizes.push(e.info.size)
+      }
+      if (e && e.fd >= 0) {
         e.inflight++
         work.push(fdatasync(e.fd).finally(() => this.release(e)))
       } else {
         // Closed since it was written: fsync through a new descriptor of the same file.
         work.push(syncPath(this.objectPath(oid)))
-        if (e) synced.push(e)
       }
     }
     work.push(this.newNames.sync())
     try {
       await Promise.all(work)
       failpoint('store-sync:after-files')
-      // Records of new objects and sizes objects grew to must be durable before anything that
-      // refers to them is. Versions alone are not worth a disk sync of the index (they survive a
-      // process crash, not a power cut: docs/ARCHITECTURE.md).
+      // Records of new objects, and sizes the files now hold, must be durable before anything
+      // that refers to them is. Versions alone are not worth a disk sync of the index (they
+      // survive a process crash, not a power cut: docs/ARCHITECTURE.md).
+      const grown = synced.map((e, i) => ({ e, size: sizes[i] as number })).filter(g => g.size > g.e.savedSize)
+      if (grown.length > 0) {
+        const infos = grown.map(({ e, size }) => ({ oid: e.info.oid, version: e.info.version, size }))
+        await this.catalog.put(infos, true)
+        for (const [i, { e }] of grown.entries()) {
+          const info = infos[i] as ObjectInfo
+          e.savedSize = Math.max(e.savedSize, info.size)
+          e.savedVersion = Math.max(e.savedVersion, info.version)
+        }
+      }
       await this.records.sync()
       failpoint('store-sync:after-records')
     } catch (err) {
@@ -401,26 +425,27 @@ export class LocalObjectStore implements ObjectStore {
     return { objects, bytes }
   }
 
-  /** Writes an entry's record as it is now; later writes of it are queued behind this one. */
-  private async saveInfo (e: Entry, sync = false): Promise<void> {
+  /** Records a shrunk entry durably: its file is cut only after this. */
+  private async saveInfo (e: Entry): Promise<void> {
     const info = { ...e.info }
-    if (!sync) this.records.add('catalog')
-    await this.catalog.put([info], sync)
+    await this.catalog.put([info], true)
     if (info.version > e.savedVersion) e.savedVersion = info.version
+    e.savedSize = info.size
   }
 
+  /** Records the entries' versions, with the sizes last recorded (a larger one waits for its file's sync). */
   private async persistVersions (entries: Entry[], sync: boolean): Promise<void> {
     const changed = entries.filter(e => e.info.version !== e.savedVersion)
     if (changed.length === 0) {
       if (sync) await this.catalog.flush()
       return
     }
-    const infos = changed.map(e => ({ ...e.info }))
+    const infos = changed.map(e => ({ oid: e.info.oid, version: e.info.version, size: Math.min(e.info.size, e.savedSize) }))
     await this.catalog.put(infos, sync)
     for (let i = 0; i < changed.length; i++) {
       const e = changed[i] as Entry
       e.savedVersion = Math.max(e.savedVersion, (infos[i] as ObjectInfo).version)
-      if (e.fd < 0 && e.inflight === 0 && e.savedVersion === e.info.version) this.entries.delete(e.info.oid)
+      if (e.fd < 0 && e.inflight === 0 && this.saved(e)) this.entries.delete(e.info.oid)
     }
   }
 
@@ -490,7 +515,17 @@ export class LocalObjectStore implements ObjectStore {
       fs.close(fd, () => {})
       throw SheepError.corrupt(`object ${oidToHex(oid)} is truncated: its file has ${st.size} bytes, the index says ${info.size}`)
     }
-    const e = known ?? { info, fd: -1, inflight: 0, savedVersion: info.version }
+    if (known === undefined && st.size > info.size) {
+      // Bytes past the recorded end are no part of the object (a growth never synced, or a
+      // shrink whose cut a power cut undid): cut them, so that a later growth reads zeros there.
+      try {
+        await ftruncate(fd, info.size)
+      } catch (err) {
+        fs.close(fd, () => {})
+        throw toSheepError(err)
+      }
+    }
+    const e = known ?? { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size }
     e.fd = fd
     this.remember(e)
     return e
@@ -510,8 +545,13 @@ export class LocalObjectStore implements ObjectStore {
       if (e === keep || e.fd < 0 || e.inflight > 0) continue
       this.closeFd(e)
       // Saved entries cost nothing to reload; unsaved versions stay until the next sync.
-      if (e.info.version === e.savedVersion) this.entries.delete(e.info.oid)
+      if (this.saved(e)) this.entries.delete(e.info.oid)
     }
+  }
+
+  /** Whether the catalog holds the entry as it is: then it costs nothing to forget and reload. */
+  private saved (e: Entry): boolean {
+    return e.info.version === e.savedVersion && e.info.size === e.savedSize
   }
 
   private closeFd (e: Entry): void {
