@@ -41,5 +41,5 @@ t.test('torture on 3 nodes, copies 3: SIGKILLs (50, or SHEEP_CRASH_ROUNDS) of th
     }
   }
   t.same(failures, [], `every acknowledged sector read back after each crash (${model.writes} writes, ${model.syncs} fsyncs)`)
-  t.comment(`${round} crashes of the writing node: mean restart ${Math.round(restarts / round)} ms`)
+  t.comment(`${round} crashes of the writing node: mean restart ${Math.round(restarts / round)} ms; ${model.torn} sectors held part of a write under way`)
 })

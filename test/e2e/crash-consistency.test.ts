@@ -145,7 +145,7 @@ t.test('torture: SIGKILLs (200, or SHEEP_CRASH_ROUNDS) of the daemon at random m
   t.same(wrong.slice(0, 5), [], 'every sector ever written holds its last verified write')
   const status = JSON.parse(sheepOk(d, ['status', '--json'])) as { strays: { objects: number }, problems: string[] }
   t.same(status.problems, [], 'no damage reported')
-  t.comment(`${round} crashes: ${model.writes} writes, ${model.syncs} fsyncs; ${status.strays.objects} unsynced blocks set aside by the restarts`)
+  t.comment(`${round} crashes: ${model.writes} writes, ${model.syncs} fsyncs; ${model.torn} sectors held part of a write under way; ${status.strays.objects} unsynced blocks set aside by the restarts`)
 })
 
 t.test('every metadata command is durable when it returns: kill -9 right after each, and it is there after the restart', async t => {
