@@ -3,6 +3,7 @@
 
 import type { ErrorCode } from '../errors'
 import type { ImageInfo, SnapshotInfo, TreeNode } from '../cow/image-store'
+import type { FuseStatus } from '../fuse/mount'
 
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
@@ -81,6 +82,8 @@ export interface NodeStatus {
   storeBytes: number
   /** Damage found, one line each (unreadable images). */
   problems: string[]
+  /** The FUSE session serving the mount (kernel or libfuse2), with the kernel one's requests by operation. */
+  fuse: FuseStatus | null
   /** Null for a node running without a cluster. */
   cluster: ClusterStatus | null
 }
