@@ -405,11 +405,18 @@ async function main (argv: string[]): Promise<void> {
   }
 }
 
+function formatFuse (f: NonNullable<NodeStatus['fuse']>): string {
+  if (f.frontend === 'libfuse2') return 'libfuse 2 (fuse-native)'
+  const held = Object.entries(f.inFlight ?? {}).map(([op, n]) => `${op} ${n}`)
+  return `kernel protocol; requests in flight: ${held.length === 0 ? 'none' : held.join(', ')}`
+}
+
 function formatStatus (s: NodeStatus): string {
   const pct = s.capacity > 0 ? ` (${((1 - s.free / s.capacity) * 100).toFixed(1)}% of the disk used)` : ''
   return [
     `sheep ${s.version}, pid ${s.pid}, up ${Math.round((Date.now() - s.startedAt) / 1000)} s`,
-    `mount:    ${s.mount}${s.fuse === null ? '' : ` (FUSE: ${s.fuse.frontend === 'kernel' ? 'kernel protocol' : 'libfuse 2'})`}`,
+    `mount:    ${s.mount}`,
+    ...(s.fuse === null ? [] : [`fuse:     ${formatFuse(s.fuse)}`]),
     `store:    ${s.store}`,
     `images:   ${s.images} (${s.openHandles} open handles), ${formatSize(s.provisioned)} provisioned, ${formatSize(s.allocated)} allocated`,
     `objects:  ${s.objects}, ${formatSize(s.storeBytes)} on disk`,

@@ -5,10 +5,11 @@
 import { SheepError } from '../../errors'
 import { FUSE_ROOT_ID } from './protocol'
 
-interface Node { path: string | null, lookups: number }
+/** handles: the node's open file handles, through which an unlinked file is still reached. */
+interface Node { path: string | null, lookups: number, handles: Set<number> }
 
 export class NodeTable {
-  private readonly byId = new Map<number, Node>([[FUSE_ROOT_ID, { path: '/', lookups: 1 }]])
+  private readonly byId = new Map<number, Node>([[FUSE_ROOT_ID, { path: '/', lookups: 1, handles: new Set() }]])
   private readonly byPath = new Map<string, number>([['/', FUSE_ROOT_ID]])
   private next = FUSE_ROOT_ID + 1
 
@@ -33,7 +34,7 @@ export class NodeTable {
       return known
     }
     const id = this.next++
-    this.byId.set(id, { path, lookups: 1 })
+    this.byId.set(id, { path, lookups: 1, handles: new Set() })
     this.byPath.set(path, id)
     return id
   }
@@ -71,6 +72,24 @@ export class NodeTable {
     this.byPath.set(to, id)
     const node = this.byId.get(id)
     if (node !== undefined) node.path = to
+  }
+
+  opened (id: number, fh: number): void {
+    this.byId.get(id)?.handles.add(fh)
+  }
+
+  closed (id: number, fh: number): void {
+    this.byId.get(id)?.handles.delete(fh)
+  }
+
+  /**
+   * An open handle of a node whose name is gone: the kernel asks for an unlinked file's
+   * attributes (fstat) by node id alone.
+   */
+  handleOfNameless (id: number): number | undefined {
+    const node = this.byId.get(id)
+    if (node === undefined || node.path !== null) return undefined
+    return node.handles.values().next().value
   }
 
   /** Node ids the kernel holds (for status). */

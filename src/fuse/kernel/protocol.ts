@@ -6,6 +6,8 @@
 export const FUSE_KERNEL_VERSION = 7
 export const FUSE_KERNEL_MINOR = 31
 export const FUSE_ROOT_ID = 1
+/** The longest name older kernels forward (newer ones forward longer names; Sheep answers ENAMETOOLONG as the older did). */
+export const FUSE_NAME_MAX = 1024
 
 export const Opcode = {
   LOOKUP: 1,
@@ -91,7 +93,9 @@ export const DT_REG = 8
 export const UNKNOWN_INO = 0xffffffff
 
 /** A request that is too short, or whose fields contradict its length: answered EINVAL. */
-export class MalformedRequest extends Error {}
+export class MalformedRequest extends Error {
+  override name = 'MalformedRequest'
+}
 
 type Kind = 'u16' | 'u32' | 'u64'
 const BYTES: Record<Kind, number> = { u16: 2, u32: 4, u64: 8 }

@@ -10,9 +10,9 @@ import { NodeTable } from './nodes'
 import {
   AccessIn, Attr, AttrOutHead, BatchForgetIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, Fattr, FlushIn, FOPEN_DIRECT_IO,
   ForgetIn, ForgetOne, FsyncIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
-  Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
+  FUSE_NAME_MAX, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
   StatfsOut, UNKNOWN_INO, WriteIn, WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit,
-  opName, OutHeader, readName, replyBuffer, splitTime
+  opName, OutHeader, readName as readRawName, replyBuffer, splitTime
 } from './protocol'
 
 type Header = ReturnType<typeof InHeader.decode>
@@ -35,6 +35,13 @@ export interface KernelStats {
 interface Pending { op: string, started: number }
 
 const O_ACCMODE = 3
+
+/** A name from a request; ENAMETOOLONG past what the kernel forwarded before it took longer names. */
+function readName (buf: Buffer, off: number): { name: string, next: number } {
+  const r = readRawName(buf, off)
+  if (r.next - 1 - off > FUSE_NAME_MAX) throw new SheepError('ENAMETOOLONG', `a name of ${r.next - 1 - off} bytes`)
+  return r
+}
 /** Where a reply's payload starts. */
 const OUT = OutHeader.size
 const O_TRUNC = fs.constants.O_TRUNC
@@ -172,10 +179,11 @@ export class KernelSession {
    * fuse_entry_out for `path`, counted as one lookup of its node. Entry and attribute timeouts
    * are 0: another host may resize, rename or delete an image at any time.
    */
-  private entry (path: string, st: Stat, buf: Buffer, off: number): void {
+  private entry (path: string, st: Stat, buf: Buffer, off: number): number {
     const nodeid = this.nodes.lookedUp(path)
     EntryOutHead.encode({ nodeid }, buf, off)
     this.attr(st, nodeid, buf, off + EntryOutHead.size)
+    return nodeid
   }
 
   private attrReply (h: Header, st: Stat): Buffer {
@@ -231,7 +239,8 @@ export class KernelSession {
       }],
       [Opcode.GETATTR, (h, body) => {
         const g = GetattrIn.decode(body)
-        return this.attrReply(h, (g.getattr_flags & FUSE_GETATTR_FH) !== 0 ? core.fgetattr(g.fh) : core.getattr(nodes.path(h.nodeid)))
+        const fh = (g.getattr_flags & FUSE_GETATTR_FH) !== 0 ? g.fh : nodes.handleOfNameless(h.nodeid)
+        return this.attrReply(h, fh !== undefined ? core.fgetattr(fh) : core.getattr(nodes.path(h.nodeid)))
       }],
       [Opcode.SETATTR, async (h, body) => {
         const s = SetattrIn.decode(body)
@@ -276,7 +285,7 @@ export class KernelSession {
         const path = nodes.child(h.nodeid, readName(body, CreateIn.size).name)
         const fh = await core.create(path, c.mode & ~c.umask)
         const out = replyBuffer(entrySize + OpenOut.size)
-        this.entry(path, core.fgetattr(fh), out, OUT)
+        this.nodes.opened(this.entry(path, core.fgetattr(fh), out, OUT), fh)
         OpenOut.encode({ fh, open_flags: FOPEN_DIRECT_IO }, out, OUT + entrySize)
         return finishReply(out, h.unique, entrySize + OpenOut.size)
       }],
@@ -297,7 +306,12 @@ export class KernelSession {
       }],
       [Opcode.FLUSH, async (h, body) => { await core.flush(FlushIn.decode(body).fh); return this.empty(h) }],
       [Opcode.FSYNC, async (h, body) => { await core.fsync(FsyncIn.decode(body).fh); return this.empty(h) }],
-      [Opcode.RELEASE, async (h, body) => { await core.release(ReleaseIn.decode(body).fh); return this.empty(h) }],
+      [Opcode.RELEASE, async (h, body) => {
+        const { fh } = ReleaseIn.decode(body)
+        nodes.closed(h.nodeid, fh)
+        await core.release(fh)
+        return this.empty(h)
+      }],
       [Opcode.OPENDIR, (h, body) => {
         OpenIn.decode(body)
         core.readdir(nodes.path(h.nodeid)) // ENOTDIR, ENOENT now rather than at READDIR
@@ -348,6 +362,7 @@ export class KernelSession {
   }
 
   private opened (h: Header, fh: number): Buffer {
+    this.nodes.opened(h.nodeid, fh)
     const out = replyBuffer(OpenOut.size)
     // Direct I/O: no page cache on this host, as another host may write the image (live migration).
     OpenOut.encode({ fh, open_flags: FOPEN_DIRECT_IO }, out, OUT)
