@@ -98,17 +98,21 @@ export class KernelMount {
   }
 
   /**
-   * Unmounts. A plain umount ends the connection and the readers see ENODEV; one that is refused
-   * (images still open: `sheep stop --force`) is done lazily, as libfuse 2 does as root, and the
-   * readers then stay blocked until the process exits.
+   * Unmounts; resolves once the readers have seen the connection end (ENODEV). A plain umount
+   * ends it. One refused because files are open (`sheep stop --force`) becomes a forced one,
+   * which aborts the connection (their I/O then fails with ENOTCONN, as after libfuse 2's lazy
+   * unmount and exit), then a lazy one for the mount point itself. Lazy alone would not do: a
+   * file closed after it sends a RELEASE that keeps the filesystem alive until answered, and
+   * Node's exit waits for readers blocked in read(2): the process would never end.
    */
   async unmount (): Promise<void> {
     const plain = await run('umount', [this.dir])
     if (plain.code !== 0) {
-      const lazy = await run('umount', ['-l', this.dir])
-      this.session.close()
-      if (lazy.code !== 0) throw new SheepError('EBUSY', `cannot unmount ${this.dir}: ${lazy.said || plain.said}`)
-      return
+      const forced = await run('umount', ['-f', this.dir])
+      if (forced.code !== 0) {
+        const lazy = await run('umount', ['-l', this.dir])
+        if (lazy.code !== 0) throw new SheepError('EBUSY', `cannot unmount ${this.dir}: ${lazy.said || forced.said || plain.said}`)
+      }
     }
     await this.ended
     this.session.close()
