@@ -311,6 +311,7 @@ t.test('stop refuses while an image is open, then stops with a clean unmount', a
   t.equal(stopped.stdout, `stopped sheep on ${d.mount}\n`, 'stop says so')
   t.notOk(isMounted(d.mount), 'when stop returns, the mount is gone from /proc/self/mountinfo')
   t.equal(await exitOf(proc), 0, 'the daemon exited with status 0')
+  t.match(d.log, /Z stopped\n/, 'after its whole teardown (images written out, store closed)')
   t.same(fs.readdirSync(d.runDir).filter(n => n.endsWith('.sock')), [], 'its control socket is removed')
   oneLineError(t, d.sheep(['status', '--mount', d.mount]), /no sheep daemon is running for/, 'status after stop')
 
@@ -331,6 +332,7 @@ t.test('stop --force with an image held open by another process: the daemon exit
   t.equal(stopped.code, 0, `stop --force: ${stopped.stderr}`)
   t.notOk(isMounted(d.mount), 'the mount is gone')
   t.equal(await exitOf(proc), 0, 'the daemon exited with status 0 though a file was still open')
+  t.match(d.log, /Z stopped\n/, 'after its whole teardown')
 })
 
 t.test('start --detach returns once the mount answers; stop stops it', async t => {

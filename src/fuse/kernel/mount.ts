@@ -46,6 +46,7 @@ async function run (cmd: string, args: string[], fd?: number): Promise<{ code: n
 
 export class KernelMount {
   private readonly ended: Promise<void>
+  private readonly readers: Worker[] = []
 
   private constructor (readonly dir: string, private readonly fd: number, private readonly session: KernelSession, log: (line: string) => void) {
     const served = session.served
@@ -61,8 +62,9 @@ export class KernelMount {
       const gone = (): void => { if (--running === 0) markEnded() }
       worker.on('exit', gone)
       worker.on('error', err => log(`fuse: a reader thread failed: ${err.stack ?? err.message}`))
-      // A reader blocked in read(2) must not keep the process alive, or hold up its exit.
+      // A reader blocked in read(2) must not keep the process alive while it serves.
       worker.unref()
+      this.readers.push(worker)
     }
   }
 
@@ -106,6 +108,9 @@ export class KernelMount {
    * Node's exit waits for readers blocked in read(2): the process would never end.
    */
   async unmount (): Promise<void> {
+    // Until the readers have ended, they are what the process waits for: nothing else may be
+    // left to keep it alive, and the teardown after the unmount must still run.
+    for (const r of this.readers) r.ref()
     const plain = await run('umount', [this.dir])
     if (plain.code !== 0) {
       const forced = await run('umount', ['-f', this.dir])
