@@ -21,6 +21,13 @@ const STATFS_BLOCK = 4096
 export const FUSE_FSNAME = 'sheep'
 export const SNAPSHOT_DIR = '.snapshots'
 const XATTR = 'user.sheep.'
+/** fallocate(2) modes (linux/falloc.h), passed through unchanged by both sessions. */
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+/** lseek(2) whence values the kernel leaves to the filesystem. */
+export const SEEK_DATA = 3
+export const SEEK_HOLE = 4
 /** (uid_t)-1 / (gid_t)-1: "leave unchanged" in chown. */
 export const UNCHANGED_ID = 0xffffffff
 
@@ -232,6 +239,29 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
       const h = handle(fd)
       await images.io(h.image, h.writable, () => h.image.write(pos, buf))
       return buf.length
+    },
+    /**
+     * fallocate(2). Images are thin: mode 0 and KEEP_SIZE reserve nothing, and without KEEP_SIZE
+     * grow the image to the range's end. PUNCH_HOLE (with KEEP_SIZE, as the kernel requires) and
+     * ZERO_RANGE make the range read as zeros and free the whole objects in it. Other modes
+     * (collapse, insert, unshare): ENOTSUP.
+     */
+    async fallocate (fd: number, mode: number, offset: number, length: number): Promise<void> {
+      const h = handle(fd)
+      const known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+      if ((mode & ~known) !== 0 || ((mode & FALLOC_FL_PUNCH_HOLE) !== 0 && (mode & FALLOC_FL_ZERO_RANGE) !== 0)) {
+        throw new SheepError('ENOTSUP', `fallocate mode 0x${mode.toString(16)} is not supported`)
+      }
+      if (!h.writable) throw SheepError.readOnly(h.image.name)
+      if ((mode & FALLOC_FL_KEEP_SIZE) === 0 && offset + length > h.image.size) await this.ftruncate(fd, offset + length)
+      if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) await images.io(h.image, true, async () => await h.image.discard(offset, length))
+    },
+    /** lseek(2) SEEK_DATA / SEEK_HOLE from the owner table; ENXIO past the end or with no data after. */
+    lseek (fd: number, offset: number, whence: number): number {
+      if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw SheepError.invalid(`lseek whence ${whence}`)
+      const at = handle(fd).image.seek(offset, whence === SEEK_HOLE)
+      if (at === null) throw new SheepError('ENXIO', `no ${whence === SEEK_HOLE ? 'hole' : 'data'} at or after ${offset}`)
+      return at
     },
     async flush (fd: number): Promise<void> {
       const h = handle(fd)

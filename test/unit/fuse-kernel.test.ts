@@ -26,7 +26,8 @@ t.test('every struct has the size linux/fuse.h gives it at protocol 7.31', async
     ['fuse_statfs_out', P.StatfsOut, 80], ['fuse_setxattr_in (compat)', P.SetxattrIn, 8], ['fuse_getxattr_in', P.GetxattrIn, 8],
     ['fuse_getxattr_out', P.GetxattrOut, 8], ['fuse_forget_in', P.ForgetIn, 8], ['fuse_batch_forget_in', P.BatchForgetIn, 8],
     ['fuse_forget_one', P.ForgetOne, 16], ['fuse_interrupt_in', P.InterruptIn, 8], ['fuse_rename_in', P.RenameIn, 8],
-    ['fuse_rename2_in', P.Rename2In, 16], ['fuse_access_in', P.AccessIn, 8], ['fuse_dirent head', P.Dirent, 24]
+    ['fuse_rename2_in', P.Rename2In, 16], ['fuse_access_in', P.AccessIn, 8], ['fuse_dirent head', P.Dirent, 24],
+    ['fuse_fallocate_in', P.FallocateIn, 32], ['fuse_lseek_in', P.LseekIn, 24], ['fuse_lseek_out', P.LseekOut, 8]
   ]
   for (const [name, s, size] of sizes) t.equal(s.size, size, name)
 })
@@ -226,4 +227,87 @@ t.test('malformed and unknown requests get EINVAL, EIO or ENOSYS and never throw
     t.doesNotThrow(() => session.handle(request(opcode, 1_000_000 + i * 2, rnd(4), body)), { diagnostic: false })
   }
   t.ok(true, 'survived 2000 random requests')
+})
+
+t.test('Image.discard and Image.seek: whole blocks become holes and their own objects go; shared ones stay for the snapshot', async t => {
+  const OS = 65536
+  const objects = new LocalObjectStore(tmpDir(t))
+  await objects.open()
+  const images = new ImageStore(objects)
+  await images.open()
+  t.teardown(async () => { await images.close(); await objects.close() })
+  await images.create('a', 6 * OS, { objectSize: OS, copies: 1 })
+  const img = images.openImage('a', true)
+  await img.write(0, Buffer.alloc(6 * OS, 0x61))
+  await images.snapshot('a', 's1') // blocks 0-5 now shared with s1
+  await img.write(2 * OS, Buffer.alloc(2 * OS, 0x62)) // blocks 2 and 3 copied up: the image's own
+  const before = (await objects.allocatedBytes()).objects
+
+  // [OS + 100, 5 * OS - 100): the partial ends of blocks 1 and 4 get zeros, blocks 2-3 (own) and none else whole.
+  await img.discard(OS + 100, 4 * OS - 200)
+  const back = Buffer.alloc(6 * OS)
+  await img.read(0, 6 * OS, back)
+  t.ok(back.subarray(0, OS + 100).equals(Buffer.alloc(OS + 100, 0x61)), 'before the range: untouched')
+  t.ok(back.subarray(OS + 100, 5 * OS - 100).equals(Buffer.alloc(4 * OS - 200)), 'the range reads zeros')
+  t.ok(back.subarray(5 * OS - 100).equals(Buffer.alloc(OS + 100, 0x61)), 'after the range: untouched')
+  t.equal(img.owners.owner(2), 0, 'block 2 is a hole')
+  t.equal(img.owners.owner(3), 0, 'block 3 is a hole')
+  // Blocks 2 and 3 were freed; blocks 1 and 4 got objects of their own for their zeroed parts.
+  t.equal((await objects.allocatedBytes()).objects, before, 'two objects freed, two copied up for the partial ends')
+  const snap = images.openSnapshot('a', 's1')
+  const old = Buffer.alloc(6 * OS)
+  await snap.read(0, 6 * OS, old)
+  t.ok(old.equals(Buffer.alloc(6 * OS, 0x61)), 'the snapshot still reads what it held')
+  await images.closeImage(snap)
+
+  // A block still shared with the snapshot: it only stops pointing at it.
+  await img.discard(5 * OS, OS)
+  t.equal(img.owners.owner(5), 0, 'a shared block becomes a hole')
+  const tail = Buffer.alloc(OS)
+  await img.read(5 * OS, OS, tail)
+  t.ok(tail.equals(Buffer.alloc(OS)), 'and reads zeros')
+  await img.discard(7 * OS, OS)
+  t.equal(img.size, 6 * OS, 'a range past the end changes nothing')
+
+  t.equal(img.seek(0, false), 0, 'SEEK_DATA at 0: block 0 holds data')
+  t.equal(img.seek(0, true), 2 * OS, 'SEEK_HOLE: the first hole is block 2')
+  t.equal(img.seek(2 * OS + 5, false), 4 * OS, 'SEEK_DATA from inside a hole: the next block with data')
+  t.equal(img.seek(4 * OS + 7, true), 5 * OS, 'SEEK_HOLE from inside data')
+  t.equal(img.seek(5 * OS + 1, false), null, 'no data after: ENXIO')
+  t.equal(img.seek(6 * OS, true), null, 'at the end: ENXIO')
+  await images.closeImage(img, true)
+})
+
+t.test('FALLOCATE and LSEEK through the session: punch, zero range, mode 0, and what is refused', async t => {
+  const { call } = await harness(t)
+  const OS = 65536
+  const created = await call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, 'f.img\0'))
+  const node = P.EntryOutHead.decode(created.body).nodeid
+  const fh = P.OpenOut.decode(created.body, P.EntryOutHead.size + P.Attr.size).fh
+  const data = Buffer.alloc(4 * OS, 0x33)
+  t.equal((await call(P.Opcode.WRITE, node, struct(P.WriteIn, { fh, offset: 0, size: data.length }, data))).error, 0)
+  const falloc = async (mode: number, offset: number, length: number): Promise<number> =>
+    (await call(P.Opcode.FALLOCATE, node, struct(P.FallocateIn, { fh, mode, offset, length }))).error
+  const size = async (): Promise<number> => P.Attr.decode((await call(P.Opcode.GETATTR, node, struct(P.GetattrIn, {}))).body, P.AttrOutHead.size).size
+  const seek = async (offset: number, whence: number): Promise<number> => {
+    const r = await call(P.Opcode.LSEEK, node, struct(P.LseekIn, { fh, offset, whence }))
+    return r.error !== 0 ? r.error : P.LseekOut.decode(r.body).offset
+  }
+  t.equal(await falloc(0x01 | 0x02, OS, OS), 0, 'PUNCH_HOLE | KEEP_SIZE')
+  t.equal(await falloc(0x10, 2 * OS, OS), 0, 'ZERO_RANGE')
+  t.equal(await size(), 4 * OS, 'the size is kept')
+  const r = await call(P.Opcode.READ, node, struct(P.ReadIn, { fh, offset: 0, size: 4 * OS }))
+  t.ok(r.body.subarray(OS, 3 * OS).equals(Buffer.alloc(2 * OS)) && r.body.subarray(0, OS).equals(Buffer.alloc(OS, 0x33)) && r.body.subarray(3 * OS).equals(Buffer.alloc(OS, 0x33)), 'the ranges read zeros, the rest is kept')
+  t.equal(await seek(0, 4), OS, 'SEEK_HOLE')
+  t.equal(await seek(OS, 3), 3 * OS, 'SEEK_DATA')
+  t.equal(await seek(4 * OS, 3), -E.ENXIO, 'SEEK_DATA at the end: ENXIO')
+  t.equal(await falloc(0, 0, 4 * OS), 0, 'mode 0 on an existing range succeeds')
+  t.equal(await falloc(0, 4 * OS, OS), 0, 'mode 0 past the end')
+  t.equal(await size(), 5 * OS, 'grows the image')
+  t.equal(await falloc(0x10 | 0x01, 6 * OS, OS), 0, 'ZERO_RANGE | KEEP_SIZE past the end')
+  t.equal(await size(), 5 * OS, 'does not grow it')
+  t.equal(await falloc(0x08, 0, OS), -E.EOPNOTSUPP, 'COLLAPSE_RANGE: EOPNOTSUPP')
+  t.equal(await falloc(0x20, 0, OS), -E.EOPNOTSUPP, 'INSERT_RANGE: EOPNOTSUPP')
+  t.equal((await call(P.Opcode.LSEEK, node, struct(P.LseekIn, { fh, offset: 0, whence: 0 }))).error, -E.EINVAL, 'SEEK_SET is the kernel\'s own')
+  t.equal((await call(P.Opcode.RELEASE, node, struct(P.ReleaseIn, { fh }))).error, 0)
 })

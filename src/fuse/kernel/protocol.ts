@@ -200,6 +200,9 @@ export const InterruptIn = struct([['unique', 'u64']])
 export const RenameIn = struct([['newdir', 'u64']])
 export const Rename2In = struct([['newdir', 'u64'], ['flags', 'u32'], ['padding', 'u32']])
 export const AccessIn = struct([['mask', 'u32'], ['padding', 'u32']])
+export const FallocateIn = struct([['fh', 'u64'], ['offset', 'u64'], ['length', 'u64'], ['mode', 'u32'], ['padding', 'u32']])
+export const LseekIn = struct([['fh', 'u64'], ['offset', 'u64'], ['whence', 'u32'], ['padding', 'u32']])
+export const LseekOut = struct([['offset', 'u64']])
 /** fuse_dirent; the name follows, the record padded to 8 bytes. */
 export const Dirent = struct([['ino', 'u64'], ['off', 'u64'], ['namelen', 'u32'], ['type', 'u32']])
 
