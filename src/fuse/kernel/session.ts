@@ -9,7 +9,7 @@ import { ERRNO, failedOp } from '../errno'
 import { NodeTable } from './nodes'
 import {
   AccessIn, Attr, FallocateIn, LseekIn, LseekOut, AttrOutHead, BatchForgetIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, Fattr, FlushIn, FOPEN_DIRECT_IO,
-  ForgetIn, ForgetOne, FsyncIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
+  ForgetIn, ForgetOne, FsyncIn, InterruptIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
   FUSE_NAME_MAX, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
   StatfsOut, UNKNOWN_INO, WriteIn, WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit,
   opName, OutHeader, readName as readRawName, replyBuffer, splitTime
@@ -219,7 +219,9 @@ export class KernelSession {
         this.close()
         return null
       }],
-      [Opcode.INTERRUPT, () => null], // image calls cannot be cancelled: the request finishes and is answered
+      // An image call cannot be cancelled: the interrupted request finishes and is answered, and
+      // the kernel drops a reply it no longer waits for.
+      [Opcode.INTERRUPT, (_h, body) => { InterruptIn.decode(body); return null }],
       [Opcode.FORGET, (h, body) => { nodes.forget(h.nodeid, ForgetIn.decode(body).nlookup); return null }],
       [Opcode.BATCH_FORGET, (_h, body) => {
         const { count } = BatchForgetIn.decode(body)
