@@ -1,4 +1,4 @@
-// fallocate(1) and SEEK_DATA/SEEK_HOLE (qemu-img map) on a real mount: reached through the kernel
+// fallocate(1), SEEK_DATA/SEEK_HOLE (qemu-img map) and copy_file_range (cp) on a real mount: reached through the kernel
 // protocol only (libfuse 2 never passes them on), so skipped when SHEEP_FUSE=libfuse2.
 
 import t from 'tap'
@@ -35,4 +35,18 @@ t.test('punch hole and zero range free whole objects and read zeros; mode 0 succ
   t.not(collapse.code, 0, 'fallocate --collapse-range fails')
   t.match(collapse.stderr, /Operation not supported/, 'with EOPNOTSUPP')
   t.equal(fs.statSync(img).size, 16 * MiB, 'and changes nothing')
+})
+
+t.test('cp copies through copy_file_range in the daemon, bit-exact, holes kept', { skip: libfuse2 && 'libfuse 2 does not pass copy_file_range on' }, async t => {
+  const d = await startDaemon(t)
+  const src = d.image('src.img')
+  const dst = d.image('dst.img')
+  qemuImg(['create', '-f', 'raw', src, '24M'])
+  qemuIo(src, ['write -P 0x11 0 3M', 'write -P 0x22 13M 1M'])
+  const r = spawnSync('cp', ['--sparse=never', src, dst], { encoding: 'utf8', timeout: 60_000 })
+  t.equal(r.status, 0, `cp: ${r.stderr}`)
+  t.doesNotThrow(() => qemuImg(['compare', '-f', 'raw', '-F', 'raw', src, dst]), 'the copy is identical')
+  const status = JSON.parse(d.sheep(['status', '--json', '--mount', d.mount]).stdout) as { fuse: { requests: Record<string, { count: number }> } }
+  t.ok((status.fuse.requests.copy_file_range?.count ?? 0) > 0, 'the kernel sent COPY_FILE_RANGE')
+  t.equal(fs.statSync(dst).blocks * 512, 8 * MiB, 'zeros copied into holes allocated nothing: the two written objects only')
 })

@@ -27,7 +27,7 @@ t.test('every struct has the size linux/fuse.h gives it at protocol 7.31', async
     ['fuse_getxattr_out', P.GetxattrOut, 8], ['fuse_forget_in', P.ForgetIn, 8], ['fuse_batch_forget_in', P.BatchForgetIn, 8],
     ['fuse_forget_one', P.ForgetOne, 16], ['fuse_interrupt_in', P.InterruptIn, 8], ['fuse_rename_in', P.RenameIn, 8],
     ['fuse_rename2_in', P.Rename2In, 16], ['fuse_access_in', P.AccessIn, 8], ['fuse_dirent head', P.Dirent, 24],
-    ['fuse_fallocate_in', P.FallocateIn, 32], ['fuse_lseek_in', P.LseekIn, 24], ['fuse_lseek_out', P.LseekOut, 8]
+    ['fuse_fallocate_in', P.FallocateIn, 32], ['fuse_lseek_in', P.LseekIn, 24], ['fuse_lseek_out', P.LseekOut, 8], ['fuse_copy_file_range_in', P.CopyFileRangeIn, 56]
   ]
   for (const [name, s, size] of sizes) t.equal(s.size, size, name)
 })
@@ -310,4 +310,27 @@ t.test('FALLOCATE and LSEEK through the session: punch, zero range, mode 0, and 
   t.equal(await falloc(0x20, 0, OS), -E.EOPNOTSUPP, 'INSERT_RANGE: EOPNOTSUPP')
   t.equal((await call(P.Opcode.LSEEK, node, struct(P.LseekIn, { fh, offset: 0, whence: 0 }))).error, -E.EINVAL, 'SEEK_SET is the kernel\'s own')
   t.equal((await call(P.Opcode.RELEASE, node, struct(P.ReleaseIn, { fh }))).error, 0)
+})
+
+t.test('COPY_FILE_RANGE: the daemon copies between images, up to the source\'s end', async t => {
+  const { call } = await harness(t)
+  const open = async (name: string): Promise<{ node: number, fh: number }> => {
+    const c = await call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, `${name}\0`))
+    return { node: P.EntryOutHead.decode(c.body).nodeid, fh: P.OpenOut.decode(c.body, P.EntryOutHead.size + P.Attr.size).fh }
+  }
+  const a = await open('a.img')
+  const b = await open('b.img')
+  const data = Buffer.alloc(3 * 1024 * 1024 + 5)
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff
+  for (let off = 0; off < data.length; off += 1024 * 1024) {
+    const piece = data.subarray(off, off + 1024 * 1024)
+    t.equal((await call(P.Opcode.WRITE, a.node, struct(P.WriteIn, { fh: a.fh, offset: off, size: piece.length }, piece))).error, 0)
+  }
+  const r = await call(P.Opcode.COPY_FILE_RANGE, a.node, struct(P.CopyFileRangeIn, { fh_in: a.fh, off_in: 5, nodeid_out: b.node, fh_out: b.fh, off_out: 100, len: 10 * 1024 * 1024 }))
+  t.equal(r.error, 0)
+  t.equal(P.WriteOut.decode(r.body).size, data.length - 5, 'copied up to the end of the source')
+  const back = await call(P.Opcode.READ, b.node, struct(P.ReadIn, { fh: b.fh, offset: 100, size: 1024 * 1024 }))
+  t.ok(back.body.equals(data.subarray(5, 5 + 1024 * 1024)), 'the bytes landed at the destination offset')
+  const past = await call(P.Opcode.COPY_FILE_RANGE, a.node, struct(P.CopyFileRangeIn, { fh_in: a.fh, off_in: data.length, nodeid_out: b.node, fh_out: b.fh, off_out: 0, len: 4096 }))
+  t.equal(P.WriteOut.decode(past.body).size, 0, 'nothing to copy past the end')
 })

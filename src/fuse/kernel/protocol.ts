@@ -46,6 +46,7 @@ export const Opcode = {
   FALLOCATE: 43,
   RENAME2: 45,
   LSEEK: 46,
+  // The kernel tries COPY_FILE_RANGE_64 (53) first; the ENOSYS a reader answers makes it use 47.
   COPY_FILE_RANGE: 47
 } as const
 
@@ -203,6 +204,8 @@ export const AccessIn = struct([['mask', 'u32'], ['padding', 'u32']])
 export const FallocateIn = struct([['fh', 'u64'], ['offset', 'u64'], ['length', 'u64'], ['mode', 'u32'], ['padding', 'u32']])
 export const LseekIn = struct([['fh', 'u64'], ['offset', 'u64'], ['whence', 'u32'], ['padding', 'u32']])
 export const LseekOut = struct([['offset', 'u64']])
+/** COPY_FILE_RANGE (47); answered with a fuse_write_out. */
+export const CopyFileRangeIn = struct([['fh_in', 'u64'], ['off_in', 'u64'], ['nodeid_out', 'u64'], ['fh_out', 'u64'], ['off_out', 'u64'], ['len', 'u64'], ['flags', 'u64']])
 /** fuse_dirent; the name follows, the record padded to 8 bytes. */
 export const Dirent = struct([['ino', 'u64'], ['off', 'u64'], ['namelen', 'u32'], ['type', 'u32']])
 

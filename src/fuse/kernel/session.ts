@@ -8,7 +8,7 @@ import { type FsCore, type Stat, UNCHANGED_ID } from '../adapter'
 import { ERRNO, failedOp } from '../errno'
 import { NodeTable } from './nodes'
 import {
-  AccessIn, Attr, FallocateIn, LseekIn, LseekOut, AttrOutHead, BatchForgetIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, Fattr, FlushIn, FOPEN_DIRECT_IO,
+  AccessIn, Attr, CopyFileRangeIn, FallocateIn, LseekIn, LseekOut, AttrOutHead, BatchForgetIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, Fattr, FlushIn, FOPEN_DIRECT_IO,
   ForgetIn, ForgetOne, FsyncIn, InterruptIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
   FUSE_NAME_MAX, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
   StatfsOut, UNKNOWN_INO, WriteIn, WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit,
@@ -316,6 +316,13 @@ export class KernelSession {
         const out = replyBuffer(LseekOut.size)
         LseekOut.encode({ offset: core.lseek(l.fh, l.offset, l.whence) }, out, OUT)
         return finishReply(out, h.unique, LseekOut.size)
+      }],
+      [Opcode.COPY_FILE_RANGE, async (h, body) => {
+        const c = CopyFileRangeIn.decode(body)
+        const n = await core.copyFileRange(c.fh_in, c.off_in, c.fh_out, c.off_out, c.len)
+        const out = replyBuffer(WriteOut.size)
+        WriteOut.encode({ size: n }, out, OUT)
+        return finishReply(out, h.unique, WriteOut.size)
       }],
       [Opcode.FLUSH, async (h, body) => { await core.flush(FlushIn.decode(body).fh); return this.empty(h) }],
       [Opcode.FSYNC, async (h, body) => { await core.fsync(FsyncIn.decode(body).fh); return this.empty(h) }],
