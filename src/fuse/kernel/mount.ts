@@ -9,7 +9,7 @@ import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { SheepError } from '../../errors'
 import { FUSE_FSNAME, type FsCore } from '../adapter'
-import { FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION, MAX_WRITE } from './protocol'
+import { FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION, MAX_WRITE, REQUEST_BUFFER } from './protocol'
 import { KernelSession, type KernelStats, type SessionOptions } from './session'
 import type { WorkerData, WorkerMessage } from './worker'
 
@@ -56,7 +56,8 @@ export class KernelMount {
     for (let i = 0; i < READERS; i++) {
       const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { fd, served } satisfies WorkerData })
       worker.on('message', (m: WorkerMessage) => {
-        if (m.type === 'request') session.handle(Buffer.from(m.buf, 0, m.length))
+        // A large request's buffer goes back to its reader once done with, to take another.
+        if (m.type === 'request') session.handle(Buffer.from(m.buf, 0, m.length), m.buf.byteLength === REQUEST_BUFFER ? () => worker.postMessage(m.buf, [m.buf]) : undefined)
         else if (m.error !== null) log(`fuse: reading /dev/fuse failed: ${m.error}`)
       })
       const gone = (): void => { if (--running === 0) markEnded() }

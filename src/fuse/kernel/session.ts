@@ -12,7 +12,7 @@ import {
   ForgetIn, ForgetOne, FsyncIn, InterruptIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
   FUSE_NAME_MAX, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
   StatfsOut, UNKNOWN_INO, WriteIn, WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit,
-  opName, OutHeader, readName as readRawName, replyBuffer, splitTime
+  MAX_WRITE, opName, OutHeader, readName as readRawName, replyBuffer, splitTime
 } from './protocol'
 
 type Header = ReturnType<typeof InHeader.decode>
@@ -44,6 +44,10 @@ function readName (buf: Buffer, off: number): { name: string, next: number } {
 }
 /** Where a reply's payload starts. */
 const OUT = OutHeader.size
+/** Size of the reusable READ reply buffers: the largest read and its header. */
+const BIG_REPLY = OUT + MAX_WRITE
+/** How many free ones are kept: about as many as reads in flight at once. */
+const SPARE_REPLIES = 16
 const O_TRUNC = fs.constants.O_TRUNC
 
 export class KernelSession {
@@ -53,6 +57,9 @@ export class KernelSession {
   private nextDir = 1
   private readonly pending = new Map<number, Pending>()
   private readonly counts = new Map<string, { count: number, bytes: number, maxBytes: number }>()
+  /** READ reply buffers of BIG_REPLY bytes: every one made, and those free for the next read. */
+  private readonly bigReplies = new WeakSet<ArrayBufferLike>()
+  private readonly spareReplies: Buffer[] = []
   private readonly handlers: Map<number, Handler>
   private readonly sweeper: NodeJS.Timeout
   /** Set when the kernel sent DESTROY or the session was closed: nothing more is answered. */
@@ -72,8 +79,12 @@ export class KernelSession {
     return [...this.handlers.keys()]
   }
 
-  /** Serves one request: the bytes one read of /dev/fuse returned. Never throws. */
-  handle (buf: Buffer): void {
+  /**
+   * Serves one request: the bytes one read of /dev/fuse returned. Never throws. `finished` is
+   * called once nothing uses `buf` any more (its call on the image API is over, even one that
+   * was answered ETIMEDOUT before), so that its owner may reuse it.
+   */
+  handle (buf: Buffer, finished?: () => void): void {
     let h: Header
     try {
       h = InHeader.decode(buf)
@@ -90,15 +101,19 @@ export class KernelSession {
     const handler = this.handlers.get(h.opcode)
     if (handler === undefined) {
       this.answer(h.unique, ERRNO.ENOSYS)
+      finished?.()
       return
     }
     const body = buf.subarray(InHeader.size)
     const entry: Pending = { op, started: Date.now() }
     this.pending.set(h.unique, entry)
     const done = (answer: Answer): void => {
-      if (this.pending.get(h.unique) !== entry) return // answered ETIMEDOUT already
-      this.pending.delete(h.unique)
-      this.answer(h.unique, answer)
+      if (this.pending.get(h.unique) === entry) { // else answered ETIMEDOUT already
+        this.pending.delete(h.unique)
+        this.answer(h.unique, answer)
+      }
+      if (answer instanceof Buffer) this.reuse(answer)
+      finished?.()
     }
     const fail = (err: unknown): void => done(err instanceof MalformedRequest ? ERRNO.EINVAL : failedOp(op, this.describe(h.nodeid), err, this.opts.log))
     let result
@@ -110,6 +125,25 @@ export class KernelSession {
     }
     if (result instanceof Promise) result.then(done, fail)
     else done(result)
+  }
+
+  /**
+   * A buffer for a READ reply of `size` bytes. Large ones come from a few kept for reuse: a
+   * fresh 1 MiB buffer for every read (allocation, page faults, garbage collection of external
+   * memory) cost more than the read itself.
+   */
+  private readReply (size: number): Buffer {
+    if (size < BIG_REPLY / 2) return replyBuffer(size)
+    const spare = this.spareReplies.pop()
+    if (spare !== undefined) return spare
+    const buf = Buffer.allocUnsafeSlow(BIG_REPLY)
+    this.bigReplies.add(buf.buffer)
+    return buf
+  }
+
+  /** Takes back a reply buffer once it was sent (or dropped). */
+  private reuse (reply: Buffer): void {
+    if (this.bigReplies.has(reply.buffer) && this.spareReplies.length < SPARE_REPLIES) this.spareReplies.push(Buffer.from(reply.buffer))
   }
 
   stats (): KernelStats {
@@ -293,9 +327,9 @@ export class KernelSession {
       }],
       [Opcode.READ, async (h, body) => {
         const r = ReadIn.decode(body)
-        if (r.size > REQUEST_BUFFER) throw new MalformedRequest(`a READ of ${r.size} bytes`)
-        const out = replyBuffer(r.size)
-        const n = await core.read(r.fh, r.offset, r.size, out.subarray(OUT))
+        if (r.size > MAX_WRITE) throw new MalformedRequest(`a READ of ${r.size} bytes, past max_read`)
+        const out = this.readReply(r.size)
+        const n = await core.read(r.fh, r.offset, r.size, out.subarray(OUT, OUT + r.size))
         return finishReply(out, h.unique, n)
       }],
       [Opcode.WRITE, async (h, body) => {

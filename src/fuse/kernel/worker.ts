@@ -2,10 +2,12 @@
 // the event loop. Each request goes to the main thread (where images and the network live) in
 // one message, its bytes transferred, not copied; what this thread can answer alone (an
 // operation Sheep does not serve, a request whose length is wrong) it answers itself.
+// A transferred buffer comes back once its request is done (a message to this thread, taken
+// before the next allocation), so that large writes do not cost a new 1 MiB buffer each.
 // Ends when the read fails with ENODEV: the filesystem was unmounted.
 
 import fs from 'node:fs'
-import { parentPort, workerData } from 'node:worker_threads'
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads'
 import { ERRNO } from '../errno'
 import { errorReply, InHeader, REQUEST_BUFFER } from './protocol'
 
@@ -20,8 +22,12 @@ export type WorkerMessage =
   | { type: 'request', buf: ArrayBuffer, length: number }
   | { type: 'end', error: string | null }
 
-/** Requests up to this size are copied out so the big buffer can take the next one. */
-const SMALL = 4096
+/**
+ * Requests up to this size are copied out, and the big buffer takes the next one: a fresh
+ * 1 MiB buffer for every 4 KiB write cost more (allocation, page faults, garbage collection of
+ * external memory) than the copy. Larger ones are transferred and a new buffer allocated.
+ */
+const COPY_UP_TO = 128 * 1024 + 4096
 
 function main (port: NonNullable<typeof parentPort>, { fd, served }: WorkerData): void {
   const known = new Set(served)
@@ -49,11 +55,12 @@ function main (port: NonNullable<typeof parentPort>, { fd, served }: WorkerData)
       }
     }
     let out: ArrayBuffer
-    if (n <= SMALL) {
+    if (n <= COPY_UP_TO) {
       out = big.buffer.slice(0, n)
     } else {
       out = big.buffer
-      big = new Uint8Array(REQUEST_BUFFER)
+      const back = receiveMessageOnPort(port)?.message as ArrayBuffer | undefined
+      big = new Uint8Array(back ?? new ArrayBuffer(REQUEST_BUFFER))
     }
     port.postMessage({ type: 'request', buf: out, length: n } satisfies WorkerMessage, [out])
   }
