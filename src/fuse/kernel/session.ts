@@ -8,11 +8,12 @@ import { type FsCore, type Stat, UNCHANGED_ID } from '../adapter'
 import { ERRNO, failedOp } from '../errno'
 import { NodeTable } from './nodes'
 import {
-  AccessIn, Attr, CopyFileRangeIn, FallocateIn, LseekIn, LseekOut, AttrOutHead, BatchForgetIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, Fattr, FlushIn, FOPEN_DIRECT_IO,
-  ForgetIn, ForgetOne, FsyncIn, InterruptIn, FUSE_GETATTR_FH, GetattrIn, GetxattrIn, GetxattrOut, InHeader, InitIn, MalformedRequest,
-  FUSE_NAME_MAX, Opcode, OpenIn, OpenOut, ReadIn, ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn,
-  StatfsOut, UNKNOWN_INO, WriteIn, WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit,
-  MAX_WRITE, opName, OutHeader, readName as readRawName, replyBuffer, splitTime
+  AccessIn, Attr, AttrOutHead, BatchForgetIn, CopyFileRangeIn, CreateIn, DT_DIR, DT_REG, EntryOutHead, FallocateIn, Fattr,
+  FlushIn, FOPEN_DIRECT_IO, ForgetIn, ForgetOne, FsyncIn, FUSE_GETATTR_FH, FUSE_NAME_MAX, GetattrIn, GetxattrIn, GetxattrOut,
+  InHeader, InitIn, InterruptIn, LseekIn, LseekOut, MalformedRequest, MAX_WRITE, Opcode, OpenIn, OpenOut, OutHeader, ReadIn,
+  ReleaseIn, Rename2In, RenameIn, RENAME_NOREPLACE, REQUEST_BUFFER, SetattrIn, SetxattrIn, StatfsOut, UNKNOWN_INO, WriteIn,
+  WriteOut, direntSize, encodeDirent, errorReply, finishReply, joinTime, negotiateInit, opName, readName as readRawName,
+  replyBuffer, splitTime
 } from './protocol'
 
 type Header = ReturnType<typeof InHeader.decode>
@@ -35,6 +36,13 @@ export interface KernelStats {
 interface Pending { op: string, started: number }
 
 const O_ACCMODE = 3
+const O_TRUNC = fs.constants.O_TRUNC
+/** Where a reply's payload starts. */
+const OUT = OutHeader.size
+/** Size of the reusable READ reply buffers: the largest read and its header. */
+const BIG_REPLY = OUT + MAX_WRITE
+/** How many free ones are kept: about as many as reads in flight at once. */
+const SPARE_REPLIES = 16
 
 /** A name from a request; ENAMETOOLONG past what the kernel forwarded before it took longer names. */
 function readName (buf: Buffer, off: number): { name: string, next: number } {
@@ -42,13 +50,6 @@ function readName (buf: Buffer, off: number): { name: string, next: number } {
   if (r.next - 1 - off > FUSE_NAME_MAX) throw new SheepError('ENAMETOOLONG', `a name of ${r.next - 1 - off} bytes`)
   return r
 }
-/** Where a reply's payload starts. */
-const OUT = OutHeader.size
-/** Size of the reusable READ reply buffers: the largest read and its header. */
-const BIG_REPLY = OUT + MAX_WRITE
-/** How many free ones are kept: about as many as reads in flight at once. */
-const SPARE_REPLIES = 16
-const O_TRUNC = fs.constants.O_TRUNC
 
 export class KernelSession {
   private readonly nodes = new NodeTable()
