@@ -9,6 +9,7 @@ import { controlSocketPath, sheepMountContaining } from '../src/control/paths'
 import type { NodeStatus } from '../src/control/messages'
 import type { ImageInfo, TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
+import { FRONTENDS, type Frontend } from '../src/fuse/mount'
 import { table, progressBar } from './output'
 
 const DEFAULT_MOUNT = '/sheep'
@@ -18,7 +19,10 @@ const USAGE = `usage: sheep <command> [options]
 
 daemon
   start [--store DIR] [--mount DIR] [--detach] [--copies N] [--object-size SIZE] [--io-timeout SECONDS]
-                              run the daemon (foreground unless --detach); defaults ${DEFAULT_STORE}, ${DEFAULT_MOUNT}
+        [--fuse kernel|libfuse2]
+                              run the daemon (foreground unless --detach); defaults ${DEFAULT_STORE}, ${DEFAULT_MOUNT};
+                              FUSE through the kernel protocol where it works (root), else libfuse 2
+                              (default from $SHEEP_FUSE)
   stop [--mount DIR] [--force]  unmount and stop; refuses while images are open unless --force
   status [--mount DIR] [--json]
 
@@ -183,6 +187,7 @@ async function main (argv: string[]): Promise<void> {
         copies: { type: 'string' },
         'object-size': { type: 'string' },
         'io-timeout': { type: 'string' },
+        fuse: { type: 'string' },
         'bootstrap-port': { type: 'string' },
         bootstrap: { type: 'string', multiple: true },
         join: { type: 'string' },
@@ -196,6 +201,8 @@ async function main (argv: string[]): Promise<void> {
       const bootstrap = (values.bootstrap as string[] | undefined ?? []).map(a => {
         try { return parseAddress(a) } catch (err) { return usageError(`--bootstrap: ${(err as Error).message}`) }
       })
+      const fuse = typeof values.fuse === 'string' ? values.fuse : process.env.SHEEP_FUSE ?? 'auto'
+      if (fuse !== 'auto' && !FRONTENDS.includes(fuse as Frontend)) usageError(`bad --fuse ${JSON.stringify(fuse)}: kernel or libfuse2`)
       const clustered = values['bootstrap-port'] !== undefined || bootstrap.length > 0 || values.join !== undefined
       if (!clustered && (values.zone !== undefined || values.host !== undefined || values.port !== undefined || values['no-direct'] !== undefined)) {
         usageError('--zone, --host, --port and --no-direct are for a cluster: add --bootstrap-port, --bootstrap or --join')
@@ -208,6 +215,7 @@ async function main (argv: string[]): Promise<void> {
         copies: count(values.copies, '--copies'),
         objectSize: values['object-size'] === undefined ? undefined : size(values['object-size'] as string, '--object-size'),
         ioTimeout: count(values['io-timeout'], '--io-timeout'),
+        fuse: fuse as Frontend | 'auto',
         cluster: clustered
           ? {
               host: typeof values.host === 'string' ? values.host : '127.0.0.1',
@@ -397,11 +405,18 @@ async function main (argv: string[]): Promise<void> {
   }
 }
 
+function formatFuse (f: NonNullable<NodeStatus['fuse']>): string {
+  if (f.frontend === 'libfuse2') return 'libfuse 2 (fuse-native)'
+  const held = Object.entries(f.inFlight ?? {}).map(([op, n]) => `${op} ${n}`)
+  return `kernel protocol; requests in flight: ${held.length === 0 ? 'none' : held.join(', ')}`
+}
+
 function formatStatus (s: NodeStatus): string {
   const pct = s.capacity > 0 ? ` (${((1 - s.free / s.capacity) * 100).toFixed(1)}% of the disk used)` : ''
   return [
     `sheep ${s.version}, pid ${s.pid}, up ${Math.round((Date.now() - s.startedAt) / 1000)} s`,
     `mount:    ${s.mount}`,
+    ...(s.fuse === null ? [] : [`fuse:     ${formatFuse(s.fuse)}`]),
     `store:    ${s.store}`,
     `images:   ${s.images} (${s.openHandles} open handles), ${formatSize(s.provisioned)} provisioned, ${formatSize(s.allocated)} allocated`,
     `objects:  ${s.objects}, ${formatSize(s.storeBytes)} on disk`,

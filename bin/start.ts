@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { checkStoreFolder, type ClusterNodeOptions, SheepNode } from '../src/node'
+import type { Frontend } from '../src/fuse/mount'
 
 export interface StartOptions {
   store: string
@@ -13,6 +14,7 @@ export interface StartOptions {
   copies?: number
   objectSize?: number
   ioTimeout?: number
+  fuse: Frontend | 'auto'
   cluster?: ClusterNodeOptions
   /** The arguments of `start`, to hand to the detached daemon. */
   argv: string[]
@@ -34,6 +36,7 @@ export async function startCommand (opts: StartOptions): Promise<void> {
     mount: opts.mount,
     createOptions: { copies: opts.copies, objectSize: opts.objectSize },
     ioTimeout: opts.ioTimeout === undefined ? undefined : opts.ioTimeout * 1000,
+    fuse: opts.fuse,
     cluster: opts.cluster,
     log
   })

@@ -20,6 +20,7 @@ export type ErrorCode =
   | 'ESTALE' // a peer request from another epoch than the replica's; an open image changed on another host
   | 'EPROTO' // a malformed peer message
   | 'EAGAIN' // a compare-and-swap lost to another change; retry on the new state
+  | 'ENXIO' // lseek SEEK_DATA/SEEK_HOLE at or past the end, or no data after the offset
 
 export class SheepError extends Error {
   readonly code: ErrorCode
@@ -46,7 +47,7 @@ export class SheepError extends Error {
 }
 
 const CODES = new Set<string>(['ENOENT', 'EEXIST', 'EINVAL', 'ENAMETOOLONG', 'EFBIG', 'ENOSPC', 'EROFS',
-  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN', 'ENOTCONN', 'ESTALE', 'EPROTO', 'EAGAIN'])
+  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN', 'ENOTCONN', 'ESTALE', 'EPROTO', 'EAGAIN', 'ENXIO'])
 
 export function isErrorCode (code: string): code is ErrorCode { return CODES.has(code) }
 

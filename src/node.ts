@@ -6,7 +6,7 @@ import path from 'node:path'
 import { SheepError } from './errors'
 import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
 import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
-import { Mount } from './fuse/mount'
+import { type Frontend, Mount } from './fuse/mount'
 import { ControlServer, type Handlers } from './control/server'
 import { controlSocketPath } from './control/paths'
 import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
@@ -30,6 +30,8 @@ export interface NodeOptions {
   /** Defaults for images made through the mount (create(2)). */
   createOptions?: CreateOptions
   ioTimeout?: number
+  /** The FUSE session: the kernel protocol, libfuse 2, or (default) the first of them that works. */
+  fuse?: Frontend | 'auto'
   log?: (line: string) => void
   /** Cluster mode: without it the node keeps every object in its own store, with no network. */
   cluster?: ClusterNodeOptions
@@ -110,6 +112,7 @@ export class SheepNode {
       await mount.mount(images, {
         createOptions: this.opts.createOptions ?? {},
         ioTimeout: this.opts.ioTimeout ?? DEFAULT_IO_TIMEOUT_MS,
+        frontend: this.opts.fuse ?? 'auto',
         log: this.log
       })
       this.mount = mount
@@ -253,6 +256,7 @@ export class SheepNode {
       storeBytes: stored.bytes,
       problems: [...images.problems(), ...objects.problems()],
       strays: await objects.strays(),
+      fuse: this.mount?.status() ?? null,
       cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
     }
   }

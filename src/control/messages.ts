@@ -3,6 +3,7 @@
 
 import type { ErrorCode } from '../errors'
 import type { ImageInfo, SnapshotInfo, TreeNode } from '../cow/image-store'
+import type { FuseStatus } from '../fuse/mount'
 
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
@@ -83,6 +84,8 @@ export interface NodeStatus {
   problems: string[]
   /** Objects a start-up set aside because no image points at them (the store's strays folder). */
   strays: { dir: string, objects: number, bytes: number }
+  /** The FUSE session serving the mount (kernel or libfuse2), with the kernel one's requests by operation. */
+  fuse: FuseStatus | null
   /** Null for a node running without a cluster. */
   cluster: ClusterStatus | null
 }

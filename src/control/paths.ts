@@ -4,7 +4,7 @@ import crypto from 'node:crypto'
 import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { FUSE_FSNAME } from '../fuse/mount'
+import { FUSE_FSNAME } from '../fuse/adapter'
 
 export function runDir (): string {
   if (process.env.SHEEP_RUN_DIR) return process.env.SHEEP_RUN_DIR

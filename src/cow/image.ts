@@ -506,6 +506,66 @@ export class Image {
   }
 
   /**
+   * Makes [pos, pos + length) read as zeros, up to the size (fallocate's PUNCH_HOLE and
+   * ZERO_RANGE): whole blocks in the range become holes, their objects freed where this image
+   * owns them (a block shared with a snapshot only stops pointing at it), and the partial
+   * blocks at its ends get zeros written. The cleared entries are synced before the objects go,
+   * as in a shrink: a crash between leaves only unreferenced objects, collected at start.
+   */
+  async discard (pos: number, length: number): Promise<void> {
+    if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
+    if (!Number.isSafeInteger(pos) || pos < 0 || !Number.isSafeInteger(length) || length < 0) throw SheepError.invalid(`bad range ${pos}+${length}`)
+    const end = Math.min(pos + length, this._header.size)
+    if (pos >= end) return
+    const os = this._header.objectSize
+    const firstWhole = Math.ceil(pos / os)
+    const endWhole = Math.floor(end / os)
+    if (firstWhole >= endWhole) return await this.write(pos, Buffer.alloc(end - pos))
+    if (pos < firstWhole * os) await this.write(pos, Buffer.alloc(firstWhole * os - pos))
+    if (endWhole * os < end) await this.write(endWhole * os, Buffer.alloc(end - endWhole * os))
+    await this.withExclusive(async () => {
+      const freed: number[] = []
+      let cleared = 0
+      for (let idx = firstWhole; idx < endWhole; idx++) {
+        const owner = this.table.owner(idx)
+        if (owner === 0) continue
+        cleared++
+        if (owner === this.vid) {
+          this.ownedSubblocks -= this.table.presentCount(idx)
+          freed.push(idx)
+        }
+        this.table.clear(idx)
+        this.saveEntry(idx)
+      }
+      if (cleared === 0) return
+      this._header.mtime = Date.now()
+      this.timesDirty = true
+      await this.sync()
+      for (const idx of freed) {
+        const oid = dataOid(this.vid, idx)
+        this.dirtyData.delete(oid)
+        await this.objects.remove(oid)
+      }
+    })
+  }
+
+  /**
+   * lseek's SEEK_DATA (the first offset at or after pos in a block that holds data) and
+   * SEEK_HOLE (the first in a hole, or the size), from the owner table: block granularity, as a
+   * block that exists may hold zeros. Null: no data at or after pos, or pos at or past the end.
+   */
+  seek (pos: number, hole: boolean): number | null {
+    const size = this._header.size
+    if (!Number.isSafeInteger(pos) || pos < 0 || pos >= size) return null
+    const os = this._header.objectSize
+    const blocks = blockCount(size, os)
+    for (let idx = Math.floor(pos / os); idx < blocks; idx++) {
+      if ((this.table.owner(idx) === 0) === hole) return Math.max(pos, idx * os)
+    }
+    return hole ? size : null
+  }
+
+  /**
    * Makes every acknowledged write and the current size durable, in this order (each step
    * durable before the next begins; docs/ARCHITECTURE.md "Crash safety" says why each crash
    * point is safe):

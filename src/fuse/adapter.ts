@@ -1,4 +1,6 @@
-// The FUSE adapter: each operation is one call on the image API, its error mapped to an errno.
+// The adapter core: what each filesystem operation does to the images, whichever session (the
+// kernel protocol in ./kernel, or fuse-native in ./libfuse2.ts) received it. Every function
+// returns its result or throws; the sessions turn a throw into an errno through ./errno.ts.
 //
 //   /<image>                       every image, a regular file of its virtual size
 //   /.snapshots/<image>/<tag>      every snapshot, a read-only file (/.snapshots is not listed)
@@ -10,23 +12,63 @@ import { SheepError } from '../errors'
 import type { Image } from '../cow/image'
 import type { CreateOptions, ImageStore } from '../cow/image-store'
 import { MAX_NAME_BYTES } from '../cow/names'
-import { errnoOf } from './errno'
-
-type Cb = (result: number, ...rest: unknown[]) => void
-type Op = (...args: any[]) => void
 
 const S_IFDIR = fs.constants.S_IFDIR
 const S_IFREG = fs.constants.S_IFREG
 const O_ACCMODE = 3
 const STATFS_BLOCK = 4096
+/** The filesystem's name and subtype (fuse.sheep in /proc/self/mountinfo: how the command finds a mount). */
+export const FUSE_FSNAME = 'sheep'
 export const SNAPSHOT_DIR = '.snapshots'
 const XATTR = 'user.sheep.'
+/** fallocate(2) modes (linux/falloc.h), passed through unchanged by both sessions. */
+export const FALLOC_FL_KEEP_SIZE = 0x01
+export const FALLOC_FL_PUNCH_HOLE = 0x02
+export const FALLOC_FL_ZERO_RANGE = 0x10
+/** lseek(2) whence values the kernel leaves to the filesystem. */
+export const SEEK_DATA = 3
+export const SEEK_HOLE = 4
+/** copy_file_range(2) copies at most this much per call (callers loop), in chunks of COPY_CHUNK. */
+const MAX_COPY = 64 * 1024 * 1024
+const COPY_CHUNK = 1024 * 1024
+/** (uid_t)-1 / (gid_t)-1: "leave unchanged" in chown. */
+export const UNCHANGED_ID = 0xffffffff
 
 export interface AdapterOptions {
   /** Options for images made by create(2), e.g. by `qemu-img create`. */
   createOptions: CreateOptions
   log: (line: string) => void
 }
+
+/** Attributes of a file or folder; times in milliseconds since the epoch. */
+export interface Stat {
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  blocks: number
+  blksize: number
+  nlink: number
+  atime: number
+  mtime: number
+  ctime: number
+}
+
+export interface StatFs {
+  bsize: number
+  frsize: number
+  blocks: number
+  bfree: number
+  bavail: number
+  files: number
+  ffree: number
+  favail: number
+  fsid: number
+  flag: number
+  namemax: number
+}
+
+export interface DirEntry { name: string, dir: boolean }
 
 type Target =
   | { kind: 'root' }
@@ -37,12 +79,15 @@ type Target =
 
 interface Handle { image: Image, writable: boolean }
 
-export function fuseOperations (images: ImageStore, opts: AdapterOptions): Record<string, Op> {
+export type FsCore = ReturnType<typeof adapterCore>
+
+export function adapterCore (images: ImageStore, opts: AdapterOptions) {
   const handles = new Map<number, Handle>()
   let nextHandle = 1
-  const mountTime = new Date()
+  const mountTime = Date.now()
   // libfuse renames a file that is unlinked while open to a hidden name, and unlinks that name
-  // after the last release; the image leaves the directory at once and lives on here.
+  // after the last release; the image leaves the directory at once and lives on here. (The
+  // kernel session unlinks at once and reaches the image through its handles.)
   const hidden = new Map<string, Image>()
   const HIDDEN_NAME = /^\/\.fuse_hidden[0-9a-f]+$/
 
@@ -83,27 +128,10 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
   }
   // The header these change is written by the holder of the image's write token (on a cluster).
   const asHolder = async (image: Image, change: (image: Image) => Promise<void>): Promise<void> => await images.io(image, true, async () => await change(image))
-  const fail = (op: string, path: string, err: unknown, cb: Cb): void => {
-    const errno = errnoOf(err)
-    if (err instanceof SheepError && err.code === 'EIO') opts.log(`${op} ${path}: ${err.message}`)
-    else if (!(err instanceof SheepError)) opts.log(`${op} ${path}: unexpected error: ${(err as Error)?.stack ?? String(err)}`)
-    cb(errno)
-  }
-  // Runs an operation; any throw, synchronous or not, becomes an errno, never a crash.
-  const run = (op: string, path: string, cb: Cb, fn: () => Promise<number | [number, unknown]> | number | [number, unknown]): void => {
-    let result
-    try {
-      result = fn()
-    } catch (err) {
-      fail(op, path, err, cb)
-      return
-    }
-    Promise.resolve(result).then(r => Array.isArray(r) ? cb(r[0], r[1]) : cb(r), err => fail(op, path, err, cb))
-  }
-  const dirStat = { mode: S_IFDIR | 0o755, nlink: 2, size: 4096, atime: mountTime, mtime: mountTime, ctime: mountTime }
-  const stat = (image: Image): Record<string, unknown> => {
+  const dirStat: Stat = { mode: S_IFDIR | 0o755, uid: 0, gid: 0, size: 4096, blocks: 0, blksize: STATFS_BLOCK, nlink: 2, atime: mountTime, mtime: mountTime, ctime: mountTime }
+  const stat = (image: Image): Stat => {
     const h = image.header
-    const time = new Date(image.isSnapshot ? h.snapshotTime : h.mtime)
+    const time = image.isSnapshot ? h.snapshotTime : h.mtime
     return {
       mode: S_IFREG | (image.isSnapshot ? h.mode & 0o7555 : h.mode),
       uid: h.uid,
@@ -134,179 +162,197 @@ export function fuseOperations (images: ImageStore, opts: AdapterOptions): Recor
     }
     return out
   }
+  const onlyImages = (): never => { throw new SheepError('EPERM', 'the mount holds images only') }
 
   return {
-    init (cb: Cb) { cb(0) },
-    getattr (path: string, cb: Cb) {
-      run('getattr', path, cb, () => {
-        const t = resolve(path)
-        if (t.kind === 'image' || t.kind === 'snapshot') return [0, stat(t.image)]
-        return [0, dirStat]
-      })
+    getattr (path: string): Stat {
+      const t = resolve(path)
+      return t.kind === 'image' || t.kind === 'snapshot' ? stat(t.image) : dirStat
     },
-    readdir (path: string, cb: Cb) {
-      run('readdir', path, cb, () => {
-        const t = resolve(path)
-        switch (t.kind) {
-          // .snapshots is reached by name and not listed, as ZFS's .zfs: ls, du and cp -r see images only.
-          case 'root': return [0, ['.', '..', ...images.names()]]
-          case 'snapshots': return [0, ['.', '..', ...images.snapshotFolders()]]
-          case 'folder': return [0, ['.', '..', ...images.snapshotsOf(t.name).map(s => s.header.tag)]]
-          default: throw new SheepError('ENOTDIR', path)
-        }
-      })
+    /** Attributes through an open handle: an unlinked image has no path left. */
+    fgetattr (fd: number): Stat {
+      return stat(handle(fd).image)
     },
-    access (path: string, _mode: number, cb: Cb) {
-      run('access', path, cb, () => { resolve(path); return 0 })
+    readdir (path: string): DirEntry[] {
+      const t = resolve(path)
+      const dots = [{ name: '.', dir: true }, { name: '..', dir: true }]
+      switch (t.kind) {
+        // .snapshots is reached by name and not listed, as ZFS's .zfs: ls, du and cp -r see images only.
+        case 'root': return [...dots, ...images.names().map(name => ({ name, dir: false }))]
+        case 'snapshots': return [...dots, ...images.snapshotFolders().map(name => ({ name, dir: true }))]
+        case 'folder': return [...dots, ...images.snapshotsOf(t.name).map(s => ({ name: s.header.tag, dir: false }))]
+        default: throw new SheepError('ENOTDIR', path)
+      }
     },
-    statfs (path: string, cb: Cb) {
-      run('statfs', path, cb, async () => {
-        const u = await images.usage()
-        const count = images.list().length
-        return [0, {
-          bsize: STATFS_BLOCK,
-          frsize: STATFS_BLOCK,
-          blocks: Math.floor(u.capacity / STATFS_BLOCK),
-          bfree: Math.floor(u.free / STATFS_BLOCK),
-          bavail: Math.floor(u.free / STATFS_BLOCK),
-          files: count + 0xffff,
-          ffree: 0xffff,
-          favail: 0xffff,
-          fsid: 0,
-          flag: 0,
-          namemax: MAX_NAME_BYTES
-        }]
-      })
+    access (path: string): void {
+      resolve(path)
     },
-    open (path: string, flags: number, cb: Cb) {
-      run('open', path, cb, async () => {
-        const t = resolve(path)
-        const writable = (flags & O_ACCMODE) !== fs.constants.O_RDONLY
-        if (t.kind === 'snapshot') {
-          if (writable) throw SheepError.readOnly(path)
-          return [0, newHandle(images.openSnapshot(t.image.name, t.image.header.tag), false)]
-        }
-        if (t.kind !== 'image') throw new SheepError('EISDIR', path)
-        if (hidden.has(path)) {
-          t.image.openCount++
-          if (writable) t.image.openWriters++
-          return [0, newHandle(t.image, writable)]
-        }
-        return [0, newHandle(await images.acquire(t.image.name, writable), writable)]
-      })
+    async statfs (): Promise<StatFs> {
+      const u = await images.usage()
+      const count = images.list().length
+      return {
+        bsize: STATFS_BLOCK,
+        frsize: STATFS_BLOCK,
+        blocks: Math.floor(u.capacity / STATFS_BLOCK),
+        bfree: Math.floor(u.free / STATFS_BLOCK),
+        bavail: Math.floor(u.free / STATFS_BLOCK),
+        files: count + 0xffff,
+        ffree: 0xffff,
+        favail: 0xffff,
+        fsid: 0,
+        flag: 0,
+        namemax: MAX_NAME_BYTES
+      }
     },
-    create (path: string, mode: number, cb: Cb) {
-      run('create', path, cb, async () => {
-        const name = path.slice(1)
-        if (name.startsWith(SNAPSHOT_DIR + '/')) throw SheepError.readOnly(path)
-        await images.create(name, 0, { ...opts.createOptions, mode: mode & 0o7777 })
-        return [0, newHandle(images.openImage(name, true), true)]
-      })
+    /** Opens a file; returns its handle. */
+    async open (path: string, flags: number): Promise<number> {
+      const t = resolve(path)
+      const writable = (flags & O_ACCMODE) !== fs.constants.O_RDONLY
+      if (t.kind === 'snapshot') {
+        if (writable) throw SheepError.readOnly(path)
+        return newHandle(images.openSnapshot(t.image.name, t.image.header.tag), false)
+      }
+      if (t.kind !== 'image') throw new SheepError('EISDIR', path)
+      if (hidden.has(path)) {
+        t.image.openCount++
+        if (writable) t.image.openWriters++
+        return newHandle(t.image, writable)
+      }
+      return newHandle(await images.acquire(t.image.name, writable), writable)
     },
-    release (path: string, fd: number, cb: Cb) {
-      run('release', path, cb, async () => {
-        const h = handle(fd)
-        handles.delete(fd)
-        await images.closeImage(h.image, h.writable)
-        return 0
-      })
+    /** Creates an empty image and opens it for writing; returns its handle. */
+    async create (path: string, mode: number): Promise<number> {
+      const name = path.slice(1)
+      if (name.startsWith(SNAPSHOT_DIR + '/')) throw SheepError.readOnly(path)
+      await images.create(name, 0, { ...opts.createOptions, mode: mode & 0o7777 })
+      return newHandle(images.openImage(name, true), true)
     },
-    read (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      run('read', path, cb, () => {
-        const h = handle(fd)
-        return images.io(h.image, h.writable, () => h.image.read(pos, len, buf))
-      })
+    async release (fd: number): Promise<void> {
+      const h = handle(fd)
+      handles.delete(fd)
+      await images.closeImage(h.image, h.writable)
     },
-    write (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      run('write', path, cb, async () => {
-        const h = handle(fd)
-        await images.io(h.image, h.writable, () => h.image.write(pos, len === buf.length ? buf : buf.subarray(0, len)))
-        return len
-      })
+    /** Reads into `buf` (at most `len` bytes); returns the bytes read. */
+    async read (fd: number, pos: number, len: number, buf: Buffer): Promise<number> {
+      const h = handle(fd)
+      return await images.io(h.image, h.writable, () => h.image.read(pos, len, buf))
     },
-    flush (path: string, fd: number, cb: Cb) {
-      run('flush', path, cb, async () => { const h = handle(fd); if (h.writable) await images.writeOut(h.image, async () => await h.image.flush()); return 0 })
+    /** Writes all of `buf`; returns its length. */
+    async write (fd: number, pos: number, buf: Buffer): Promise<number> {
+      const h = handle(fd)
+      await images.io(h.image, h.writable, () => h.image.write(pos, buf))
+      return buf.length
     },
-    fsync (path: string, _datasync: number, fd: number, cb: Cb) {
-      run('fsync', path, cb, async () => { const h = handle(fd); await images.writeOut(h.image, async () => await h.image.sync()); return 0 })
+    /**
+     * fallocate(2). Images are thin: mode 0 and KEEP_SIZE reserve nothing, and without KEEP_SIZE
+     * grow the image to the range's end. PUNCH_HOLE (with KEEP_SIZE, as the kernel requires) and
+     * ZERO_RANGE make the range read as zeros and free the whole objects in it. Other modes
+     * (collapse, insert, unshare): ENOTSUP.
+     */
+    async fallocate (fd: number, mode: number, offset: number, length: number): Promise<void> {
+      const h = handle(fd)
+      const known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
+      if ((mode & ~known) !== 0 || ((mode & FALLOC_FL_PUNCH_HOLE) !== 0 && (mode & FALLOC_FL_ZERO_RANGE) !== 0)) {
+        throw new SheepError('ENOTSUP', `fallocate mode 0x${mode.toString(16)} is not supported`)
+      }
+      if (!h.writable) throw SheepError.readOnly(h.image.name)
+      if ((mode & FALLOC_FL_KEEP_SIZE) === 0 && offset + length > h.image.size) await this.ftruncate(fd, offset + length)
+      if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) await images.io(h.image, true, async () => await h.image.discard(offset, length))
     },
-    truncate (path: string, size: number, cb: Cb) {
-      run('truncate', path, cb, async () => { await images.resize(imageAt(path).name, size); return 0 })
+    /**
+     * copy_file_range(2): the daemon copies, so the bytes cross no process boundary; up to
+     * MAX_COPY per call, stopping at the source's end. Returns the bytes copied. (Zeros copied
+     * into a hole allocate nothing, so a sparse source stays sparse.)
+     */
+    async copyFileRange (fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): Promise<number> {
+      handle(fdIn)
+      if (!handle(fdOut).writable) throw SheepError.readOnly(`handle ${fdOut}`)
+      const total = Math.min(len, MAX_COPY)
+      const buf = Buffer.allocUnsafe(Math.min(total, COPY_CHUNK))
+      let done = 0
+      while (done < total) {
+        const got = await this.read(fdIn, offIn + done, Math.min(COPY_CHUNK, total - done), buf)
+        if (got === 0) break
+        // The image has the bytes once write resolves: the buffer can take the next chunk.
+        await this.write(fdOut, offOut + done, buf.subarray(0, got))
+        done += got
+      }
+      return done
     },
-    ftruncate (path: string, fd: number, size: number, cb: Cb) {
-      run('ftruncate', path, cb, async () => {
-        const { image } = handle(fd)
-        // An unlinked image has no name left to resize it by.
-        if (image.unlinked) await image.resize(size)
-        else await images.resize(image.name, size)
-        return 0
-      })
+    /** lseek(2) SEEK_DATA / SEEK_HOLE from the owner table; ENXIO past the end or with no data after. */
+    lseek (fd: number, offset: number, whence: number): number {
+      if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw SheepError.invalid(`lseek whence ${whence}`)
+      const at = handle(fd).image.seek(offset, whence === SEEK_HOLE)
+      if (at === null) throw new SheepError('ENXIO', `no ${whence === SEEK_HOLE ? 'hole' : 'data'} at or after ${offset}`)
+      return at
     },
-    unlink (path: string, cb: Cb) {
-      run('unlink', path, cb, async () => {
-        if (hidden.delete(path)) return 0
-        const t = resolve(path)
-        if (t.kind === 'snapshot') await images.deleteSnapshot(t.image.name, t.image.header.tag)
-        else await images.remove(imageAt(path).name)
-        return 0
-      })
+    async flush (fd: number): Promise<void> {
+      const h = handle(fd)
+      if (h.writable) await images.writeOut(h.image, async () => await h.image.flush())
     },
-    rename (from: string, to: string, cb: Cb) {
-      run('rename', from, cb, async () => {
-        const image = imageAt(from)
-        if (HIDDEN_NAME.test(to)) {
-          await images.remove(image.name)
-          hidden.set(to, image)
-          return 0
-        }
-        if (to.lastIndexOf('/') !== 0) throw new SheepError('EPERM', 'images live in the mount\'s root only')
-        await images.rename(image.name, to.slice(1), { replace: true })
-        return 0
-      })
+    async fsync (fd: number): Promise<void> {
+      const h = handle(fd)
+      await images.writeOut(h.image, async () => await h.image.sync())
     },
-    utimens (path: string, _atime: number, mtime: number, cb: Cb) {
-      run('utimens', path, cb, async () => { await asHolder(imageAt(path), i => i.setTimes(Math.round(Number(mtime)))); return 0 })
+    async truncate (path: string, size: number): Promise<void> {
+      await images.resize(imageAt(path).name, size)
     },
-    chmod (path: string, mode: number, cb: Cb) {
-      run('chmod', path, cb, async () => { await asHolder(imageAt(path), i => i.setOwnership({ mode })); return 0 })
+    async ftruncate (fd: number, size: number): Promise<void> {
+      const { image } = handle(fd)
+      // An unlinked image has no name left to resize it by.
+      if (image.unlinked) await image.resize(size)
+      else await images.resize(image.name, size)
     },
-    chown (path: string, uid: number, gid: number, cb: Cb) {
-      run('chown', path, cb, async () => {
-        // (uid_t)-1 means "leave unchanged".
-        await asHolder(imageAt(path), i => i.setOwnership({ uid: uid === 0xffffffff ? undefined : uid, gid: gid === 0xffffffff ? undefined : gid }))
-        return 0
-      })
+    async unlink (path: string): Promise<void> {
+      if (hidden.delete(path)) return
+      const t = resolve(path)
+      if (t.kind === 'snapshot') await images.deleteSnapshot(t.image.name, t.image.header.tag)
+      else await images.remove(imageAt(path).name)
     },
-    setxattr (path: string, name: string, value: Buffer, _position: number, _flags: number, cb: Cb) {
-      run('setxattr', path, cb, async () => {
-        if (name !== `${XATTR}snapshot`) {
-          throw name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', `${name} is not supported`)
-        }
-        await images.snapshot(imageAt(path).name, value.toString('utf8'))
-        return 0
-      })
+    async rename (from: string, to: string): Promise<void> {
+      const image = imageAt(from)
+      if (HIDDEN_NAME.test(to)) {
+        await images.remove(image.name)
+        hidden.set(to, image)
+        return
+      }
+      if (to.lastIndexOf('/') !== 0) throw new SheepError('EPERM', 'images live in the mount\'s root only')
+      await images.rename(image.name, to.slice(1), { replace: true })
     },
-    getxattr (path: string, name: string, _position: number, cb: Cb) {
-      run('getxattr', path, cb, () => {
-        const t = resolve(path)
-        // null: ENODATA, what folders and unknown names answer.
-        const value = t.kind === 'image' || t.kind === 'snapshot' ? xattrs(t.image)[name] : undefined
-        return [0, value === undefined ? null : Buffer.from(value)]
-      })
+    async utimens (path: string, mtime: number): Promise<void> {
+      await asHolder(imageAt(path), i => i.setTimes(Math.round(mtime)))
     },
-    listxattr (path: string, cb: Cb) {
-      run('listxattr', path, cb, () => {
-        const t = resolve(path)
-        return [0, t.kind === 'image' || t.kind === 'snapshot' ? Object.keys(xattrs(t.image)) : []]
-      })
+    async chmod (path: string, mode: number): Promise<void> {
+      await asHolder(imageAt(path), i => i.setOwnership({ mode }))
     },
-    removexattr (path: string, name: string, cb: Cb) {
-      fail('removexattr', path, name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', name), cb)
+    async chown (path: string, uid: number, gid: number): Promise<void> {
+      await asHolder(imageAt(path), i => i.setOwnership({ uid: uid === UNCHANGED_ID ? undefined : uid, gid: gid === UNCHANGED_ID ? undefined : gid }))
     },
-    mkdir (path: string, _mode: number, cb: Cb) { fail('mkdir', path, new SheepError('EPERM', 'the mount holds images only'), cb) },
-    rmdir (path: string, cb: Cb) { fail('rmdir', path, path === '/' ? SheepError.busy('/') : new SheepError('ENOTDIR', path), cb) },
-    mknod (path: string, _mode: number, _dev: number, cb: Cb) { fail('mknod', path, new SheepError('EPERM', 'the mount holds images only'), cb) },
-    symlink (_target: string, path: string, cb: Cb) { fail('symlink', path, new SheepError('EPERM', 'the mount holds images only'), cb) },
-    link (_from: string, path: string, cb: Cb) { fail('link', path, new SheepError('EPERM', 'the mount holds images only'), cb) }
+    async setxattr (path: string, name: string, value: Buffer): Promise<void> {
+      if (name !== `${XATTR}snapshot`) {
+        throw name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', `${name} is not supported`)
+      }
+      await images.snapshot(imageAt(path).name, value.toString('utf8'))
+    },
+    /** null: no such attribute (ENODATA), what folders and unknown names answer. */
+    getxattr (path: string, name: string): Buffer | null {
+      const t = resolve(path)
+      const value = t.kind === 'image' || t.kind === 'snapshot' ? xattrs(t.image)[name] : undefined
+      return value === undefined ? null : Buffer.from(value)
+    },
+    listxattr (path: string): string[] {
+      const t = resolve(path)
+      return t.kind === 'image' || t.kind === 'snapshot' ? Object.keys(xattrs(t.image)) : []
+    },
+    removexattr (_path: string, name: string): never {
+      throw name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', name)
+    },
+    mkdir: onlyImages,
+    mknod: onlyImages,
+    symlink: onlyImages,
+    link: onlyImages,
+    rmdir (path: string): never {
+      throw path === '/' ? SheepError.busy('/') : new SheepError('ENOTDIR', path)
+    }
   }
 }

@@ -1,13 +1,39 @@
-// The one place where Sheep's error codes become errno values for the kernel.
+// The one place where errors become errno values for the kernel: Sheep's error codes (whatever a
+// call on the image API threw) and the few the sessions answer on their own.
 
 import os from 'node:os'
-import { toSheepError } from '../errors'
+import { SheepError, toSheepError } from '../errors'
 
 const E = os.constants.errno as Record<string, number>
+
+/** Negative errnos a session answers without asking the image API. */
+export const ERRNO = {
+  /** An operation this filesystem does not implement. */
+  ENOSYS: -(E.ENOSYS as number),
+  /** A malformed request. */
+  EINVAL: -(E.EINVAL as number),
+  EIO: -(E.EIO as number),
+  EPROTO: -(E.EPROTO as number),
+  /** No such extended attribute. */
+  ENODATA: -(E.ENODATA as number),
+  /** The caller's buffer is too small for the answer. */
+  ERANGE: -(E.ERANGE as number),
+  EEXIST: -(E.EEXIST as number),
+  EOPNOTSUPP: -(E.EOPNOTSUPP as number),
+  /** The daemon did not answer within its I/O timeout. */
+  ETIMEDOUT: -(E.ETIMEDOUT as number)
+} as const
 
 /** A negative errno for anything thrown. */
 export function errnoOf (err: unknown): number {
   const code = toSheepError(err).code
   const n = code === 'ENOTSUP' ? E.EOPNOTSUPP : E[code]
   return -(n ?? (E.EIO as number))
+}
+
+/** The errno an operation failed with; logs what an operator must see (I/O errors and bugs). */
+export function failedOp (op: string, path: string, err: unknown, log: (line: string) => void): number {
+  if (err instanceof SheepError && err.code === 'EIO') log(`${op} ${path}: ${err.message}`)
+  else if (!(err instanceof SheepError)) log(`${op} ${path}: unexpected error: ${(err as Error)?.stack ?? String(err)}`)
+  return errnoOf(err)
 }

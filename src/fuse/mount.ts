@@ -1,36 +1,30 @@
-// Mounting: checks that FUSE is usable, builds the libfuse option string, mounts and unmounts.
+// Mounting: picks the session (the kernel protocol, else fuse-native's libfuse 2), clears a
+// stale mount a killed daemon left, mounts and unmounts, and reports which session runs.
 
 import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from '../errors'
 import type { ImageStore } from '../cow/image-store'
-import { type AdapterOptions, fuseOperations } from './adapter'
+import { type AdapterOptions, adapterCore } from './adapter'
+import { KernelMount, kernelUnavailable } from './kernel/mount'
+import type { KernelStats } from './kernel/session'
+import { Libfuse2Mount } from './libfuse2'
 
-type FuseClass = typeof import('fuse-native')
-
-export const FUSE_FSNAME = 'sheep'
-/** libfuse 2 caps requests at 128 KiB. */
-const MAX_REQUEST = 131072
+/** kernel: the FUSE protocol spoken on /dev/fuse by the daemon (root); libfuse2: fuse-native. */
+export type Frontend = 'kernel' | 'libfuse2'
+export const FRONTENDS: readonly Frontend[] = ['kernel', 'libfuse2']
 
 export interface MountOptions extends AdapterOptions {
-  /** Milliseconds after which fuse-native answers an operation with ETIMEDOUT. */
+  /** Milliseconds after which an operation is answered ETIMEDOUT. */
   ioTimeout: number
+  /** Which session to run; 'auto': the kernel protocol where it works, else libfuse 2. */
+  frontend: Frontend | 'auto'
 }
 
-export function fuseMissing (): string | null {
-  if (!fs.existsSync('/dev/fuse')) return 'FUSE is missing: /dev/fuse does not exist (load the fuse module, or give the container /dev/fuse)'
-  try {
-    execFileSync('fusermount', ['-V'], { stdio: 'ignore' })
-  } catch {
-    return 'FUSE is missing: fusermount is not installed (Debian: apt-get install fuse libfuse2)'
-  }
-  try {
-    require('fuse-native')
-  } catch (err) {
-    return `FUSE is missing: cannot load libfuse 2 (Debian: apt-get install libfuse2): ${(err as Error).message.split('\n')[0]}`
-  }
-  return null
+/** What `sheep status` shows of the mount: the session, and for the kernel one its requests. */
+export interface FuseStatus extends Partial<KernelStats> {
+  frontend: Frontend
 }
 
 /** Whether `dir` is a mount point whose FUSE daemon is gone (stat fails with ENOTCONN). */
@@ -60,50 +54,51 @@ export function lazyUnmount (dir: string): void {
 
 export class Mount {
   readonly dir: string
-  private fuse: InstanceType<FuseClass> | null = null
+  private session: KernelMount | Libfuse2Mount | null = null
 
   constructor (dir: string) {
     this.dir = path.resolve(dir)
   }
 
+  get frontend (): Frontend | null {
+    return this.session === null ? null : this.session instanceof KernelMount ? 'kernel' : 'libfuse2'
+  }
+
   async mount (images: ImageStore, opts: MountOptions): Promise<void> {
-    const missing = fuseMissing()
-    if (missing) throw new SheepError('ENOTSUP', missing)
-    if (isStaleMount(this.dir)) lazyUnmount(this.dir)
-    else if (isMountPoint(this.dir)) throw SheepError.busy(`mount point ${this.dir} is busy: something is mounted there`)
-    const Fuse = require('fuse-native') as FuseClass
-    // fuse-native whitelists only some -o options; its option string goes to libfuse verbatim.
-    // attr_timeout/entry_timeout=0: no attribute or name caching, so a resize, rename or delete
-    // through the command shows at once (fuse-native's attrTimeout option drops 0).
-    // direct_io: no page cache in front of the images. Every read sees the store as it is (as
-    // other hosts will write it), and writes skip the kernel's page-cache path, which asks the
-    // daemon for security.capability before every write once getxattr is implemented (FUSE
-    // never marks its inodes S_NOSEC): measured, 4K writes and fsync got 1.3-2x faster.
-    const extra = ['big_writes', `max_write=${MAX_REQUEST}`, 'allow_other', 'default_permissions', 'attr_timeout=0', 'entry_timeout=0', 'direct_io']
-    class SheepFuse extends Fuse {
-      protected override _fuseOptions (): string {
-        return super._fuseOptions() + ',' + extra.join(',')
+    // A dead mount answers ENOTCONN; stat only what mountinfo lists, as stat-ing a dead mount can block.
+    if (isMountPoint(this.dir)) {
+      if (isStaleMount(this.dir)) lazyUnmount(this.dir)
+      else throw SheepError.busy(`mount point ${this.dir} is busy: something is mounted there`)
+    }
+    const core = adapterCore(images, opts)
+    if (opts.frontend !== 'libfuse2') {
+      const why = kernelUnavailable()
+      if (why !== null && opts.frontend === 'kernel') throw new SheepError('ENOTSUP', `cannot speak the FUSE kernel protocol: ${why}`)
+      if (why === null) {
+        try {
+          this.session = await KernelMount.mount(this.dir, core, opts)
+          return
+        } catch (err) {
+          if (opts.frontend === 'kernel' || (err instanceof SheepError && err.code === 'EBUSY')) throw err
+          opts.log(`fuse: the kernel protocol failed (${(err as Error).message}); falling back to libfuse 2`)
+        }
+      } else {
+        opts.log(`fuse: the kernel protocol is not available (${why}); falling back to libfuse 2`)
       }
     }
-    const fuse = new SheepFuse(this.dir, fuseOperations(images, opts), {
-      mkdir: true,
-      maxRead: MAX_REQUEST,
-      fsname: FUSE_FSNAME,
-      subtype: FUSE_FSNAME,
-      timeout: opts.ioTimeout
-    })
-    await new Promise<void>((resolve, reject) => fuse.mount(err => {
-      if (err === null || err === undefined) return resolve()
-      if (/in use/i.test(err.message)) return reject(SheepError.busy(`mount point ${this.dir} is busy: ${err.message}`))
-      reject(new SheepError('EIO', `cannot mount ${this.dir}: ${err.message}`))
-    }))
-    this.fuse = fuse
+    this.session = await Libfuse2Mount.mount(this.dir, core, opts)
+  }
+
+  status (): FuseStatus | null {
+    const s = this.session
+    if (s === null) return null
+    return s instanceof KernelMount ? { frontend: 'kernel', ...s.stats() } : { frontend: 'libfuse2' }
   }
 
   async unmount (): Promise<void> {
-    const fuse = this.fuse
-    if (fuse === null) return
-    this.fuse = null
-    await new Promise<void>((resolve, reject) => fuse.unmount(err => err ? reject(new SheepError('EBUSY', `cannot unmount ${this.dir}: ${err.message}`)) : resolve()))
+    const s = this.session
+    if (s === null) return
+    this.session = null
+    await s.unmount()
   }
 }

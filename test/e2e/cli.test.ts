@@ -7,7 +7,7 @@ import t, { type Test } from 'tap'
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
-import { type Daemon, errCode, isMounted, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted } from '../helpers/daemon'
+import { type Daemon, errCode, isMounted, qemuIo, type RunResult, SHEEP_BIN, startDaemon, tempDir, unmountIfMounted, waitFor } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 const GiB = 2 ** 30
@@ -311,11 +311,28 @@ t.test('stop refuses while an image is open, then stops with a clean unmount', a
   t.equal(stopped.stdout, `stopped sheep on ${d.mount}\n`, 'stop says so')
   t.notOk(isMounted(d.mount), 'when stop returns, the mount is gone from /proc/self/mountinfo')
   t.equal(await exitOf(proc), 0, 'the daemon exited with status 0')
+  t.match(d.log, /Z stopped\n/, 'after its whole teardown (images written out, store closed)')
   t.same(fs.readdirSync(d.runDir).filter(n => n.endsWith('.sock')), [], 'its control socket is removed')
   oneLineError(t, d.sheep(['status', '--mount', d.mount]), /no sheep daemon is running for/, 'status after stop')
 
   await d.start()
   t.doesNotThrow(() => qemuIo(d.image('vm1'), ['read -P 0x5e 0 4k', 'read -P 0 4k 1M']), 'after a restart the data written before stop is there')
+})
+
+t.test('stop --force with an image held open by another process: the daemon exits and the mount is gone', async t => {
+  const d = await startDaemon(t)
+  t.equal(d.sheep(['image', 'create', 'vm1', '1G', '--mount', d.mount]).code, 0, 'setup')
+  const proc = d.proc as ChildProcess
+  // A process of its own holds the image, so that this one holds nothing on the mount.
+  const holder = spawn('sh', ['-c', 'exec sleep 600 < "$0"', d.image('vm1')], { stdio: 'ignore' })
+  t.teardown(() => { if (holder.exitCode === null && holder.signalCode === null) holder.kill('SIGKILL') })
+  t.ok(await waitFor(() => statusOf(d).openHandles === 1, 5000), 'the image is open')
+
+  const stopped = await sheepAsync(['stop', '--force', '--mount', d.mount], d.env)
+  t.equal(stopped.code, 0, `stop --force: ${stopped.stderr}`)
+  t.notOk(isMounted(d.mount), 'the mount is gone')
+  t.equal(await exitOf(proc), 0, 'the daemon exited with status 0 though a file was still open')
+  t.match(d.log, /Z stopped\n/, 'after its whole teardown')
 })
 
 t.test('start --detach returns once the mount answers; stop stops it', async t => {
