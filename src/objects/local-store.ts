@@ -268,6 +268,9 @@ export class LocalObjectStore implements ObjectStore {
         e.info.size = size
         return
       }
+      // Bytes up to the new end that the file gained since its size was last recorded are not
+      // durable yet: the smaller record must not claim them before they are.
+      if (size > e.savedSize) await fdatasync(e.fd)
       e.info.size = size
       await this.saveInfo(e)
       await ftruncate(e.fd, size)

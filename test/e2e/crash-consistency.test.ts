@@ -60,13 +60,16 @@ function qemuWriteFlush (file: string, steps: Step[]): boolean {
 // Each step of Image.sync (src/cow/image.ts) and of the store's sync inside it: the data objects
 // (files, names, records), the entries written into the inode, the inode file synced (the second
 // store sync of the image sync), its record, and the end of the image sync. A SIGKILL keeps what
-// was written to files, so what B leaves is exact: before its entries were written, its block
-// that was a hole is set aside (its write into block 1 landed in place); from then on, all of it.
+// was written to files, so what B leaves is exact. B's write into block 1 lands in place. Block
+// 2 was a hole: its entry is new, and lies past the inode's recorded end (the table grows with
+// the image's blocks), which moves only once the inode's file is synced; until that record is
+// on disk the entry is cut off at the restart and block 2's object is set aside. From then on,
+// all of B is there.
 const FAILPOINTS = [
   { point: 'store-sync:after-files', what: 'after the data objects\' files were synced, before their records', whole: false },
   { point: 'image-sync:after-data', what: 'after the data sync, before the owner entries are written', whole: false },
-  { point: 'image-sync:after-entries', what: 'after the entries and header were written, before the inode sync', whole: true },
-  { point: 'store-sync:after-files@2', what: 'after the inode file was synced, before its record', whole: true },
+  { point: 'image-sync:after-entries', what: 'after the entries and header were written, before the inode sync', whole: false },
+  { point: 'store-sync:after-files@2', what: 'after the inode file was synced, before its record', whole: false },
   { point: 'store-sync:after-records@2', what: 'after the inode\'s record was synced (the catalog update)', whole: true },
   { point: 'image-sync:after-inode', what: 'after the whole inode sync, before fsync returns', whole: true }
 ]

@@ -8,12 +8,24 @@
 //
 // - The catalog (LevelDB: one record of size and version per object). Records are written in the
 //   order they are made (catalog.ts) but without sync; a synced batch makes every earlier one
-//   durable. A catalog sync happens on: store sync() when a record was added to its `records`
-//   queue since the last one (create, a write that grew an object, a truncate that grew one) or
-//   one such flush is under way; truncate that shrinks (put with sync); replace (puts with
-//   sync). A delete (remove, setAside) adds nothing to the queue: it becomes durable only when a
-//   later catalog sync happens for another reason. Unsynced records survive as a random SUBSET
-//   (LevelDB's log reader skips a torn record and goes on), not only a prefix.
+//   durable. Unsynced records survive as a random SUBSET (LevelDB's log reader skips a torn
+//   record and goes on), not only a prefix. What writes a record, and when:
+//   - create: a put without sync, added to the store's `records` queue, so that the next sync()
+//     of ANY object flushes the catalog (or one such flush under way is waited for).
+//   - a write or a truncate that grows an object writes NO record: the larger size lives in
+//     memory (the entry's info) only. sync() of THAT object, once its file's fdatasync is done,
+//     writes a SYNCED batch recording the size the object had when the sync was called (if
+//     larger than the size last recorded, `savedSize`), with its version at that moment.
+//   - after a sync, the version records of the objects it synced whose version changed, without
+//     sync and not queued (persistVersions), each with size min(in-memory size, savedSize):
+//     never a size larger than one recorded before.
+//   - truncate that shrinks: the smaller size put WITH sync first, then the file's ftruncate.
+//   - replace: puts with sync. A delete (remove, setAside) adds nothing to the queue: it becomes
+//     durable only when a later catalog sync happens for another reason.
+//   Reads (stat, list, the size a read is checked against) see the in-memory entry: the record
+//   as last written, plus the growths and versions not recorded yet.
+//   close() (restart() here, the clean stop) syncs the grown objects first, then writes every
+//   version with sync: the store it leaves is exactly what reads saw.
 // - Names in the object folders (one folder per vid). sync() fsyncs every folder that gained a
 //   name since the last sync (`newNames`): that makes the folder's entries durable, unlinks
 //   included. An unlink in a folder that gained no name stays volatile (as far as the code
@@ -29,6 +41,11 @@
 //   blocks of other files; we allow the weaker states (shorter file, any subset of pages) since
 //   the store's code does not ask for more, and never the impossible ones (bytes never written).
 //   O_CREAT|O_TRUNC over a name that a crash brought back reuses that file, as open(2) does.
+// - Reopening after a crash: an object's first access (loadEntry) finds its file; one shorter
+//   than its record is EIO, one LONGER is cut (ftruncate, not synced) to the record's size before
+//   use. The reopened store makes those cuts at once (the same, since nothing reads a file before
+//   its first access), as operations not yet durable: a second power cut may undo them (and the
+//   next reopen cuts again).
 // - replace and compareAndReplace write a temporary file, fdatasync it, rename it over the
 //   object and sync the folder and the catalog: atomic, and durable when they resolve.
 //
@@ -50,6 +67,8 @@ import { Rng } from './random'
 const PAGE = 4096
 
 interface Rec { version: number, size: number }
+/** An object as the local store holds it in memory (its Entry): info, and what the catalog was last given. */
+interface Entry extends Rec { savedVersion: number, savedSize: number }
 /** A file: its size and its pages (4 KiB, never changed in place, so a copy shares them); a missing page reads as zeros. */
 interface FileState { pages: Map<number, Buffer>, size: number }
 type FileOp = { kind: 'size', size: number } | { kind: 'write', offset: number, data: Buffer }
@@ -136,7 +155,13 @@ function applyCatalogOp (m: Map<ObjectId, Rec>, op: CatalogOp): void { if (op.re
 function applyNameOp (m: Map<ObjectId, number>, op: NameOp): void { if (op.file === null) m.delete(op.oid); else m.set(op.oid, op.file) }
 
 /** What a sync must make durable, taken when it is called. */
-interface SyncMarks { files: Array<[number, number]>, folders: Array<[number, number]>, catalog: number | null }
+interface SyncMarks {
+  files: Array<[number, number]>
+  folders: Array<[number, number]>
+  catalog: number | null
+  /** The synced objects' entries, and each one's size when the sync was called. */
+  entries: Array<{ oid: ObjectId, e: Entry, size: number }>
+}
 
 /** The state a crashed store starts from: everything durable. */
 interface DiskState { records: Map<ObjectId, Rec>, names: Map<ObjectId, number>, files: Map<number, FileState>, nextFile: number }
@@ -150,7 +175,7 @@ export interface CrashOptions {
 
 export class PowerCutStore implements ObjectStore {
   // What reads see.
-  private readonly records = new Map<ObjectId, Rec>()
+  private readonly records = new Map<ObjectId, Entry>()
   private readonly names = new Map<ObjectId, number>()
   private readonly files = new Map<number, FileState>()
   private nextFile: number
@@ -182,7 +207,7 @@ export class PowerCutStore implements ObjectStore {
     const records = from?.records ?? new Map<ObjectId, Rec>()
     const names = from?.names ?? new Map<ObjectId, number>()
     this.nextFile = from?.nextFile ?? 1
-    for (const [oid, rec] of records) this.records.set(oid, { ...rec })
+    for (const [oid, rec] of records) this.records.set(oid, { ...rec, savedVersion: rec.version, savedSize: rec.size })
     this.catalog = new Stream(copyMap(records), applyCatalogOp, m => new Map([...m].map(([k, v]) => [k, { ...v }])))
     for (const [oid, file] of names) {
       this.names.set(oid, file)
@@ -191,6 +216,12 @@ export class PowerCutStore implements ObjectStore {
     for (const [id, f] of from?.files ?? []) {
       this.files.set(id, copyFile(f))
       this.fileStreams.set(id, new Stream(copyFile(f), applyFileOp, copyFile))
+    }
+    // loadEntry: a file longer than its record is cut to it before use (not synced).
+    for (const [oid, rec] of this.records) {
+      const id = this.names.get(oid)
+      const f = id === undefined ? undefined : this.files.get(id)
+      if (id !== undefined && f !== undefined && f.size > rec.size) this.fileOp(id, { kind: 'size', size: rec.size })
     }
   }
 
@@ -202,10 +233,19 @@ export class PowerCutStore implements ObjectStore {
 
   // ---- the volatile operations, each also logged in its stream ----
 
-  private putRecord (oid: ObjectId, rec: Rec, queued: boolean): void {
-    this.records.set(oid, { ...rec })
+  /**
+   * A catalog put of `rec` for the entry `e` (the one the caller holds): updates what e was last
+   * recorded with, as the local store does. An entry the store forgot meanwhile (removed while a
+   * sync of it ran) is not in memory any more: when no new entry took its place, reads see the
+   * record, as catalog.get would (its file is gone: reading it is EIO, as in the local store).
+   */
+  private putRecord (oid: ObjectId, e: Entry, rec: Rec, queued: boolean, saved: (e: Entry) => void): void {
     this.catalog.add({ oid, rec: { ...rec } })
     if (queued) this.recordsPending = true
+    saved(e)
+    if (!this.records.has(oid)) {
+      this.records.set(oid, { ...rec, savedVersion: rec.version, savedSize: rec.size })
+    }
   }
 
   private delRecord (oid: ObjectId): void {
@@ -244,7 +284,7 @@ export class PowerCutStore implements ObjectStore {
   }
 
   /** The object's file, as an open descriptor would find it: EIO when missing or short. */
-  private fileOf (oid: ObjectId): { rec: Rec, file: FileState, id: number } {
+  private fileOf (oid: ObjectId): { rec: Entry, file: FileState, id: number } {
     const rec = this.records.get(oid)
     if (rec === undefined) throw SheepError.notFound(`object ${oidToHex(oid)}`)
     const id = this.names.get(oid)
@@ -288,7 +328,10 @@ export class PowerCutStore implements ObjectStore {
   async create (oid: ObjectId, size: number): Promise<void> {
     await this.later('create', () => {
       if (this.records.has(oid)) throw SheepError.exists(`object ${oidToHex(oid)}`)
-      this.putRecord(oid, { version: 1, size }, true)
+      // The record first (unsynced, queued for the next sync of any object), then the file.
+      const e: Entry = { version: 1, size, savedVersion: 1, savedSize: size }
+      this.records.set(oid, e)
+      this.putRecord(oid, e, { version: 1, size }, true, () => {})
       // O_CREAT | O_TRUNC: a name a crash brought back is reused, its file emptied.
       let id = this.names.get(oid)
       if (id === undefined) {
@@ -316,11 +359,10 @@ export class PowerCutStore implements ObjectStore {
     await this.later('write', () => {
       const { rec, id } = this.fileOf(oid)
       this.fileOp(id, { kind: 'write', offset, data: bytes })
-      const version = rec.version + 1
+      // No record: the version and a grown size are in memory, recorded by the object's next sync.
+      rec.version++
       const end = offset + bytes.length
-      // Versions alone are not synced (local store); a grown size is, with the next sync.
-      if (end > rec.size) this.putRecord(oid, { version, size: end }, true)
-      else rec.version = version
+      if (end > rec.size) rec.size = end
     })
   }
 
@@ -345,7 +387,9 @@ export class PowerCutStore implements ObjectStore {
     this.link(oid, id)
     const folder = this.folder(oidVid(oid))
     folder.flushTo(folder.mark())
-    this.putRecord(oid, rec, false)
+    let e = this.records.get(oid)
+    if (e === undefined) { e = { ...rec, savedVersion: rec.version, savedSize: rec.size }; this.records.set(oid, e) }
+    this.putRecord(oid, e, rec, false, e => { e.version = e.savedVersion = rec.version; e.size = e.savedSize = rec.size })
     this.syncCatalog()
     return rec.version
   }
@@ -371,14 +415,19 @@ export class PowerCutStore implements ObjectStore {
     await this.later('truncate', () => {
       const { rec, id } = this.fileOf(oid)
       if (size === rec.size) return
-      const grow = size > rec.size
-      // Grow the file, then record it (queued); shrink: the record synced first, then the file.
-      if (grow) this.fileOp(id, { kind: 'size', size })
-      this.putRecord(oid, { version: rec.version + 1, size }, grow)
-      if (!grow) {
-        this.syncCatalog()
+      rec.version++
+      if (size > rec.size) {
+        // Grow: the file only; the size is in memory, recorded by the object's next sync.
         this.fileOp(id, { kind: 'size', size })
+        rec.size = size
+        return
       }
+      // Shrink: the smaller record synced first (saveInfo), then the file cut (not synced).
+      rec.size = size
+      const info = { version: rec.version, size }
+      this.putRecord(oid, rec, info, false, e => { e.savedVersion = Math.max(e.savedVersion, info.version); e.savedSize = info.size })
+      this.syncCatalog()
+      this.fileOp(id, { kind: 'size', size })
     })
   }
 
@@ -401,19 +450,21 @@ export class PowerCutStore implements ObjectStore {
   async stat (oid: ObjectId): Promise<ObjectInfo | null> {
     return await this.later('stat', () => {
       const rec = this.records.get(oid)
-      return rec === undefined ? null : { oid, ...rec }
+      return rec === undefined ? null : { oid, version: rec.version, size: rec.size }
     })
   }
 
   async * list (): AsyncIterable<ObjectInfo> {
-    const all = await this.later('list', () => [...this.records].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([oid, rec]) => ({ oid, ...rec })))
+    const all = await this.later('list', () => [...this.records].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0).map(([oid, rec]) => ({ oid, version: rec.version, size: rec.size })))
     for (const info of all) yield info
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {
     // Marks are taken at the call: durable is only what was made before it.
-    const marks: SyncMarks = { files: [], folders: [], catalog: null }
+    const marks: SyncMarks = { files: [], folders: [], catalog: null, entries: [] }
     for (const oid of oids) {
+      const e = this.records.get(oid)
+      if (e !== undefined) marks.entries.push({ oid, e, size: e.size })
       const id = this.names.get(oid)
       // The local store fsyncs a closed object through its path: a missing file is an error.
       if (id === undefined) {
@@ -437,7 +488,21 @@ export class PowerCutStore implements ObjectStore {
       this.underWay.delete(marks)
       for (const [id, mark] of marks.files) this.fileStreams.get(id)?.flushTo(mark)
       for (const [vid, mark] of marks.folders) this.folder(vid).flushTo(mark)
+      // Then, the files holding them, the sizes they had at the call that are larger than the
+      // recorded ones: one synced batch (which makes every catalog write so far durable).
+      const grown = marks.entries.filter(g => g.size > g.e.savedSize)
+      for (const { oid, e, size } of grown) {
+        const info = { version: e.version, size }
+        this.putRecord(oid, e, info, false, e => { e.savedSize = Math.max(e.savedSize, info.size); e.savedVersion = Math.max(e.savedVersion, info.version) })
+      }
+      if (grown.length > 0) this.syncCatalog()
       if (marks.catalog !== null) this.catalog.flushTo(marks.catalog)
+      // persistVersions: changed versions, without sync, never with a size larger than recorded.
+      for (const { oid, e } of marks.entries) {
+        if (e.version === e.savedVersion) continue
+        const info = { version: e.version, size: Math.min(e.size, e.savedSize) }
+        this.putRecord(oid, e, info, false, e => { e.savedVersion = Math.max(e.savedVersion, info.version) })
+      }
     })
   }
 
@@ -486,10 +551,14 @@ export class PowerCutStore implements ObjectStore {
     return new PowerCutStore(rng.int(1, 2 ** 31), { records, names, files, nextFile: this.nextFile })
   }
 
-  /** A clean restart (no power cut): the new store starts from what reads see now. */
+  /**
+   * A clean restart (no power cut): close() syncs the grown objects, then writes every version
+   * with sync, so the new store starts from what reads see now.
+   */
   restart (seed: number): PowerCutStore {
     this.dead = true
-    return new PowerCutStore(seed, { records: this.records, names: this.names, files: this.files, nextFile: this.nextFile })
+    const records = new Map([...this.records].map(([oid, e]) => [oid, { version: e.version, size: e.size }]))
+    return new PowerCutStore(seed, { records, names: this.names, files: this.files, nextFile: this.nextFile })
   }
 }
 
