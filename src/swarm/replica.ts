@@ -5,7 +5,7 @@ import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
 import { ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
-import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage } from './messages'
+import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, usage } from './messages'
 
 export interface ReplicaContext {
   epoch: () => number
@@ -58,12 +58,19 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done({ version: info.version, size: info.size })
       }
       case Op.List: {
-        const all = []
-        for await (const info of local.list()) all.push(info)
-        return done({ data: encode(objectList, all) })
+        // One page: the objects from oid `req.oid` on, in oid order, at most LIST_PAGE of them
+        // (a whole store could be past the message limit); `size` 1 says more follow.
+        const page: ObjectEntry[] = []
+        let more = false
+        for await (const info of local.list()) {
+          if (info.oid < req.oid) continue
+          if (page.length === LIST_PAGE) { more = true; break }
+          page.push(info)
+        }
+        return done({ data: encode(objectList, page), size: more ? 1 : 0 })
       }
       case Op.Sync:
-        await local.sync(decode(oidList, req.data))
+        await local.sync(decode(oidList, req.data, 'sync list'))
         return done()
       case Op.Usage:
         return done({ data: encode(usage, await local.usage()) })
@@ -80,5 +87,26 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       default:
         throw SheepError.protocol(`unknown object operation ${req.op}`)
     }
+  }
+}
+
+/**
+ * Every object a replica lists, page by page (Op.List): ask(from) sends a List request for the
+ * objects from oid `from` on. A page answered with an error ends the listing with that answer
+ * as `refused`. A replica that answers one page with everything (size 0) ends it too.
+ */
+export async function listAll (ask: (from: bigint) => Promise<Response>): Promise<{ entries: ObjectEntry[], refused: Response | null }> {
+  const entries: ObjectEntry[] = []
+  let from = 0n
+  for (;;) {
+    const res = await ask(from)
+    if (res.error !== '') return { entries, refused: res }
+    const page = decode(objectList, res.data, 'object list')
+    entries.push(...page)
+    const last = page[page.length - 1]
+    if (res.size !== 1 || last === undefined) return { entries, refused: null }
+    // A page must move on, or a hostile or broken replica would keep us asking for ever.
+    if (last.oid < from) throw SheepError.protocol('a List page went backwards')
+    from = last.oid + 1n
   }
 }
