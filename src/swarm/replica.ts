@@ -16,6 +16,12 @@ export interface ReplicaContext {
   release: (vid: number, purpose: TokenPurpose) => Promise<void>
 }
 
+/**
+ * The largest object a replica takes: an inode of the largest image with the smallest objects
+ * (4 KiB header + 16 bytes for each of 2^32 blocks) is 64 GiB; this leaves room above it.
+ */
+export const MAX_OBJECT_BYTES = 2 ** 37
+
 export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request) => Promise<Partial<Response>> {
   const { epoch, quorate } = ctx
   return async req => {
@@ -26,6 +32,10 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
     // Another epoch may place this object elsewhere: the sender must first agree with us on the view.
     if (req.epoch !== mine) throw SheepError.stale(`request for epoch ${req.epoch}, this node is in epoch ${mine}`)
     const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
+    // Sizes are checked before the store sees them: a made-up size of 2^52 must not become a
+    // catalog record, a file or an allocation.
+    const end = req.op === Op.Write ? req.offset + req.data.length : req.op === Op.Read ? req.offset + req.length : req.op === Op.Create || req.op === Op.Truncate ? req.length : 0
+    if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
     switch (req.op) {
       case Op.Create:
         await local.create(req.oid, req.length)
@@ -39,6 +49,8 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       case Op.ReadAll: {
         const info = await local.stat(req.oid)
         if (info === null) throw SheepError.notFound(`object ${req.oid.toString(16)}`)
+        // Refused before the bytes are read into memory, and again after (a replace may run between).
+        if (info.size > MAX_DATA) throw SheepError.tooBig(`object of ${info.size} bytes, more than ${MAX_DATA}: read it in pieces`)
         const data = await local.readAll(req.oid)
         if (data.length > MAX_DATA) throw SheepError.tooBig(`object of ${data.length} bytes, more than ${MAX_DATA}: read it in pieces`)
         return done({ data, size: data.length, version: info.version })
