@@ -27,9 +27,9 @@ type Codec<T> = c.Encoding<T>
 
 function bad (message: string): SheepError { return SheepError.protocol(message) }
 
-/** Any error thrown while decoding, as the one type the protocol uses. */
+/** Any error thrown while decoding, as the one type the protocol uses, naming what was decoded. */
 export function asProtocolError (err: unknown, what: string): SheepError {
-  if (err instanceof SheepError) return err
+  if (err instanceof SheepError && err.code !== 'EPROTO') return err
   return bad(`malformed ${what}: ${err instanceof Error ? err.message : String(err)}`)
 }
 

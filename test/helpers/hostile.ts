@@ -4,6 +4,8 @@
 // frames that carry them, and an in-memory stream a Link can run on.
 
 import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import SecretStream from '@hyperswarm/secret-stream'
 import c from 'compact-encoding'
 import { Rng } from './random'
 import type { AgreementMessage } from '../../src/swarm/view-agreement'
@@ -194,4 +196,31 @@ export class FakeSecureStream extends EventEmitter {
     if (err !== undefined) this.emit('error', err)
     this.emit('close')
   }
+}
+
+/**
+ * A TCP connection to a node's object port that completes the Noise handshake with keyPair (any
+ * key is accepted at that stage), then runs act on the secret-stream; resolves when the
+ * connection is closed (by either side) or after ms. Loopback only.
+ */
+export async function hostileConnection (port: number, keyPair: { publicKey: Buffer, secretKey: Buffer }, act: (stream: SecretStream) => void, ms = 5000): Promise<{ connected: boolean, closedByPeer: boolean }> {
+  const socket = net.connect({ host: '127.0.0.1', port })
+  socket.on('error', () => {})
+  const stream = new SecretStream(true, socket, { keyPair })
+  stream.on('error', () => {})
+  let connected = false
+  let closedByPeer = false
+  return await new Promise(resolve => {
+    const timer = setTimeout(() => stream.destroy(), ms)
+    stream.once('connect', () => {
+      connected = true
+      try { act(stream) } catch { stream.destroy() }
+    })
+    stream.on('end', () => { closedByPeer = true })
+    socket.once('close', () => {
+      clearTimeout(timer)
+      resolve({ connected, closedByPeer })
+    })
+    stream.on('data', () => {})
+  })
 }
