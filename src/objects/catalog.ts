@@ -59,8 +59,9 @@ export class Catalog {
 
   async del (oid: ObjectId): Promise<void> { await this.db.del(oidToHex(oid)) }
 
-  async * list (): AsyncIterable<ObjectInfo> {
-    for await (const [key, value] of this.db.iterator()) {
+  /** In id order (keys are fixed-width hex); from `from` on when given. */
+  async * list (from?: ObjectId): AsyncIterable<ObjectInfo> {
+    for await (const [key, value] of this.db.iterator(from === undefined ? {} : { gte: oidToHex(from) })) {
       const oid = oidFromHex(key)
       if (oid === null) throw SheepError.corrupt(`store index has a malformed key ${JSON.stringify(key)}`)
       yield { oid, ...decodeRecord(oid, value) }

@@ -281,9 +281,9 @@ export class LocalObjectStore implements ObjectStore {
     return await this.catalog.get(oid)
   }
 
-  async * list (): AsyncIterable<ObjectInfo> {
+  async * list (from?: ObjectId): AsyncIterable<ObjectInfo> {
     this.checkOpen()
-    for await (const info of this.catalog.list()) {
+    for await (const info of this.catalog.list(from)) {
       const e = this.entries.get(info.oid)
       yield e ? { ...e.info } : info
     }

@@ -205,7 +205,7 @@ export class Gateway implements ObjectStore {
   }
 
   /** Every object of the cluster, once, at its newest version among the members that answer. */
-  async * list (): AsyncIterable<ObjectInfo> {
+  async * list (from = 0n): AsyncIterable<ObjectInfo> {
     const seen = new Map<ObjectId, ObjectInfo>()
     for await (const info of this.local.list()) seen.set(info.oid, info)
     const epoch = this.cluster.epoch
@@ -217,7 +217,7 @@ export class Gateway implements ObjectStore {
         if (known === undefined || known.version < info.version) seen.set(info.oid, info)
       }
     }
-    yield * seen.values()
+    for (const info of seen.values()) if (info.oid >= from) yield info
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {

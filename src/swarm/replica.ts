@@ -74,8 +74,8 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         // (a whole store could be past the message limit); `size` 1 says more follow.
         const page: ObjectEntry[] = []
         let more = false
-        for await (const info of local.list()) {
-          if (info.oid < req.oid) continue
+        for await (const info of local.list(req.oid)) {
+          if (info.oid < req.oid) continue // a store that ignored `from`
           if (page.length === LIST_PAGE) { more = true; break }
           page.push(info)
         }
