@@ -29,7 +29,11 @@ function bad (message: string): SheepError { return SheepError.protocol(message)
 
 /** Any error thrown while decoding, as the one type the protocol uses, naming what was decoded. */
 export function asProtocolError (err: unknown, what: string): SheepError {
-  if (err instanceof SheepError && err.code !== 'EPROTO') return err
+  if (err instanceof SheepError) {
+    // Named in place rather than wrapped: a hostile peer makes many of these.
+    if (err.code === 'EPROTO' && !err.message.startsWith('malformed ')) err.message = `malformed ${what}: ${err.message}`
+    return err
+  }
   return bad(`malformed ${what}: ${err instanceof Error ? err.message : String(err)}`)
 }
 
@@ -164,8 +168,8 @@ export const member: Codec<Member> = checked(struct<Member>({
   if (problem !== null) throw bad(`member ${m.id.slice(0, 8)}: ${problem}`)
 })
 
-/** The smallest encoded member: a 64-digit id, a 1-byte host, port, zone and an 8-byte weight. */
-const MIN_MEMBER_BYTES = 65 + 2 + 1 + 1 + 8
+/** The fewest bytes any member record takes (empty strings, a 1-byte port, the 8-byte weight). */
+const MIN_MEMBER_BYTES = 1 + 1 + 1 + 1 + 8
 
 /** Epoch 0 (no view yet) has no members; any other lists members sorted by id, without duplicates. */
 export function viewProblem (v: View): string | null {
