@@ -44,6 +44,12 @@ const HELLO_TIMEOUT_MS = 10_000
  * thousands of 8 MiB read buffers. Far above what a member's gateway sends one node at once.
  */
 export const MAX_SERVING = 256
+/**
+ * Bytes of answers written while the connection would not drain. A peer that asks and never
+ * reads its answers would otherwise have them pile up in this node's memory; past this its link
+ * is closed. A member that reads lags far less (its requests in flight bound what it is owed).
+ */
+export const MAX_UNSENT = 256 * 2 ** 20
 
 /**
  * Whether an error that closed a connection shows the peer sent something malformed (it is then
@@ -69,6 +75,7 @@ export class Link extends EventEmitter {
   private closed = false
   private serving = 0
   private paused = false
+  private unsent = 0
   private readonly helloTimer: NodeJS.Timeout
   private readonly sendRequest
   private readonly sendResponse
@@ -90,6 +97,7 @@ export class Link extends EventEmitter {
       this.shut(`connection error: ${err.message}`)
     })
     stream.on('close', () => this.shut('connection closed'))
+    stream.on('drain', () => { this.unsent = 0 })
     const mux = Protomux.from(stream)
     const channel = mux.createChannel<Hello>({
       protocol: PROTOCOL,
@@ -187,7 +195,13 @@ export class Link extends EventEmitter {
         answer = { ...answer, error: 'EFBIG', message: `the answer has ${answer.data.length} bytes, more than the ${MAX_DATA} a message carries`, data: EMPTY }
       }
       if (answer.message.length > MAX_MESSAGE / 4) answer.message = answer.message.slice(0, MAX_MESSAGE / 4 - 3) + '...'
-      this.sendResponse.send(answer)
+      if (!this.sendResponse.send(answer)) {
+        this.unsent += answer.data.length + 64
+        if (this.unsent > MAX_UNSENT) {
+          this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: it does not read its answers (${this.unsent} bytes waiting)`)
+          this.shut('the peer does not read')
+        }
+      }
     } catch (err) {
       // A bug, not the peer's doing: this link goes, the node stays.
       this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: answering request ${req.id} failed: ${(err as Error).message}`)

@@ -12,6 +12,7 @@ import { listAll, MAX_OBJECT_BYTES, replicaHandler } from '../../src/swarm/repli
 import type { ObjectInfo, ObjectStore } from '../../src/objects/types'
 import { FakeSecureStream } from '../helpers/hostile'
 import { sheepError } from './tmp'
+import { waitFor } from '../helpers/daemon'
 
 const EMPTY = new Uint8Array(0)
 
@@ -83,8 +84,8 @@ t.test('sizes past the largest object are refused before the store sees them', a
   t.equal(read.code, 'EINVAL', 'a read of more than MAX_DATA is refused')
 })
 
-/** Two links on a pair of in-memory streams, both proven. */
-async function linkedPair (onRequest: (r: Request) => Promise<Partial<Response>>): Promise<{ client: Link, server: Link }> {
+/** Two links on a pair of in-memory streams, both proven; `full()` true: the server's writes do not drain. */
+async function linkedPair (onRequest: (r: Request) => Promise<Partial<Response>>, full = (): boolean => false, logs: string[] = []): Promise<{ client: Link, server: Link }> {
   const secret = crypto.randomBytes(32)
   const hash = crypto.randomBytes(32)
   const ka = crypto.randomBytes(32)
@@ -92,11 +93,16 @@ async function linkedPair (onRequest: (r: Request) => Promise<Partial<Response>>
   const a = new FakeSecureStream(kb, hash, true)
   const b = new FakeSecureStream(ka, hash, false)
   a.write = (d: Uint8Array) => { const copy = Buffer.from(d); queueMicrotask(() => b.push(copy)); return true }
-  b.write = (d: Uint8Array) => { const copy = Buffer.from(d); queueMicrotask(() => a.push(copy)); return true }
+  b.write = (d: Uint8Array) => {
+    if (full()) return false // the peer reads nothing: what is written stays here
+    const copy = Buffer.from(d)
+    queueMicrotask(() => a.push(copy))
+    return true
+  }
   const member = (k: Buffer): { member: { id: string, host: string, port: number, zone: string, weight: number }, view: { epoch: number, members: [] } } =>
     ({ member: { id: k.toString('hex'), host: '127.0.0.1', port: 0, zone: '', weight: 1 }, view: { epoch: 0, members: [] } })
   const client = new Link(a as never, { kind: 'tcp', secret, self: () => member(ka), onRequest: async () => ({}), log: () => {} })
-  const server = new Link(b as never, { kind: 'tcp', secret, self: () => member(kb), onRequest: async r => await onRequest(r), log: () => {} })
+  const server = new Link(b as never, { kind: 'tcp', secret, self: () => member(kb), onRequest: async r => await onRequest(r), log: line => logs.push(line) })
   await new Promise(resolve => setTimeout(resolve, 10))
   if (!client.isOpen || !server.isOpen) throw new Error('the pair did not open')
   return { client, server }
@@ -114,4 +120,16 @@ t.test('an answer past the message limit becomes EFBIG; a request past it is ref
   t.ok(client.isOpen, 'and the link stays open')
   client.close()
   t.ok(err instanceof SheepError)
+})
+
+t.test('a peer that asks and never reads its answers is cut off before they fill this node\'s memory', async t => {
+  let full = false
+  const logs: string[] = []
+  const answer = Buffer.alloc(MAX_DATA)
+  const { client, server } = await linkedPair(async () => ({ data: answer }), () => full, logs)
+  full = true // from now on the connection does not drain
+  for (let i = 0; i < 40; i++) client.call(req({ op: Op.Read, length: MAX_DATA }), 5000).catch(() => null)
+  t.ok(await waitFor(() => !server.isOpen, 5000), 'the server closed the link')
+  client.close()
+  t.match(logs.join('\n'), /does not read its answers/, 'with a log line saying why')
 })
