@@ -95,9 +95,12 @@ export class Catalog {
     await this.enqueue([{ type: 'put', key: SYNC_KEY, value: Buffer.alloc(0) }], true)
   }
 
-  /** Every object's record; undecodable ones go to `unreadable` instead, never throw. */
-  async * list (unreadable?: UnreadableRecord[]): AsyncIterable<ObjectInfo> {
-    for await (const [key, value] of this.db.iterator({ gte: FIRST_KEY, lte: LAST_KEY })) {
+  /**
+   * Every object's record in id order (keys are fixed-width hex), from `from` on when given;
+   * undecodable ones go to `unreadable` instead, never throw.
+   */
+  async * list (from?: ObjectId, unreadable?: UnreadableRecord[]): AsyncIterable<ObjectInfo> {
+    for await (const [key, value] of this.db.iterator({ gte: from === undefined ? FIRST_KEY : oidToHex(from), lte: LAST_KEY })) {
       const oid = oidFromHex(key)
       if (oid === null) {
         unreadable?.push({ key, reason: 'malformed key' })

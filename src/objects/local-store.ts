@@ -306,14 +306,15 @@ export class LocalObjectStore implements ObjectStore {
     return await this.catalog.get(oid)
   }
 
-  async * list (): AsyncIterable<ObjectInfo> {
+  async * list (from?: ObjectId): AsyncIterable<ObjectInfo> {
     this.checkOpen()
     const unreadable: UnreadableRecord[] = []
-    for await (const info of this.catalog.list(unreadable)) {
+    for await (const info of this.catalog.list(from, unreadable)) {
       const e = this.entries.get(info.oid)
       yield e ? { ...e.info } : info
     }
-    this.unreadable = unreadable
+    // Only a listing of the whole store says what is unreadable in it.
+    if (from === undefined) this.unreadable = unreadable
   }
 
   /** Damage the last listing found: index records that cannot be read (their objects are left alone). */

@@ -19,7 +19,7 @@ import type { Link } from './link'
 import { type Identity, writeDurably } from './identity'
 import { Placement } from './placement'
 import { hasMajority, type AgreementMessage, type PersistedState, ViewKeeper } from './view-agreement'
-import type { Member, View } from './view'
+import { type Member, memberProblem, type View } from './view'
 
 export interface ClusterTiming extends MeshTiming {
   /** How often membership is checked besides on connection events. */
@@ -38,7 +38,7 @@ export interface ClusterOptions {
   tcpPort: number | null
   bootstrapPort: number | null
   zone: string
-  /** Capacity this node contributes, in bytes: its share of objects. */
+  /** Capacity this node contributes, in whole GiB (>= 1): its share of objects. */
   weight: number
   /** Joining an existing cluster: never found one of our own. */
   joining: boolean
@@ -132,6 +132,10 @@ export class Cluster extends EventEmitter {
   setObjectHandler (handler: ObjectHandler): void { this.objectHandler = handler }
 
   async start (): Promise<void> {
+    // Peers refuse a hello whose address, zone or weight is out of range (./view.ts): say so
+    // here rather than be refused and banned by every one of them.
+    const problem = memberProblem({ ...this.self, port: 0 })
+    if (problem !== null) throw SheepError.invalid(`this node's member record: ${problem}`)
     await this.keeper.open()
     await this.mesh.start()
     if (this.view === null && !this.opts.joining) await this.keeper.found(this.self)

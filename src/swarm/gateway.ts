@@ -15,7 +15,8 @@ import { isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import type { Cluster } from './cluster'
-import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage as usageCodec } from './messages'
+import { decode, encode, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
+import { listAll } from './replica'
 
 export interface GatewayOptions {
   /** Copies an object should have (capped by the view's size). */
@@ -204,19 +205,19 @@ export class Gateway implements ObjectStore {
   }
 
   /** Every object of the cluster, once, at its newest version among the members that answer. */
-  async * list (): AsyncIterable<ObjectInfo> {
+  async * list (from = 0n): AsyncIterable<ObjectInfo> {
     const seen = new Map<ObjectId, ObjectInfo>()
     for await (const info of this.local.list()) seen.set(info.oid, info)
     const epoch = this.cluster.epoch
     const others = (this.cluster.view?.members ?? []).filter(m => m.id !== this.cluster.id)
-    const lists = await Promise.all(others.map(async m => decode(objectList, (await this.send(m.id, epoch, Op.List, {})).data)))
+    const lists = await Promise.all(others.map(async m => (await listAll(async from => await this.send(m.id, epoch, Op.List, { oid: from }))).entries))
     for (const list of lists) {
       for (const info of list) {
         const known = seen.get(info.oid)
         if (known === undefined || known.version < info.version) seen.set(info.oid, info)
       }
     }
-    yield * seen.values()
+    for (const info of seen.values()) if (info.oid >= from) yield info
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {
@@ -234,7 +235,10 @@ export class Gateway implements ObjectStore {
       }
       const results = await Promise.allSettled([...byNode].map(async ([node, list]) => {
         if (node === this.cluster.id) return await this.local.sync(list)
-        await this.send(node, epoch, Op.Sync, { data: encode(oidList, list) })
+        // A Sync names at most SYNC_BATCH oids (the peer refuses a longer list).
+        for (let i = 0; i < list.length; i += SYNC_BATCH) {
+          await this.send(node, epoch, Op.Sync, { data: encode(oidList, list.slice(i, i + SYNC_BATCH)) })
+        }
       }))
       const failed = results.find(r => r.status === 'rejected')
       if (failed === undefined) return

@@ -1,12 +1,16 @@
 // One authenticated connection to a peer, over either path (Hyperswarm or direct TCP): a protomux
 // channel whose opening handshake carries the cluster-secret proof, then requests and responses
-// matched by id. Anything malformed, and a wrong proof, closes the connection.
+// matched by id. Anything malformed, and a wrong proof, closes the connection: this connection
+// only, never the node. Protomux runs our decoders and callbacks inside its own handlers and
+// hands what they throw to safety-catch, which rethrows a RangeError or TypeError as an uncaught
+// exception; so nothing here may throw into protomux (codecs are wrapped by wire(), callbacks
+// catch everything), and an error ends in closing the stream with a log line naming the peer.
 
 import { EventEmitter } from 'node:events'
 import type { Duplex } from 'node:stream'
 import Protomux from 'protomux'
 import { SheepError, toSheepError } from '../errors'
-import { type Hello, hello as helloCodec, PROTOCOL, type Request, request as requestCodec, type Response, response as responseCodec } from './messages'
+import { type Hello, hello as helloCodec, MAX_DATA, MAX_MESSAGE, PROTOCOL, type Request, request as requestCodec, type Response, response as responseCodec, wire } from './messages'
 import { proofFor, proofIsValid } from './proof'
 import type { Member, View } from './view'
 
@@ -28,9 +32,36 @@ export interface LinkOptions {
   self: () => { member: Member, view: View }
   onRequest: RequestHandler
   log: (line: string) => void
+  /** A connection whose channel is not open with a valid proof by then is closed (default 10 s). */
+  helloTimeoutMs?: number
 }
 
 const EMPTY = new Uint8Array(0)
+const HELLO_TIMEOUT_MS = 10_000
+/**
+ * Requests of one peer served at once. Past this the link stops reading from the connection
+ * until half are answered (TCP pushes back on the peer): a peer cannot make this node hold
+ * thousands of 8 MiB read buffers. Far above what a member's gateway sends one node at once.
+ */
+export const MAX_SERVING = 256
+/**
+ * Bytes of answers written while the connection would not drain. A peer that asks and never
+ * reads its answers would otherwise have them pile up in this node's memory; past this its link
+ * is closed. A member that reads lags far less (its requests in flight bound what it is owed).
+ */
+export const MAX_UNSENT = 256 * 2 ** 20
+
+/**
+ * Whether an error that closed a connection shows the peer sent something malformed (it is then
+ * banned for a while), rather than a network failure or a timeout, which a good member has too.
+ */
+export function isMisbehaviour (err: Error): boolean {
+  if (err instanceof SheepError) return err.code === 'EPROTO'
+  if (typeof (err as NodeJS.ErrnoException).code === 'string') return false // ECONNRESET, EPIPE...
+  // What is left: protomux's framing errors ("Out of bounds", "Invalid open message") and the
+  // secret-stream's ("Invalid message received", a failed decryption), but not its timeouts.
+  return !/timed out|destroyed/i.test(err.message)
+}
 
 export class Link extends EventEmitter {
   readonly kind: LinkKind
@@ -42,6 +73,10 @@ export class Link extends EventEmitter {
   private readonly pending = new Map<number, { resolve: (r: Response) => void, reject: (e: Error) => void, timer: NodeJS.Timeout }>()
   private nextId = 1
   private closed = false
+  private serving = 0
+  private paused = false
+  private unsent = 0
+  private readonly helloTimer: NodeJS.Timeout
   private readonly sendRequest
   private readonly sendResponse
 
@@ -56,20 +91,31 @@ export class Link extends EventEmitter {
     if (handshakeHash === null || this.remoteId === '') throw new Error('a link needs a stream whose handshake is done')
     stream.on('error', (err: Error) => {
       // A malformed or oversized message ends up here too: protomux destroys the stream with it.
-      if (!this.closed) opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${err.message}`)
+      if (this.closed) return
+      opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${err.message}`)
+      if (isMisbehaviour(err)) this.emit('misbehaved', err.message)
       this.shut(`connection error: ${err.message}`)
     })
     stream.on('close', () => this.shut('connection closed'))
+    stream.on('drain', () => { this.unsent = 0 })
     const mux = Protomux.from(stream)
     const channel = mux.createChannel<Hello>({
       protocol: PROTOCOL,
-      handshake: helloCodec,
+      handshake: wire(helloCodec, 'hello'),
       onopen: h => this.opened(h, handshakeHash),
       onclose: () => this.shut('channel closed')
     })
     if (channel === null) throw new Error(`a ${PROTOCOL} channel is already open on this connection`)
-    this.sendRequest = channel.addMessage({ encoding: requestCodec, onmessage: req => this.serve(req) })
-    this.sendResponse = channel.addMessage({ encoding: responseCodec, onmessage: res => this.answered(res) })
+    this.sendRequest = channel.addMessage({ encoding: wire(requestCodec, 'request'), onmessage: req => this.serve(req) })
+    this.sendResponse = channel.addMessage({ encoding: wire(responseCodec, 'response'), onmessage: res => this.answered(res) })
+    // A peer that completes Noise (any key does) and then sends nothing, or never a valid
+    // hello, must not hold the connection open for ever.
+    this.helloTimer = setTimeout(() => {
+      if (this.peer !== null || this.closed) return
+      opts.log(`closed ${this.kind} connection to ${this.remoteId}: no valid hello within ${opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS} ms`)
+      this.shut('no hello')
+    }, opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS)
+    this.helloTimer.unref()
     const { member, view } = opts.self()
     channel.open({ proof: proofFor(opts.secret, handshakeHash, stream.isInitiator), self: member, view })
   }
@@ -79,6 +125,8 @@ export class Link extends EventEmitter {
   /** Sends a request and waits for its response; ENOTCONN if the link closes or time runs out first. */
   async call (req: Omit<Request, 'id'>, timeoutMs: number): Promise<Response> {
     if (!this.isOpen) throw SheepError.unreachable(`no open ${this.kind} link to ${short(this.remoteId)}`)
+    // The peer would refuse it and close the connection: refuse it here instead.
+    if (req.data.length > MAX_DATA) throw SheepError.tooBig(`a request of ${req.data.length} bytes, more than the ${MAX_DATA} a message carries`)
     const id = this.nextId++
     return await new Promise<Response>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -94,7 +142,18 @@ export class Link extends EventEmitter {
     this.shut(why)
   }
 
+  /** Protomux's onopen: must not throw (see the note at the top). */
   private opened (h: Hello, handshakeHash: Buffer): void {
+    try {
+      this.checkHello(h, handshakeHash)
+    } catch (err) {
+      this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${(err as Error).message}`)
+      this.shut('failed to open')
+    }
+  }
+
+  private checkHello (h: Hello, handshakeHash: Buffer): void {
+    clearTimeout(this.helloTimer)
     // The remote's proof was made for its role, which is the opposite of ours.
     if (!proofIsValid(this.opts.secret, handshakeHash, !this.stream.isInitiator, h.proof)) {
       this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: it did not prove it holds the cluster secret`)
@@ -112,17 +171,48 @@ export class Link extends EventEmitter {
     this.emit('open', h)
   }
 
+  /** Protomux's onmessage for a request: its promise must never reject (see the note at the top). */
   private async serve (req: Request): Promise<void> {
     if (this.peer === null) return this.shut('a request before the proof')
-    let res: Partial<Response>
-    try {
-      res = await this.opts.onRequest(req, this)
-    } catch (err) {
-      const e = toSheepError(err)
-      res = { error: e.code, message: e.message }
+    this.serving++
+    if (this.serving >= MAX_SERVING && !this.paused) {
+      this.paused = true
+      this.stream.pause()
     }
-    if (this.closed) return
-    this.sendResponse.send({ id: req.id, error: '', message: '', epoch: 0, version: 0, size: 0, data: EMPTY, ...res })
+    try {
+      let res: Partial<Response>
+      try {
+        res = await this.opts.onRequest(req, this)
+      } catch (err) {
+        const e = toSheepError(err)
+        res = { error: e.code, message: e.message }
+      }
+      if (this.closed) return
+      let answer: Response = { id: req.id, error: '', message: '', epoch: 0, version: 0, size: 0, data: EMPTY, ...res }
+      // An answer the peer's decoder would refuse (and close the link for) becomes an error
+      // answer: larger data must be asked for in pieces (List pages, ReadAll refuses).
+      if (answer.data.length > MAX_DATA) {
+        answer = { ...answer, error: 'EFBIG', message: `the answer has ${answer.data.length} bytes, more than the ${MAX_DATA} a message carries`, data: EMPTY }
+      }
+      if (answer.message.length > MAX_MESSAGE / 4) answer.message = answer.message.slice(0, MAX_MESSAGE / 4 - 3) + '...'
+      if (!this.sendResponse.send(answer)) {
+        this.unsent += answer.data.length + 64
+        if (this.unsent > MAX_UNSENT) {
+          this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: it does not read its answers (${this.unsent} bytes waiting)`)
+          this.shut('the peer does not read')
+        }
+      }
+    } catch (err) {
+      // A bug, not the peer's doing: this link goes, the node stays.
+      this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: answering request ${req.id} failed: ${(err as Error).message}`)
+      this.shut('failed to answer')
+    } finally {
+      this.serving--
+      if (this.paused && this.serving <= MAX_SERVING / 2) {
+        this.paused = false
+        if (!this.closed) this.stream.resume()
+      }
+    }
   }
 
   private answered (res: Response): void {
@@ -136,6 +226,7 @@ export class Link extends EventEmitter {
   private shut (why: string): void {
     if (this.closed) return
     this.closed = true
+    clearTimeout(this.helloTimer)
     for (const p of this.pending.values()) {
       clearTimeout(p.timer)
       p.reject(SheepError.unreachable(`${this.kind} link to ${short(this.remoteId)} closed: ${why}`))

@@ -11,6 +11,7 @@ import net from 'node:net'
 import DHT from 'hyperdht'
 import Hyperswarm from 'hyperswarm'
 import SecretStream from '@hyperswarm/secret-stream'
+import { BanTable, type BanOptions } from './bans'
 import { Link, type LinkKind, type RequestHandler, type SecureStream, short } from './link'
 import { topicOf } from './proof'
 import type { Member, View } from './view'
@@ -27,6 +28,13 @@ export interface MeshTiming {
   /** Wait before dialling a peer's TCP path again after it failed. */
   redialMs: number
 }
+
+/**
+ * TCP connections accepted whose peer has not proven the secret yet. Past this a new connection
+ * is closed at once: each may hold buffers until its hello times out, and members reconnect
+ * (or use the Hyperswarm path) when a flood passes.
+ */
+export const MAX_UNPROVEN = 128
 
 /** How long closing waits for the topic to be unannounced. */
 const UNANNOUNCE_MS = 1500
@@ -51,6 +59,10 @@ export interface MeshOptions {
   onRequest: RequestHandler
   log: (line: string) => void
   timing?: Partial<MeshTiming>
+  /** How long and how many peers that sent garbage or a wrong proof are banned. */
+  bans?: Partial<BanOptions>
+  /** A link without a valid hello by then is closed (./link.ts). */
+  helloTimeoutMs?: number
 }
 
 export interface Peer {
@@ -68,7 +80,10 @@ export class Mesh extends EventEmitter {
   private readonly timing: MeshTiming
   private readonly peers = new Map<string, Peer>()
   private readonly dialling = new Set<string>()
-  private readonly banned = new Set<string>()
+  readonly banned: BanTable
+  /** Accepted TCP connections not yet proven (see MAX_UNPROVEN), and whether a refusal was logged. */
+  private unproven = 0
+  private floodLogged = false
   private bootstrapNode: DHT | null = null
   private swarm: Hyperswarm | null = null
   private discovery: Hyperswarm.Discovery | null = null
@@ -84,6 +99,7 @@ export class Mesh extends EventEmitter {
     this.opts = opts
     this.timing = { ...DEFAULT_MESH_TIMING, ...opts.timing }
     this.id = opts.keyPair.publicKey.toString('hex')
+    this.banned = new BanTable(opts.bans)
   }
 
   /** Every address a joining node can bootstrap from: ours if we run one, then the configured ones. */
@@ -150,6 +166,13 @@ export class Mesh extends EventEmitter {
     if (this.server !== null) await new Promise<void>(resolve => this.server?.close(() => resolve()))
   }
 
+  /** Refuses id's connections for a while (the table is bounded, see ./bans.ts). */
+  private ban (id: string, why: string): void {
+    if (id === this.id) return
+    this.banned.ban(id)
+    this.opts.log(`banned ${id} for ${Math.round(this.banned.durationMs / 1000)} s: ${why}`)
+  }
+
   private scheduleRefresh (): void {
     if (this.closing) return
     const missing = [...this.opts.wanted()].some(id => id !== this.id && this.link(id) === null)
@@ -173,9 +196,27 @@ export class Mesh extends EventEmitter {
   }
 
   private accept (socket: net.Socket): void {
+    socket.on('error', () => {}) // an ECONNRESET before the secret-stream takes it must not kill the node
+    if (this.closing || this.unproven >= MAX_UNPROVEN) {
+      if (!this.floodLogged) this.opts.log(`refusing TCP connections: ${this.unproven} not yet proven (from ${socket.remoteAddress ?? '?'} and others)`)
+      this.floodLogged = true
+      socket.destroy()
+      return
+    }
+    this.floodLogged = false
+    this.unproven++
+    let proven = false
+    const settle = (): void => {
+      if (proven) return
+      proven = true
+      this.unproven--
+    }
     this.tcpSockets.add(socket)
-    socket.on('close', () => this.tcpSockets.delete(socket))
-    this.secure(secretStreamOver(socket, false, this.opts.keyPair, this.timing), null)
+    socket.on('close', () => {
+      this.tcpSockets.delete(socket)
+      settle()
+    })
+    this.secure(secretStreamOver(socket, false, this.opts.keyPair, this.timing), null, settle)
   }
 
   private dial (peer: Peer): void {
@@ -184,14 +225,23 @@ export class Mesh extends EventEmitter {
     const { host, port } = peer.hello.self
     if (port === 0) return
     this.dialling.add(id)
-    const socket = net.connect({ host, port })
+    let socket: net.Socket
+    try {
+      socket = net.connect({ host, port })
+    } catch (err) {
+      // Hellos are checked when decoded; this is a last guard, never a crash.
+      this.dialling.delete(id)
+      this.opts.log(`cannot dial ${short(id)} at ${host}:${port}: ${(err as Error).message}`)
+      return
+    }
+    socket.on('error', () => {})
     this.tcpSockets.add(socket)
     socket.on('close', () => this.tcpSockets.delete(socket))
     this.secure(secretStreamOver(socket, true, this.opts.keyPair, this.timing), id)
   }
 
   /** A TCP secret-stream: once its Noise handshake is done, it becomes a link like any other. */
-  private secure (stream: SecretStream, expected: string | null): void {
+  private secure (stream: SecretStream, expected: string | null, proven: () => void = () => {}): void {
     stream.on('error', () => {})
     const done = (): void => { if (expected !== null) this.dialling.delete(expected) }
     stream.on('close', () => {
@@ -203,30 +253,36 @@ export class Mesh extends EventEmitter {
     stream.once('connect', () => {
       done()
       const remote = stream.remotePublicKey?.toString('hex')
+      if (remote !== undefined && this.banned.has(remote)) {
+        stream.destroy()
+        return
+      }
       if (expected !== null && remote !== expected) {
         this.opts.log(`dropped TCP connection to ${expected}: it answered as ${remote ?? 'nobody'}`)
         stream.destroy()
         return
       }
-      this.adopt(stream as unknown as SecureStream, 'tcp', null)
+      this.adopt(stream as unknown as SecureStream, 'tcp', null, proven)
     })
   }
 
-  private adopt (stream: SecureStream, kind: LinkKind, ban: (() => void) | null): void {
+  private adopt (stream: SecureStream, kind: LinkKind, ban: (() => void) | null, proven: () => void = () => {}): void {
     if (this.closing) { stream.destroy(); return }
     let link: Link
     try {
-      link = new Link(stream, { kind, secret: this.opts.secret, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log })
+      link = new Link(stream, { kind, secret: this.opts.secret, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log, helloTimeoutMs: this.opts.helloTimeoutMs })
     } catch (err) {
       this.opts.log(`dropped a ${kind} connection: ${(err as Error).message}`)
       stream.destroy()
       return
     }
     link.once('rejected', () => {
-      this.banned.add(link.remoteId)
+      this.ban(link.remoteId, 'no valid proof')
       ban?.()
     })
+    link.once('misbehaved', (why: string) => this.ban(link.remoteId, why))
     link.once('open', hello => {
+      proven()
       const existing = this.peers.get(link.remoteId)
       const peer: Peer = existing ?? { id: link.remoteId, hello, swarm: null, tcp: null }
       peer.hello = hello

@@ -3,8 +3,9 @@
 // docs/PROTOCOL.md ("Peer protocol") for the meaning of each field.
 
 import c from 'compact-encoding'
+import { isErrorCode, SheepError } from '../errors'
 import type { AgreementMessage, Ballot } from './view-agreement'
-import type { Member, View } from './view'
+import { type Member, memberProblem, type View } from './view'
 
 export const PROTOCOL = 'sheep/1'
 
@@ -12,18 +13,60 @@ export const PROTOCOL = 'sheep/1'
 export const MAX_DATA = 8 * 2 ** 20
 /** The most members a view may list (a bound for decoding, far above any real cluster). */
 export const MAX_MEMBERS = 1024
-const MAX_STRING = 1024
+/** The longest string field, in UTF-8 bytes (an error message may be 4 times this). */
+export const MAX_STRING = 1024
+/** The most entries one List answer carries; the asker pages on (about 2.6 MB at most). */
+export const LIST_PAGE = 100_000
 
 type Codec<T> = c.Encoding<T>
+
+// Every decoder here throws SheepError EPROTO on bad input, never a RangeError or TypeError:
+// protomux hands errors from a decoder to safety-catch, which rethrows RangeError and TypeError
+// as uncaught exceptions (the daemon dies) and only closes the stream for other errors. The
+// codecs given to protomux are wrapped by wire() as well, in case compact-encoding throws one.
+
+function bad (message: string): SheepError { return SheepError.protocol(message) }
+
+/** Any error thrown while decoding, as the one type the protocol uses, naming what was decoded. */
+export function asProtocolError (err: unknown, what: string): SheepError {
+  if (err instanceof SheepError) {
+    // Named in place rather than wrapped: a hostile peer makes many of these.
+    if (err.code === 'EPROTO' && !err.message.startsWith('malformed ')) err.message = `malformed ${what}: ${err.message}`
+    return err
+  }
+  return bad(`malformed ${what}: ${err instanceof Error ? err.message : String(err)}`)
+}
+
+/** Reads a length or count prefix; a truncated or absurd one is refused before anything is allocated. */
+function prefix (state: c.State, what: string): number {
+  const n = c.uint.decode(state)
+  if (!Number.isSafeInteger(n)) throw bad(`${what}: length prefix ${n} out of range`)
+  return n
+}
+
+/** A uint that must be a safe integer (compact-encoding's uint64 form goes past 2^53). */
+const safeUint: Codec<number> = {
+  preencode (state, n) { c.uint.preencode(state, n) },
+  encode (state, n) { c.uint.encode(state, n) },
+  decode (state) {
+    const n = c.uint.decode(state)
+    if (!Number.isSafeInteger(n)) throw bad(`integer ${n} out of range`)
+    return n
+  }
+}
 
 function bounded (max: number): Codec<string> {
   return {
     preencode (state, s) { c.string.preencode(state, s) },
     encode (state, s) { c.string.encode(state, s) },
     decode (state) {
-      const s = c.string.decode(state)
-      if (s.length > max) throw new RangeError(`string of ${s.length} characters, more than ${max}`)
-      return s
+      // The byte length is checked before the bytes are read into a string.
+      const start = state.start
+      const n = prefix(state, 'string')
+      if (n > max) throw bad(`string of ${n} bytes, more than ${max}`)
+      if (n > state.end - state.start) throw bad(`string of ${n} bytes, only ${state.end - state.start} left`)
+      state.start = start
+      return c.string.decode(state)
     }
   }
 }
@@ -34,9 +77,12 @@ const data: Codec<Uint8Array> = {
   preencode (state, b) { c.buffer.preencode(state, b) },
   encode (state, b) { c.buffer.encode(state, b) },
   decode (state) {
-    const b = c.buffer.decode(state) ?? new Uint8Array(0)
-    if (b.length > MAX_DATA) throw new RangeError(`data of ${b.length} bytes, more than ${MAX_DATA}`)
-    return b
+    const start = state.start
+    const n = prefix(state, 'data')
+    if (n > MAX_DATA) throw bad(`data of ${n} bytes, more than ${MAX_DATA}`)
+    if (n > state.end - state.start) throw bad(`data of ${n} bytes, only ${state.end - state.start} left`)
+    state.start = start
+    return c.buffer.decode(state) ?? new Uint8Array(0)
   }
 }
 
@@ -53,43 +99,94 @@ function struct<T extends object> (fields: { [K in keyof T]: Codec<T[K]> }): Cod
   }
 }
 
-function boundedArray<T> (item: Codec<T>, max: number): Codec<T[]> {
+/** A decoded value must also pass check (which throws SheepError) before anyone sees it. */
+function checked<T> (codec: Codec<T>, check: (v: T) => void): Codec<T> {
+  return {
+    preencode: codec.preencode,
+    encode: codec.encode,
+    decode (state) {
+      const v = codec.decode(state)
+      check(v)
+      return v
+    }
+  }
+}
+
+/**
+ * A list of at most max items, each at least minBytes long encoded: a count prefix is checked
+ * against both before anything is allocated, so a count of 2^30 costs nothing.
+ */
+function boundedArray<T> (item: Codec<T>, max: number, minBytes: number): Codec<T[]> {
   const plain = c.array(item)
   return {
     preencode: plain.preencode,
     encode: plain.encode,
     decode (state) {
-      // The count comes first; refuse before decoding items a hostile peer made up.
-      const start = state.start
-      const n = c.uint.decode(state)
-      if (n > max) throw new RangeError(`list of ${n} items, more than ${max}`)
-      state.start = start
-      return plain.decode(state)
+      const n = prefix(state, 'list')
+      if (n > max) throw bad(`list of ${n} items, more than ${max}`)
+      if (n * minBytes > state.end - state.start) throw bad(`list of ${n} items in ${state.end - state.start} bytes`)
+      const out: T[] = []
+      for (let i = 0; i < n; i++) out.push(item.decode(state))
+      return out
     }
   }
 }
 
-const nodeId: Codec<string> = {
-  preencode (state, s) { c.string.preencode(state, s) },
-  encode (state, s) { c.string.encode(state, s) },
+/** A bool is one byte, 0 or 1: anything else is malformed (one value, one encoding). */
+const strictBool: Codec<boolean> = {
+  preencode (state, b) { c.bool.preencode(state, b) },
+  encode (state, b) { c.bool.encode(state, b) },
   decode (state) {
-    const s = c.string.decode(state)
-    if (!/^[0-9a-f]{64}$/.test(s)) throw new RangeError('a node id is 64 hex digits')
-    return s
+    const b = c.uint8.decode(state)
+    if (b > 1) throw bad(`bool byte ${b}`)
+    return b === 1
   }
 }
 
-export const member: Codec<Member> = struct<Member>({
-  id: nodeId,
-  host: shortString,
-  port: c.uint,
-  zone: shortString,
-  weight: c.float64
+const NODE_ID = /^[0-9a-f]{64}$/
+
+const nodeId: Codec<string> = checked(bounded(64), s => {
+  if (!NODE_ID.test(s)) throw bad('a node id is 64 hex digits')
 })
 
-export const view: Codec<View> = struct<View>({
-  epoch: c.uint,
-  members: boundedArray(member, MAX_MEMBERS)
+const port: Codec<number> = checked(safeUint, n => {
+  if (n > 65535) throw bad(`port ${n} is not in [0, 65535]`)
+})
+
+/** A weight on the wire is a float64 (its first format); it must still be a whole number >= 1. */
+const weight: Codec<number> = c.float64
+
+/** A member record; an address, zone or weight out of range is refused here, not when used. */
+export const member: Codec<Member> = checked(struct<Member>({
+  id: nodeId,
+  host: shortString,
+  port,
+  zone: shortString,
+  weight
+}), m => {
+  const problem = memberProblem(m)
+  if (problem !== null) throw bad(`member ${m.id.slice(0, 8)}: ${problem}`)
+})
+
+/** The fewest bytes any member record takes (empty strings, a 1-byte port, the 8-byte weight). */
+const MIN_MEMBER_BYTES = 1 + 1 + 1 + 1 + 8
+
+/** Epoch 0 (no view yet) has no members; any other lists members sorted by id, without duplicates. */
+export function viewProblem (v: View): string | null {
+  if (v.epoch === 0) return v.members.length === 0 ? null : 'a view of epoch 0 lists members'
+  if (v.members.length === 0) return `view ${v.epoch} has no members`
+  for (let i = 1; i < v.members.length; i++) {
+    if (!((v.members[i - 1]?.id ?? '') < (v.members[i]?.id ?? ''))) return `view ${v.epoch}: members not sorted by id, or listed twice`
+  }
+  return null
+}
+
+export const view: Codec<View> = checked(struct<View>({
+  epoch: safeUint,
+  members: boundedArray(member, MAX_MEMBERS, MIN_MEMBER_BYTES)
+}), v => {
+  const problem = viewProblem(v)
+  if (problem !== null) throw bad(problem)
 })
 
 /** Sent by each side when the channel opens; a wrong proof closes the connection at once. */
@@ -156,13 +253,13 @@ export interface Request {
 }
 
 export const request: Codec<Request> = struct<Request>({
-  id: c.uint,
-  epoch: c.uint,
-  op: c.uint,
+  id: safeUint,
+  epoch: safeUint,
+  op: safeUint,
   oid: c.biguint64,
-  offset: c.uint,
-  length: c.uint,
-  version: c.uint,
+  offset: safeUint,
+  length: safeUint,
+  version: safeUint,
   data
 })
 
@@ -178,14 +275,19 @@ export interface Response {
   data: Uint8Array
 }
 
-export const response: Codec<Response> = struct<Response>({
-  id: c.uint,
+/** The longest error message a response carries; a longer one is cut before sending (./link.ts). */
+export const MAX_MESSAGE = 4 * MAX_STRING
+
+export const response: Codec<Response> = checked(struct<Response>({
+  id: safeUint,
   error: shortString,
-  message: bounded(4 * MAX_STRING),
-  epoch: c.uint,
-  version: c.uint,
-  size: c.uint,
+  message: bounded(MAX_MESSAGE),
+  epoch: safeUint,
+  version: safeUint,
+  size: safeUint,
   data
+}), r => {
+  if (r.error !== '' && !isErrorCode(r.error)) throw bad(`unknown error code ${JSON.stringify(r.error.slice(0, 32))}`)
 })
 
 export interface ObjectEntry { oid: bigint, version: number, size: number }
@@ -193,29 +295,31 @@ export interface ObjectEntry { oid: bigint, version: number, size: number }
 /** The answer to List: every object a replica holds. */
 export const objectList: Codec<ObjectEntry[]> = boundedArray(struct<ObjectEntry>({
   oid: c.biguint64,
-  version: c.uint,
-  size: c.uint
-}), MAX_DATA / 10)
+  version: safeUint,
+  size: safeUint
+}), LIST_PAGE, 10)
 
-export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, MAX_DATA / 8)
+/** The most oids one Sync request names; a longer list is sent in several requests. */
+export const SYNC_BATCH = 100_000
+export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, SYNC_BATCH, 8)
 
 /**
  * An image's token object (ObjectType.Token): who holds its write token, how many takes so far,
  * and whether the image is being deleted (its token is then never given again).
  */
 export interface TokenRecord { holder: string, generation: number, deleted: boolean }
-export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: c.uint, deleted: c.bool })
+export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: safeUint, deleted: strictBool })
 
 export interface Usage { capacity: number, free: number }
-export const usage: Codec<Usage> = struct<Usage>({ capacity: c.uint, free: c.uint })
+export const usage: Codec<Usage> = struct<Usage>({ capacity: safeUint, free: safeUint })
 
-const ballot: Codec<Ballot> = struct<Ballot>({ round: c.uint, proposer: nodeId })
+const ballot: Codec<Ballot> = struct<Ballot>({ round: safeUint, proposer: nodeId })
 
 function nullable<T> (codec: Codec<T>): Codec<T | null> {
   return {
     preencode (state, v) { c.bool.preencode(state, v !== null); if (v !== null) codec.preencode(state, v) },
     encode (state, v) { c.bool.encode(state, v !== null); if (v !== null) codec.encode(state, v) },
-    decode (state) { return c.bool.decode(state) ? codec.decode(state) : null }
+    decode (state) { return strictBool.decode(state) ? codec.decode(state) : null }
   }
 }
 
@@ -228,16 +332,18 @@ export const agreement: Codec<AgreementMessage> = {
   preencode (state, m) { c.uint.preencode(state, 0); fieldsOf(m, (codec, v) => codec.preencode(state, v)) },
   encode (state, m) { c.uint.encode(state, AGREEMENT_TYPES.indexOf(m.type)); fieldsOf(m, (codec, v) => codec.encode(state, v)) },
   decode (state) {
-    const type = AGREEMENT_TYPES[c.uint.decode(state)]
+    const n = c.uint.decode(state)
+    const type = n < AGREEMENT_TYPES.length ? AGREEMENT_TYPES[n] : undefined
+    const epoch = safeUint
     switch (type) {
-      case 'prepare': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state) }
-      case 'promise': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), accepted: accepted.decode(state) }
-      case 'accept': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), view: view.decode(state) }
-      case 'accepted': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state) }
-      case 'nack': return { type, epoch: c.uint.decode(state), ballot: ballot.decode(state), promised: ballot.decode(state) }
+      case 'prepare': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state) }
+      case 'promise': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), accepted: accepted.decode(state) }
+      case 'accept': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), view: view.decode(state) }
+      case 'accepted': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state) }
+      case 'nack': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), promised: ballot.decode(state) }
       case 'decided': return { type, view: view.decode(state) }
       case 'query': return { type }
-      default: throw new RangeError('unknown agreement message type')
+      default: throw bad(`unknown agreement message type ${n}`)
     }
   }
 }
@@ -259,10 +365,35 @@ export function encode<T> (codec: Codec<T>, value: T): Buffer {
   return c.encode(codec, value)
 }
 
-/** Decodes a whole buffer; trailing bytes or a short buffer are errors. */
-export function decode<T> (codec: Codec<T>, bytes: Uint8Array): T {
-  const state = c.state(0, bytes.length, bytes)
-  const value = codec.decode(state)
-  if (state.start !== state.end) throw new RangeError(`${state.end - state.start} bytes left over`)
-  return value
+/**
+ * Decodes a whole buffer; trailing bytes, a short buffer or any bad field is a SheepError EPROTO
+ * (nothing else is thrown).
+ */
+export function decode<T> (codec: Codec<T>, bytes: Uint8Array, what = 'message'): T {
+  try {
+    const state = c.state(0, bytes.length, bytes)
+    const value = codec.decode(state)
+    if (state.start !== state.end) throw bad(`${state.end - state.start} bytes left over`)
+    return value
+  } catch (err) {
+    throw asProtocolError(err, what)
+  }
+}
+
+/**
+ * A codec as protomux may call it on network input: its decode throws only SheepError, whatever
+ * goes wrong inside (see the note at the top).
+ */
+export function wire<T> (codec: Codec<T>, what: string): Codec<T> {
+  return {
+    preencode: codec.preencode,
+    encode: codec.encode,
+    decode (state) {
+      try {
+        return codec.decode(state)
+      } catch (err) {
+        throw asProtocolError(err, what)
+      }
+    }
+  }
 }

@@ -14,7 +14,8 @@ import { SheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import type { Cluster } from './cluster'
-import { decode, objectList, Op, type ObjectEntry } from './messages'
+import { Op, type ObjectEntry } from './messages'
+import { listAll } from './replica'
 import type { View } from './view'
 
 /** Background copies in flight at once: recovery must leave the disk and network to guests. */
@@ -268,10 +269,11 @@ export class Recovery {
       const link = this.cluster.link(node)
       if (link === null) return null
       try {
-        const res = await link.call({ epoch, op: Op.List, oid: 0n, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
-        if (res.error === '') return decode(objectList, res.data)
-        if (res.error !== 'ESTALE') return null
-        if (res.epoch > epoch) return 'newer'
+        const { entries, refused } = await listAll(async from =>
+          await link.call({ epoch, op: Op.List, oid: from, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS))
+        if (refused === null) return entries
+        if (refused.error !== 'ESTALE') return null
+        if (refused.epoch > epoch) return 'newer'
       } catch {
         return null
       }

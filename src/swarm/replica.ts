@@ -5,7 +5,7 @@ import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
 import { ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
-import { decode, encode, MAX_DATA, objectList, Op, oidList, type Request, type Response, usage } from './messages'
+import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, usage } from './messages'
 
 export interface ReplicaContext {
   epoch: () => number
@@ -15,6 +15,12 @@ export interface ReplicaContext {
   /** Another host takes the write token of image vid, which this host may hold (./write-tokens.ts). */
   release: (vid: number, purpose: TokenPurpose) => Promise<void>
 }
+
+/**
+ * The largest object a replica takes: an inode of the largest image with the smallest objects
+ * (4 KiB header + 16 bytes for each of 2^32 blocks) is 64 GiB; this leaves room above it.
+ */
+export const MAX_OBJECT_BYTES = 2 ** 37
 
 export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request) => Promise<Partial<Response>> {
   const { epoch, quorate } = ctx
@@ -26,6 +32,10 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
     // Another epoch may place this object elsewhere: the sender must first agree with us on the view.
     if (req.epoch !== mine) throw SheepError.stale(`request for epoch ${req.epoch}, this node is in epoch ${mine}`)
     const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
+    // Sizes are checked before the store sees them: a made-up size of 2^52 must not become a
+    // catalog record, a file or an allocation.
+    const end = req.op === Op.Write ? req.offset + req.data.length : req.op === Op.Read ? req.offset + req.length : req.op === Op.Create || req.op === Op.Truncate ? req.length : 0
+    if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
     switch (req.op) {
       case Op.Create:
         await local.create(req.oid, req.length)
@@ -39,6 +49,8 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       case Op.ReadAll: {
         const info = await local.stat(req.oid)
         if (info === null) throw SheepError.notFound(`object ${req.oid.toString(16)}`)
+        // Refused before the bytes are read into memory, and again after (a replace may run between).
+        if (info.size > MAX_DATA) throw SheepError.tooBig(`object of ${info.size} bytes, more than ${MAX_DATA}: read it in pieces`)
         const data = await local.readAll(req.oid)
         if (data.length > MAX_DATA) throw SheepError.tooBig(`object of ${data.length} bytes, more than ${MAX_DATA}: read it in pieces`)
         return done({ data, size: data.length, version: info.version })
@@ -58,12 +70,19 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done({ version: info.version, size: info.size })
       }
       case Op.List: {
-        const all = []
-        for await (const info of local.list()) all.push(info)
-        return done({ data: encode(objectList, all) })
+        // One page: the objects from oid `req.oid` on, in oid order, at most LIST_PAGE of them
+        // (a whole store could be past the message limit); `size` 1 says more follow.
+        const page: ObjectEntry[] = []
+        let more = false
+        for await (const info of local.list(req.oid)) {
+          if (info.oid < req.oid) continue // a store that ignored `from`
+          if (page.length === LIST_PAGE) { more = true; break }
+          page.push(info)
+        }
+        return done({ data: encode(objectList, page), size: more ? 1 : 0 })
       }
       case Op.Sync:
-        await local.sync(decode(oidList, req.data))
+        await local.sync(decode(oidList, req.data, 'sync list'))
         return done()
       case Op.Usage:
         return done({ data: encode(usage, await local.usage()) })
@@ -80,5 +99,26 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       default:
         throw SheepError.protocol(`unknown object operation ${req.op}`)
     }
+  }
+}
+
+/**
+ * Every object a replica lists, page by page (Op.List): ask(from) sends a List request for the
+ * objects from oid `from` on. A page answered with an error ends the listing with that answer
+ * as `refused`. A replica that answers one page with everything (size 0) ends it too.
+ */
+export async function listAll (ask: (from: bigint) => Promise<Response>): Promise<{ entries: ObjectEntry[], refused: Response | null }> {
+  const entries: ObjectEntry[] = []
+  let from = 0n
+  for (;;) {
+    const res = await ask(from)
+    if (res.error !== '') return { entries, refused: res }
+    const page = decode(objectList, res.data, 'object list')
+    entries.push(...page)
+    const last = page[page.length - 1]
+    if (res.size !== 1 || last === undefined) return { entries, refused: null }
+    // A page must move on, or a hostile or broken replica would keep us asking for ever.
+    if (last.oid < from) throw SheepError.protocol('a List page went backwards')
+    from = last.oid + 1n
   }
 }

@@ -12,7 +12,7 @@
 
 import { Mutex } from '../cow/lock'
 import { SheepError } from '../errors'
-import { type Member, type View, sortMembers } from './view'
+import { type Member, memberProblem, type View, sortMembers } from './view'
 
 /** How long a proposer waits for one answer before counting the member as silent. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 1000
@@ -480,14 +480,18 @@ function parseBallot (x: unknown, what: string): Ballot {
 function parseMember (x: unknown, what: string): Member {
   const f = fields(x, what)
   const weight = f.weight
-  if (typeof weight !== 'number' || !Number.isFinite(weight) || weight < 0) throw SheepError.invalid(`${what}.weight must be a finite number >= 0`)
-  return Object.freeze({
+  if (typeof weight !== 'number') throw SheepError.invalid(`${what}.weight must be a number`)
+  const m = {
     id: str(f.id, `${what}.id`, true),
     host: str(f.host, `${what}.host`, false),
     port: int(f.port, 0, 65535, `${what}.port`),
     zone: str(f.zone, `${what}.zone`, false),
     weight
-  })
+  }
+  // The same rules as the wire's (./view.ts): a weight of 0 would stop every I/O of the cluster.
+  const problem = memberProblem(m)
+  if (problem !== null) throw SheepError.invalid(`${what}: ${problem}`)
+  return Object.freeze(m)
 }
 
 /** A view: epoch >= 1, at least one member, members sorted by id without duplicates. */

@@ -1,6 +1,8 @@
 // The membership of the cluster as every node agrees on it: a numbered list of members.
 // Placement is a pure function of a view; views change only through agreement (./view-agreement.ts).
 
+import { isIP } from 'node:net'
+
 export interface Member {
   /** The node's Noise public key, 64 hex digits: its identity for as long as its store lives. */
   id: string
@@ -9,7 +11,7 @@ export interface Member {
   port: number
   /** Failure domain; '' when not set. Replicas of an object go to distinct zones where possible. */
   zone: string
-  /** Share of objects relative to the other members: the capacity it contributes, in bytes. */
+  /** Share of objects relative to the other members: the capacity it contributes, in whole GiB (>= 1). */
   weight: number
 }
 
@@ -21,4 +23,31 @@ export interface View {
 
 export function sortMembers (members: Member[]): Member[] {
   return [...members].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+}
+
+/** The largest weight a member may give (capacity in GiB: 2^40 GiB is 1 ZiB, far above any host). */
+export const MAX_WEIGHT = 2 ** 40
+/** The longest zone name. */
+export const MAX_ZONE = 64
+/** The longest host name (DNS's limit). */
+export const MAX_HOST = 253
+
+const HOST_NAME = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$/i
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/
+
+/**
+ * What is wrong with a member record's address, zone and weight, or null: checked wherever a
+ * member comes from outside (a peer's hello or view, the views file), so that a bad one is
+ * refused when it is parsed, never adopted into a view. A weight of 0 would give a member no
+ * ring points (placement refuses it, and every I/O of the cluster would stop); a port past
+ * 65535 would throw when dialled.
+ */
+export function memberProblem (m: Member): string | null {
+  if (typeof m.host !== 'string' || m.host === '' || m.host.length > MAX_HOST) return `host must be 1 to ${MAX_HOST} characters`
+  if (isIP(m.host) === 0 && !HOST_NAME.test(m.host)) return `host ${JSON.stringify(m.host.slice(0, 64))} is neither an IP address nor a host name`
+  if (!Number.isSafeInteger(m.port) || m.port < 0 || m.port > 65535) return `port ${String(m.port)} is not in [0, 65535]`
+  if (typeof m.zone !== 'string' || m.zone.length > MAX_ZONE || CONTROL.test(m.zone)) return `zone must be at most ${MAX_ZONE} printable characters`
+  if (!Number.isSafeInteger(m.weight) || m.weight < 1 || m.weight > MAX_WEIGHT) return `weight ${String(m.weight)} is not an integer in [1, ${MAX_WEIGHT}]`
+  return null
 }

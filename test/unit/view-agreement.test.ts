@@ -596,7 +596,7 @@ t.test('1. one proposer, 5 acceptors: its candidate is decided, learned by all, 
   for (const id of IDS) t.same(c.keeper(id).view, decided, `${id} has it after a restart`)
   // A few more in a row, from different nodes.
   for (const [i, id] of ['B', 'E', 'A'].entries()) {
-    const v = await drive(c.sim, c.keeper(id).propose({ members: withWeight(decided.members, id, i) }))
+    const v = await drive(c.sim, c.keeper(id).propose({ members: withWeight(decided.members, id, i + 1) }))
     t.equal(v.epoch, 4 + i, `${id} decided epoch ${4 + i}`)
     await c.sim.run(() => false, 100) // its commit reaches the next proposer
   }
@@ -813,7 +813,7 @@ t.test('6. a node that missed epochs learns the latest view; stale requests get 
   const { c, base } = await seededCluster(6)
   c.crash('E')
   let v = base
-  for (let i = 0; i < 3; i++) v = await drive(c.sim, c.keeper('A').propose({ members: withWeight(v.members, 'A', i) }))
+  for (let i = 0; i < 3; i++) v = await drive(c.sim, c.keeper('A').propose({ members: withWeight(v.members, 'A', i + 1) }))
   t.equal(v.epoch, 5, 'three epochs passed without E (4 of 5 up)')
   await c.sim.run(() => false, 100) // the commits land
   t.same(await c.keeper('B').handle('E', prepare(1, 'E', 3)), { type: 'decided', view: v }, 'a prepare for epoch 3 gets view 5')
@@ -829,7 +829,7 @@ t.test('6. a node that missed epochs learns the latest view; stale requests get 
 
   // Learning from commits alone: E is cut off for two epochs, then hears the third commit.
   c.cut = (from, to) => from === 'E' || to === 'E'
-  for (let i = 0; i < 2; i++) v = await drive(c.sim, c.keeper('B').propose({ members: withWeight(v.members, 'B', i) }))
+  for (let i = 0; i < 2; i++) v = await drive(c.sim, c.keeper('B').propose({ members: withWeight(v.members, 'B', i + 1) }))
   c.cut = () => false
   v = await drive(c.sim, c.keeper('B').propose({ members: withWeight(v.members, 'B', 7) }))
   await c.sim.run(() => false, 1000)
@@ -910,6 +910,11 @@ t.test('8. malformed messages: EINVAL, no state change, no crash', async t => {
     ['a port out of range', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), port: 70000 }] } }],
     ['a negative weight', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), weight: -1 }] } }],
     ['a NaN weight', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), weight: NaN }] } }],
+    ['a weight of 0 (it would stop every I/O of the cluster)', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), weight: 0 }] } }],
+    ['a weight that is not whole', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), weight: 1.5 }] } }],
+    ['an empty host', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), host: '' }] } }],
+    ['a host that is no address', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), host: 'a b' }] } }],
+    ['a zone too long', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [{ ...member('A'), zone: 'z'.repeat(65) }] } }],
     ['an empty member id', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [member('')] } }],
     ['members unsorted', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [member('B'), member('A')] } }],
     ['members duplicated', { type: 'accept', epoch: 3, ballot, view: { epoch: 3, members: [member('A'), member('A')] } }],

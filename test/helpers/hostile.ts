@@ -1,0 +1,226 @@
+// What a hostile peer sends, for the fuzzing and hostile-peer tests: valid peer messages made up
+// from a seeded generator, a mutator that breaks them in the ways a decoder must survive (bit
+// flips, truncation, extension, huge length and count prefixes, random bytes), the protomux
+// frames that carry them, and an in-memory stream a Link can run on.
+
+import { EventEmitter } from 'node:events'
+import net from 'node:net'
+import SecretStream from '@hyperswarm/secret-stream'
+import c from 'compact-encoding'
+import { Rng } from './random'
+import type { AgreementMessage } from '../../src/swarm/view-agreement'
+import type { Hello, ObjectEntry, Request, Response, TokenRecord, Usage } from '../../src/swarm/messages'
+import { PROTOCOL } from '../../src/swarm/messages'
+import type { Member, View } from '../../src/swarm/view'
+
+const HOSTS = ['127.0.0.1', '10.1.2.3', '::1', 'fe80::1', 'node-1', 'a.example.org']
+const ZONES = ['', 'rack-1', 'zone b', 'z'.repeat(64)]
+const CODES = ['', 'ENOENT', 'EIO', 'ESTALE', 'EPROTO', 'EAGAIN']
+
+export function nodeId (rng: Rng): string { return rng.bytes(32).toString('hex') }
+
+/** A number as a peer may send it: mostly small, sometimes near the edges of its encodings. */
+export function uintOf (rng: Rng): number {
+  return rng.pick([0, 1, rng.int(0, 0xfc), rng.int(0xfd, 0xffff), rng.int(0x10000, 0xffffffff), Number.MAX_SAFE_INTEGER, rng.int(0, 2 ** 40)])
+}
+
+export function memberOf (rng: Rng, id = nodeId(rng)): Member {
+  return { id, host: rng.pick(HOSTS), port: rng.int(0, 65535), zone: rng.pick(ZONES), weight: rng.int(1, 5000) }
+}
+
+export function viewOf (rng: Rng): View {
+  if (rng.chance(0.2)) return { epoch: 0, members: [] }
+  const members = Array.from({ length: rng.int(1, 4) }, () => memberOf(rng)).sort((a, b) => a.id < b.id ? -1 : 1)
+  return { epoch: rng.int(1, 2 ** 32), members }
+}
+
+export function helloOf (rng: Rng): Hello {
+  return { proof: rng.bytes(32), self: memberOf(rng), view: viewOf(rng) }
+}
+
+export function requestOf (rng: Rng): Request {
+  return {
+    id: uintOf(rng), epoch: uintOf(rng), op: rng.int(0, 17), oid: rng.bytes(8).readBigUInt64LE(0),
+    offset: uintOf(rng), length: uintOf(rng), version: uintOf(rng), data: rng.bytes(rng.pick([0, 1, 7, 64]))
+  }
+}
+
+export function responseOf (rng: Rng): Response {
+  return {
+    id: uintOf(rng), error: rng.pick(CODES), message: rng.pick(['', 'no such object', 'é'.repeat(20)]),
+    epoch: uintOf(rng), version: uintOf(rng), size: uintOf(rng), data: rng.bytes(rng.pick([0, 3, 40]))
+  }
+}
+
+export function objectListOf (rng: Rng): ObjectEntry[] {
+  return Array.from({ length: rng.int(0, 6) }, () => ({ oid: rng.bytes(8).readBigUInt64LE(0), version: uintOf(rng), size: uintOf(rng) }))
+}
+
+export function oidListOf (rng: Rng): bigint[] {
+  return Array.from({ length: rng.int(0, 8) }, () => rng.bytes(8).readBigUInt64LE(0))
+}
+
+export function tokenRecordOf (rng: Rng): TokenRecord {
+  return { holder: nodeId(rng), generation: uintOf(rng), deleted: rng.chance(0.5) }
+}
+
+export function usageOf (rng: Rng): Usage { return { capacity: uintOf(rng), free: uintOf(rng) } }
+
+export function agreementOf (rng: Rng): AgreementMessage {
+  const ballot = { round: rng.int(1, 1000), proposer: nodeId(rng) }
+  const epoch = rng.int(1, 1000)
+  const nonEmpty = (): View => { const v = viewOf(rng); return v.epoch === 0 ? { epoch: 1, members: [memberOf(rng)] } : v }
+  switch (rng.int(0, 6)) {
+    case 0: return { type: 'prepare', epoch, ballot }
+    case 1: return { type: 'promise', epoch, ballot, accepted: rng.chance(0.5) ? null : { ballot, view: nonEmpty() } }
+    case 2: return { type: 'accept', epoch, ballot, view: nonEmpty() }
+    case 3: return { type: 'accepted', epoch, ballot }
+    case 4: return { type: 'nack', epoch, ballot, promised: { round: ballot.round + 1, proposer: nodeId(rng) } }
+    case 5: return { type: 'decided', view: nonEmpty() }
+    default: return { type: 'query' }
+  }
+}
+
+/** Varints a count or length prefix may claim: 2^30, 2^32 - 1, 2^53 and past, 2^64 - 1. */
+export const HUGE_PREFIXES: readonly Buffer[] = [
+  Buffer.from([0xfe, 0x00, 0x00, 0x00, 0x40]),
+  Buffer.from([0xfe, 0xff, 0xff, 0xff, 0xff]),
+  Buffer.from([0xfd, 0xff, 0xff]),
+  Buffer.from([0xff, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00]),
+  Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+  Buffer.from([0xfc])
+]
+
+/**
+ * One broken variant of a valid encoding. Truncation at every length is done by the caller
+ * (systematically); this picks one of the other mutations at random.
+ */
+export function mutate (rng: Rng, valid: Buffer): Buffer {
+  const b = Buffer.from(valid)
+  switch (rng.int(0, 7)) {
+    case 0: { // flip 1 to 8 bits
+      if (b.length === 0) return rng.bytes(1)
+      for (let n = rng.int(1, 8); n > 0; n--) {
+        const i = rng.int(0, b.length - 1)
+        b[i] = (b[i] as number) ^ (1 << rng.int(0, 7))
+      }
+      return b
+    }
+    case 1: { // a byte set to a varint marker or an edge value
+      if (b.length === 0) return Buffer.from([0xff])
+      b[rng.int(0, b.length - 1)] = rng.pick([0x00, 0x01, 0xfc, 0xfd, 0xfe, 0xff, 0x80, 0x7f])
+      return b
+    }
+    case 2: { // a huge prefix written over the bytes at some position (a count, a length, a field)
+      const at = rng.int(0, b.length)
+      const huge = rng.pick(HUGE_PREFIXES)
+      return Buffer.concat([b.subarray(0, at), huge, b.subarray(Math.min(b.length, at + huge.length))])
+    }
+    case 3: { // a huge prefix inserted
+      const at = rng.int(0, b.length)
+      return Buffer.concat([b.subarray(0, at), rng.pick(HUGE_PREFIXES), b.subarray(at)])
+    }
+    case 4: // extended with random bytes
+      return Buffer.concat([b, rng.bytes(rng.int(1, 32))])
+    case 5: { // a random range cut out
+      if (b.length < 2) return rng.bytes(rng.int(0, 8))
+      const from = rng.int(0, b.length - 1)
+      return Buffer.concat([b.subarray(0, from), b.subarray(rng.int(from + 1, b.length))])
+    }
+    case 6: { // a random range overwritten with random bytes
+      const from = rng.int(0, b.length)
+      const n = rng.int(1, 16)
+      return Buffer.concat([b.subarray(0, from), rng.bytes(n), b.subarray(Math.min(b.length, from + n))])
+    }
+    default: // random bytes of a random length
+      return rng.bytes(rng.pick([0, 1, 2, 5, 16, 77, 200, rng.int(0, 600)]))
+  }
+}
+
+function uintBytes (n: number): Buffer {
+  const state = c.state()
+  c.uint.preencode(state, n)
+  state.buffer = Buffer.alloc(state.end)
+  c.uint.encode(state, n)
+  return state.buffer as Buffer
+}
+
+/** A protomux message opening the sheep/1 channel (local id `channel`) with this handshake payload. */
+export function openFrame (payload: Uint8Array, channel = 1, protocol = PROTOCOL): Buffer {
+  const state = c.state()
+  c.string.preencode(state, protocol)
+  state.buffer = Buffer.alloc(state.end)
+  c.string.encode(state, protocol)
+  return Buffer.concat([Buffer.from([0, 1]), uintBytes(channel), state.buffer, Buffer.from([0]), payload])
+}
+
+/** A protomux message of type `type` (0 request, 1 response) on the channel the peer opened as `channel`. */
+export function messageFrame (type: number, payload: Uint8Array, channel = 1): Buffer {
+  return Buffer.concat([uintBytes(channel), uintBytes(type), payload])
+}
+
+/**
+ * A stream a Link can run on without a network: what the Link writes is kept (or dropped), what a
+ * test pushes comes out as 'data' as a secret-stream delivers each message. destroy(err) emits
+ * 'error' and 'close' as streamx does.
+ */
+export class FakeSecureStream extends EventEmitter {
+  remotePublicKey: Buffer | null
+  handshakeHash: Buffer | null
+  isInitiator: boolean
+  destroyed = false
+  destroyError: Error | null = null
+  written = 0
+  userData: unknown = null
+
+  constructor (remotePublicKey: Buffer, handshakeHash: Buffer, isInitiator: boolean) {
+    super()
+    this.remotePublicKey = remotePublicKey
+    this.handshakeHash = handshakeHash
+    this.isInitiator = isInitiator
+  }
+
+  push (frame: Buffer): void {
+    if (!this.destroyed) this.emit('data', frame)
+  }
+
+  write (data: Uint8Array): boolean { this.written += data.length; return true }
+  end (): void { this.destroy() }
+  pause (): this { return this }
+  resume (): this { return this }
+
+  destroy (err?: Error): void {
+    if (this.destroyed) return
+    this.destroyed = true
+    this.destroyError = err ?? null
+    if (err !== undefined) this.emit('error', err)
+    this.emit('close')
+  }
+}
+
+/**
+ * A TCP connection to a node's object port that completes the Noise handshake with keyPair (any
+ * key is accepted at that stage), then runs act on the secret-stream; resolves when the
+ * connection is closed (by either side) or after ms. Loopback only.
+ */
+export async function hostileConnection (port: number, keyPair: { publicKey: Buffer, secretKey: Buffer }, act: (stream: SecretStream) => void, ms = 5000): Promise<{ connected: boolean, closedByPeer: boolean }> {
+  const socket = net.connect({ host: '127.0.0.1', port })
+  socket.on('error', () => {})
+  const stream = new SecretStream(true, socket, { keyPair })
+  stream.on('error', () => {})
+  let connected = false
+  let closedByPeer = false
+  return await new Promise(resolve => {
+    const timer = setTimeout(() => stream.destroy(), ms)
+    stream.once('connect', () => {
+      connected = true
+      try { act(stream) } catch { stream.destroy() }
+    })
+    stream.on('end', () => { closedByPeer = true })
+    socket.once('close', () => {
+      clearTimeout(timer)
+      resolve({ connected, closedByPeer })
+    })
+    stream.on('data', () => {})
+  })
+}
