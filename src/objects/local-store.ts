@@ -283,12 +283,7 @@ export class LocalObjectStore implements ObjectStore {
 
   async remove (oid: ObjectId): Promise<void> {
     this.checkOpen()
-    const e = this.entries.get(oid)
-    if (e) {
-      await this.waitIdle(e)
-      this.closeFd(e)
-      this.entries.delete(oid)
-    }
+    await this.forget(oid)
     const file = this.objectPath(oid)
     await fs.promises.rm(file, { force: true })
     await this.catalog.del(oid)
@@ -328,12 +323,7 @@ export class LocalObjectStore implements ObjectStore {
    */
   async setAside (oid: ObjectId): Promise<string> {
     this.checkOpen()
-    const e = this.entries.get(oid)
-    if (e) {
-      await this.waitIdle(e)
-      this.closeFd(e)
-      this.entries.delete(oid)
-    }
+    await this.forget(oid)
     const strays = path.join(this.dir, STRAYS_DIR)
     await fs.promises.mkdir(strays, { recursive: true })
     let target = path.join(strays, oidToHex(oid))
@@ -551,6 +541,15 @@ export class LocalObjectStore implements ObjectStore {
       // Saved entries cost nothing to reload; unsaved versions stay until the next sync.
       if (this.saved(e)) this.entries.delete(e.info.oid)
     }
+  }
+
+  /** Drops an object's entry once no call uses it, closing its descriptor: its file is about to go. */
+  private async forget (oid: ObjectId): Promise<void> {
+    const e = this.entries.get(oid)
+    if (e === undefined) return
+    await this.waitIdle(e)
+    this.closeFd(e)
+    this.entries.delete(oid)
   }
 
   /** Whether the catalog holds the entry as it is: then it costs nothing to forget and reload. */
