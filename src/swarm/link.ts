@@ -52,15 +52,21 @@ export const MAX_SERVING = 256
 export const MAX_UNSENT = 256 * 2 ** 20
 
 /**
+ * What protomux, compact-encoding and the secret-stream say when the peer's bytes are malformed
+ * (framing, a bad header or message, a failed decryption). Anything else, such as Hyperswarm
+ * closing the second of two connections between the same nodes ("Duplicate connection", routine
+ * when a restarted node reconnects), a timeout or a destroyed stream, happens to good members too.
+ */
+const MALFORMED = /^(Out of bounds|Array is too big|Incorrect buffer size|uint must be |Invalid (open|reject) message|Invalid (header|header message|message) received|Remote exceeded backlog)/
+
+/**
  * Whether an error that closed a connection shows the peer sent something malformed (it is then
  * banned for a while), rather than a network failure or a timeout, which a good member has too.
  */
 export function isMisbehaviour (err: Error): boolean {
   if (err instanceof SheepError) return err.code === 'EPROTO'
   if (typeof (err as NodeJS.ErrnoException).code === 'string') return false // ECONNRESET, EPIPE...
-  // What is left: protomux's framing errors ("Out of bounds", "Invalid open message") and the
-  // secret-stream's ("Invalid message received", a failed decryption), but not its timeouts.
-  return !/timed out|destroyed/i.test(err.message)
+  return MALFORMED.test(err.message)
 }
 
 export class Link extends EventEmitter {

@@ -8,7 +8,9 @@ import t from 'tap'
 import crypto from 'node:crypto'
 import c from 'compact-encoding'
 import DHT from 'hyperdht'
+import { SheepError } from '../../src/errors'
 import { BanTable } from '../../src/swarm/bans'
+import { isMisbehaviour } from '../../src/swarm/link'
 import { Mesh } from '../../src/swarm/mesh'
 import { encode, hello, Op, type Request } from '../../src/swarm/messages'
 import { proofFor, newSecret } from '../../src/swarm/proof'
@@ -198,3 +200,14 @@ function encodeLoose (m: Member, rng: Rng): Buffer {
   fields(state)
   return state.buffer as Buffer
 }
+
+t.test('only errors caused by the peer\'s bytes ban it: a duplicate connection, a timeout or a reset do not', t => {
+  const reset = Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' })
+  for (const err of [new Error('Duplicate connection'), new Error('Stream timed out'), new Error('Stream destroyed'), reset]) {
+    t.notOk(isMisbehaviour(err), `${err.message}: not banned`)
+  }
+  const malformed = [new Error('Out of bounds'), new Error('Invalid message received'), new Error('Invalid open message'),
+    new Error(`uint must be between 0 and ${Number.MAX_SAFE_INTEGER}, use biguint`), SheepError.protocol('bad hello')]
+  for (const err of malformed) t.ok(isMisbehaviour(err), `${err.message}: banned`)
+  t.end()
+})
