@@ -10,6 +10,9 @@ import { Rng } from '../helpers/random'
 
 const MiB = 2 ** 20
 
+// Hundreds of daemon restarts: longer than tap's default time for a file.
+t.setTimeout(20 * 60_000)
+
 t.test('torture on 3 nodes, copies 3: SIGKILLs (50, or SHEEP_CRASH_ROUNDS) of the writing node; acknowledged sectors read back through it and another node', async t => {
   const seed = seedFrom(t, 'cluster torture')
   const rng = new Rng(seed)

@@ -17,6 +17,9 @@ import { Rng } from '../helpers/random'
 
 const MiB = 2 ** 20
 
+// Hundreds of daemon restarts: longer than tap's default time for a file.
+t.setTimeout(20 * 60_000)
+
 function sheepOk (d: Daemon, args: string[]): string {
   const r = d.sheep([...args, '--mount', d.mount])
   if (r.code !== 0) throw new Error(`sheep ${args.join(' ')} failed (${r.code}): ${r.stderr}`)
