@@ -13,6 +13,7 @@ import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
+import { epochFloor } from './objects/versions'
 // The cluster's modules load only on a cluster node (joinCluster): Hyperswarm and its stack take
 // most of a one-host daemon's start-up otherwise, and a restart after a crash is on the clock.
 import type { Cluster } from './swarm/cluster'
@@ -147,6 +148,8 @@ export class SheepNode {
       log: this.log
     })
     this.cluster = cluster
+    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts).
+    objects.orderVersionsAfter(() => epochFloor(cluster.epoch))
     await cluster.start()
     let gateway: Gateway | null = null
     const recovery = new Recovery(objects, cluster, {

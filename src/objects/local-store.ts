@@ -20,6 +20,7 @@ import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, sy
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
+import { nextVersion } from './versions'
 
 const FORMAT_FILE = 'FORMAT'
 /** Where objects a start-up was in doubt about are kept for an operator (setAside). */
@@ -65,11 +66,22 @@ export class LocalObjectStore implements ObjectStore {
   private readonly newNames = new SyncQueue<string>(async dirs => { await Promise.all(dirs.map(syncDirIfThere)) })
   /** Records that must reach the disk before a sync returns: new objects, changed sizes. */
   private readonly records = new SyncQueue<'catalog'>(async () => { await this.catalog.flush() })
+  /** Every change gives a version above this (./versions.ts: the cluster's epoch; 0 on one host). */
+  private versionFloor: () => number = () => 0
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
     this.maxOpenFiles = opts.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES
     this.io = new FileIo(opts.io)
+  }
+
+  /** On a cluster: versions of changes from now on order above floor() (./versions.ts epochFloor). */
+  orderVersionsAfter (floor: () => number): void {
+    this.versionFloor = floor
+  }
+
+  private bump (version: number): number {
+    return nextVersion(version, this.versionFloor())
   }
 
   /** Opens (or initialises) the store. EBUSY when another daemon holds it. */
@@ -118,7 +130,7 @@ export class LocalObjectStore implements ObjectStore {
   async create (oid: ObjectId, size: number): Promise<void> {
     this.checkOpen()
     if (this.entries.has(oid) || await this.catalog.get(oid)) throw SheepError.exists(`object ${oidToHex(oid)}`)
-    const info: ObjectInfo = { oid, version: 1, size }
+    const info: ObjectInfo = { oid, version: this.bump(0), size }
     this.records.add('catalog')
     await this.catalog.put([info])
     const file = this.objectPath(oid)
@@ -131,7 +143,7 @@ export class LocalObjectStore implements ObjectStore {
     } catch (err) {
       throw toSheepError(err)
     }
-    this.remember({ info, fd, inflight: 0, savedVersion: 1, savedSize: size })
+    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size })
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
@@ -165,7 +177,7 @@ export class LocalObjectStore implements ObjectStore {
       while (done < data.length) {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
-      e.info.version++
+      e.info.version = this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
     } catch (err) {
@@ -210,7 +222,7 @@ export class LocalObjectStore implements ObjectStore {
     const file = this.objectPath(oid)
     const tmp = file + '.tmp'
     const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
-    const info: ObjectInfo = { oid, version: version ?? (old?.version ?? 0) + 1, size: data.length }
+    const info: ObjectInfo = { oid, version: version ?? this.bump(old?.version ?? 0), size: data.length }
     await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -248,8 +260,9 @@ export class LocalObjectStore implements ObjectStore {
     const run = this.casTail.then(async () => {
       const current = (await this.stat(oid))?.version ?? 0
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
-      await this.replace(oid, data)
-      return current + 1
+      const version = this.bump(current)
+      await this.replace(oid, data, version)
+      return version
     })
     this.casTail = run.then(() => {}, () => {})
     return await run
@@ -262,7 +275,7 @@ export class LocalObjectStore implements ObjectStore {
       if (size === old) return
       // The record never claims more than the file holds: a growth is recorded by the next sync;
       // a shrink is recorded, durably, before the file is cut.
-      e.info.version++
+      e.info.version = this.bump(e.info.version)
       if (size > old) {
         await ftruncate(e.fd, size)
         e.info.size = size

@@ -14,6 +14,7 @@
 import { isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
+import { epochFloor, nextVersion } from '../objects/versions'
 import type { Cluster } from './cluster'
 import { decode, encode, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
 import { listAll } from './replica'
@@ -165,8 +166,9 @@ export class Gateway implements ObjectStore {
       const current = (await this.local.stat(oid))?.version ?? 0
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
       // Every replica records the new version, whatever it counted before: a replica whose count
-      // strayed (a replace that reached it and not the others) agrees again.
-      const version = current + 1
+      // strayed (a replace that reached it and not the others) agrees again. Above every version
+      // of an earlier epoch: a replace an earlier primary got to one replica only is older.
+      const version = nextVersion(current, epochFloor(this.cluster.epoch))
       await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data, version }) })
       return version
     })

@@ -7,6 +7,7 @@ import { FileIo } from '../../src/objects/file-io'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import type { ObjectInfo } from '../../src/objects/types'
+import { epochFloor, versionEpoch } from '../../src/objects/versions'
 import { sheepError, tmpDir } from './tmp'
 
 const KiB = 1024
@@ -575,4 +576,39 @@ t.test('a size an object grew to is recorded once its file is synced; a longer f
   await store.sync([oid])
   crashed = await openStore(t, crashCopy(t, dir))
   t.ok((await crashed.readAll(oid)).subarray(64).equals(pattern(64, 1)), 'after the sync the grown bytes are part of it')
+})
+
+t.test('versions: every change made in an epoch orders above every version of an earlier epoch', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  let epoch = 0
+  store.orderVersionsAfter(() => epochFloor(epoch))
+  const oid = dataOid(7, 0)
+  const other = dataOid(7, 1)
+  await store.create(oid, 4096)
+  await store.create(other, 4096)
+  for (let i = 0; i < 150; i++) await store.write(oid, 0, pattern(512, i))
+  const counted = (await store.stat(oid))?.version as number
+  t.equal(counted, 151, 'in epoch 0 (one host) a version counts changes')
+  epoch = 5
+  await store.write(other, 0, pattern(512, 1))
+  const later = (await store.stat(other))?.version as number
+  t.ok(later > counted, `one write in epoch 5 (${later}) is newer than 151 writes before it (${counted})`)
+  t.equal(versionEpoch(later), 5)
+  await store.truncate(oid, 1024)
+  t.equal(versionEpoch((await store.stat(oid))?.version as number), 5, 'a truncate moves the version into the epoch too')
+  await store.write(other, 0, pattern(512, 2))
+  t.equal((await store.stat(other))?.version, later + 1, 'within an epoch changes count on')
+  const meta = metaOid(0)
+  const v1 = await store.compareAndReplace(meta, Buffer.from('a'), 0)
+  t.equal(v1, (await store.stat(meta))?.version, 'compare-and-replace answers the version it recorded')
+  t.equal(versionEpoch(v1), 5)
+  epoch = 6
+  const v2 = await store.compareAndReplace(meta, Buffer.from('b'), v1)
+  t.equal(versionEpoch(v2), 6)
+  t.equal(v2, (await store.stat(meta))?.version)
+  await store.close()
+  const again = await openStore(t, dir)
+  t.equal((await again.stat(other))?.version, later + 1, 'versions survive a reopen')
+  t.throws(() => epochFloor(2 ** 21), { code: 'EFBIG' }, 'an epoch versions cannot order is refused, not rounded')
 })
