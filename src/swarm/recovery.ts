@@ -26,8 +26,13 @@ const STALE_WAIT_MS = 20
 /** Looks for copies this node may drop, while replicas are still copying them. */
 const DROP_PASSES = 30
 const DROP_RETRY_MS = 1000
-/** How long a round waits for links to every member before it counts the missing ones as down. */
+/** How long a round waits for links to every member before it asks them for their lists. */
 const CONNECT_WAIT_MS = 5000
+/** A plan that lacked a member's list is made again after this, doubling up to the most. */
+const PLAN_RETRY_MS = 200
+const PLAN_RETRY_MAX_MS = 3000
+/** How long an access waits for the round's plan before it fails (a request's own timeout is 10 s). */
+const GUARD_WAIT_MS = 8000
 
 interface Deferred { promise: Promise<void>, resolve: () => void }
 
@@ -60,6 +65,8 @@ export class Recovery {
    * round that finds its view outdated never resolves its own: the next round's start does.
    */
   private ready = settled()
+  /** Members whose list the current round's plan still lacks. */
+  private waitingFor: string[] = []
   private round = 0
   private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0 }
 
@@ -95,26 +102,57 @@ export class Recovery {
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
+    this.waitingFor = []
     previous.resolve() // its waiters look again and find this round's
-    this.plan(view, round)
-      .then(async planned => {
-        if (!planned) return
-        ready.resolve()
-        await this.drain(round)
-        await this.dropMoved(view, round)
-      })
-      .catch(err => {
-        // Serving is better than hanging every I/O on a bug here; say so loudly.
-        this.log(`recovery for view ${view.epoch} failed, objects are served as they are: ${(err as Error).message}`)
-        ready.resolve()
-      })
+    void this.run(view, round, ready)
   }
 
-  /** Waits until oid may be used here: after the round's plan, and after its copy if it is pending. */
+  /**
+   * Plans the round, then copies and drops. A plan that cannot be made (a member did not answer
+   * its list) is tried again until it can or a newer view comes: serving before it is known which
+   * copy is the newest could serve, and then write on top of, a stale one.
+   */
+  private async run (view: View, round: number, ready: Deferred): Promise<void> {
+    for (let wait = PLAN_RETRY_MS; round === this.round; wait = Math.min(wait * 2, PLAN_RETRY_MAX_MS)) {
+      try {
+        if (!await this.plan(view, round)) return
+      } catch (err) {
+        if (round !== this.round) return
+        this.log(`recovery for view ${view.epoch}: ${(err as Error).message}; I/O waits, trying again in ${wait} ms`)
+        await new Promise(resolve => setTimeout(resolve, wait))
+        continue
+      }
+      ready.resolve()
+      try {
+        await this.drain(round)
+        await this.dropMoved(view, round)
+      } catch (err) {
+        // What is still pending is copied before it is used (guard).
+        this.log(`recovery for view ${view.epoch}: ${(err as Error).message}`)
+      }
+      return
+    }
+  }
+
+  /**
+   * Waits until oid may be used here: after the round's plan, and after its copy if it is pending.
+   * ENOTCONN when the plan is not made within GUARD_WAIT_MS (a member does not answer and the
+   * view does not drop it): the caller's request fails clearly instead of hanging.
+   */
   async guard (oid: ObjectId): Promise<void> {
+    const deadline = Date.now() + GUARD_WAIT_MS
     for (;;) {
       const ready = this.ready
-      await ready.promise
+      const left = deadline - Date.now()
+      let timer: NodeJS.Timeout | undefined
+      const timedOut = left > 0 && await Promise.race([
+        ready.promise.then(() => false),
+        new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), left) })
+      ]).finally(() => clearTimeout(timer))
+      if (left <= 0 || timedOut) {
+        throw SheepError.unreachable(`object ${oidToHex(oid)}: recovery of view ${this.stats.epoch} cannot tell which copy is the newest yet` +
+          (this.waitingFor.length > 0 ? ` (no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')})` : ''))
+      }
       if (ready === this.ready) break
     }
     if (this.pending.has(oid)) await this.copy(oid)
@@ -156,9 +194,13 @@ export class Recovery {
     }
     const lists = await Promise.all(others.map(async m => ({ node: m.id, list: await this.listOf(m.id, view.epoch) })))
     if (lists.some(l => l.list === 'newer')) return false
+    // A member that did not answer may hold the newest copy of anything: it is never taken to
+    // hold nothing.
+    this.waitingFor = lists.filter(l => l.list === null).map(l => l.node)
+    if (this.waitingFor.length > 0) throw SheepError.unreachable(`no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')}`)
     for (const { node, list } of lists) {
-      if (list === 'newer') continue
-      for (const e of list ?? []) {
+      if (list === 'newer' || list === null) continue
+      for (const e of list) {
         const known = newest.get(e.oid)
         if (known === undefined || known.version < e.version) newest.set(e.oid, { node, version: e.version })
       }
