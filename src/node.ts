@@ -148,8 +148,9 @@ export class SheepNode {
       log: this.log
     })
     this.cluster = cluster
-    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts).
-    objects.orderVersionsAfter(() => epochFloor(cluster.epoch))
+    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts);
+    // copies a crash left in doubt are settled by recovery.
+    await objects.asReplica(() => epochFloor(cluster.epoch))
     await cluster.start()
     let gateway: Gateway | null = null
     const recovery = new Recovery(objects, cluster, {

@@ -12,6 +12,7 @@
 
 import { SheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
+import type { LocalObjectStore } from '../objects/local-store'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import type { Cluster } from './cluster'
 import { Op, type ObjectEntry } from './messages'
@@ -49,10 +50,25 @@ function settled (): Deferred {
 }
 const EMPTY = new Uint8Array(0)
 
+/** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle'>
+
+/** The copy of an object recovery takes as the newest so far. */
+interface Copy { node: string, version: number, uncertain: boolean }
+
+/**
+ * Whether node's entry is newer than `known`: the higher version; at one version, the member with
+ * the lower id, so that every member's plan picks the same copy (two copies at one version may
+ * differ when a crash left one of them uncertain).
+ */
+function newer (node: string, e: ObjectEntry, known: Copy): boolean {
+  return e.version > known.version || (e.version === known.version && node < known.node)
+}
+
 export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number }
 
 export class Recovery {
-  private readonly raw: ObjectStore
+  private readonly raw: RecoveryStore
   private readonly cluster: Cluster
   /** Replicas of oid; null while its image is not known here (created elsewhere a moment ago). */
   private readonly replicasOf: (oid: ObjectId) => string[] | null
@@ -75,7 +91,7 @@ export class Recovery {
   /** Resolved once every image's copies are known (the node has loaded its images). */
   private readonly copiesKnown = deferred()
 
-  constructor (raw: ObjectStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
+  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
     this.raw = raw
     this.cluster = cluster
     this.replicasOf = placement.replicasOf
@@ -185,7 +201,7 @@ export class Recovery {
   private async plan (view: View, round: number): Promise<boolean> {
     this.pending.clear()
     const self = this.cluster.id
-    const newest = new Map<ObjectId, { node: string, version: number }>()
+    const newest = new Map<ObjectId, Copy>()
     const others = view.members.filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
     const deadline = Date.now() + CONNECT_WAIT_MS
@@ -198,19 +214,30 @@ export class Recovery {
     // hold nothing.
     this.waitingFor = lists.filter(l => l.list === null).map(l => l.node)
     if (this.waitingFor.length > 0) throw SheepError.unreachable(`no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')}`)
+    const consider = (node: string, e: ObjectEntry): void => {
+      const known = newest.get(e.oid)
+      if (known === undefined || newer(node, e, known)) newest.set(e.oid, { node, version: e.version, uncertain: e.uncertain === true })
+    }
     for (const { node, list } of lists) {
       if (list === 'newer' || list === null) continue
-      for (const e of list) {
-        const known = newest.get(e.oid)
-        if (known === undefined || known.version < e.version) newest.set(e.oid, { node, version: e.version })
-      }
+      for (const e of list) consider(node, e)
     }
-    const local = new Map<ObjectId, number>()
-    for await (const info of this.raw.list()) local.set(info.oid, info.version)
+    const local = new Map<ObjectId, ObjectEntry>()
+    for await (const info of this.raw.list()) {
+      local.set(info.oid, info)
+      consider(self, info)
+    }
     if (round !== this.round) return false
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
-      if ((local.get(oid) ?? -1) < best.version) this.pending.set(oid, best.node)
+      const mine = local.get(oid)
+      if (best.node === self) {
+        // Every replica gets this node's copy: one a crash left in doubt becomes newer than the
+        // others (whose bytes may differ at its version) before anyone reads it.
+        if (mine?.uncertain === true) await this.raw.settle(oid)
+        continue
+      }
+      if (mine === undefined || mine.version < best.version || mine.uncertain === true || best.uncertain) this.pending.set(oid, best.node)
     }
     this.stats.pending = this.pending.size
     if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)
