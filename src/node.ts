@@ -87,6 +87,7 @@ export class SheepNode {
 
   async start (): Promise<void> {
     this.startedAt = Date.now()
+    await ControlServer.check(controlSocketPath(this.mountDir), this.log)
     const objects = new LocalObjectStore(this.storeDir)
     try {
       await objects.open()

@@ -60,9 +60,19 @@ export class ControlServer {
     })
   }
 
+  /**
+   * Fails unless the socket's folder and path are this user's to use (see the top): what `start`
+   * checks first, before it mounts anything.
+   */
+  static async check (socketPath: string, log: (line: string) => void): Promise<void> {
+    await ownFolder(path.dirname(socketPath), log)
+    await staleSocket(socketPath)
+  }
+
   async listen (): Promise<void> {
-    await ownFolder(path.dirname(this.socketPath), this.log)
-    await clearStaleSocket(this.socketPath)
+    await ControlServer.check(this.socketPath, this.log)
+    // A socket left by a daemon that died: the store lock, held by now, proves no live daemon owns it.
+    if (await staleSocket(this.socketPath)) await fs.promises.rm(this.socketPath)
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject)
       this.server.listen(this.socketPath, () => { this.server.off('error', reject); resolve() })
@@ -98,19 +108,18 @@ async function ownFolder (dir: string, log: (line: string) => void): Promise<voi
   }
 }
 
-/** Removes a socket a daemon that died left at `socketPath`; refuses anything else there. */
-async function clearStaleSocket (socketPath: string): Promise<void> {
+/** Whether a socket of this user's is at `socketPath` (a daemon's, live or dead); refuses anything else there. */
+async function staleSocket (socketPath: string): Promise<boolean> {
   let st: fs.Stats
   try {
     st = await fs.promises.lstat(socketPath)
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
     throw err
   }
   if (st.uid !== uid()) throw new SheepError('EACCES', `control socket ${socketPath} already exists and belongs to uid ${st.uid}, not to this daemon's user (uid ${uid()}): remove it if no sheep daemon uses it`)
   if (!st.isSocket()) throw SheepError.exists(`control socket ${socketPath} exists and is not a socket: remove it`)
-  // The store lock proves that no live daemon owns it.
-  await fs.promises.rm(socketPath)
+  return true
 }
 
 function answer (socket: net.Socket, reply: Reply): void {
