@@ -18,6 +18,7 @@ import fs from 'node:fs'
 import { SheepError } from '../errors'
 import type { Image } from '../cow/image'
 import type { CreateOptions, ImageStore } from '../cow/image-store'
+import type { InodeHeader } from '../cow/inode'
 import { MAX_NAME_BYTES } from '../cow/names'
 import { findXattr } from '../cow/xattrs'
 
@@ -32,8 +33,8 @@ const XATTR = 'user.sheep.'
 /** Namespaces of the attributes an image stores (ext4's, but for system.*: ACLs are not served). */
 const STORED_XATTRS = ['security.', 'trusted.', 'user.']
 /** setxattr(2) flags. */
-export const XATTR_CREATE = 1
-export const XATTR_REPLACE = 2
+const XATTR_CREATE = 1
+const XATTR_REPLACE = 2
 /** fallocate(2) modes (linux/falloc.h), passed through unchanged by both sessions. */
 export const FALLOC_FL_KEEP_SIZE = 0x01
 export const FALLOC_FL_PUNCH_HOLE = 0x02
@@ -150,8 +151,18 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
   const asHolder = async (image: Image, change: (image: Image) => Promise<void>): Promise<void> => await images.io(image, true, async () => await change(image))
   const dirStat: Stat = { mode: S_IFDIR | 0o755, uid: 0, gid: 0, size: 4096, blocks: 0, blksize: STATFS_BLOCK, nlink: 2, atime: mountTime, mtime: mountTime, ctime: mountTime }
   const rootStat: Stat = { ...dirStat, mode: S_IFDIR | ((opts.rootMode ?? DEFAULT_ROOT_MODE) & 0o7777) }
-  /** A snapshot's image: its owner, group and mode are the snapshot's. */
-  const imageOf = (snap: Image): Image => images.get(snap.name)
+  /**
+   * Whose owner, group and mode a snapshot reports: its image's. A handle open on a snapshot
+   * outlives an image deleted (with its snapshots) meanwhile; it then has the snapshot's own.
+   */
+  const ownerOf = (snap: Image): InodeHeader => {
+    try {
+      return images.get(snap.name).header
+    } catch (err) {
+      if (err instanceof SheepError && err.code === 'ENOENT') return snap.header
+      throw err
+    }
+  }
   const folderStat = (name: string): Stat => {
     const h = images.get(name).header
     const read = h.mode & 0o444
@@ -160,7 +171,7 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
   const stat = (image: Image): Stat => {
     const h = image.header
     const time = image.isSnapshot ? h.snapshotTime : h.mtime
-    const owner = image.isSnapshot ? imageOf(image).header : h
+    const owner = image.isSnapshot ? ownerOf(image) : h
     return {
       mode: S_IFREG | (image.isSnapshot ? owner.mode & 0o7555 : h.mode),
       uid: owner.uid,
