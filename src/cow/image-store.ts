@@ -591,9 +591,13 @@ export class ImageStore {
     if (inUse) {
       if (version !== undefined && version !== (this.attributeVersions.get(vid) ?? this.inodeVersions.get(vid))) {
         const bytes = Buffer.alloc(HEADER_BYTES)
+        const turn = image.token.turn
         try {
           await this.objects.read(inodeOid(vid), 0, HEADER_BYTES, bytes, 0)
-          image.adoptAttributes(decodeHeader(bytes, `image ${vid.toString(16)}`))
+          const fresh = decodeHeader(bytes, `image ${vid.toString(16)}`)
+          // Taken meanwhile, this host may have changed them after that read: the next refresh reads again.
+          if (image.token.held || image.token.turn !== turn) return
+          image.adoptAttributes(fresh)
           this.attributeVersions.set(vid, version)
         } catch (err) {
           // The handles open here go on; the next refresh tries again.
