@@ -33,6 +33,8 @@ export interface NodeOptions {
   ioTimeout?: number
   /** The FUSE session: the kernel protocol, libfuse 2, or (default) the first of them that works. */
   fuse?: Frontend | 'auto'
+  /** The mount root's mode (default 0755, as src/fuse/adapter.ts's DEFAULT_ROOT_MODE). */
+  rootMode?: number
   log?: (line: string) => void
   /** Cluster mode: without it the node keeps every object in its own store, with no network. */
   cluster?: ClusterNodeOptions
@@ -86,6 +88,7 @@ export class SheepNode {
 
   async start (): Promise<void> {
     this.startedAt = Date.now()
+    await ControlServer.check(controlSocketPath(this.mountDir), this.log)
     const objects = new LocalObjectStore(this.storeDir)
     try {
       await objects.open()
@@ -114,6 +117,7 @@ export class SheepNode {
         createOptions: this.opts.createOptions ?? {},
         ioTimeout: this.opts.ioTimeout ?? DEFAULT_IO_TIMEOUT_MS,
         frontend: this.opts.fuse ?? 'auto',
+        rootMode: this.opts.rootMode,
         log: this.log
       })
       this.mount = mount
@@ -314,9 +318,16 @@ export class SheepNode {
     return {
       status: async () => await this.status(),
       'image.list': async () => this.imageStore().list().map(i => this.imageStore().info(i)),
-      'image.create': async ({ name, size, objectSize, copies }) => {
+      'image.create': async ({ name, size, objectSize, copies, uid, gid, mode }) => {
         const images = this.imageStore()
-        return images.info(await images.create(name, size, { ...this.opts.createOptions, objectSize: objectSize ?? this.opts.createOptions?.objectSize, copies: copies ?? this.opts.createOptions?.copies }))
+        const defaults = this.opts.createOptions
+        return images.info(await images.create(name, size, {
+          objectSize: objectSize ?? defaults?.objectSize,
+          copies: copies ?? defaults?.copies,
+          uid,
+          gid,
+          mode
+        }))
       },
       'image.delete': async ({ name }, progress) => { await this.imageStore().remove(name, progress); return null },
       'image.resize': async ({ name, size }) => {

@@ -17,7 +17,7 @@ import type { ObjectStore, StoreUsage } from '../objects/types'
 import type { ObjectId } from '../objects/oid'
 import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
-import { blockCount, type InodeHeader } from './inode'
+import { blockCount, decodeHeader, HEADER_BYTES, type InodeHeader } from './inode'
 import { Mutex } from './lock'
 import { validateImageName, validateTag } from './names'
 import { OwnerTable } from './owner-table'
@@ -25,6 +25,8 @@ import type { TokenPurpose, WriteTokens } from './tokens'
 
 export const DEFAULT_COPIES = 3
 export const MAX_COPIES = 31
+/** A new image's mode without one asked for: root's alone (libvirt chowns an image to its guest). */
+export const DEFAULT_MODE = 0o600
 
 export interface CreateOptions {
   objectSize?: number
@@ -119,6 +121,8 @@ export class ImageStore {
   /** Versions of the directory and of each inode as last loaded: refresh() reloads what moved. */
   private dirVersion = 0
   private readonly inodeVersions = new Map<number, number>()
+  /** Versions of inodes open here whose attributes alone were taken (reloadInode). */
+  private readonly attributeVersions = new Map<number, number>()
   private readonly log: (line: string) => void
   private readonly soleWriter: boolean
   private readonly pendingDestroy = new Set<Promise<void>>()
@@ -301,11 +305,12 @@ export class ImageStore {
         parent: 0,
         ctime: now,
         mtime: now,
-        mode: (opts.mode ?? 0o644) & 0o7777,
+        mode: (opts.mode ?? DEFAULT_MODE) & 0o7777,
         uid: opts.uid ?? 0,
         gid: opts.gid ?? 0,
         tag: '',
-        snapshotTime: 0
+        snapshotTime: 0,
+        xattrs: []
       }
       const image = await Image.create(this.objects, header, emptyTable(header), this.tableOf)
       await this.commit(() => this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 }),
@@ -541,6 +546,7 @@ export class ImageStore {
         if ((this.inodes.get(vid)?.openCount ?? 0) === 0) {
           this.inodes.delete(vid)
           this.inodeVersions.delete(vid)
+          this.attributeVersions.delete(vid)
         }
       }
       for (const e of entries) this.dir.set(e.vid, e)
@@ -571,17 +577,41 @@ export class ImageStore {
     }
   }
 
-  /** Loads inode vid again if its version moved and no handle here has it open. */
+  /**
+   * Loads inode vid again if its version moved and no handle here has it open. Of one open here,
+   * only its owner, group, mode and extended attributes are taken, unless this host holds its
+   * token (then no other host changes it): the kernel checks a new open against them.
+   */
   private async reloadInode (vid: number): Promise<void> {
     const image = this.inodes.get(vid)
     // An instance in use keeps its token state: a release must wait for what runs under it.
-    if (image !== undefined && (image.openCount > 0 || image.token.busy)) return
+    const inUse = image !== undefined && (image.openCount > 0 || image.token.busy)
+    if (inUse && (this.tokens === undefined || image.token.held)) return
     const version = (await this.objects.stat(inodeOid(vid)))?.version
+    if (inUse) {
+      if (version !== undefined && version !== (this.attributeVersions.get(vid) ?? this.inodeVersions.get(vid))) {
+        const bytes = Buffer.alloc(HEADER_BYTES)
+        const turn = image.token.turn
+        try {
+          await this.objects.read(inodeOid(vid), 0, HEADER_BYTES, bytes, 0)
+          const fresh = decodeHeader(bytes, `image ${vid.toString(16)}`)
+          // Taken meanwhile, this host may have changed them after that read: the next refresh reads again.
+          if (image.token.held || image.token.turn !== turn) return
+          image.adoptAttributes(fresh)
+          this.attributeVersions.set(vid, version)
+        } catch (err) {
+          // The handles open here go on; the next refresh tries again.
+          this.log(`${image.name}: attributes not refreshed: ${(err as Error).message}`)
+        }
+      }
+      return
+    }
     // An instance lost to another host is replaced by a fresh one once nothing here uses it.
     if (version === undefined || (image !== undefined && image.token.lost === null && version === this.inodeVersions.get(vid))) return
     try {
       this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf, false))
       this.inodeVersions.set(vid, version)
+      this.attributeVersions.delete(vid)
       this.broken.delete(vid)
     } catch (err) {
       this.broken.set(vid, (err as Error).message)

@@ -23,6 +23,7 @@ import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, type InodeHeader,
 import { Mutex, RwLock } from './lock'
 import { TokenHold } from './tokens'
 import { OwnerTable, SUBBLOCKS } from './owner-table'
+import { withXattr } from './xattrs'
 
 export const DEFAULT_OBJECT_SIZE = 4 * 2 ** 20
 export const MIN_OBJECT_SIZE = 64 * 2 ** 10
@@ -637,6 +638,23 @@ export class Image {
     if (attrs.uid !== undefined) this._header.uid = attrs.uid
     if (attrs.gid !== undefined) this._header.gid = attrs.gid
     await this.saveHeader()
+  }
+
+  /** Sets (a value) or removes (null) an extended attribute and saves the header; limits in ./xattrs.ts. */
+  async setXattr (name: string, value: Buffer | null): Promise<void> {
+    this._header.xattrs = withXattr(this._header.xattrs, name, value, this.name)
+    await this.saveHeader()
+  }
+
+  /**
+   * Takes the owner, group, mode and extended attributes of `fresh`, this inode's header as
+   * another host saved it, while handles here keep the rest (what they read is as of their open).
+   */
+  adoptAttributes (fresh: InodeHeader): void {
+    this._header.mode = fresh.mode
+    this._header.uid = fresh.uid
+    this._header.gid = fresh.gid
+    this._header.xattrs = fresh.xattrs
   }
 
   /** Changes header fields that name the inode (name, tag, parent) and saves them. */

@@ -1,12 +1,13 @@
 // The unit tests of the pure layers, run in one process (each test file costs a process start):
 // object ids, sizes and names, the owner table, the inode and directory codecs, the control
-// request parser, the async locks, placement, the peer codecs and the replica's checks. Each group lives in ./cases/.
+// request parser, the command's owner and mode options, the async locks, placement, the peer codecs and the replica's checks. Each group lives in ./cases/.
 
 import './cases/oid'
 import './cases/units-names'
 import './cases/owner-table'
 import './cases/codecs'
 import './cases/control-parse'
+import './cases/owners'
 import './cases/lock'
 import './cases/placement'
 import './cases/peer-messages'
