@@ -80,6 +80,14 @@ export class OwnerTable {
     if (page[w + 2] === FULL && page[w + 3] === FULL) page[w + 1] = 0
   }
 
+  /** Entry idx becomes a verbatim copy of `from`'s entry idx (a hole there clears it). */
+  copyEntry (idx: number, from: OwnerTable): void {
+    const page = from.pages.get(Math.floor(idx / PAGE_ENTRIES))
+    const w = (idx % PAGE_ENTRIES) * WORDS
+    if (page === undefined || page[w] === 0) return this.clear(idx)
+    this.set(idx, page[w] as number, page[w + 1] as number, page[w + 2] as number, page[w + 3] as number)
+  }
+
   clear (idx: number): void {
     if (idx >= this.length) return
     const page = this.pages.get(Math.floor(idx / PAGE_ENTRIES))
