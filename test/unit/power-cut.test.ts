@@ -31,6 +31,7 @@
 import t from 'tap'
 import crypto from 'node:crypto'
 import { ImageStore } from '../../src/cow/image-store'
+import { copyRange } from '../../src/cow/copy-range'
 import type { Image } from '../../src/cow/image'
 import { oidToHex, type ObjectId } from '../../src/objects/oid'
 import { SheepError } from '../../src/errors'
@@ -772,4 +773,62 @@ t.test('stale bytes past an object\'s recorded end, left by a power cut after a 
     t.equal(firstNot(after.subarray(OS / 2, 3 * OS), 0), -1, 'what the shrink cut off reads as zeros')
     t.equal(firstNot(after.subarray(3 * OS, 3 * OS + 512), 0x22), -1, 'the new write is there')
   }
+})
+
+// ---- copy_file_range sharing blocks (src/cow/copy-range.ts) ----
+
+t.test('a copy that shares blocks, its fsync and the delete of its source: a power cut at any moment leaves both readable, nothing shared set aside', async t => {
+  const failures: string[] = []
+  let cuts = 0
+  let whole = 0
+  for (let k = 0; k < 40; k++) {
+    for (const landed of [0, 1]) {
+      let { store, images } = await fresh()
+      const a = await images.create('a', 3 * OS, { objectSize: OS, copies: 1 })
+      await a.write(0, Buffer.alloc(3 * OS, 0x6f))
+      await a.sync()
+      const source = a.vid
+      const b = await images.create('b', 3 * OS, { objectSize: OS, copies: 1 })
+      await b.write(0, Buffer.alloc(3 * OS, 0x22)) // b's own blocks: freed once the shared entries are durable
+      await b.sync()
+      const cut = store.cutAfter(k)
+      let synced = false
+      const steps = (async () => {
+        await copyRange(images, { image: a, writable: false }, 0, { image: b, writable: true }, 0, 3 * OS)
+        await b.sync()
+        synced = true
+        await images.remove('a')
+      })()
+      steps.catch(() => {}) // left in flight by the cut
+      if (await Promise.race([steps.then(() => false), cut.then(() => true)])) cuts++
+      else { store.uncut(); whole++ }
+      const after = store.crash(new Rng(k), { landed, inflight: 0.5 })
+      after.maxTicks = 0
+      const setAside: ObjectId[] = []
+      images = new ImageStore(after, { soleWriter: true, setAside: async oid => { setAside.push(oid); return await after.setAside(oid) } })
+      store = after
+      const what = `cut after ${k} store effects (landed ${landed})`
+      try {
+        await images.open()
+      } catch (err) {
+        failures.push(`${what}: open failed: ${(err as Error).message}`)
+        continue
+      }
+      if (images.problems().length > 0) failures.push(`${what}: ${images.problems().join('; ')}`)
+      if (setAside.some(oid => oidToHex(oid).slice(2, 8) === source.toString(16).padStart(6, '0'))) failures.push(`${what}: a shared object was set aside`)
+      try {
+        const bytes = await readImage(images.get('b'))
+        for (let idx = 0; idx < 3; idx++) {
+          const block = bytes.subarray(idx * OS, (idx + 1) * OS)
+          const ok = firstNot(block, 0x6f) === -1 || (!synced && firstNot(block, 0x22) === -1)
+          if (!ok) failures.push(`${what}: block ${idx} of b reads neither the copy nor (before its fsync) what b had`)
+        }
+        if (images.list().some(i => i.name === 'a') && firstNot(await readImage(images.get('a')), 0x6f) !== -1) failures.push(`${what}: a changed`)
+      } catch (err) {
+        failures.push(`${what}: ${(err as Error).message}`)
+      }
+    }
+  }
+  t.ok(cuts > 0 && whole > 0, `the power went during the steps ${cuts} times, after them ${whole} times: every moment was cut at`)
+  t.same(failures, [], 'every cut leaves the source as it was and the copy as before or as the source')
 })
