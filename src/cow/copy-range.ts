@@ -36,7 +36,10 @@ type Store = Pick<ImageStore, 'io' | 'freeze'>
  * it shares blocks and MAX_COPY otherwise.
  */
 export async function copyRange (store: Store, from: CopyEnd, srcPos: number, to: CopyEnd, dstPos: number, len: number): Promise<number> {
-  for (const n of [srcPos, dstPos, len]) if (!Number.isSafeInteger(n) || n < 0) throw SheepError.invalid(`bad copy range ${srcPos} -> ${dstPos} + ${len}`)
+  // A caller may ask for "all of it" (coreutils passes up to SSIZE_MAX): only the offsets must be exact.
+  if (!Number.isSafeInteger(srcPos) || srcPos < 0 || !Number.isSafeInteger(dstPos) || dstPos < 0 || !(len >= 0)) {
+    throw SheepError.invalid(`bad copy range ${srcPos} -> ${dstPos} + ${len}`)
+  }
   if (!to.writable) throw SheepError.readOnly(to.image.name)
   const src = from.image
   const dst = to.image

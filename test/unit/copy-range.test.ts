@@ -111,6 +111,15 @@ t.test('a copy of a whole image shares every block: no data object is written', 
   t.ok((await readAll(c)).equals(content))
 })
 
+t.test('a length past what a number holds exactly (coreutils asks for up to SSIZE_MAX) copies to the source\'s end', async t => {
+  const env = await openEnv(t, tmpDir(t))
+  const { a, b, content } = await twoImages(env.images)
+  t.equal(await copyRange(env.images, { image: a, writable: false }, 0, { image: b, writable: true }, 0, 2 ** 63 - 1), content.length)
+  t.ok((await readAll(b)).equals(content))
+  const err = await copyRange(env.images, { image: a, writable: false }, 2 ** 63, { image: b, writable: true }, 0, 1).catch((e: Error) => e)
+  t.match(err, { code: 'EINVAL' }, 'an offset past 2^53 is refused')
+})
+
 t.test('writes to either side never show in the other; delete of either leaves the other intact; gc frees what nothing reads', async t => {
   const dir = tmpDir(t)
   let env = await openEnv(t, dir)
