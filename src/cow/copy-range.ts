@@ -10,8 +10,8 @@
 // objects once no live table reads them. The bytes of partial blocks at the ends of the range
 // are copied. So is everything when the two offsets differ (an entry names the object of its own
 // index: a block cannot move to another index without a copy), when the images differ in object
-// size, when the destination asks for more copies than the source keeps, and when the source
-// cannot be frozen (on a cluster, another host has it open for writing: EBUSY).
+// size, and when the source cannot be frozen (on a cluster, another host has it open for
+// writing: EBUSY).
 
 import { SheepError } from '../errors'
 import type { Image } from './image'
@@ -60,10 +60,9 @@ export async function copyRange (store: Store, from: CopyEnd, srcPos: number, to
 }
 
 function shareable (src: Image, srcPos: number, dst: Image, dstPos: number): boolean {
-  return src !== dst && srcPos === dstPos && !src.unlinked && !dst.unlinked &&
-    src.header.objectSize === dst.header.objectSize &&
-    // Shared objects keep the copies of the image they were written in.
-    src.header.copies >= dst.header.copies
+  // Copies may differ: shared objects keep those of the image they were written in, as a clone's
+  // do (an image made by cp has the daemon's default, which need not be its source's).
+  return src !== dst && srcPos === dstPos && !src.unlinked && !dst.unlinked && src.header.objectSize === dst.header.objectSize
 }
 
 /** Shares blocks [first, end) of src into dst, freezing src when it owns some; false: copy the bytes instead. */
