@@ -4,9 +4,9 @@
 // few random steps - guest writes (into holes, across blocks, past the end, into blocks shared
 // with snapshots), fsyncs and flushes the way the FUSE adapter makes them (writeOut), batches of
 // those issued together so they interleave, resize, snapshot, clone, rename (onto an existing
-// image too), delete, snapshot delete - and the power goes during the last step: after a random
-// number of the store's effects (so calls are in flight, and may or may not land), or once it
-// returned. A new ImageStore (sole writer, with a setAside that records what it gets) opens what
+// image too), delete, snapshot delete, copy_file_range between images - and the power goes
+// during the last step: after a random number of the store's effects (so calls are in flight,
+// and may or may not land), or once it returned. A new ImageStore (sole writer, with a setAside that records what it gets) opens what
 // the cut left, and must show:
 // - every byte a returned fsync covered (written and answered before the fsync began), unless a
 //   later answered write replaced it; a byte written after that, its old or any newer value
@@ -418,6 +418,33 @@ async function run (seed: number, cycles: number): Promise<Outcome> {
     return write(name, pos, data)
   }
 
+  /**
+   * copy_file_range between two images at one offset, inside the destination's size (its blocks
+   * shared where whole, src/cow/copy-range.ts): to the model, a write of the source's bytes.
+   */
+  const copy = (): Promise<void> | null => {
+    const names = [...world.images.keys()]
+    if (names.length < 2) return null
+    const from = rng.pick(names)
+    const to = rng.pick(names.filter(n => n !== from))
+    const src = world.images.get(from) as ImageModel
+    const dst = world.images.get(to) as ImageModel
+    const size = Math.min(src.size, dst.size)
+    if (size === 0) return null
+    const pos = rng.chance(0.6) ? OS * rng.int(0, Math.floor((size - 1) / OS)) : rng.int(0, size - 1)
+    const len = Math.min(rng.chance(0.6) ? OS * rng.int(1, 3) : rng.int(1, 3 * OS), size - pos)
+    const w = nextWrite++
+    log.push(`copy ${from} -> ${to} [${pos}, ${pos + len}) w${w}`)
+    issueWrite(dst, pos, Buffer.from(content(src).subarray(pos, pos + len)), w)
+    count('copy')
+    return copyRange(images, { image: images.get(from), writable: false }, pos, { image: images.get(to), writable: true }, pos, len)
+      .then(live((n: number) => {
+        if (n !== len) throw new Error(`copied ${n} of ${len} bytes`)
+        acked.add(w)
+        log.push(`  w${w} acknowledged`)
+      })).catch(live(fail(`copy w${w}`)))
+  }
+
   /** Writes, fsyncs and flushes issued without waiting for each other. */
   const batch = (): Array<Promise<void>> => {
     const names = [...world.images.keys()]
@@ -544,7 +571,7 @@ async function run (seed: number, cycles: number): Promise<Outcome> {
             calls = [op.run(images).then(() => { op.apply(world); log.push(`  ${op.what} returned`) }, fail(op.what))]
           }
         } else if (k <= 4) {
-          const p = randomWrite(rng.pick([...world.images.keys()]))
+          const p = k === 4 && rng.chance(0.5) ? copy() : randomWrite(rng.pick([...world.images.keys()]))
           calls = p === null ? [] : [p]
         } else if (k <= 6) {
           calls = [fsync(rng.pick([...world.images.keys()]))]
