@@ -555,6 +555,13 @@ export class ImageStore {
 
   /** The body of refresh(), with the meta mutex held. */
   private async reload (): Promise<void> {
+    await this.reloadDirectory()
+    for (const vid of this.dir.keys()) await this.reloadInode(vid)
+    this.reindex()
+  }
+
+  /** Loads the directory again if its version moved; with the meta mutex held. */
+  private async reloadDirectory (): Promise<void> {
     const info = await this.objects.stat(DIRECTORY_OID)
     if (info !== null && info.version !== this.dirVersion) {
       const entries = decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
@@ -570,18 +577,20 @@ export class ImageStore {
       }
       for (const e of entries) this.dir.set(e.vid, e)
     }
-    for (const vid of this.dir.keys()) await this.reloadInode(vid)
-    this.reindex()
   }
 
   /**
-   * Opens a handle like openImage, after loading again what another host changed of the image's
-   * inode and of the inodes it reads through (a snapshot loaded here while it was still the image).
+   * Opens a handle like openImage, after loading again what another host changed of the
+   * directory, of the image's inode and of the inodes it reads through (a snapshot loaded here
+   * while it was still the image).
    */
   async acquire (name: string, writable: boolean): Promise<Image> {
-    const vid = this.get(name).vid
     await this.meta.run(async () => {
-      await this.reloadChain(vid)
+      // Another host may have snapshotted or copied the image since the last poll: the name then
+      // stands for a new inode, and the one loaded here as the image is frozen (writes: EROFS).
+      await this.reloadDirectory()
+      const entry = [...this.dir.values()].find(e => e.tag === '' && e.name === name)
+      if (entry !== undefined) await this.reloadChain(entry.vid)
       this.reindex()
     })
     return this.openImage(name, writable)
