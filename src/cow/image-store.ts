@@ -391,6 +391,28 @@ export class ImageStore {
   private async snapshotLocked (name: string, tag: string): Promise<Image> {
     const image = this.get(name)
     if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+    return await this.freezeLocked(image, tag, 0)
+  }
+
+  /**
+   * Freezes what image owns so that a copy can share its blocks (copy-range.ts): its current
+   * inode becomes a hidden snapshot, and the image goes on as a new inode reading through it, as
+   * after a snapshot. Nothing writes in place into a frozen inode's objects, and gc frees them
+   * once no live table reads them, as it does a deleted snapshot's. No-op for a snapshot, or an
+   * image no longer in the directory under its name. EBUSY while another host of a cluster has
+   * it open for writing.
+   */
+  async freeze (image: Image): Promise<void> {
+    await this.metaOp(async () => {
+      if (image.isSnapshot || this.byName.get(image.name) !== image) return
+      // '@' is in no user's tag: this never takes the name of a snapshot one may create.
+      await this.freezeLocked(image, `copy@${Date.now()}`, HIDDEN)
+    })
+  }
+
+  /** The current inode of image becomes snapshot `tag` (with directory `flags`); the image goes on as a new inode. */
+  private async freezeLocked (image: Image, tag: string, flags: number): Promise<Image> {
+    const name = image.name
     return await this.changing(image, async () => await image.exclusive(async () => {
       // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
       await image.flush()
@@ -399,11 +421,14 @@ export class ImageStore {
       const header: InodeHeader = { ...image.header, vid: this.newVid(), parent: frozen, tag: '', snapshotTime: 0 }
       const table = image.owners.clone()
       await Image.writeInode(this.objects, header, table)
+      const entry = this.dir.get(frozen) as DirectoryEntry
       await this.commit(() => {
-        (this.dir.get(frozen) as DirectoryEntry).tag = tag
+        entry.tag = tag
+        entry.flags |= flags
         this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 })
       }, () => {
-        (this.dir.get(frozen) as DirectoryEntry).tag = ''
+        entry.tag = ''
+        entry.flags &= ~flags
         this.dir.delete(header.vid)
       }, header.vid)
       const snap = image.takeOver(header, table)
@@ -535,6 +560,13 @@ export class ImageStore {
 
   /** The body of refresh(), with the meta mutex held. */
   private async reload (): Promise<void> {
+    await this.reloadDirectory()
+    for (const vid of this.dir.keys()) await this.reloadInode(vid)
+    this.reindex()
+  }
+
+  /** Loads the directory again if its version moved; with the meta mutex held. */
+  private async reloadDirectory (): Promise<void> {
     const info = await this.objects.stat(DIRECTORY_OID)
     if (info !== null && info.version !== this.dirVersion) {
       const entries = decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
@@ -551,29 +583,41 @@ export class ImageStore {
       }
       for (const e of entries) this.dir.set(e.vid, e)
     }
-    for (const vid of this.dir.keys()) await this.reloadInode(vid)
-    this.reindex()
   }
 
   /**
-   * Opens a handle like openImage, after loading again what another host changed of the image's
-   * inode and of the inodes it reads through (a snapshot loaded here while it was still the image).
+   * Opens a handle like openImage, after loading again what another host changed of the
+   * directory, of the image's inode and of the inodes it reads through (a snapshot loaded here
+   * while it was still the image).
    */
   async acquire (name: string, writable: boolean): Promise<Image> {
-    const vid = this.get(name).vid
     await this.meta.run(async () => {
-      await this.reloadChain(vid)
+      // Another host may have snapshotted or copied the image since the last poll: the name then
+      // stands for a new inode, and the one loaded here as the image is frozen (writes: EROFS).
+      await this.reloadDirectory()
+      const entry = [...this.dir.values()].find(e => e.tag === '' && e.name === name)
+      if (entry !== undefined) await this.reloadChain(entry.vid)
       this.reindex()
     })
     return this.openImage(name, writable)
   }
 
-  /** reloadInode for vid and each inode it was made from (snapshot or clone parents). */
+  /**
+   * reloadInode for vid and each inode it reads through: those it was made from (snapshot or
+   * clone parents) and those its entries name (a copy shares blocks of another image's frozen
+   * inode, which this host may not have loaded yet).
+   */
   private async reloadChain (vid: number): Promise<void> {
-    const seen = new Set<number>()
-    for (let v = vid; v !== 0 && !seen.has(v); v = this.inodes.get(v)?.header.parent ?? 0) {
-      seen.add(v)
+    const seen = new Set<number>([0, vid])
+    const todo = [vid]
+    const add = (v: number): void => { if (!seen.has(v)) { seen.add(v); todo.push(v) } }
+    for (let v = todo.pop(); v !== undefined; v = todo.pop()) {
       await this.reloadInode(v)
+      const image = this.inodes.get(v)
+      if (image === undefined) continue
+      add(image.header.parent)
+      const t = image.owners
+      for (const idx of t.blocks()) { add(t.owner(idx)); add(t.backing(idx)) }
     }
   }
 

@@ -551,6 +551,54 @@ export class Image {
   }
 
   /**
+   * Makes blocks [first, end) read as they read in `source`, another image, at the same indexes
+   * (copy_file_range of whole blocks), with no data copied: each entry becomes a verbatim copy of
+   * the source's. That is only sound while the source's entries there point at frozen inodes
+   * (snapshots, or what ImageStore.freeze left), whose objects nobody writes in place: when the
+   * source owns one of the blocks this returns false and changes nothing (freeze it, then try
+   * again). Blocks this image owned there are freed once the new entries are durable, as in
+   * discard; otherwise the entries reach the inode with the next sync, like a write's.
+   */
+  async shareFrom (source: Image, first: number, end: number): Promise<boolean> {
+    if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
+    const os = this._header.objectSize
+    if (source._header.objectSize !== os) throw SheepError.invalid(`${source.name} and ${this.name} have different object sizes`)
+    return await this.withExclusive(async () => {
+      this.checkFailure()
+      const from = source.table
+      // Checked and copied with no await in between: a write into the source that was answered
+      // has made its block the source's own by then, and is seen here.
+      if (!source.isSnapshot && source.ownsAny(first, end)) return false
+      this.grow(end * os)
+      const freed: number[] = []
+      for (let idx = first; idx < end; idx++) {
+        if (this.table.owner(idx) === this.vid) {
+          this.ownedSubblocks -= this.table.presentCount(idx)
+          freed.push(idx)
+        }
+        this.table.copyEntry(idx, from)
+        this.saveEntry(idx)
+      }
+      this._header.mtime = Date.now()
+      this.timesDirty = true
+      if (freed.length === 0) return true
+      await this.sync()
+      for (const idx of freed) {
+        const oid = dataOid(this.vid, idx)
+        this.dirtyData.delete(oid)
+        await this.objects.remove(oid)
+      }
+      return true
+    })
+  }
+
+  /** Whether this image's own objects hold any of blocks [first, end) (a copy must freeze it first). */
+  ownsAny (first: number, end: number): boolean {
+    for (let idx = first; idx < end; idx++) if (this.table.owner(idx) === this.vid) return true
+    return false
+  }
+
+  /**
    * lseek's SEEK_DATA (the first offset at or after pos in a block that holds data) and
    * SEEK_HOLE (the first in a hole, or the size), from the owner table: block granularity, as a
    * block that exists may hold zeros. Null: no data at or after pos, or pos at or past the end.

@@ -18,6 +18,7 @@ import fs from 'node:fs'
 import { SheepError } from '../errors'
 import type { Image } from '../cow/image'
 import type { CreateOptions, ImageStore } from '../cow/image-store'
+import { copyRange } from '../cow/copy-range'
 import type { InodeHeader } from '../cow/inode'
 import { MAX_NAME_BYTES } from '../cow/names'
 import { findXattr } from '../cow/xattrs'
@@ -42,9 +43,6 @@ export const FALLOC_FL_ZERO_RANGE = 0x10
 /** lseek(2) whence values the kernel leaves to the filesystem. */
 export const SEEK_DATA = 3
 export const SEEK_HOLE = 4
-/** copy_file_range(2) copies at most this much per call (callers loop), in chunks of COPY_CHUNK. */
-const MAX_COPY = 64 * 1024 * 1024
-const COPY_CHUNK = 1024 * 1024
 /** (uid_t)-1 / (gid_t)-1: "leave unchanged" in chown. */
 export const UNCHANGED_ID = 0xffffffff
 /** The mount's root without a mode asked for: only root makes images in it. */
@@ -313,24 +311,11 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
       if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) await images.io(h.image, true, async () => await h.image.discard(offset, length))
     },
     /**
-     * copy_file_range(2): the daemon copies, so the bytes cross no process boundary; up to
-     * MAX_COPY per call, stopping at the source's end. Returns the bytes copied. (Zeros copied
-     * into a hole allocate nothing, so a sparse source stays sparse.)
+     * copy_file_range(2): whole blocks at the same offset of two images are shared copy-on-write,
+     * the rest is copied by the daemon (../cow/copy-range.ts). Returns the bytes copied.
      */
     async copyFileRange (fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): Promise<number> {
-      handle(fdIn)
-      if (!handle(fdOut).writable) throw SheepError.readOnly(`handle ${fdOut}`)
-      const total = Math.min(len, MAX_COPY)
-      const buf = Buffer.allocUnsafe(Math.min(total, COPY_CHUNK))
-      let done = 0
-      while (done < total) {
-        const got = await this.read(fdIn, offIn + done, Math.min(COPY_CHUNK, total - done), buf)
-        if (got === 0) break
-        // The image has the bytes once write resolves: the buffer can take the next chunk.
-        await this.write(fdOut, offOut + done, buf.subarray(0, got))
-        done += got
-      }
-      return done
+      return await copyRange(images, handle(fdIn), offIn, handle(fdOut), offOut, len)
     },
     /** lseek(2) SEEK_DATA / SEEK_HOLE from the owner table; ENXIO past the end or with no data after. */
     lseek (fd: number, offset: number, whence: number): number {
