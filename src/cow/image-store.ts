@@ -960,6 +960,9 @@ export class ImageStore {
    * snapshot objects unread; this run frees them.
    */
   private async gc (): Promise<void> {
+    // On a cluster another host may have made an image (a clone, a copy's target) or shared blocks
+    // into one that reads through a hidden inode since the last poll: go by the store's tables.
+    if (this.tokens !== undefined) await this.reload()
     const hidden = [...this.dir.values()].filter(e => (e.flags & HIDDEN) !== 0 && this.inodes.has(e.vid))
     if (hidden.length === 0) return
     // An inode that cannot be read may read through any snapshot: while one is broken, what
@@ -969,8 +972,14 @@ export class ImageStore {
     // Open handles keep a deleted snapshot readable, as an unlinked file stays readable.
     const open = hidden.map(e => this.inodes.get(e.vid) as Image).filter(i => i.openCount > 0)
     const live = [...this.byName.values(), ...this.snapshots.values(), ...this.unlinkedOpen, ...open]
+    const tables: OwnerTable[] = []
     for (const image of live) {
-      const own = image.owners
+      const table = await this.currentTable(image)
+      // What an unreadable table reads through is unknown: free nothing this time.
+      if (table === null) return
+      tables.push(table)
+    }
+    for (const own of tables) {
       for (const idx of own.blocks()) {
         let t: OwnerTable | undefined = own
         while (t !== undefined) {
@@ -995,6 +1004,20 @@ export class ImageStore {
     for (const e of hidden) {
       const image = this.inodes.get(e.vid)
       if (image !== undefined && referenced.has(e.vid)) await image.freeUnreferenced(referenced.get(e.vid))
+    }
+  }
+
+  /**
+   * image's owner table as the store has it: reload() leaves the table of an image open here as
+   * it is, and on a cluster another host holding its token may have written it since.
+   */
+  private async currentTable (image: Image): Promise<OwnerTable | null> {
+    if (this.tokens === undefined || image.token.held || (image.openCount === 0 && !image.token.busy)) return image.owners
+    try {
+      return (await Image.load(this.objects, image.vid, this.tableOf, false)).owners
+    } catch (err) {
+      this.log(`${image.name}: not collecting deleted snapshots now, its owner table is unreadable: ${(err as Error).message}`)
+      return null
     }
   }
 
