@@ -25,9 +25,17 @@ export type LinkKind = 'swarm' | 'tcp'
 
 export type RequestHandler = (req: Request, from: Link) => Promise<Partial<Response>>
 
+/**
+ * Whether the peer with key remoteId may in, given what its proof proves (`proves(secret)`): null
+ * if so, else why not (./admission.ts).
+ */
+export type Gate = (remoteId: string, proves: (secret: Buffer) => boolean) => string | null
+
 export interface LinkOptions {
   kind: LinkKind
-  secret: Buffer
+  /** The secret this node proves with, read when the channel opens. */
+  secret: () => Buffer
+  gate: Gate
   /** This node as the hello describes it, read when the channel opens. */
   self: () => { member: Member, view: View }
   onRequest: RequestHandler
@@ -123,7 +131,7 @@ export class Link extends EventEmitter {
     }, opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS)
     this.helloTimer.unref()
     const { member, view } = opts.self()
-    channel.open({ proof: proofFor(opts.secret, handshakeHash, stream.isInitiator), self: member, view })
+    channel.open({ proof: proofFor(opts.secret(), handshakeHash, stream.isInitiator), self: member, view })
   }
 
   get isOpen (): boolean { return this.peer !== null && !this.closed }
@@ -161,10 +169,11 @@ export class Link extends EventEmitter {
   private checkHello (h: Hello, handshakeHash: Buffer): void {
     clearTimeout(this.helloTimer)
     // The remote's proof was made for its role, which is the opposite of ours.
-    if (!proofIsValid(this.opts.secret, handshakeHash, !this.stream.isInitiator, h.proof)) {
-      this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: it did not prove it holds the cluster secret`)
-      this.emit('rejected')
-      this.shut('bad proof')
+    const refused = this.opts.gate(this.remoteId, secret => proofIsValid(secret, handshakeHash, !this.stream.isInitiator, h.proof))
+    if (refused !== null) {
+      this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: ${refused}`)
+      this.emit('rejected', refused)
+      this.shut('refused at the proof')
       return
     }
     if (h.self.id !== this.remoteId) {
