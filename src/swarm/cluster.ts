@@ -282,9 +282,9 @@ export class Cluster extends EventEmitter {
       }))
       return failed.filter((id): id is string => id !== null)
     }
-    await this.takeSecret(secret, false)
+    this.takeSecret(secret, false)
     const first = await tell(false)
-    await this.takeSecret(secret, true)
+    this.takeSecret(secret, true)
     const second = await tell(true)
     return { missed: [...new Set([...first, ...second])] }
   }
@@ -315,7 +315,7 @@ export class Cluster extends EventEmitter {
       case Op.Secret: {
         if (this.view?.members.some(m => m.id === from.remoteId) !== true) throw new SheepError('EPERM', 'only a member may rotate the cluster secret')
         const update = decode(secretUpdate, req.data)
-        await this.takeSecret(Buffer.from(update.secret), update.commit)
+        this.takeSecret(Buffer.from(update.secret), update.commit)
         return {}
       }
       default:
@@ -337,7 +337,7 @@ export class Cluster extends EventEmitter {
   }
 
   /** One rotation step on this node: saved before it is answered, then the topics follow. */
-  private async takeSecret (secret: Buffer, commit: boolean): Promise<void> {
+  private takeSecret (secret: Buffer, commit: boolean): void {
     const s = this.secrets
     if (commit) {
       if (s.current.equals(secret)) return
@@ -348,7 +348,9 @@ export class Cluster extends EventEmitter {
     }
     saveSecrets(this.opts.storeDir, this.secrets)
     this.opts.log(commit ? 'cluster secret rotated: proving with the new one' : 'a new cluster secret was announced (rotation under way)')
-    await this.mesh.retopic()
+    // Not awaited: announcing on a topic takes seconds of DHT round trips, and the member that
+    // rotates waits for this answer (the links between members do not depend on it).
+    this.mesh.retopic().catch(err => this.opts.log(`announcing on the new secret's topic: ${(err as Error).message}`))
   }
 
   /**

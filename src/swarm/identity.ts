@@ -53,9 +53,9 @@ export function parseAddress (text: string): Address {
 
 /**
  * Loads the node's identity from its store, or makes one: a new cluster secret when founding
- * (no token), the token's secret when joining. A token whose secret is not the store's replaces
- * it: that is how a member that was down while the secret was rotated comes back (the store
- * keeps its key and views; only members of the view get in with them).
+ * (no token), the token's secret when joining. A token whose secret the store does not know
+ * replaces its secret: that is how a member that was down while the secret was rotated comes
+ * back (the store keeps its key and views).
  */
 export function loadIdentity (storeDir: string, token: { secret: Buffer, bootstrap: Address[] } | null, extraBootstrap: Address[]): Identity {
   const file = path.join(storeDir, FILE)
@@ -66,7 +66,10 @@ export function loadIdentity (storeDir: string, token: { secret: Buffer, bootstr
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
   let rotatedWhileDown = false
-  if (saved !== null && token !== null && saved.secret !== token.secret.toString('hex')) {
+  // Only a secret the store does not know replaces: a restart with the join token it was first
+  // started with (its command line) must not take it back to the secret a rotation retired.
+  const known = saved === null ? [] : [saved.secret, saved.next, saved.previous]
+  if (saved !== null && token !== null && !known.includes(token.secret.toString('hex'))) {
     saved = { format: FORMAT, seed: saved.seed, secret: token.secret.toString('hex'), previous: saved.secret, bootstrap: saved.bootstrap }
     rotatedWhileDown = true
   }

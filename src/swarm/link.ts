@@ -46,6 +46,8 @@ export interface LinkOptions {
 
 const EMPTY = new Uint8Array(0)
 const HELLO_TIMEOUT_MS = 10_000
+/** How long a refused peer's connection may take to flush our hello before it is destroyed. */
+const FLUSH_MS = 1000
 /**
  * Requests of one peer served at once. Past this the link stops reading from the connection
  * until half are answered (TCP pushes back on the peer): a peer cannot make this node hold
@@ -173,7 +175,10 @@ export class Link extends EventEmitter {
     if (refused !== null) {
       this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: ${refused}`)
       this.emit('rejected', refused)
-      this.shut('refused at the proof')
+      // Ended rather than destroyed: our hello may still be in the stream's buffer, and the
+      // peer should refuse us in turn with a log line of its own (an old join token's holder
+      // and the member both say so), not just see the connection drop.
+      this.shut('refused at the proof', true)
       return
     }
     if (h.self.id !== this.remoteId) {
@@ -238,7 +243,8 @@ export class Link extends EventEmitter {
     p.resolve(res)
   }
 
-  private shut (why: string): void {
+  /** Closes the link; `flush`: what was written goes out first (the stream is destroyed at the latest after FLUSH_MS). */
+  private shut (why: string, flush = false): void {
     if (this.closed) return
     this.closed = true
     clearTimeout(this.helloTimer)
@@ -247,7 +253,12 @@ export class Link extends EventEmitter {
       p.reject(SheepError.unreachable(`${this.kind} link to ${short(this.remoteId)} closed: ${why}`))
     }
     this.pending.clear()
-    this.stream.destroy()
+    if (flush) {
+      this.stream.end()
+      setTimeout(() => this.stream.destroy(), FLUSH_MS).unref()
+    } else {
+      this.stream.destroy()
+    }
     this.emit('close', why)
   }
 }
