@@ -28,6 +28,9 @@ export const DEFAULT_PROPOSE_TIMEOUT_MS = 30_000
 export const DEFAULT_BACKOFF_BASE_MS = 50
 export const DEFAULT_BACKOFF_MAX_MS = 2000
 
+/** How many refused sender/epoch pairs are remembered, so as to log each once; then it starts over. */
+const MAX_REFUSALS_KEPT = 1024
+
 /** The most votes a certificate carries (one per member of a view, at most). */
 export const MAX_VOTES = 1024
 
@@ -173,6 +176,8 @@ export class ViewKeeper {
   private readonly stop = new AbortController()
   private readonly stopped: Promise<null>
   private proposal: Promise<View> | null = null
+  /** Sender/epoch pairs whose refusal was logged (see refused()). */
+  private readonly refusals = new Set<string>()
 
   constructor (opts: ViewKeeperOptions) {
     this.self = opts.self
@@ -391,7 +396,7 @@ export class ViewKeeper {
       const verdict = this.verdict(view, certificate)
       if (verdict === null) return await this.learn(view, certificate)
       if (verdict !== 'gap') {
-        this.log(`refused view ${view.epoch} from ${from}: ${verdict}`)
+        this.refused(from, view.epoch, verdict)
         return
       }
       const next = (this.view?.epoch ?? 0) + 1
@@ -399,12 +404,24 @@ export class ViewKeeper {
       if (answer?.type !== 'decided' || answer.view.epoch !== next) return
       const step = this.verdict(answer.view, answer.certificate)
       if (step !== null) {
-        this.log(`refused view ${next} from ${from}: ${step === 'gap' ? 'it does not follow this node\'s views' : step}`)
+        this.refused(from, next, step === 'gap' ? 'it does not follow this node\'s views' : step)
         return
       }
       await this.learn(answer.view, answer.certificate)
       if (this.stop.signal.aborted) return
     }
+  }
+
+  /**
+   * Logs a refused view once per sender and epoch: a member whose hello claims a later view is
+   * asked for it at every membership check, and a liar would fill the log twice a second.
+   */
+  private refused (from: string, epoch: number, why: string): void {
+    const key = `${from}/${epoch}`
+    if (this.refusals.has(key)) return
+    if (this.refusals.size >= MAX_REFUSALS_KEPT) this.refusals.clear()
+    this.refusals.add(key)
+    this.log(`refused view ${epoch} from ${from}: ${why}`)
   }
 
   /**
@@ -512,7 +529,7 @@ export class ViewKeeper {
           if (a?.type === 'decided' && a.view.epoch >= epoch) {
             const verdict = this.verdict(a.view, a.certificate)
             if (verdict === null || verdict === 'gap') tally.decided = { from: to, view: a.view, certificate: a.certificate }
-            else this.log(`refused view ${a.view.epoch} from ${to}: ${verdict}`)
+            else this.refused(to, a.view.epoch, verdict)
           } else if (a && isYes(to, a)) tally.yes.push({ from: to, answer: a })
           else if (a?.type === 'nack' && (!tally.outranked || compareBallots(a.promised, tally.outranked) > 0)) tally.outranked = a.promised
           if (tally.decided || tally.yes.length >= need || tally.yes.length + pending < need) {
