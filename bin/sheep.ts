@@ -11,6 +11,7 @@ import type { ImageInfo, TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
 import { FRONTENDS, type Frontend } from '../src/fuse/mount'
 import { table, progressBar } from './output'
+import { parseMode, resolveId } from './owners'
 
 const DEFAULT_MOUNT = '/sheep'
 const DEFAULT_STORE = '/var/lib/sheep'
@@ -19,10 +20,11 @@ const USAGE = `usage: sheep <command> [options]
 
 daemon
   start [--store DIR] [--mount DIR] [--detach] [--copies N] [--object-size SIZE] [--io-timeout SECONDS]
-        [--fuse kernel|libfuse2]
+        [--fuse kernel|libfuse2] [--root-mode OCTAL]
                               run the daemon (foreground unless --detach); defaults ${DEFAULT_STORE}, ${DEFAULT_MOUNT};
                               FUSE through the kernel protocol where it works (root), else libfuse 2
-                              (default from $SHEEP_FUSE)
+                              (default from $SHEEP_FUSE); --root-mode: the mount root's (0755: only root
+                              makes images; 1777: every user may, each deleting only its own)
   stop [--mount DIR] [--force]  unmount and stop; refuses while images are open unless --force
   status [--mount DIR] [--json]
 
@@ -41,7 +43,8 @@ cluster (without these options a node keeps everything in its own store)
   node remove ID                    take a node out for good: its key is refused from then on
 
 images (NAME is a name, or a path such as ${DEFAULT_MOUNT}/vm1.img)
-  image create NAME SIZE [--copies N] [--object-size SIZE]
+  image create NAME SIZE [--copies N] [--object-size SIZE] [--owner USER] [--group GROUP] [--mode OCTAL]
+                              the file's owner and group (names or numbers) and mode: default root, root, 0600
   image list [--json]
   image resize NAME SIZE      SIZE may be +SIZE to grow by that much
   image rename NAME NEWNAME
@@ -82,6 +85,20 @@ function count (text: string | boolean | undefined, what: string): number | unde
   if (text === undefined) return undefined
   const n = Number(text)
   if (typeof text !== 'string' || !/^\d+$/.test(text) || !Number.isSafeInteger(n)) usageError(`bad ${what} ${JSON.stringify(text)}`)
+  return n
+}
+
+function id (db: 'passwd' | 'group', text: string | boolean | undefined, what: string): number | undefined {
+  if (typeof text !== 'string') return undefined
+  const n = resolveId(db, text)
+  if (typeof n === 'string') usageError(`bad ${what}: ${n}`)
+  return n
+}
+
+function mode (text: string | boolean | undefined, what: string): number | undefined {
+  if (typeof text !== 'string') return undefined
+  const n = parseMode(text)
+  if (n === null) usageError(`bad ${what} ${JSON.stringify(text)}: an octal mode such as 0600 or 0640`)
   return n
 }
 
@@ -200,7 +217,8 @@ async function main (argv: string[]): Promise<void> {
         host: { type: 'string' },
         port: { type: 'string' },
         'no-direct': { type: 'boolean' },
-        admission: { type: 'string' }
+        admission: { type: 'string' },
+        'root-mode': { type: 'string' }
       }, 0)
       const { startCommand } = await import('./start')
       const { parseAddress } = await import('../src/swarm/identity')
@@ -225,6 +243,7 @@ async function main (argv: string[]): Promise<void> {
         objectSize: values['object-size'] === undefined ? undefined : size(values['object-size'] as string, '--object-size'),
         ioTimeout: count(values['io-timeout'], '--io-timeout'),
         fuse: fuse as Frontend | 'auto',
+        rootMode: mode(values['root-mode'], '--root-mode'),
         cluster: clustered
           ? {
               host: typeof values.host === 'string' ? values.host : '127.0.0.1',
@@ -262,14 +281,25 @@ async function main (argv: string[]): Promise<void> {
       rest.splice(0, rest.length, ...subRest)
       switch (sub) {
         case 'create': {
-          const { values, positionals } = parse({ ...mountOpt, ...json, copies: { type: 'string' }, 'object-size': { type: 'string' } }, 2)
+          const { values, positionals } = parse({
+            ...mountOpt,
+            ...json,
+            copies: { type: 'string' },
+            'object-size': { type: 'string' },
+            owner: { type: 'string' },
+            group: { type: 'string' },
+            mode: { type: 'string' }
+          }, 2)
           const t = target(values, positionals[0])
           if (t.name === undefined) usageError('missing image name')
           const info = await request(t.mount, 'image.create', {
             name: t.name,
             size: size(positionals[1], 'size'),
             copies: count(values.copies, '--copies'),
-            objectSize: values['object-size'] === undefined ? undefined : size(values['object-size'] as string, '--object-size')
+            objectSize: values['object-size'] === undefined ? undefined : size(values['object-size'] as string, '--object-size'),
+            uid: id('passwd', values.owner, '--owner'),
+            gid: id('group', values.group, '--group'),
+            mode: mode(values.mode, '--mode')
           })
           if (values.json) process.stdout.write(JSON.stringify(info, null, 2) + '\n')
           else process.stdout.write(`created ${info.name}: ${formatSize(info.size)}, ${info.copies} copies, ${formatSize(info.objectSize)} objects\n`)

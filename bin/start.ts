@@ -15,6 +15,8 @@ export interface StartOptions {
   objectSize?: number
   ioTimeout?: number
   fuse: Frontend | 'auto'
+  /** The mount root's mode (default 0755). */
+  rootMode?: number
   cluster?: ClusterNodeOptions
   /** The arguments of `start`, to hand to the detached daemon. */
   argv: string[]
@@ -37,6 +39,7 @@ export async function startCommand (opts: StartOptions): Promise<void> {
     createOptions: { copies: opts.copies, objectSize: opts.objectSize },
     ioTimeout: opts.ioTimeout === undefined ? undefined : opts.ioTimeout * 1000,
     fuse: opts.fuse,
+    rootMode: opts.rootMode,
     cluster: opts.cluster,
     log
   })

@@ -21,6 +21,10 @@ export type ErrorCode =
   | 'EPROTO' // a malformed peer message
   | 'EAGAIN' // a compare-and-swap lost to another change; retry on the new state
   | 'ENXIO' // lseek SEEK_DATA/SEEK_HOLE at or past the end, or no data after the offset
+  | 'ENODATA' // no such extended attribute
+  | 'ERANGE' // an extended attribute name too long
+  | 'E2BIG' // an extended attribute value too large
+  | 'EACCES' // a file or folder another user owns (the control socket's)
 
 export class SheepError extends Error {
   readonly code: ErrorCode
@@ -47,7 +51,8 @@ export class SheepError extends Error {
 }
 
 const CODES = new Set<string>(['ENOENT', 'EEXIST', 'EINVAL', 'ENAMETOOLONG', 'EFBIG', 'ENOSPC', 'EROFS',
-  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN', 'ENOTCONN', 'ESTALE', 'EPROTO', 'EAGAIN', 'ENXIO'])
+  'EISDIR', 'ENOTDIR', 'EPERM', 'EBUSY', 'EIO', 'ENOTSUP', 'ESHUTDOWN', 'ENOTCONN', 'ESTALE', 'EPROTO', 'EAGAIN', 'ENXIO',
+  'ENODATA', 'ERANGE', 'E2BIG', 'EACCES'])
 
 export function isErrorCode (code: string): code is ErrorCode { return CODES.has(code) }
 

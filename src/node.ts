@@ -13,6 +13,7 @@ import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
+import { epochFloor } from './objects/versions'
 // The cluster's modules load only on a cluster node (joinCluster): Hyperswarm and its stack take
 // most of a one-host daemon's start-up otherwise, and a restart after a crash is on the clock.
 import type { Cluster } from './swarm/cluster'
@@ -32,6 +33,8 @@ export interface NodeOptions {
   ioTimeout?: number
   /** The FUSE session: the kernel protocol, libfuse 2, or (default) the first of them that works. */
   fuse?: Frontend | 'auto'
+  /** The mount root's mode (default 0755, as src/fuse/adapter.ts's DEFAULT_ROOT_MODE). */
+  rootMode?: number
   log?: (line: string) => void
   /** Cluster mode: without it the node keeps every object in its own store, with no network. */
   cluster?: ClusterNodeOptions
@@ -87,6 +90,7 @@ export class SheepNode {
 
   async start (): Promise<void> {
     this.startedAt = Date.now()
+    await ControlServer.check(controlSocketPath(this.mountDir), this.log)
     const objects = new LocalObjectStore(this.storeDir)
     try {
       await objects.open()
@@ -115,6 +119,7 @@ export class SheepNode {
         createOptions: this.opts.createOptions ?? {},
         ioTimeout: this.opts.ioTimeout ?? DEFAULT_IO_TIMEOUT_MS,
         frontend: this.opts.fuse ?? 'auto',
+        rootMode: this.opts.rootMode,
         log: this.log
       })
       this.mount = mount
@@ -151,6 +156,9 @@ export class SheepNode {
       log: this.log
     })
     this.cluster = cluster
+    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts);
+    // copies a crash left in doubt are settled by recovery.
+    await objects.asReplica(() => epochFloor(cluster.epoch))
     await cluster.start()
     let gateway: Gateway | null = null
     const recovery = new Recovery(objects, cluster, {
@@ -331,9 +339,16 @@ export class SheepNode {
     return {
       status: async () => await this.status(),
       'image.list': async () => this.imageStore().list().map(i => this.imageStore().info(i)),
-      'image.create': async ({ name, size, objectSize, copies }) => {
+      'image.create': async ({ name, size, objectSize, copies, uid, gid, mode }) => {
         const images = this.imageStore()
-        return images.info(await images.create(name, size, { ...this.opts.createOptions, objectSize: objectSize ?? this.opts.createOptions?.objectSize, copies: copies ?? this.opts.createOptions?.copies }))
+        const defaults = this.opts.createOptions
+        return images.info(await images.create(name, size, {
+          objectSize: objectSize ?? defaults?.objectSize,
+          copies: copies ?? defaults?.copies,
+          uid,
+          gid,
+          mode
+        }))
       },
       'image.delete': async ({ name }, progress) => { await this.imageStore().remove(name, progress); return null },
       'image.resize': async ({ name, size }) => {

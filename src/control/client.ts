@@ -15,6 +15,7 @@ export async function call<K extends Op> (socketPath: string, op: K, args: Reque
     socket.on('connect', () => socket.write(JSON.stringify({ op, args }) + '\n'))
     socket.on('error', (err: NodeJS.ErrnoException) => settle(() => {
       if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') reject(new SheepError('ENOENT', 'no sheep daemon is running for this mount'))
+      else if (err.code === 'EACCES') reject(new SheepError('EACCES', `permission denied: ${socketPath} answers only root and the user the daemon runs as`))
       else reject(new SheepError('EIO', `cannot reach the sheep daemon: ${err.message}`))
     }))
     socket.on('data', (chunk: string) => {

@@ -8,7 +8,8 @@ import type { FuseStatus } from '../fuse/mount'
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
   'image.list': { args: Record<string, never>, result: ImageInfo[] }
-  'image.create': { args: { name: string, size: number, objectSize?: number, copies?: number }, result: ImageInfo }
+  /** uid, gid, mode: the file's (default 0, 0, 0600). */
+  'image.create': { args: { name: string, size: number, objectSize?: number, copies?: number, uid?: number, gid?: number, mode?: number }, result: ImageInfo }
   'image.delete': { args: { name: string }, result: null }
   'image.resize': { args: { name: string, size: number }, result: ImageInfo }
   'image.rename': { args: { from: string, to: string }, result: ImageInfo }

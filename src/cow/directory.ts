@@ -3,7 +3,8 @@
 //
 // Format 1: a frame (./frame.ts) around compact-encoding uint format, array of
 // { string name, string tag, uint vid, uint flags }. An image has tag ''; a snapshot has its tag.
-// A deleted snapshot that other images still read through is kept, hidden (flag 1).
+// A deleted snapshot that other images still read through is kept, hidden (flag 1); so is an
+// image's inode frozen for a copy (./copy-range.ts), tagged `copy@<ms>`.
 
 import c from 'compact-encoding'
 import { SheepError } from '../errors'

@@ -17,7 +17,7 @@ import type { ObjectStore, StoreUsage } from '../objects/types'
 import type { ObjectId } from '../objects/oid'
 import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
-import { blockCount, type InodeHeader } from './inode'
+import { blockCount, decodeHeader, HEADER_BYTES, type InodeHeader } from './inode'
 import { Mutex } from './lock'
 import { validateImageName, validateTag } from './names'
 import { OwnerTable } from './owner-table'
@@ -25,6 +25,8 @@ import type { TokenPurpose, WriteTokens } from './tokens'
 
 export const DEFAULT_COPIES = 3
 export const MAX_COPIES = 31
+/** A new image's mode without one asked for: root's alone (libvirt chowns an image to its guest). */
+export const DEFAULT_MODE = 0o600
 
 export interface CreateOptions {
   objectSize?: number
@@ -119,6 +121,8 @@ export class ImageStore {
   /** Versions of the directory and of each inode as last loaded: refresh() reloads what moved. */
   private dirVersion = 0
   private readonly inodeVersions = new Map<number, number>()
+  /** Versions of inodes open here whose attributes alone were taken (reloadInode). */
+  private readonly attributeVersions = new Map<number, number>()
   private readonly log: (line: string) => void
   private readonly soleWriter: boolean
   private readonly pendingDestroy = new Set<Promise<void>>()
@@ -301,11 +305,12 @@ export class ImageStore {
         parent: 0,
         ctime: now,
         mtime: now,
-        mode: (opts.mode ?? 0o644) & 0o7777,
+        mode: (opts.mode ?? DEFAULT_MODE) & 0o7777,
         uid: opts.uid ?? 0,
         gid: opts.gid ?? 0,
         tag: '',
-        snapshotTime: 0
+        snapshotTime: 0,
+        xattrs: []
       }
       const image = await Image.create(this.objects, header, emptyTable(header), this.tableOf)
       await this.commit(() => this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 }),
@@ -386,6 +391,28 @@ export class ImageStore {
   private async snapshotLocked (name: string, tag: string): Promise<Image> {
     const image = this.get(name)
     if (this.snapshots.has(snapKey(name, tag))) throw SheepError.exists(`snapshot ${JSON.stringify(`${name}@${tag}`)}`)
+    return await this.freezeLocked(image, tag, 0)
+  }
+
+  /**
+   * Freezes what image owns so that a copy can share its blocks (copy-range.ts): its current
+   * inode becomes a hidden snapshot, and the image goes on as a new inode reading through it, as
+   * after a snapshot. Nothing writes in place into a frozen inode's objects, and gc frees them
+   * once no live table reads them, as it does a deleted snapshot's. No-op for a snapshot, or an
+   * image no longer in the directory under its name. EBUSY while another host of a cluster has
+   * it open for writing.
+   */
+  async freeze (image: Image): Promise<void> {
+    await this.metaOp(async () => {
+      if (image.isSnapshot || this.byName.get(image.name) !== image) return
+      // '@' is in no user's tag: this never takes the name of a snapshot one may create.
+      await this.freezeLocked(image, `copy@${Date.now()}`, HIDDEN)
+    })
+  }
+
+  /** The current inode of image becomes snapshot `tag` (with directory `flags`); the image goes on as a new inode. */
+  private async freezeLocked (image: Image, tag: string, flags: number): Promise<Image> {
+    const name = image.name
     return await this.changing(image, async () => await image.exclusive(async () => {
       // Every acknowledged write is in the snapshot; writes that wait on the lock land after it.
       await image.flush()
@@ -394,11 +421,14 @@ export class ImageStore {
       const header: InodeHeader = { ...image.header, vid: this.newVid(), parent: frozen, tag: '', snapshotTime: 0 }
       const table = image.owners.clone()
       await Image.writeInode(this.objects, header, table)
+      const entry = this.dir.get(frozen) as DirectoryEntry
       await this.commit(() => {
-        (this.dir.get(frozen) as DirectoryEntry).tag = tag
+        entry.tag = tag
+        entry.flags |= flags
         this.dir.set(header.vid, { name, tag: '', vid: header.vid, flags: 0 })
       }, () => {
-        (this.dir.get(frozen) as DirectoryEntry).tag = ''
+        entry.tag = ''
+        entry.flags &= ~flags
         this.dir.delete(header.vid)
       }, header.vid)
       const snap = image.takeOver(header, table)
@@ -530,6 +560,13 @@ export class ImageStore {
 
   /** The body of refresh(), with the meta mutex held. */
   private async reload (): Promise<void> {
+    await this.reloadDirectory()
+    for (const vid of this.dir.keys()) await this.reloadInode(vid)
+    this.reindex()
+  }
+
+  /** Loads the directory again if its version moved; with the meta mutex held. */
+  private async reloadDirectory (): Promise<void> {
     const info = await this.objects.stat(DIRECTORY_OID)
     if (info !== null && info.version !== this.dirVersion) {
       const entries = decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
@@ -541,47 +578,84 @@ export class ImageStore {
         if ((this.inodes.get(vid)?.openCount ?? 0) === 0) {
           this.inodes.delete(vid)
           this.inodeVersions.delete(vid)
+          this.attributeVersions.delete(vid)
         }
       }
       for (const e of entries) this.dir.set(e.vid, e)
     }
-    for (const vid of this.dir.keys()) await this.reloadInode(vid)
-    this.reindex()
   }
 
   /**
-   * Opens a handle like openImage, after loading again what another host changed of the image's
-   * inode and of the inodes it reads through (a snapshot loaded here while it was still the image).
+   * Opens a handle like openImage, after loading again what another host changed of the
+   * directory, of the image's inode and of the inodes it reads through (a snapshot loaded here
+   * while it was still the image).
    */
   async acquire (name: string, writable: boolean): Promise<Image> {
-    const vid = this.get(name).vid
     await this.meta.run(async () => {
-      await this.reloadChain(vid)
+      // Another host may have snapshotted or copied the image since the last poll: the name then
+      // stands for a new inode, and the one loaded here as the image is frozen (writes: EROFS).
+      await this.reloadDirectory()
+      const entry = [...this.dir.values()].find(e => e.tag === '' && e.name === name)
+      if (entry !== undefined) await this.reloadChain(entry.vid)
       this.reindex()
     })
     return this.openImage(name, writable)
   }
 
-  /** reloadInode for vid and each inode it was made from (snapshot or clone parents). */
+  /**
+   * reloadInode for vid and each inode it reads through: those it was made from (snapshot or
+   * clone parents) and those its entries name (a copy shares blocks of another image's frozen
+   * inode, which this host may not have loaded yet).
+   */
   private async reloadChain (vid: number): Promise<void> {
-    const seen = new Set<number>()
-    for (let v = vid; v !== 0 && !seen.has(v); v = this.inodes.get(v)?.header.parent ?? 0) {
-      seen.add(v)
+    const seen = new Set<number>([0, vid])
+    const todo = [vid]
+    const add = (v: number): void => { if (!seen.has(v)) { seen.add(v); todo.push(v) } }
+    for (let v = todo.pop(); v !== undefined; v = todo.pop()) {
       await this.reloadInode(v)
+      const image = this.inodes.get(v)
+      if (image === undefined) continue
+      add(image.header.parent)
+      const t = image.owners
+      for (const idx of t.blocks()) { add(t.owner(idx)); add(t.backing(idx)) }
     }
   }
 
-  /** Loads inode vid again if its version moved and no handle here has it open. */
+  /**
+   * Loads inode vid again if its version moved and no handle here has it open. Of one open here,
+   * only its owner, group, mode and extended attributes are taken, unless this host holds its
+   * token (then no other host changes it): the kernel checks a new open against them.
+   */
   private async reloadInode (vid: number): Promise<void> {
     const image = this.inodes.get(vid)
     // An instance in use keeps its token state: a release must wait for what runs under it.
-    if (image !== undefined && (image.openCount > 0 || image.token.busy)) return
+    const inUse = image !== undefined && (image.openCount > 0 || image.token.busy)
+    if (inUse && (this.tokens === undefined || image.token.held)) return
     const version = (await this.objects.stat(inodeOid(vid)))?.version
+    if (inUse) {
+      if (version !== undefined && version !== (this.attributeVersions.get(vid) ?? this.inodeVersions.get(vid))) {
+        const bytes = Buffer.alloc(HEADER_BYTES)
+        const turn = image.token.turn
+        try {
+          await this.objects.read(inodeOid(vid), 0, HEADER_BYTES, bytes, 0)
+          const fresh = decodeHeader(bytes, `image ${vid.toString(16)}`)
+          // Taken meanwhile, this host may have changed them after that read: the next refresh reads again.
+          if (image.token.held || image.token.turn !== turn) return
+          image.adoptAttributes(fresh)
+          this.attributeVersions.set(vid, version)
+        } catch (err) {
+          // The handles open here go on; the next refresh tries again.
+          this.log(`${image.name}: attributes not refreshed: ${(err as Error).message}`)
+        }
+      }
+      return
+    }
     // An instance lost to another host is replaced by a fresh one once nothing here uses it.
     if (version === undefined || (image !== undefined && image.token.lost === null && version === this.inodeVersions.get(vid))) return
     try {
       this.inodes.set(vid, await Image.load(this.objects, vid, this.tableOf, false))
       this.inodeVersions.set(vid, version)
+      this.attributeVersions.delete(vid)
       this.broken.delete(vid)
     } catch (err) {
       this.broken.set(vid, (err as Error).message)
@@ -886,6 +960,9 @@ export class ImageStore {
    * snapshot objects unread; this run frees them.
    */
   private async gc (): Promise<void> {
+    // On a cluster another host may have made an image (a clone, a copy's target) or shared blocks
+    // into one that reads through a hidden inode since the last poll: go by the store's tables.
+    if (this.tokens !== undefined) await this.reload()
     const hidden = [...this.dir.values()].filter(e => (e.flags & HIDDEN) !== 0 && this.inodes.has(e.vid))
     if (hidden.length === 0) return
     // An inode that cannot be read may read through any snapshot: while one is broken, what
@@ -895,8 +972,14 @@ export class ImageStore {
     // Open handles keep a deleted snapshot readable, as an unlinked file stays readable.
     const open = hidden.map(e => this.inodes.get(e.vid) as Image).filter(i => i.openCount > 0)
     const live = [...this.byName.values(), ...this.snapshots.values(), ...this.unlinkedOpen, ...open]
+    const tables: OwnerTable[] = []
     for (const image of live) {
-      const own = image.owners
+      const table = await this.currentTable(image)
+      // What an unreadable table reads through is unknown: free nothing this time.
+      if (table === null) return
+      tables.push(table)
+    }
+    for (const own of tables) {
       for (const idx of own.blocks()) {
         let t: OwnerTable | undefined = own
         while (t !== undefined) {
@@ -921,6 +1004,20 @@ export class ImageStore {
     for (const e of hidden) {
       const image = this.inodes.get(e.vid)
       if (image !== undefined && referenced.has(e.vid)) await image.freeUnreferenced(referenced.get(e.vid))
+    }
+  }
+
+  /**
+   * image's owner table as the store has it: reload() leaves the table of an image open here as
+   * it is, and on a cluster another host holding its token may have written it since.
+   */
+  private async currentTable (image: Image): Promise<OwnerTable | null> {
+    if (this.tokens === undefined || image.token.held || (image.openCount === 0 && !image.token.busy)) return image.owners
+    try {
+      return (await Image.load(this.objects, image.vid, this.tableOf, false)).owners
+    } catch (err) {
+      this.log(`${image.name}: not collecting deleted snapshots now, its owner table is unreadable: ${(err as Error).message}`)
+      return null
     }
   }
 

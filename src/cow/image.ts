@@ -23,6 +23,7 @@ import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, type InodeHeader,
 import { Mutex, RwLock } from './lock'
 import { TokenHold } from './tokens'
 import { OwnerTable, SUBBLOCKS } from './owner-table'
+import { withXattr } from './xattrs'
 
 export const DEFAULT_OBJECT_SIZE = 4 * 2 ** 20
 export const MIN_OBJECT_SIZE = 64 * 2 ** 10
@@ -550,6 +551,54 @@ export class Image {
   }
 
   /**
+   * Makes blocks [first, end) read as they read in `source`, another image, at the same indexes
+   * (copy_file_range of whole blocks), with no data copied: each entry becomes a verbatim copy of
+   * the source's. That is only sound while the source's entries there point at frozen inodes
+   * (snapshots, or what ImageStore.freeze left), whose objects nobody writes in place: when the
+   * source owns one of the blocks this returns false and changes nothing (freeze it, then try
+   * again). Blocks this image owned there are freed once the new entries are durable, as in
+   * discard; otherwise the entries reach the inode with the next sync, like a write's.
+   */
+  async shareFrom (source: Image, first: number, end: number): Promise<boolean> {
+    if (this.isSnapshot) throw SheepError.readOnly(`snapshot ${this.name}@${this._header.tag}`)
+    const os = this._header.objectSize
+    if (source._header.objectSize !== os) throw SheepError.invalid(`${source.name} and ${this.name} have different object sizes`)
+    return await this.withExclusive(async () => {
+      this.checkFailure()
+      const from = source.table
+      // Checked and copied with no await in between: a write into the source that was answered
+      // has made its block the source's own by then, and is seen here.
+      if (!source.isSnapshot && source.ownsAny(first, end)) return false
+      this.grow(end * os)
+      const freed: number[] = []
+      for (let idx = first; idx < end; idx++) {
+        if (this.table.owner(idx) === this.vid) {
+          this.ownedSubblocks -= this.table.presentCount(idx)
+          freed.push(idx)
+        }
+        this.table.copyEntry(idx, from)
+        this.saveEntry(idx)
+      }
+      this._header.mtime = Date.now()
+      this.timesDirty = true
+      if (freed.length === 0) return true
+      await this.sync()
+      for (const idx of freed) {
+        const oid = dataOid(this.vid, idx)
+        this.dirtyData.delete(oid)
+        await this.objects.remove(oid)
+      }
+      return true
+    })
+  }
+
+  /** Whether this image's own objects hold any of blocks [first, end) (a copy must freeze it first). */
+  ownsAny (first: number, end: number): boolean {
+    for (let idx = first; idx < end; idx++) if (this.table.owner(idx) === this.vid) return true
+    return false
+  }
+
+  /**
    * lseek's SEEK_DATA (the first offset at or after pos in a block that holds data) and
    * SEEK_HOLE (the first in a hole, or the size), from the owner table: block granularity, as a
    * block that exists may hold zeros. Null: no data at or after pos, or pos at or past the end.
@@ -637,6 +686,23 @@ export class Image {
     if (attrs.uid !== undefined) this._header.uid = attrs.uid
     if (attrs.gid !== undefined) this._header.gid = attrs.gid
     await this.saveHeader()
+  }
+
+  /** Sets (a value) or removes (null) an extended attribute and saves the header; limits in ./xattrs.ts. */
+  async setXattr (name: string, value: Buffer | null): Promise<void> {
+    this._header.xattrs = withXattr(this._header.xattrs, name, value, this.name)
+    await this.saveHeader()
+  }
+
+  /**
+   * Takes the owner, group, mode and extended attributes of `fresh`, this inode's header as
+   * another host saved it, while handles here keep the rest (what they read is as of their open).
+   */
+  adoptAttributes (fresh: InodeHeader): void {
+    this._header.mode = fresh.mode
+    this._header.uid = fresh.uid
+    this._header.gid = fresh.gid
+    this._header.xattrs = fresh.xattrs
   }
 
   /** Changes header fields that name the inode (name, tag, parent) and saves them. */

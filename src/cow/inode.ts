@@ -1,7 +1,10 @@
 // The inode object of an image: a fixed-size header, then the owner table.
 //
-//   [0, HEADER_BYTES)   the header, compact-encoding (format 1, fields below) in a frame (./frame.ts)
+//   [0, HEADER_BYTES)   the header, compact-encoding (format 1 or 2, fields below) in a frame (./frame.ts)
 //   [HEADER_BYTES, HEADER_BYTES + 16 * blocks)  owner table (./owner-table.ts)
+//
+// Format 2 adds the image's extended attributes after the fields of format 1. A header without
+// any is still written as format 1, so that a node of the version before reads it; both load.
 
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
@@ -9,7 +12,11 @@ import { frame, unframe } from './frame'
 import { ENTRY_BYTES } from './owner-table'
 
 export const HEADER_BYTES = 4096
-const HEADER_FORMAT = 1
+const FORMAT_PLAIN = 1
+const FORMAT_XATTRS = 2
+
+/** An extended attribute (limits: ./xattrs.ts). Headers share these: replace them, never change one in place. */
+export interface Xattr { readonly name: string, readonly value: Buffer }
 
 export interface InodeHeader {
   vid: number
@@ -29,11 +36,24 @@ export interface InodeHeader {
   tag: string
   /** When the snapshot was taken (ms); 0 for a writable image. */
   snapshotTime: number
+  /** Extended attributes (security.*, trusted.*, user.*), sorted by name. */
+  xattrs: readonly Xattr[]
 }
+
+const xattrEncoding = c.array({
+  preencode (state, x: Xattr) { c.string.preencode(state, x.name); c.buffer.preencode(state, x.value) },
+  encode (state, x: Xattr) { c.string.encode(state, x.name); c.buffer.encode(state, x.value) },
+  decode (state): Xattr {
+    const name = c.string.decode(state)
+    // compact-encoding's buffer writes an empty value as null: a valid attribute of no bytes.
+    const value = c.buffer.decode(state)
+    return { name, value: value === null ? Buffer.alloc(0) : Buffer.from(value) }
+  }
+})
 
 const headerEncoding: c.Encoding<InodeHeader> = {
   preencode (state, h) {
-    c.uint.preencode(state, HEADER_FORMAT)
+    c.uint.preencode(state, h.xattrs.length === 0 ? FORMAT_PLAIN : FORMAT_XATTRS)
     c.uint.preencode(state, h.vid)
     c.string.preencode(state, h.name)
     c.uint.preencode(state, h.size)
@@ -47,9 +67,10 @@ const headerEncoding: c.Encoding<InodeHeader> = {
     c.uint.preencode(state, h.gid)
     c.string.preencode(state, h.tag)
     c.uint.preencode(state, h.snapshotTime)
+    if (h.xattrs.length > 0) xattrEncoding.preencode(state, h.xattrs as Xattr[])
   },
   encode (state, h) {
-    c.uint.encode(state, HEADER_FORMAT)
+    c.uint.encode(state, h.xattrs.length === 0 ? FORMAT_PLAIN : FORMAT_XATTRS)
     c.uint.encode(state, h.vid)
     c.string.encode(state, h.name)
     c.uint.encode(state, h.size)
@@ -63,11 +84,12 @@ const headerEncoding: c.Encoding<InodeHeader> = {
     c.uint.encode(state, h.gid)
     c.string.encode(state, h.tag)
     c.uint.encode(state, h.snapshotTime)
+    if (h.xattrs.length > 0) xattrEncoding.encode(state, h.xattrs as Xattr[])
   },
   decode (state) {
     const format = c.uint.decode(state)
-    if (format !== HEADER_FORMAT) throw new Error(`unknown inode format ${format}`)
-    return {
+    if (format !== FORMAT_PLAIN && format !== FORMAT_XATTRS) throw new Error(`unknown inode format ${format}`)
+    const h: InodeHeader = {
       vid: c.uint.decode(state),
       name: c.string.decode(state),
       size: c.uint.decode(state),
@@ -80,8 +102,11 @@ const headerEncoding: c.Encoding<InodeHeader> = {
       uid: c.uint.decode(state),
       gid: c.uint.decode(state),
       tag: c.string.decode(state),
-      snapshotTime: c.uint.decode(state)
+      snapshotTime: c.uint.decode(state),
+      xattrs: []
     }
+    if (format === FORMAT_XATTRS) h.xattrs = xattrEncoding.decode(state)
+    return h
   }
 }
 

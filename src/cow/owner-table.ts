@@ -8,8 +8,9 @@
 // A block written from a hole is "full" (every sub-block present, no backing). A block first
 // written in an image whose entry points at a snapshot's object is copied up sub-block by
 // sub-block: only the sub-blocks a write touches are copied, the rest stay shared.
-// An inode's entry for a block it does not own is a verbatim copy of the owner's own entry, and a
-// snapshot's entries never change, so following `backing` always finds the bytes the image had.
+// An inode's entry for a block it does not own is a verbatim copy of the owner's own entry, and
+// the owner is frozen (a snapshot, or an image's inode frozen for a copy: ./copy-range.ts), so
+// its entries never change and following `backing` always finds the bytes the image had.
 //
 // In memory the table is held as pages allocated on first use, so a sparse 64 TiB image costs
 // next to nothing. On disk it is an array of 16-byte entries (u32 LE owner, u32 LE backing,
@@ -78,6 +79,14 @@ export class OwnerTable {
     const w = (idx % PAGE_ENTRIES) * WORDS
     for (let s = first; s <= last; s++) page[w + 2 + (s >>> 5)] = ((page[w + 2 + (s >>> 5)] as number) | (1 << (s & 31))) >>> 0
     if (page[w + 2] === FULL && page[w + 3] === FULL) page[w + 1] = 0
+  }
+
+  /** Entry idx becomes a verbatim copy of `from`'s entry idx (a hole there clears it). */
+  copyEntry (idx: number, from: OwnerTable): void {
+    const page = from.pages.get(Math.floor(idx / PAGE_ENTRIES))
+    const w = (idx % PAGE_ENTRIES) * WORDS
+    if (page === undefined || page[w] === 0) return this.clear(idx)
+    this.set(idx, page[w] as number, page[w + 1] as number, page[w + 2] as number, page[w + 3] as number)
   }
 
   clear (idx: number): void {

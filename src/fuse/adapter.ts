@@ -5,13 +5,23 @@
 //   /<image>                       every image, a regular file of its virtual size
 //   /.snapshots/<image>/<tag>      every snapshot, a read-only file (/.snapshots is not listed)
 //
+// Images have an owner, a group and a mode, which the kernel checks (default_permissions). A
+// snapshot and its image's folder in /.snapshots take the image's as they are now, without write
+// bits (the folder's x where the image has r): whoever cannot read an image reads none of its
+// snapshots, nor their names.
+//
 // Extended attributes user.sheep.* describe an image; setting user.sheep.snapshot takes a snapshot.
+// Other security.*, trusted.* and user.* attributes are kept in the image's header, as ext4 keeps
+// them (limits: src/cow/xattrs.ts); a snapshot has those its image had when it was taken.
 
 import fs from 'node:fs'
 import { SheepError } from '../errors'
 import type { Image } from '../cow/image'
 import type { CreateOptions, ImageStore } from '../cow/image-store'
+import { copyRange } from '../cow/copy-range'
+import type { InodeHeader } from '../cow/inode'
 import { MAX_NAME_BYTES } from '../cow/names'
+import { findXattr } from '../cow/xattrs'
 
 const S_IFDIR = fs.constants.S_IFDIR
 const S_IFREG = fs.constants.S_IFREG
@@ -21,6 +31,11 @@ const STATFS_BLOCK = 4096
 export const FUSE_FSNAME = 'sheep'
 export const SNAPSHOT_DIR = '.snapshots'
 const XATTR = 'user.sheep.'
+/** Namespaces of the attributes an image stores (ext4's, but for system.*: ACLs are not served). */
+const STORED_XATTRS = ['security.', 'trusted.', 'user.']
+/** setxattr(2) flags. */
+const XATTR_CREATE = 1
+const XATTR_REPLACE = 2
 /** fallocate(2) modes (linux/falloc.h), passed through unchanged by both sessions. */
 export const FALLOC_FL_KEEP_SIZE = 0x01
 export const FALLOC_FL_PUNCH_HOLE = 0x02
@@ -28,17 +43,21 @@ export const FALLOC_FL_ZERO_RANGE = 0x10
 /** lseek(2) whence values the kernel leaves to the filesystem. */
 export const SEEK_DATA = 3
 export const SEEK_HOLE = 4
-/** copy_file_range(2) copies at most this much per call (callers loop), in chunks of COPY_CHUNK. */
-const MAX_COPY = 64 * 1024 * 1024
-const COPY_CHUNK = 1024 * 1024
 /** (uid_t)-1 / (gid_t)-1: "leave unchanged" in chown. */
 export const UNCHANGED_ID = 0xffffffff
+/** The mount's root without a mode asked for: only root makes images in it. */
+export const DEFAULT_ROOT_MODE = 0o755
 
 export interface AdapterOptions {
   /** Options for images made by create(2), e.g. by `qemu-img create`. */
   createOptions: CreateOptions
+  /** The mount root's mode (owned by root), as tmpfs's mode=: 0o1777 lets every user make images, each deleting only its own. */
+  rootMode?: number
   log: (line: string) => void
 }
+
+/** Who asked: the user and group an image made by create(2) belongs to. */
+export interface Caller { uid: number, gid: number }
 
 /** Attributes of a file or folder; times in milliseconds since the epoch. */
 export interface Stat {
@@ -129,13 +148,32 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
   // The header these change is written by the holder of the image's write token (on a cluster).
   const asHolder = async (image: Image, change: (image: Image) => Promise<void>): Promise<void> => await images.io(image, true, async () => await change(image))
   const dirStat: Stat = { mode: S_IFDIR | 0o755, uid: 0, gid: 0, size: 4096, blocks: 0, blksize: STATFS_BLOCK, nlink: 2, atime: mountTime, mtime: mountTime, ctime: mountTime }
+  const rootStat: Stat = { ...dirStat, mode: S_IFDIR | ((opts.rootMode ?? DEFAULT_ROOT_MODE) & 0o7777) }
+  /**
+   * Whose owner, group and mode a snapshot reports: its image's. A handle open on a snapshot
+   * outlives an image deleted (with its snapshots) meanwhile; it then has the snapshot's own.
+   */
+  const ownerOf = (snap: Image): InodeHeader => {
+    try {
+      return images.get(snap.name).header
+    } catch (err) {
+      if (err instanceof SheepError && err.code === 'ENOENT') return snap.header
+      throw err
+    }
+  }
+  const folderStat = (name: string): Stat => {
+    const h = images.get(name).header
+    const read = h.mode & 0o444
+    return { ...dirStat, mode: S_IFDIR | read | (read >> 2), uid: h.uid, gid: h.gid }
+  }
   const stat = (image: Image): Stat => {
     const h = image.header
     const time = image.isSnapshot ? h.snapshotTime : h.mtime
+    const owner = image.isSnapshot ? ownerOf(image) : h
     return {
-      mode: S_IFREG | (image.isSnapshot ? h.mode & 0o7555 : h.mode),
-      uid: h.uid,
-      gid: h.gid,
+      mode: S_IFREG | (image.isSnapshot ? owner.mode & 0o7555 : h.mode),
+      uid: owner.uid,
+      gid: owner.gid,
       size: h.size,
       blocks: Math.ceil(image.allocatedBytes / 512),
       blksize: STATFS_BLOCK,
@@ -145,7 +183,7 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
       ctime: time
     }
   }
-  const xattrs = (image: Image): Record<string, string> => {
+  const sheepXattrs = (image: Image): Record<string, string> => {
     const info = images.info(image)
     const out: Record<string, string> = {
       'user.sheep.vid': image.vid.toString(16),
@@ -162,12 +200,25 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
     }
     return out
   }
+  /** The image whose header stores attribute `name`: EROFS for a snapshot, ENOTSUP for a folder or another namespace. */
+  const storing = (path: string, name: string): Image => {
+    if (!STORED_XATTRS.some(ns => name.startsWith(ns))) throw new SheepError('ENOTSUP', `${name}: only security.*, trusted.* and user.* attributes are kept`)
+    const t = resolve(path)
+    if (t.kind === 'snapshot') throw SheepError.readOnly(path)
+    if (t.kind !== 'image') throw new SheepError('ENOTSUP', `${path}: folders keep no attributes`)
+    return t.image
+  }
   const onlyImages = (): never => { throw new SheepError('EPERM', 'the mount holds images only') }
 
   return {
     getattr (path: string): Stat {
       const t = resolve(path)
-      return t.kind === 'image' || t.kind === 'snapshot' ? stat(t.image) : dirStat
+      switch (t.kind) {
+        case 'image': case 'snapshot': return stat(t.image)
+        case 'root': return rootStat
+        case 'folder': return folderStat(t.name)
+        default: return dirStat
+      }
     },
     /** Attributes through an open handle: an unlinked image has no path left. */
     fgetattr (fd: number): Stat {
@@ -220,11 +271,11 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
       }
       return newHandle(await images.acquire(t.image.name, writable), writable)
     },
-    /** Creates an empty image and opens it for writing; returns its handle. */
-    async create (path: string, mode: number): Promise<number> {
+    /** Creates an empty image of `caller`'s with `mode` (the umask applied) and opens it for writing; returns its handle. */
+    async create (path: string, mode: number, caller: Caller): Promise<number> {
       const name = path.slice(1)
       if (name.startsWith(SNAPSHOT_DIR + '/')) throw SheepError.readOnly(path)
-      await images.create(name, 0, { ...opts.createOptions, mode: mode & 0o7777 })
+      await images.create(name, 0, { ...opts.createOptions, mode: mode & 0o7777, uid: caller.uid, gid: caller.gid })
       return newHandle(images.openImage(name, true), true)
     },
     async release (fd: number): Promise<void> {
@@ -260,24 +311,11 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
       if ((mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0) await images.io(h.image, true, async () => await h.image.discard(offset, length))
     },
     /**
-     * copy_file_range(2): the daemon copies, so the bytes cross no process boundary; up to
-     * MAX_COPY per call, stopping at the source's end. Returns the bytes copied. (Zeros copied
-     * into a hole allocate nothing, so a sparse source stays sparse.)
+     * copy_file_range(2): whole blocks at the same offset of two images are shared copy-on-write,
+     * the rest is copied by the daemon (../cow/copy-range.ts). Returns the bytes copied.
      */
     async copyFileRange (fdIn: number, offIn: number, fdOut: number, offOut: number, len: number): Promise<number> {
-      handle(fdIn)
-      if (!handle(fdOut).writable) throw SheepError.readOnly(`handle ${fdOut}`)
-      const total = Math.min(len, MAX_COPY)
-      const buf = Buffer.allocUnsafe(Math.min(total, COPY_CHUNK))
-      let done = 0
-      while (done < total) {
-        const got = await this.read(fdIn, offIn + done, Math.min(COPY_CHUNK, total - done), buf)
-        if (got === 0) break
-        // The image has the bytes once write resolves: the buffer can take the next chunk.
-        await this.write(fdOut, offOut + done, buf.subarray(0, got))
-        done += got
-      }
-      return done
+      return await copyRange(images, handle(fdIn), offIn, handle(fdOut), offOut, len)
     },
     /** lseek(2) SEEK_DATA / SEEK_HOLE from the owner table; ENXIO past the end or with no data after. */
     lseek (fd: number, offset: number, whence: number): number {
@@ -328,24 +366,36 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
     async chown (path: string, uid: number, gid: number): Promise<void> {
       await asHolder(imageAt(path), i => i.setOwnership({ uid: uid === UNCHANGED_ID ? undefined : uid, gid: gid === UNCHANGED_ID ? undefined : gid }))
     },
-    async setxattr (path: string, name: string, value: Buffer): Promise<void> {
-      if (name !== `${XATTR}snapshot`) {
-        throw name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', `${name} is not supported`)
+    /** setxattr(2): user.sheep.snapshot takes a snapshot; security.*, trusted.* and user.* are stored. */
+    async setxattr (path: string, name: string, value: Buffer, flags: number): Promise<void> {
+      if (name.startsWith(XATTR)) {
+        if (name !== `${XATTR}snapshot`) throw new SheepError('EPERM', `${name} is read-only`)
+        await images.snapshot(imageAt(path).name, value.toString('utf8'))
+        return
       }
-      await images.snapshot(imageAt(path).name, value.toString('utf8'))
+      const image = storing(path, name)
+      const present = findXattr(image.header.xattrs, name) !== undefined
+      if ((flags & XATTR_CREATE) !== 0 && present) throw SheepError.exists(`${path}: attribute ${name}`)
+      if ((flags & XATTR_REPLACE) !== 0 && !present) throw new SheepError('ENODATA', `${path} has no attribute ${name}`)
+      await asHolder(image, i => i.setXattr(name, value))
     },
     /** null: no such attribute (ENODATA), what folders and unknown names answer. */
     getxattr (path: string, name: string): Buffer | null {
       const t = resolve(path)
-      const value = t.kind === 'image' || t.kind === 'snapshot' ? xattrs(t.image)[name] : undefined
-      return value === undefined ? null : Buffer.from(value)
+      if (t.kind !== 'image' && t.kind !== 'snapshot') return null
+      if (name.startsWith(XATTR)) {
+        const value = sheepXattrs(t.image)[name]
+        return value === undefined ? null : Buffer.from(value)
+      }
+      return findXattr(t.image.header.xattrs, name) ?? null
     },
     listxattr (path: string): string[] {
       const t = resolve(path)
-      return t.kind === 'image' || t.kind === 'snapshot' ? Object.keys(xattrs(t.image)) : []
+      return t.kind === 'image' || t.kind === 'snapshot' ? [...t.image.header.xattrs.map(x => x.name), ...Object.keys(sheepXattrs(t.image))] : []
     },
-    removexattr (_path: string, name: string): never {
-      throw name.startsWith(XATTR) ? new SheepError('EPERM', `${name} is read-only`) : new SheepError('ENOTSUP', name)
+    async removexattr (path: string, name: string): Promise<void> {
+      if (name.startsWith(XATTR)) throw new SheepError('EPERM', `${name} is read-only`)
+      await asHolder(storing(path, name), i => i.setXattr(name, null))
     },
     mkdir: onlyImages,
     mknod: onlyImages,

@@ -8,6 +8,8 @@ import { FUSE_FSNAME, type FsCore } from './adapter'
 import { failedOp } from './errno'
 
 type Cb = (result: number, ...rest: unknown[]) => void
+
+const DAEMON = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
 type Op = (...args: any[]) => void
 
 export function libfuse2Operations (core: FsCore, log: (line: string) => void): Record<string, Op> {
@@ -32,7 +34,9 @@ export function libfuse2Operations (core: FsCore, log: (line: string) => void): 
     access (path: string, _mode: number, cb: Cb) { run('access', path, cb, () => core.access(path)) },
     statfs (path: string, cb: Cb) { run('statfs', path, cb, async () => await core.statfs()) },
     open (path: string, flags: number, cb: Cb) { run('open', path, cb, async () => await core.open(path, flags)) },
-    create (path: string, mode: number, cb: Cb) { run('create', path, cb, async () => await core.create(path, mode)) },
+    // fuse-native does not pass the caller (libfuse's fuse_get_context) on: an image made here
+    // is the daemon's own user's.
+    create (path: string, mode: number, cb: Cb) { run('create', path, cb, async () => await core.create(path, mode, DAEMON)) },
     release (path: string, fd: number, cb: Cb) { run('release', path, cb, async () => await core.release(fd)) },
     // fuse-native takes a read's or write's byte count in place of the 0 of success.
     read (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
@@ -50,12 +54,12 @@ export function libfuse2Operations (core: FsCore, log: (line: string) => void): 
     utimens (path: string, _atime: number, mtime: number, cb: Cb) { run('utimens', path, cb, async () => await core.utimens(path, Number(mtime))) },
     chmod (path: string, mode: number, cb: Cb) { run('chmod', path, cb, async () => await core.chmod(path, mode)) },
     chown (path: string, uid: number, gid: number, cb: Cb) { run('chown', path, cb, async () => await core.chown(path, uid, gid)) },
-    setxattr (path: string, name: string, buf: Buffer, _position: number, _flags: number, cb: Cb) {
-      run('setxattr', path, cb, async () => await core.setxattr(path, name, buf))
+    setxattr (path: string, name: string, buf: Buffer, _position: number, flags: number, cb: Cb) {
+      run('setxattr', path, cb, async () => await core.setxattr(path, name, buf, flags))
     },
     getxattr (path: string, name: string, _position: number, cb: Cb) { run('getxattr', path, cb, () => core.getxattr(path, name)) },
     listxattr (path: string, cb: Cb) { run('listxattr', path, cb, () => core.listxattr(path)) },
-    removexattr (path: string, name: string, cb: Cb) { run('removexattr', path, cb, () => core.removexattr(path, name)) },
+    removexattr (path: string, name: string, cb: Cb) { run('removexattr', path, cb, async () => await core.removexattr(path, name)) },
     mkdir (path: string, _mode: number, cb: Cb) { run('mkdir', path, cb, () => core.mkdir()) },
     rmdir (path: string, cb: Cb) { run('rmdir', path, cb, () => core.rmdir(path)) },
     mknod (path: string, _mode: number, _dev: number, cb: Cb) { run('mknod', path, cb, () => core.mknod()) },

@@ -1,5 +1,7 @@
 // The store's index: one classic-level record per object, keyed by the object id in hex.
-// Record format v1 (compact-encoding): uint version, uint size.
+// Record format 2 (compact-encoding): uint 2, uint version, uint size, uint flags (bit 0: dirty,
+// the file may hold writes newer than the version: see LocalObjectStore's markWrites). Format 1
+// (uint 1, version, size) is still read, as clean.
 //
 // Writes are applied in the order they are made, in batches (group commit): classic-level runs
 // each call on a pool thread, so two puts of one key made back to back could otherwise land in
@@ -13,23 +15,31 @@ import { SheepError } from '../errors'
 import { type ObjectId, oidFromHex, oidToHex } from './oid'
 import type { ObjectInfo } from './types'
 
-const RECORD_FORMAT = 1
+const RECORD_FORMAT = 2
+const DIRTY = 1
 /** Key of the record a sync with nothing else to write writes; outside the range of object keys. */
 const SYNC_KEY = 'sync'
 const FIRST_KEY = '0'.repeat(16)
 const LAST_KEY = 'f'.repeat(16)
 
+/** One object's record; `dirty` only when set (a clean record lists as a plain ObjectInfo). */
+export interface CatalogRecord extends ObjectInfo { dirty?: boolean }
+
+interface Fields { version: number, size: number, dirty?: boolean }
+
 const record = {
-  preencode (state: c.State, r: { version: number, size: number }) {
-    c.uint.preencode(state, RECORD_FORMAT); c.uint.preencode(state, r.version); c.uint.preencode(state, r.size)
+  preencode (state: c.State, r: Fields) {
+    c.uint.preencode(state, RECORD_FORMAT); c.uint.preencode(state, r.version); c.uint.preencode(state, r.size); c.uint.preencode(state, r.dirty === true ? DIRTY : 0)
   },
-  encode (state: c.State, r: { version: number, size: number }) {
-    c.uint.encode(state, RECORD_FORMAT); c.uint.encode(state, r.version); c.uint.encode(state, r.size)
+  encode (state: c.State, r: Fields) {
+    c.uint.encode(state, RECORD_FORMAT); c.uint.encode(state, r.version); c.uint.encode(state, r.size); c.uint.encode(state, r.dirty === true ? DIRTY : 0)
   },
-  decode (state: c.State) {
+  decode (state: c.State): Fields {
     const format = c.uint.decode(state)
-    if (format !== RECORD_FORMAT) throw new Error(`unknown index record format ${format}`)
-    return { version: c.uint.decode(state), size: c.uint.decode(state) }
+    if (format !== 1 && format !== RECORD_FORMAT) throw new Error(`unknown index record format ${format}`)
+    const r: Fields = { version: c.uint.decode(state), size: c.uint.decode(state) }
+    if (format === RECORD_FORMAT && (c.uint.decode(state) & DIRTY) !== 0) r.dirty = true
+    return r
   }
 }
 
@@ -74,14 +84,14 @@ export class Catalog {
   }
 
   /** The record as last written (a write still queued is not seen). */
-  async get (oid: ObjectId): Promise<ObjectInfo | null> {
+  async get (oid: ObjectId): Promise<CatalogRecord | null> {
     const value = await this.db.get(oidToHex(oid))
     if (value === undefined) return null
     return { oid, ...decodeRecord(oid, value) }
   }
 
   /** Writes the records after every write made before; with sync, all of them are durable when it resolves. */
-  async put (infos: ObjectInfo[], sync = false): Promise<void> {
+  async put (infos: CatalogRecord[], sync = false): Promise<void> {
     await this.enqueue(infos.map(i => ({ type: 'put', key: oidToHex(i.oid), value: c.encode(record, i) })), sync)
   }
 
@@ -99,14 +109,14 @@ export class Catalog {
    * Every object's record in id order (keys are fixed-width hex), from `from` on when given;
    * undecodable ones go to `unreadable` instead, never throw.
    */
-  async * list (from?: ObjectId, unreadable?: UnreadableRecord[]): AsyncIterable<ObjectInfo> {
+  async * list (from?: ObjectId, unreadable?: UnreadableRecord[]): AsyncIterable<CatalogRecord> {
     for await (const [key, value] of this.db.iterator({ gte: from === undefined ? FIRST_KEY : oidToHex(from), lte: LAST_KEY })) {
       const oid = oidFromHex(key)
       if (oid === null) {
         unreadable?.push({ key, reason: 'malformed key' })
         continue
       }
-      let r: { version: number, size: number }
+      let r: Fields
       try {
         r = decodeRecord(oid, value)
       } catch (err) {
@@ -144,7 +154,7 @@ export class Catalog {
   }
 }
 
-function decodeRecord (oid: ObjectId, value: Buffer): { version: number, size: number } {
+function decodeRecord (oid: ObjectId, value: Buffer): Fields {
   try {
     return c.decode(record, value)
   } catch (err) {

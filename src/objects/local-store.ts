@@ -15,11 +15,12 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError, toSheepError } from '../errors'
 import { failpoint } from '../failpoints'
-import { Catalog, type UnreadableRecord } from './catalog'
+import { Catalog, type CatalogRecord, type UnreadableRecord } from './catalog'
 import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
+import { nextVersion } from './versions'
 
 const FORMAT_FILE = 'FORMAT'
 /** Where objects a start-up was in doubt about are kept for an operator (setAside). */
@@ -42,6 +43,12 @@ interface Entry {
   savedVersion: number
   /** Size last written to the catalog: what the file durably holds, at least. */
   savedSize: number
+  /** The record last put says dirty (asReplica): the file may hold writes newer than its version. */
+  dirty: boolean
+  /** Writes and truncates changing the file now. */
+  writing: number
+  /** The put that marks the record dirty, while it is on its way. */
+  marking: Promise<void> | null
 }
 
 export class LocalObjectStore implements ObjectStore {
@@ -65,11 +72,76 @@ export class LocalObjectStore implements ObjectStore {
   private readonly newNames = new SyncQueue<string>(async dirs => { await Promise.all(dirs.map(syncDirIfThere)) })
   /** Records that must reach the disk before a sync returns: new objects, changed sizes. */
   private readonly records = new SyncQueue<'catalog'>(async () => { await this.catalog.flush() })
+  /** Every change gives a version above this (./versions.ts: the cluster's epoch; 0 on one host). */
+  private versionFloor: () => number = () => 0
+  /** A cluster's replica: records are marked dirty before their files change (asReplica). */
+  private markWrites = false
+  /** Objects whose record a crash left dirty: their version does not say which bytes they hold. */
+  private readonly uncertain = new Set<ObjectId>()
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
     this.maxOpenFiles = opts.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES
     this.io = new FileIo(opts.io)
+  }
+
+  /**
+   * This store holds a cluster's replicas: versions of changes from now on order above floor()
+   * (./versions.ts epochFloor), and an object's record is marked dirty before its file changes,
+   * until a sync records the version its bytes have. So a crash cannot leave two replicas with
+   * different bytes at one version unnoticed: an object whose record a crash left dirty is
+   * uncertain (stat, list) until recovery settles it or replaces it (src/swarm/recovery.ts).
+   * A process crash only: a power cut may lose the mark with the bytes kept (not handled yet).
+   */
+  async asReplica (floor: () => number): Promise<void> {
+    this.versionFloor = floor
+    this.markWrites = true
+    for await (const r of this.catalog.list()) if (r.dirty === true) this.uncertain.add(r.oid)
+  }
+
+  /**
+   * Recovery chose this node's copy of an uncertain object as the one every replica gets: it
+   * gets a version above every other copy's in this epoch and a clean record.
+   */
+  async settle (oid: ObjectId): Promise<void> {
+    if (!this.uncertain.has(oid)) return
+    const e = await this.acquire(oid)
+    try {
+      e.info.version = this.bump(e.info.version)
+      await this.catalog.put([this.recordOf(e, Math.min(e.info.size, e.savedSize))])
+      e.savedVersion = e.info.version
+      this.uncertain.delete(oid)
+    } finally {
+      this.release(e)
+    }
+  }
+
+  /**
+   * The record to put for e, with `size`; dirty while a write is changing its file. Takes effect
+   * at once: puts land in the order they are made.
+   */
+  private recordOf (e: Entry, size: number): CatalogRecord {
+    e.dirty = this.markWrites && e.writing > 0
+    return { oid: e.info.oid, version: e.info.version, size, dirty: e.dirty }
+  }
+
+  /** Before a write or truncate changes e's file: its record says dirty first (asReplica). */
+  private async beginWrite (e: Entry): Promise<void> {
+    e.writing++
+    if (!this.markWrites) return
+    if (!e.dirty) {
+      e.dirty = true
+      e.marking = this.catalog.put([{ oid: e.info.oid, version: e.savedVersion, size: e.savedSize, dirty: true }]).catch(err => {
+        e.dirty = false
+        e.marking = null
+        throw err
+      })
+    }
+    await e.marking
+  }
+
+  private bump (version: number): number {
+    return nextVersion(version, this.versionFloor())
   }
 
   /** Opens (or initialises) the store. EBUSY when another daemon holds it. */
@@ -118,7 +190,7 @@ export class LocalObjectStore implements ObjectStore {
   async create (oid: ObjectId, size: number): Promise<void> {
     this.checkOpen()
     if (this.entries.has(oid) || await this.catalog.get(oid)) throw SheepError.exists(`object ${oidToHex(oid)}`)
-    const info: ObjectInfo = { oid, version: 1, size }
+    const info: ObjectInfo = { oid, version: this.bump(0), size }
     this.records.add('catalog')
     await this.catalog.put([info])
     const file = this.objectPath(oid)
@@ -131,7 +203,8 @@ export class LocalObjectStore implements ObjectStore {
     } catch (err) {
       throw toSheepError(err)
     }
-    this.remember({ info, fd, inflight: 0, savedVersion: 1, savedSize: size })
+    this.uncertain.delete(oid)
+    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: false, writing: 0, marking: null })
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
@@ -161,16 +234,18 @@ export class LocalObjectStore implements ObjectStore {
   async write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
     const e = await this.acquire(oid)
     try {
+      await this.beginWrite(e)
       let done = 0
       while (done < data.length) {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
-      e.info.version++
+      e.info.version = this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
     } catch (err) {
       throw toSheepError(err)
     } finally {
+      e.writing--
       this.release(e)
     }
   }
@@ -210,7 +285,7 @@ export class LocalObjectStore implements ObjectStore {
     const file = this.objectPath(oid)
     const tmp = file + '.tmp'
     const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
-    const info: ObjectInfo = { oid, version: version ?? (old?.version ?? 0) + 1, size: data.length }
+    const info: ObjectInfo = { oid, version: version ?? this.bump(old?.version ?? 0), size: data.length }
     await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -229,6 +304,7 @@ export class LocalObjectStore implements ObjectStore {
       // The new name must be on disk before the record that describes the new file.
       await syncDir(path.dirname(file))
       await this.catalog.put([info], true)
+      this.uncertain.delete(oid)
     } catch (err) {
       throw toSheepError(err)
     }
@@ -240,6 +316,7 @@ export class LocalObjectStore implements ObjectStore {
       e.info = info
       e.savedVersion = info.version
       e.savedSize = info.size
+      e.dirty = false
     }
   }
 
@@ -248,8 +325,9 @@ export class LocalObjectStore implements ObjectStore {
     const run = this.casTail.then(async () => {
       const current = (await this.stat(oid))?.version ?? 0
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
-      await this.replace(oid, data)
-      return current + 1
+      const version = this.bump(current)
+      await this.replace(oid, data, version)
+      return version
     })
     this.casTail = run.then(() => {}, () => {})
     return await run
@@ -257,12 +335,15 @@ export class LocalObjectStore implements ObjectStore {
 
   async truncate (oid: ObjectId, size: number): Promise<void> {
     const e = await this.acquire(oid)
+    let began = false
     try {
       const old = e.info.size
       if (size === old) return
+      began = true
+      await this.beginWrite(e)
       // The record never claims more than the file holds: a growth is recorded by the next sync;
       // a shrink is recorded, durably, before the file is cut.
-      e.info.version++
+      e.info.version = this.bump(e.info.version)
       if (size > old) {
         await ftruncate(e.fd, size)
         e.info.size = size
@@ -277,6 +358,7 @@ export class LocalObjectStore implements ObjectStore {
     } catch (err) {
       throw toSheepError(err)
     } finally {
+      if (began) e.writing--
       this.release(e)
     }
   }
@@ -297,16 +379,22 @@ export class LocalObjectStore implements ObjectStore {
   async stat (oid: ObjectId): Promise<ObjectInfo | null> {
     this.checkOpen()
     const e = this.entries.get(oid)
-    if (e) return { ...e.info }
-    return await this.catalog.get(oid)
+    const r = e?.info ?? await this.catalog.get(oid)
+    return r === null ? null : this.infoOf(r)
+  }
+
+  /** What stat and list say of an object: its version, size, and whether a crash left it uncertain. */
+  private infoOf (r: ObjectInfo): ObjectInfo {
+    const info: ObjectInfo = { oid: r.oid, version: r.version, size: r.size }
+    if (this.uncertain.has(r.oid)) info.uncertain = true
+    return info
   }
 
   async * list (from?: ObjectId): AsyncIterable<ObjectInfo> {
     this.checkOpen()
     const unreadable: UnreadableRecord[] = []
     for await (const info of this.catalog.list(from, unreadable)) {
-      const e = this.entries.get(info.oid)
-      yield e ? { ...e.info } : info
+      yield this.infoOf(this.entries.get(info.oid)?.info ?? info)
     }
     // Only a listing of the whole store says what is unreadable in it.
     if (from === undefined) this.unreadable = unreadable
@@ -385,7 +473,7 @@ export class LocalObjectStore implements ObjectStore {
       // survive a process crash, not a power cut: docs/ARCHITECTURE.md).
       const grown = synced.map((e, i) => ({ e, size: sizes[i] as number })).filter(g => g.size > g.e.savedSize)
       if (grown.length > 0) {
-        const infos = grown.map(({ e, size }) => ({ oid: e.info.oid, version: e.info.version, size }))
+        const infos = grown.map(({ e, size }) => this.recordOf(e, size))
         await this.catalog.put(infos, true)
         for (const [i, { e }] of grown.entries()) {
           const info = infos[i] as ObjectInfo
@@ -421,7 +509,7 @@ export class LocalObjectStore implements ObjectStore {
 
   /** Records a shrunk entry durably: its file is cut only after this. */
   private async saveInfo (e: Entry): Promise<void> {
-    const info = { ...e.info }
+    const info = this.recordOf(e, e.info.size)
     await this.catalog.put([info], true)
     if (info.version > e.savedVersion) e.savedVersion = info.version
     e.savedSize = info.size
@@ -429,12 +517,12 @@ export class LocalObjectStore implements ObjectStore {
 
   /** Records the entries' versions, with the sizes last recorded (a larger one waits for its file's sync). */
   private async persistVersions (entries: Entry[], sync: boolean): Promise<void> {
-    const changed = entries.filter(e => e.info.version !== e.savedVersion)
+    const changed = entries.filter(e => e.info.version !== e.savedVersion || (e.dirty && e.writing === 0))
     if (changed.length === 0) {
       if (sync) await this.catalog.flush()
       return
     }
-    const infos = changed.map(e => ({ oid: e.info.oid, version: e.info.version, size: Math.min(e.info.size, e.savedSize) }))
+    const infos = changed.map(e => this.recordOf(e, Math.min(e.info.size, e.savedSize)))
     await this.catalog.put(infos, sync)
     for (let i = 0; i < changed.length; i++) {
       const e = changed[i] as Entry
@@ -495,7 +583,8 @@ export class LocalObjectStore implements ObjectStore {
 
   private async loadEntry (oid: ObjectId): Promise<Entry> {
     const known = this.entries.get(oid)
-    const info = known?.info ?? await this.catalog.get(oid)
+    const record = known === undefined ? await this.catalog.get(oid) : null
+    const info = known?.info ?? (record === null ? null : { oid, version: record.version, size: record.size })
     if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
     let fd: number
     try {
@@ -519,7 +608,7 @@ export class LocalObjectStore implements ObjectStore {
         throw toSheepError(err)
       }
     }
-    const e = known ?? { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size }
+    const e = known ?? { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size, dirty: record?.dirty === true, writing: 0, marking: null }
     e.fd = fd
     this.remember(e)
     return e

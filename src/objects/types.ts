@@ -6,6 +6,11 @@ export interface ObjectInfo {
   version: number
   /** Logical size in bytes; the object file is never shorter (a shorter one is corrupt). */
   size: number
+  /**
+   * A cluster replica's copy a crash left in doubt: writes were changing it, so its bytes may be
+   * newer than its version says (LocalObjectStore.asReplica). Recovery settles it.
+   */
+  uncertain?: boolean
 }
 
 export interface StoreUsage {

@@ -8,12 +8,13 @@
 // then the call waits for the next view, which places the object on live nodes, and runs again
 // on its replicas there (writing the same bytes twice is harmless). A replica that a new view
 // added and that lacks the object gets a whole copy from one that has it before the write goes
-// on. A node that cannot reach a majority of its view refuses writes: a minority partition never
-// accepts one.
+// on. A node that cannot reach a majority of its view refuses writes and serves no reads: a
+// minority partition never accepts a write nor answers from a copy the majority moved past.
 
 import { isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
+import { epochFloor, nextVersion } from '../objects/versions'
 import type { Cluster } from './cluster'
 import { decode, encode, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
 import { listAll } from './replica'
@@ -165,8 +166,9 @@ export class Gateway implements ObjectStore {
       const current = (await this.local.stat(oid))?.version ?? 0
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
       // Every replica records the new version, whatever it counted before: a replica whose count
-      // strayed (a replace that reached it and not the others) agrees again.
-      const version = current + 1
+      // strayed (a replace that reached it and not the others) agrees again. Above every version
+      // of an earlier epoch: a replace an earlier primary got to one replica only is older.
+      const version = nextVersion(current, epochFloor(this.cluster.epoch))
       await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data, version }) })
       return version
     })
@@ -368,9 +370,14 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  /** Runs fn on one replica of oid, this node's own first, moving to the next while they fail. */
+  /**
+   * Runs fn on one replica of oid, this node's own first, moving to the next while they fail. A
+   * node cut off from the majority of its view serves no read either, not even from its own copy:
+   * the majority may have changed the object since.
+   */
   private async fromOne<T> (oid: ObjectId, fn: (node: string, epoch: number) => Promise<T>): Promise<T> {
     for (;;) {
+      if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
       const epoch = this.cluster.epoch
       const replicas = this.replicasOf(oid)
       const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas

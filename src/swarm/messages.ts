@@ -325,14 +325,25 @@ export const response: Codec<Response> = checked(struct<Response>({
   if (r.error !== '' && !isErrorCode(r.error)) throw bad(`unknown error code ${JSON.stringify(r.error.slice(0, 32))}`)
 })
 
-export interface ObjectEntry { oid: bigint, version: number, size: number }
+export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean }
+
+/** An entry's flags: bit 0 says a crash left the copy uncertain (ObjectInfo.uncertain); no other bit is defined. */
+const UNCERTAIN = 1
+
+const objectEntry: Codec<ObjectEntry> = {
+  preencode (state, e) { c.biguint64.preencode(state, e.oid); safeUint.preencode(state, e.version); safeUint.preencode(state, e.size); c.uint.preencode(state, e.uncertain === true ? UNCERTAIN : 0) },
+  encode (state, e) { c.biguint64.encode(state, e.oid); safeUint.encode(state, e.version); safeUint.encode(state, e.size); c.uint.encode(state, e.uncertain === true ? UNCERTAIN : 0) },
+  decode (state) {
+    const e: ObjectEntry = { oid: c.biguint64.decode(state), version: safeUint.decode(state), size: safeUint.decode(state) }
+    const flags = c.uint.decode(state)
+    if ((flags & ~UNCERTAIN) !== 0) throw bad(`object entry flags ${flags}: unknown bits`)
+    if (flags === UNCERTAIN) e.uncertain = true
+    return e
+  }
+}
 
 /** The answer to List: every object a replica holds. */
-export const objectList: Codec<ObjectEntry[]> = boundedArray(struct<ObjectEntry>({
-  oid: c.biguint64,
-  version: safeUint,
-  size: safeUint
-}), LIST_PAGE, 10)
+export const objectList: Codec<ObjectEntry[]> = boundedArray(objectEntry, LIST_PAGE, 11)
 
 /** The most oids one Sync request names; a longer list is sent in several requests. */
 export const SYNC_BATCH = 100_000

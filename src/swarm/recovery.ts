@@ -12,6 +12,7 @@
 
 import { SheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
+import type { LocalObjectStore } from '../objects/local-store'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import type { Cluster } from './cluster'
 import { Op, type ObjectEntry } from './messages'
@@ -26,8 +27,13 @@ const STALE_WAIT_MS = 20
 /** Looks for copies this node may drop, while replicas are still copying them. */
 const DROP_PASSES = 30
 const DROP_RETRY_MS = 1000
-/** How long a round waits for links to every member before it counts the missing ones as down. */
+/** How long a round waits for links to every member before it asks them for their lists. */
 const CONNECT_WAIT_MS = 5000
+/** A plan that lacked a member's list is made again after this, doubling up to the most. */
+const PLAN_RETRY_MS = 200
+const PLAN_RETRY_MAX_MS = 3000
+/** How long an access waits for the round's plan before it fails (a request's own timeout is 10 s). */
+const GUARD_WAIT_MS = 8000
 
 interface Deferred { promise: Promise<void>, resolve: () => void }
 
@@ -44,10 +50,25 @@ function settled (): Deferred {
 }
 const EMPTY = new Uint8Array(0)
 
+/** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle'>
+
+/** The copy of an object recovery takes as the newest so far. */
+interface Copy { node: string, version: number, uncertain: boolean }
+
+/**
+ * Whether node's entry is newer than `known`: the higher version; at one version, the member with
+ * the lower id, so that every member's plan picks the same copy (two copies at one version may
+ * differ when a crash left one of them uncertain).
+ */
+function newer (node: string, e: ObjectEntry, known: Copy): boolean {
+  return e.version > known.version || (e.version === known.version && node < known.node)
+}
+
 export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number }
 
 export class Recovery {
-  private readonly raw: ObjectStore
+  private readonly raw: RecoveryStore
   private readonly cluster: Cluster
   /** Replicas of oid; null while its image is not known here (created elsewhere a moment ago). */
   private readonly replicasOf: (oid: ObjectId) => string[] | null
@@ -60,6 +81,8 @@ export class Recovery {
    * round that finds its view outdated never resolves its own: the next round's start does.
    */
   private ready = settled()
+  /** Members whose list the current round's plan still lacks. */
+  private waitingFor: string[] = []
   private round = 0
   private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0 }
 
@@ -68,7 +91,7 @@ export class Recovery {
   /** Resolved once every image's copies are known (the node has loaded its images). */
   private readonly copiesKnown = deferred()
 
-  constructor (raw: ObjectStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
+  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
     this.raw = raw
     this.cluster = cluster
     this.replicasOf = placement.replicasOf
@@ -95,26 +118,57 @@ export class Recovery {
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
+    this.waitingFor = []
     previous.resolve() // its waiters look again and find this round's
-    this.plan(view, round)
-      .then(async planned => {
-        if (!planned) return
-        ready.resolve()
-        await this.drain(round)
-        await this.dropMoved(view, round)
-      })
-      .catch(err => {
-        // Serving is better than hanging every I/O on a bug here; say so loudly.
-        this.log(`recovery for view ${view.epoch} failed, objects are served as they are: ${(err as Error).message}`)
-        ready.resolve()
-      })
+    void this.run(view, round, ready)
   }
 
-  /** Waits until oid may be used here: after the round's plan, and after its copy if it is pending. */
+  /**
+   * Plans the round, then copies and drops. A plan that cannot be made (a member did not answer
+   * its list) is tried again until it can or a newer view comes: serving before it is known which
+   * copy is the newest could serve, and then write on top of, a stale one.
+   */
+  private async run (view: View, round: number, ready: Deferred): Promise<void> {
+    for (let wait = PLAN_RETRY_MS; round === this.round; wait = Math.min(wait * 2, PLAN_RETRY_MAX_MS)) {
+      try {
+        if (!await this.plan(view, round)) return
+      } catch (err) {
+        if (round !== this.round) return
+        this.log(`recovery for view ${view.epoch}: ${(err as Error).message}; I/O waits, trying again in ${wait} ms`)
+        await new Promise(resolve => setTimeout(resolve, wait))
+        continue
+      }
+      ready.resolve()
+      try {
+        await this.drain(round)
+        await this.dropMoved(view, round)
+      } catch (err) {
+        // What is still pending is copied before it is used (guard).
+        this.log(`recovery for view ${view.epoch}: ${(err as Error).message}`)
+      }
+      return
+    }
+  }
+
+  /**
+   * Waits until oid may be used here: after the round's plan, and after its copy if it is pending.
+   * ENOTCONN when the plan is not made within GUARD_WAIT_MS (a member does not answer and the
+   * view does not drop it): the caller's request fails clearly instead of hanging.
+   */
   async guard (oid: ObjectId): Promise<void> {
+    const deadline = Date.now() + GUARD_WAIT_MS
     for (;;) {
       const ready = this.ready
-      await ready.promise
+      const left = deadline - Date.now()
+      let timer: NodeJS.Timeout | undefined
+      const timedOut = left > 0 && await Promise.race([
+        ready.promise.then(() => false),
+        new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), left) })
+      ]).finally(() => clearTimeout(timer))
+      if (left <= 0 || timedOut) {
+        throw SheepError.unreachable(`object ${oidToHex(oid)}: recovery of view ${this.stats.epoch} cannot tell which copy is the newest yet` +
+          (this.waitingFor.length > 0 ? ` (no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')})` : ''))
+      }
       if (ready === this.ready) break
     }
     if (this.pending.has(oid)) await this.copy(oid)
@@ -147,7 +201,7 @@ export class Recovery {
   private async plan (view: View, round: number): Promise<boolean> {
     this.pending.clear()
     const self = this.cluster.id
-    const newest = new Map<ObjectId, { node: string, version: number }>()
+    const newest = new Map<ObjectId, Copy>()
     const others = view.members.filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
     const deadline = Date.now() + CONNECT_WAIT_MS
@@ -156,19 +210,34 @@ export class Recovery {
     }
     const lists = await Promise.all(others.map(async m => ({ node: m.id, list: await this.listOf(m.id, view.epoch) })))
     if (lists.some(l => l.list === 'newer')) return false
-    for (const { node, list } of lists) {
-      if (list === 'newer') continue
-      for (const e of list ?? []) {
-        const known = newest.get(e.oid)
-        if (known === undefined || known.version < e.version) newest.set(e.oid, { node, version: e.version })
-      }
+    // A member that did not answer may hold the newest copy of anything: it is never taken to
+    // hold nothing.
+    this.waitingFor = lists.filter(l => l.list === null).map(l => l.node)
+    if (this.waitingFor.length > 0) throw SheepError.unreachable(`no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')}`)
+    const consider = (node: string, e: ObjectEntry): void => {
+      const known = newest.get(e.oid)
+      if (known === undefined || newer(node, e, known)) newest.set(e.oid, { node, version: e.version, uncertain: e.uncertain === true })
     }
-    const local = new Map<ObjectId, number>()
-    for await (const info of this.raw.list()) local.set(info.oid, info.version)
+    for (const { node, list } of lists) {
+      if (list === 'newer' || list === null) continue
+      for (const e of list) consider(node, e)
+    }
+    const local = new Map<ObjectId, ObjectEntry>()
+    for await (const info of this.raw.list()) {
+      local.set(info.oid, info)
+      consider(self, info)
+    }
     if (round !== this.round) return false
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
-      if ((local.get(oid) ?? -1) < best.version) this.pending.set(oid, best.node)
+      const mine = local.get(oid)
+      if (best.node === self) {
+        // Every replica gets this node's copy: one a crash left in doubt becomes newer than the
+        // others (whose bytes may differ at its version) before anyone reads it.
+        if (mine?.uncertain === true) await this.raw.settle(oid)
+        continue
+      }
+      if (mine === undefined || mine.version < best.version || mine.uncertain === true || best.uncertain) this.pending.set(oid, best.node)
     }
     this.stats.pending = this.pending.size
     if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)

@@ -59,7 +59,11 @@ export function responseOf (rng: Rng): Response {
 }
 
 export function objectListOf (rng: Rng): ObjectEntry[] {
-  return Array.from({ length: rng.int(0, 6) }, () => ({ oid: rng.bytes(8).readBigUInt64LE(0), version: uintOf(rng), size: uintOf(rng) }))
+  return Array.from({ length: rng.int(0, 6) }, () => {
+    const e: ObjectEntry = { oid: rng.bytes(8).readBigUInt64LE(0), version: uintOf(rng), size: uintOf(rng) }
+    if (rng.chance(0.3)) e.uncertain = true
+    return e
+  })
 }
 
 export function oidListOf (rng: Rng): bigint[] {

@@ -75,7 +75,10 @@ t.test('INIT: 7.31 with the flags both sides have, 1 MiB writes, 256 pages; olde
 })
 
 /** A session over a real image store; `call` sends one request and resolves with its reply. */
-async function harness (t: Teardownable): Promise<{ session: KernelSession, call: (opcode: number, nodeid: number, body?: Buffer) => Promise<Reply>, raw: (buf: Buffer) => Buffer[], logs: string[] }> {
+/** Who sends a request: the uid and gid in its header. */
+interface Caller { uid: number, gid: number }
+
+async function harness (t: Teardownable): Promise<{ session: KernelSession, call: (opcode: number, nodeid: number, body?: Buffer, caller?: Caller) => Promise<Reply>, raw: (buf: Buffer) => Buffer[], logs: string[] }> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   const images = new ImageStore(objects)
@@ -96,9 +99,9 @@ async function harness (t: Teardownable): Promise<{ session: KernelSession, call
     await objects.close()
   })
   let unique = 100
-  const call = async (opcode: number, nodeid: number, body: Buffer = Buffer.alloc(0)): Promise<Reply> => {
+  const call = async (opcode: number, nodeid: number, body: Buffer = Buffer.alloc(0), caller?: Caller): Promise<Reply> => {
     const u = unique += 2
-    const buf = request(opcode, u, nodeid, body)
+    const buf = request(opcode, u, nodeid, body, caller)
     const got = new Promise<Buffer>(resolve => waiting.set(u, resolve))
     session.handle(buf)
     const r = await got
@@ -115,9 +118,9 @@ async function harness (t: Teardownable): Promise<{ session: KernelSession, call
 
 interface Reply { error: number, body: Buffer, unique: number }
 
-function request (opcode: number, unique: number, nodeid: number, body: Buffer): Buffer {
+function request (opcode: number, unique: number, nodeid: number, body: Buffer, caller: Caller = { uid: 0, gid: 0 }): Buffer {
   const buf = Buffer.alloc(P.InHeader.size + body.length)
-  P.InHeader.encode({ len: buf.length, opcode, unique, nodeid }, buf)
+  P.InHeader.encode({ len: buf.length, opcode, unique, nodeid, ...caller }, buf)
   body.copy(buf, P.InHeader.size)
   return buf
 }
@@ -194,6 +197,40 @@ t.test('a session serves create, write, read, lookup, getattr, readdir, xattrs, 
   t.equal((await call(P.Opcode.GETATTR, entry.nodeid, struct(P.GetattrIn, {}))).error, -E.ENOENT, 'closed and unlinked: nothing left')
   t.equal((await call(P.Opcode.LOOKUP, P.FUSE_ROOT_ID, Buffer.from('y'.repeat(2000) + '\0'))).error, -E.ENAMETOOLONG, 'a name longer than FUSE_NAME_MAX')
   t.equal((await call(P.Opcode.MKDIR, P.FUSE_ROOT_ID, struct(P.AccessIn, {}, 'd\0'))).error, -E.EPERM)
+})
+
+t.test('CREATE makes the image the caller\'s, with its mode less its umask; xattrs are kept as ext4 keeps them', async t => {
+  const { call } = await harness(t)
+  const created = await call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100666, umask: 0o027 }, 'mine.img\0'), { uid: 1234, gid: 5678 })
+  t.equal(created.error, 0)
+  const node = P.EntryOutHead.decode(created.body).nodeid
+  t.match(P.Attr.decode(created.body, P.EntryOutHead.size), { uid: 1234, gid: 5678, mode: 0o100640 }, 'the entry: the caller\'s, 0666 & ~027')
+  const { fh } = P.OpenOut.decode(created.body, P.EntryOutHead.size + P.Attr.size)
+  t.equal((await call(P.Opcode.RELEASE, node, struct(P.ReleaseIn, { fh }))).error, 0)
+  t.match(P.Attr.decode((await call(P.Opcode.GETATTR, node, struct(P.GetattrIn, {}))).body, P.AttrOutHead.size), { uid: 1234, gid: 5678, mode: 0o100640 }, 'and after its close')
+
+  const set = async (name: string, value: string, flags = 0): Promise<number> =>
+    (await call(P.Opcode.SETXATTR, node, struct(P.SetxattrIn, { size: Buffer.byteLength(value), flags }, `${name}\0${value}`))).error
+  const get = async (name: string): Promise<Reply> => await call(P.Opcode.GETXATTR, node, struct(P.GetxattrIn, { size: 4096 }, `${name}\0`))
+  t.equal(await set('security.selinux', 'system_u:object_r:svirt_image_t:s0'), 0)
+  t.equal((await get('security.selinux')).body.toString(), 'system_u:object_r:svirt_image_t:s0', 'security.* round trip')
+  t.equal(await set('trusted.a', '1', 1), 0, 'XATTR_CREATE of a new one')
+  t.equal(await set('trusted.a', '2', 1), -E.EEXIST, 'XATTR_CREATE of one there: EEXIST')
+  t.equal(await set('trusted.b', '2', 2), -E.ENODATA, 'XATTR_REPLACE of one not there: ENODATA')
+  t.equal(await set('trusted.a', '3', 2), 0, 'XATTR_REPLACE of one there')
+  t.equal((await get('trusted.a')).body.toString(), '3')
+  t.equal(await set('user.empty', ''), 0, 'an empty value')
+  t.equal((await get('user.empty')).body.length, 0)
+  const names = (await call(P.Opcode.LISTXATTR, node, struct(P.GetxattrIn, { size: 4096 }))).body.toString().split('\0').filter(n => n !== '')
+  t.same(names.filter(n => !n.startsWith('user.sheep.')), ['security.selinux', 'trusted.a', 'user.empty'], 'listed, with Sheep\'s own')
+  t.ok(names.includes('user.sheep.vid'))
+  t.equal(await set('user.sheep.vid', '1'), -E.EPERM, 'user.sheep.* stay read-only')
+  t.equal(await set('system.posix_acl_access', 'x'), -E.EOPNOTSUPP, 'system.*: not kept')
+  t.equal(await set('user.big', 'x'.repeat(4000)), -E.ENOSPC, 'past the room: ENOSPC')
+  t.equal((await call(P.Opcode.REMOVEXATTR, node, Buffer.from('trusted.a\0'))).error, 0, 'removed')
+  t.equal((await get('trusted.a')).error, -E.ENODATA, 'gone')
+  t.equal((await call(P.Opcode.REMOVEXATTR, node, Buffer.from('trusted.a\0'))).error, -E.ENODATA, 'removing it again: ENODATA')
+  t.equal((await call(P.Opcode.SETXATTR, P.FUSE_ROOT_ID, struct(P.SetxattrIn, { size: 1 }, 'user.x\0y'))).error, -E.EOPNOTSUPP, 'the root keeps none')
 })
 
 t.test('malformed and unknown requests get EINVAL, EIO or ENOSYS and never throw', async t => {
@@ -333,4 +370,31 @@ t.test('COPY_FILE_RANGE: the daemon copies between images, up to the source\'s e
   t.ok(back.body.equals(data.subarray(5, 5 + 1024 * 1024)), 'the bytes landed at the destination offset')
   const past = await call(P.Opcode.COPY_FILE_RANGE, a.node, struct(P.CopyFileRangeIn, { fh_in: a.fh, off_in: data.length, nodeid_out: b.node, fh_out: b.fh, off_out: 0, len: 4096 }))
   t.equal(P.WriteOut.decode(past.body).size, 0, 'nothing to copy past the end')
+})
+
+t.test('a snapshot and its folder report the image\'s owner and mode as they are now, less write bits; the root the mode asked for', async t => {
+  const objects = new LocalObjectStore(tmpDir(t))
+  await objects.open()
+  const images = new ImageStore(objects)
+  await images.open()
+  t.teardown(async () => { await images.close(); await objects.close() })
+  const core = adapterCore(images, { createOptions: { objectSize: 65536, copies: 1 }, rootMode: 0o1777, log: () => {} })
+  t.equal(core.getattr('/').mode, fs.constants.S_IFDIR | 0o1777, 'the root: the mode asked for')
+  await images.create('vm.img', 65536, { objectSize: 65536, copies: 1 })
+  await images.snapshot('vm.img', 's1')
+  const owner = (p: string): { mode: number, uid: number, gid: number } => { const st = core.getattr(p); return { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } }
+  t.same(owner('/vm.img'), { mode: 0o600, uid: 0, gid: 0 }, 'an image made without a mode: root\'s, 0600')
+  t.same(owner('/.snapshots/vm.img/s1'), { mode: 0o400, uid: 0, gid: 0 })
+  t.same(owner('/.snapshots/vm.img'), { mode: 0o500, uid: 0, gid: 0 }, 'the folder: r-x where the image has r')
+  await core.chown('/vm.img', 107, 108)
+  await core.chmod('/vm.img', 0o4764)
+  t.same(owner('/.snapshots/vm.img/s1'), { mode: 0o4544, uid: 107, gid: 108 }, 'the snapshot follows a chown and chmod of its image, less write bits')
+  t.same(owner('/.snapshots/vm.img'), { mode: 0o555, uid: 107, gid: 108 }, 'and so does its folder')
+  t.equal(core.getattr('/.snapshots').mode, fs.constants.S_IFDIR | 0o755)
+  // A handle open on the snapshot outlives the image deleted with its snapshots: the snapshot's own then.
+  const fh = await core.open('/.snapshots/vm.img/s1', fs.constants.O_RDONLY)
+  await core.unlink('/vm.img')
+  const st = core.fgetattr(fh)
+  t.same({ mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }, { mode: 0o400, uid: 0, gid: 0 }, 'fstat of a snapshot whose image is gone: what it had when taken')
+  await core.release(fh)
 })

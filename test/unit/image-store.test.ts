@@ -7,12 +7,11 @@ import path from 'node:path'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, type ObjectId, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../../src/objects/oid'
 import { ImageStore } from '../../src/cow/image-store'
-import type { WriteTokens } from '../../src/cow/tokens'
 import type { Image } from '../../src/cow/image'
 import { DIRECTORY_OID } from '../../src/cow/directory'
 import { inodeObjectSize } from '../../src/cow/inode'
 import { sheepError, tmpDir } from './tmp'
-import { SheepError } from '../../src/errors'
+import { SharedTokens } from '../helpers/shared-tokens'
 
 const KiB = 1024
 const MiB = 2 ** 20
@@ -685,41 +684,6 @@ t.test('two image stores over one object store (two hosts of a cluster): what on
   await a.close()
   await b.close()
 })
-
-/**
- * Write tokens between image stores of one process, kept as the cluster keeps them
- * (src/swarm/write-tokens.ts, tested on real nodes in test/e2e/cluster-tokens.test.ts): one
- * record per image (holder, generation, deleted) and, per store, the generation it took; a take
- * asks the holder to release first and says whether another store held the token since.
- */
-class SharedTokens {
-  private readonly records = new Map<number, { holder: string, generation: number, deleted: boolean }>()
-  readonly takes: string[] = []
-  constructor (private readonly objects: LocalObjectStore, private readonly stores: Map<string, () => ImageStore>) {}
-
-  forStore (name: string): WriteTokens {
-    const taken = new Map<number, number>()
-    return {
-      take: async (vid, purpose) => {
-        this.takes.push(`${name} ${purpose}`)
-        for (;;) {
-          const current = this.records.get(vid)
-          if (current?.deleted === true || (current === undefined && await this.objects.stat(inodeOid(vid)) === null)) throw SheepError.stale(`image ${vid} was deleted`)
-          if (current !== undefined && current.holder === name && current.generation === taken.get(vid)) return false
-          if (current !== undefined && current.holder !== name) await (this.stores.get(current.holder) as () => ImageStore)().releaseToken(vid, purpose)
-          if (this.records.get(vid) !== current) continue // the swap would fail
-          const generation = (current?.generation ?? 0) + 1
-          this.records.set(vid, { holder: name, generation, deleted: false })
-          taken.set(vid, generation)
-          return current !== undefined
-        }
-      },
-      released: vid => { taken.delete(vid) },
-      bury: async vid => { this.records.set(vid, { holder: name, generation: (this.records.get(vid)?.generation ?? 0) + 1, deleted: true }) },
-      forget: async vid => { this.records.delete(vid) }
-    }
-  }
-}
 
 t.test('write tokens: the holder writes out what it kept before another store takes over; changes wait for it to close', async t => {
   const objects = new LocalObjectStore(tmpDir(t))

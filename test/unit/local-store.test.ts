@@ -7,6 +7,7 @@ import { FileIo } from '../../src/objects/file-io'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import type { ObjectInfo } from '../../src/objects/types'
+import { epochFloor, versionEpoch } from '../../src/objects/versions'
 import { sheepError, tmpDir } from './tmp'
 
 const KiB = 1024
@@ -575,4 +576,96 @@ t.test('a size an object grew to is recorded once its file is synced; a longer f
   await store.sync([oid])
   crashed = await openStore(t, crashCopy(t, dir))
   t.ok((await crashed.readAll(oid)).subarray(64).equals(pattern(64, 1)), 'after the sync the grown bytes are part of it')
+})
+
+t.test('versions: every change made in an epoch orders above every version of an earlier epoch', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  let epoch = 0
+  await store.asReplica(() => epochFloor(epoch))
+  const oid = dataOid(7, 0)
+  const other = dataOid(7, 1)
+  await store.create(oid, 4096)
+  await store.create(other, 4096)
+  for (let i = 0; i < 150; i++) await store.write(oid, 0, pattern(512, i))
+  const counted = (await store.stat(oid))?.version as number
+  t.equal(counted, 151, 'in epoch 0 (one host) a version counts changes')
+  epoch = 5
+  await store.write(other, 0, pattern(512, 1))
+  const later = (await store.stat(other))?.version as number
+  t.ok(later > counted, `one write in epoch 5 (${later}) is newer than 151 writes before it (${counted})`)
+  t.equal(versionEpoch(later), 5)
+  await store.truncate(oid, 1024)
+  t.equal(versionEpoch((await store.stat(oid))?.version as number), 5, 'a truncate moves the version into the epoch too')
+  await store.write(other, 0, pattern(512, 2))
+  t.equal((await store.stat(other))?.version, later + 1, 'within an epoch changes count on')
+  const meta = metaOid(0)
+  const v1 = await store.compareAndReplace(meta, Buffer.from('a'), 0)
+  t.equal(v1, (await store.stat(meta))?.version, 'compare-and-replace answers the version it recorded')
+  t.equal(versionEpoch(v1), 5)
+  epoch = 6
+  const v2 = await store.compareAndReplace(meta, Buffer.from('b'), v1)
+  t.equal(versionEpoch(v2), 6)
+  t.equal(v2, (await store.stat(meta))?.version)
+  await store.close()
+  const again = await openStore(t, dir)
+  t.equal((await again.stat(other))?.version, later + 1, 'versions survive a reopen')
+  t.throws(() => epochFloor(2 ** 21), { code: 'EFBIG' }, 'an epoch versions cannot order is refused, not rounded')
+})
+
+t.test('a replica marks a record dirty before its file changes: a crash leaves the copy uncertain, a sync or a settle makes it certain', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  await store.asReplica(() => epochFloor(3))
+  const oid = dataOid(9, 0)
+  await store.create(oid, 4096)
+  await store.sync([oid])
+  const clean = await openStore(t, crashCopy(t, dir))
+  await clean.asReplica(() => epochFloor(4))
+  t.notOk((await clean.stat(oid))?.uncertain, 'created and synced: certain')
+  await clean.close()
+  // Written, not synced: the bytes changed and the version the record gives does not say so.
+  await store.write(oid, 0, pattern(512, 1))
+  const crashed = await openStore(t, crashCopy(t, dir))
+  await crashed.asReplica(() => epochFloor(4))
+  const info = await crashed.stat(oid)
+  t.equal(info?.uncertain, true, 'written since its last sync: uncertain after the crash')
+  t.same((await listAll(crashed)).map(i => i.uncertain), [true], 'and listed so')
+  await crashed.settle(oid)
+  const settled = await crashed.stat(oid)
+  t.notOk(settled?.uncertain, 'settled: certain')
+  t.equal(versionEpoch(settled?.version as number), 4, 'with a version of the epoch it was settled in, above every copy of before')
+  await crashed.close()
+  // A sync with no write in flight records the version the bytes have, and a clean record.
+  await store.sync([oid])
+  const synced = await openStore(t, crashCopy(t, dir))
+  await synced.asReplica(() => epochFloor(4))
+  t.notOk((await synced.stat(oid))?.uncertain, 'synced after the write: certain again')
+  await synced.close()
+  // A truncate changes the file too; a store that is no replica marks nothing.
+  await store.truncate(oid, 1024)
+  const cut = await openStore(t, crashCopy(t, dir))
+  await cut.asReplica(() => epochFloor(4))
+  t.equal((await cut.stat(oid))?.uncertain, true, 'truncated since the last sync: uncertain')
+  await cut.close()
+  await store.close()
+  const plain = await openStore(t, tmpDir(t))
+  await plain.create(oid, 4096)
+  await plain.write(oid, 0, pattern(512, 2))
+  t.notOk((await plain.stat(oid))?.uncertain, 'one host: no marks, nothing uncertain')
+})
+
+t.test('index records of format 1 still load, as clean', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oid = dataOid(3, 1)
+  await store.create(oid, 100)
+  await store.close()
+  const { ClassicLevel } = await import('classic-level')
+  const db = new ClassicLevel<string, Buffer>(path.join(dir, 'index'), { keyEncoding: 'utf8', valueEncoding: 'buffer' })
+  await db.put(oidToHex(oid), Buffer.from([1, 7, 100]))
+  await db.close()
+  const again = await openStore(t, dir)
+  await again.asReplica(() => 0)
+  t.same(await again.stat(oid), { oid, version: 7, size: 100 })
 })

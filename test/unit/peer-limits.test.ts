@@ -58,7 +58,7 @@ t.test('a List of 400 000 objects comes in pages under the message limit, in ord
 })
 
 t.test('a List page that goes backwards is refused, not followed for ever', async t => {
-  const page = (): Response => ({ id: 1, error: '', message: '', epoch: 1, version: 0, size: 1, data: Buffer.from([1, ...Buffer.alloc(8), 1, 1]) })
+  const page = (): Response => ({ id: 1, error: '', message: '', epoch: 1, version: 0, size: 1, data: Buffer.from([1, ...Buffer.alloc(8), 1, 1, 0]) })
   let asked = 0
   const err = await sheepError(async () => await listAll(async () => { asked++; return page() }))
   // A page of oid 0 from 0 is not backwards; from 1 it is.

@@ -320,7 +320,8 @@ export class KernelSession {
       [Opcode.CREATE, async (h, body) => {
         const c = CreateIn.decode(body)
         const path = nodes.child(h.nodeid, readName(body, CreateIn.size).name)
-        const fh = await core.create(path, c.mode & ~c.umask)
+        // The image is the caller's (the header's fsuid and fsgid), as a file on ext4 would be.
+        const fh = await core.create(path, c.mode & ~c.umask, { uid: h.uid, gid: h.gid })
         const out = replyBuffer(entrySize + OpenOut.size)
         this.nodes.opened(this.entry(path, core.fgetattr(fh), out, OUT), fh)
         OpenOut.encode({ fh, open_flags: FOPEN_DIRECT_IO }, out, OUT + entrySize)
@@ -399,7 +400,7 @@ export class KernelSession {
         const s = SetxattrIn.decode(body)
         const { name, next } = readName(body, SetxattrIn.size)
         if (next + s.size > body.length) throw new MalformedRequest(`a SETXATTR value of ${s.size} bytes in ${body.length - next}`)
-        await core.setxattr(nodes.path(h.nodeid), name, body.subarray(next, next + s.size))
+        await core.setxattr(nodes.path(h.nodeid), name, body.subarray(next, next + s.size), s.flags)
         return this.empty(h)
       }],
       [Opcode.GETXATTR, (h, body) => {
@@ -411,7 +412,10 @@ export class KernelSession {
         const { size } = GetxattrIn.decode(body)
         return this.sized(h, size, Buffer.from(core.listxattr(nodes.path(h.nodeid)).map(n => n + '\0').join('')))
       }],
-      [Opcode.REMOVEXATTR, (h, body) => core.removexattr(nodes.path(h.nodeid), readName(body, 0).name)]
+      [Opcode.REMOVEXATTR, async (h, body) => {
+        await core.removexattr(nodes.path(h.nodeid), readName(body, 0).name)
+        return this.empty(h)
+      }]
     ]
     return new Map(handlers)
   }

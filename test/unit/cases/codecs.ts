@@ -5,6 +5,7 @@ import { SheepError } from '../../../src/errors'
 import { blockCount, decodeHeader, encodeHeader, HEADER_BYTES, inodeObjectSize, type InodeHeader, tableOffset } from '../../../src/cow/inode'
 import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from '../../../src/cow/directory'
 import { frame, FRAME_OVERHEAD } from '../../../src/cow/frame'
+import { withXattr, XATTR_ENTRY_BYTES, XATTR_SIZE_MAX, XATTR_SPACE, xattrBytes } from '../../../src/cow/xattrs'
 import { metaOid } from '../../../src/objects/oid'
 import { sheepError } from '../tmp'
 
@@ -21,8 +22,17 @@ const header: InodeHeader = {
   uid: 1000,
   gid: 1000,
   tag: '',
-  snapshotTime: 0
+  snapshotTime: 0,
+  xattrs: []
 }
+
+/** Extended attributes as setfattr leaves them: an SELinux label, a file capability, libvirt's remembered owner. */
+const labelled: InodeHeader['xattrs'] = [
+  { name: 'security.capability', value: Buffer.from('0100000200200000000000000000000000000000', 'hex') },
+  { name: 'security.selinux', value: Buffer.from('system_u:object_r:svirt_image_t:s0:c1,c2\0') },
+  { name: 'trusted.libvirt.security.dac', value: Buffer.from('+0:+0') },
+  { name: 'user.empty', value: Buffer.alloc(0) }
+]
 
 t.test('inode header round trip', async t => {
   const cases: InodeHeader[] = [
@@ -32,7 +42,10 @@ t.test('inode header round trip', async t => {
     { ...header, name: 'x'.repeat(255), uid: 0xffffffff, gid: 0xfffffffe },
     // A snapshot: its tag and when it was taken.
     { ...header, tag: 'before-upgrade', snapshotTime: 1_700_000_500_789, parent: 0x42 },
-    { ...header, tag: 't'.repeat(255), snapshotTime: Number.MAX_SAFE_INTEGER }
+    { ...header, tag: 't'.repeat(255), snapshotTime: Number.MAX_SAFE_INTEGER },
+    // Format 2: with extended attributes (an empty value too).
+    { ...header, xattrs: labelled },
+    { ...header, tag: 'snap', snapshotTime: 1, xattrs: [{ name: 'user.x', value: Buffer.from([0, 255, 0]) }] }
   ]
   for (const h of cases) {
     const bytes = encodeHeader(h)
@@ -48,6 +61,54 @@ t.test('inode header round trip', async t => {
     bytes.copy(shifted, 5)
     t.same(decodeHeader(new Uint8Array(shifted.buffer, shifted.byteOffset + 5, bytes.length), 'image x'), h)
   }
+})
+
+t.test('inode header formats: 1 without attributes (read by the version before), 2 with them', async t => {
+  t.equal(encodeHeader(header)[8], 1, 'no attributes: format 1')
+  t.equal(encodeHeader({ ...header, xattrs: labelled })[8], 2, 'attributes: format 2')
+  // Format 1 as the version before wrote it (these bytes are its encoding of `header`): still loads.
+  const v1 = Buffer.from('3b00000074dc1b2901feefcdab0007766d312e696d67ff0000000005000000fe000040000300ff7b68e5cf8b010000ff20a8f4cf8b010000fda401fde803fde8030000', 'hex')
+  t.same(decodeHeader(v1, 'image x'), header, 'a format-1 header of the version before loads, with no attributes')
+  t.ok(encodeHeader(header).equals(v1), 'and one without attributes is written byte for byte as before')
+})
+
+t.test('the largest header fits: longest name and tag, the attributes\' whole room', async t => {
+  // One attribute filling XATTR_SPACE, and as many 1-byte ones as fit (the most overhead per byte).
+  const fill = XATTR_SPACE - XATTR_ENTRY_BYTES - 20
+  const big: InodeHeader = { ...header, name: 'n'.repeat(255), tag: 't'.repeat(255), vid: 0xffffff, size: 2 ** 46, uid: 0xfffffffe, gid: 0xfffffffe, mtime: Number.MAX_SAFE_INTEGER, ctime: Number.MAX_SAFE_INTEGER, snapshotTime: Number.MAX_SAFE_INTEGER, parent: 0xffffff, mode: 0o7777 }
+  const one = withXattr([], 'security.'.padEnd(20, 'x'), Buffer.alloc(fill, 1), 'x')
+  t.equal(xattrBytes(one), XATTR_SPACE)
+  let many: InodeHeader['xattrs'] = []
+  for (let i = 0; xattrBytes(many) + 17 + XATTR_ENTRY_BYTES <= XATTR_SPACE; i++) many = withXattr(many, `user.${String(i).padStart(12, '0')}`, Buffer.from([i & 255]), 'x')
+  for (const xattrs of [one, many]) {
+    const bytes = encodeHeader({ ...big, xattrs })
+    t.ok(bytes.length <= HEADER_BYTES, `${xattrs.length} attributes: ${bytes.length} of ${HEADER_BYTES} bytes`)
+    t.same(decodeHeader(bytes, 'x').xattrs, xattrs)
+  }
+})
+
+t.test('extended attribute limits and errors, as ext4 gives them', async t => {
+  const a = withXattr([], 'security.selinux', Buffer.from('label'), 'vm.img')
+  t.same(a.map(x => x.name), ['security.selinux'])
+  const b = withXattr(a, 'trusted.a', Buffer.from('1'), 'vm.img')
+  t.same(b.map(x => x.name), ['security.selinux', 'trusted.a'], 'kept sorted')
+  t.same(a.map(x => x.name), ['security.selinux'], 'the list given is not changed')
+  const c = withXattr(b, 'security.selinux', Buffer.from('other'), 'vm.img')
+  t.equal(c.length, 2, 'a set replaces')
+  t.equal(c[0]?.value.toString(), 'other')
+  t.same(withXattr(c, 'trusted.a', null, 'vm.img').map(x => x.name), ['security.selinux'], 'null removes')
+  t.equal((await sheepError(() => withXattr(c, 'trusted.b', null, 'vm.img'))).code, 'ENODATA', 'removing one not there: ENODATA')
+  t.equal((await sheepError(() => withXattr([], 'user.' + 'x'.repeat(251), Buffer.alloc(1), 'vm.img'))).code, 'ERANGE', 'a 256-byte name: ERANGE')
+  t.equal(withXattr([], 'user.' + 'x'.repeat(250), Buffer.alloc(1), 'vm.img').length, 1, 'a 255-byte name is fine')
+  t.equal((await sheepError(() => withXattr([], 'user.x', Buffer.alloc(XATTR_SIZE_MAX + 1), 'vm.img'))).code, 'E2BIG', 'a value past 64 KiB: E2BIG')
+  const full = XATTR_SPACE - XATTR_ENTRY_BYTES - 'user.x'.length
+  t.equal(withXattr([], 'user.x', Buffer.alloc(full), 'vm.img').length, 1, 'a value that fills the room exactly')
+  const err = await sheepError(() => withXattr([], 'user.x', Buffer.alloc(full + 1), 'vm.img'))
+  t.equal(err.code, 'ENOSPC', 'one byte more: ENOSPC')
+  t.match(err.message, /^vm\.img: no room for user\.x/)
+  const nearly = withXattr([], 'user.x', Buffer.alloc(full - 100), 'vm.img')
+  t.equal((await sheepError(() => withXattr(nearly, 'user.y', Buffer.alloc(100), 'vm.img'))).code, 'ENOSPC', 'the room is shared by all attributes')
+  t.equal(withXattr(nearly, 'user.x', Buffer.alloc(full), 'vm.img').length, 1, 'a replaced value frees its old room')
 })
 
 t.test('a header too large to fit is refused', async t => {
@@ -115,8 +176,10 @@ t.test('a header with a good checksum but an unknown format or bad body', async 
   }
   const good = encodeHeader(header)
   const body = Buffer.from(good.subarray(8))
-  body[0] = 2 // format 2
-  await corrupt(t, frame(body), /undecodable: unknown inode format 2/, 'format 2')
+  body[0] = 3 // format 3
+  await corrupt(t, frame(body), /undecodable: unknown inode format 3/, 'format 3')
+  body[0] = 2 // format 2, but the attributes are missing
+  await corrupt(t, frame(body), /undecodable/, 'format 2 without its attributes')
   await corrupt(t, frame(Buffer.from(good.subarray(8, 14))), /undecodable/, 'cut-off body')
 })
 

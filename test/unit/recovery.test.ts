@@ -1,0 +1,177 @@
+// Recovery's plan in one process: three real local stores, each served by the real replica
+// handler; the links between them are direct calls that a test can cut (what the network does to
+// a member that does not answer). Issue 11: a member that did not answer its list was taken to
+// hold nothing, and a rejoining node served its stale copy.
+
+import t from 'tap'
+import fs from 'node:fs'
+import path from 'node:path'
+import { SheepError } from '../../src/errors'
+import { LocalObjectStore } from '../../src/objects/local-store'
+import { dataOid, type ObjectId } from '../../src/objects/oid'
+import type { ObjectStore } from '../../src/objects/types'
+import { epochFloor } from '../../src/objects/versions'
+import type { Cluster } from '../../src/swarm/cluster'
+import type { Link } from '../../src/swarm/link'
+import type { Request, Response } from '../../src/swarm/messages'
+import { Recovery } from '../../src/swarm/recovery'
+import { replicaHandler } from '../../src/swarm/replica'
+import type { View } from '../../src/swarm/view'
+import { tmpDir } from './tmp'
+
+interface Node { id: string, dir: string, store: LocalObjectStore, up: boolean, epoch: number, serve: ObjectStore }
+
+const EMPTY = new Uint8Array(0)
+
+interface Teardownable { teardown (fn: () => unknown): void }
+
+async function makeNodes (t: Teardownable, ids: string[]): Promise<Map<string, Node>> {
+  const nodes = new Map<string, Node>()
+  for (const id of ids) {
+    const dir = tmpDir(t)
+    const store = await openReplica(t, dir)
+    const node: Node = { id, dir, store, up: true, epoch: 1, serve: store }
+    nodes.set(id, await asReplica(node, store))
+  }
+  return nodes
+}
+
+async function openReplica (t: Teardownable, dir: string): Promise<LocalObjectStore> {
+  const store = new LocalObjectStore(dir)
+  await store.open()
+  t.teardown(async () => await store.close())
+  return store
+}
+
+async function asReplica (node: Node, store: LocalObjectStore): Promise<Node> {
+  node.store = store
+  node.serve = store
+  await store.asReplica(() => epochFloor(node.epoch))
+  return node
+}
+
+/** Node n as a SIGKILL would leave it: a new store on a copy of its folder (what files hold, nothing of memory). */
+async function crash (t: Teardownable, n: Node): Promise<void> {
+  const copy = tmpDir(t)
+  fs.cpSync(n.dir, copy, { recursive: true })
+  fs.rmSync(path.join(copy, 'index', 'LOCK'), { force: true })
+  n.dir = copy
+  await asReplica(n, await openReplica(t, copy))
+}
+
+/** What node `self` sees of the cluster: its epoch, and a link to each other node that is up. */
+function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
+  const me = nodes.get(self) as Node
+  const link = (id: string): Link | null => {
+    const peer = nodes.get(id)
+    if (peer === undefined || !peer.up) return null
+    const serve = replicaHandler(peer.serve, {
+      epoch: () => peer.epoch,
+      quorate: () => true,
+      asPrimary: async () => { throw new Error('not used') },
+      release: async () => {}
+    })
+    return {
+      async call (req: Omit<Request, 'id'>): Promise<Response> {
+        const base: Response = { id: 0, error: '', message: '', epoch: peer.epoch, version: 0, size: 0, data: EMPTY }
+        if (!peer.up) throw SheepError.unreachable(`${id} went away`)
+        try {
+          return { ...base, ...await serve({ ...req, id: 0 }) }
+        } catch (err) {
+          const e = err as SheepError
+          return { ...base, error: e.code, message: e.message }
+        }
+      }
+    } as unknown as Link
+  }
+  return { id: self, get epoch () { return me.epoch }, link } as unknown as Cluster
+}
+
+function viewOf (epoch: number, ids: string[]): View {
+  return { epoch, members: ids.map(id => ({ id, host: '127.0.0.1', port: 1, zone: '', weight: 1 })) }
+}
+
+async function readBack (store: { read: LocalObjectStore['read'] }, oid: ObjectId, length: number): Promise<Buffer> {
+  const out = Buffer.alloc(length)
+  await store.read(oid, 0, length, out, 0)
+  return out
+}
+
+t.test('a member that does not answer its list is not taken to hold nothing: I/O waits for its list, then gets its newer copy', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  // Epoch 3: a, b and c hold the block; then a is away while c (alone of the others) takes a
+  // newer write in epoch 5, and b is replaced and loses its copy.
+  for (const n of [a, b, c]) { n.epoch = 3; await n.store.create(oid, 4096); await n.store.write(oid, 0, Buffer.alloc(4096, 0x11)) }
+  c.epoch = 5
+  await c.store.write(oid, 0, Buffer.alloc(4096, 0x22))
+  await b.store.remove(oid)
+  // a comes back in epoch 6, while c does not answer yet.
+  for (const n of [a, b, c]) n.epoch = 6
+  c.up = false
+  const recovery = new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {})
+  recovery.imagesLoaded()
+  recovery.start(viewOf(6, ids))
+  const guarded = recovery.guarded()
+  let answered = false
+  const read = readBack(guarded, oid, 4096).finally(() => { answered = true })
+  // The plan waits up to 5 s for links, then finds c's list missing and tries again.
+  await new Promise(resolve => setTimeout(resolve, 6000))
+  t.notOk(answered, 'a read of the block waits: c, which did not answer, may hold a newer copy')
+  c.up = true
+  const bytes = await read
+  t.equal(bytes[0], 0x22, 'once c answers, a copies c\'s newer block first and reads it')
+  t.equal((await a.store.stat(oid))?.version, (await c.store.stat(oid))?.version, 'a holds it at c\'s version')
+})
+
+t.test('an access to a block whose plan cannot be made fails with ENOTCONN, naming the silent member', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(1, 0)
+  await a.store.create(oid, 4096)
+  b.up = false
+  const recovery = new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {})
+  recovery.imagesLoaded()
+  recovery.start(viewOf(2, ids))
+  const err = await readBack(recovery.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'ENOTCONN')
+  t.match(err?.message ?? '', /no list from b/, 'the error names the member whose list is missing')
+  recovery.start(viewOf(3, ['a'])) // a newer view without b ends the round that waited for it
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0, 'in a view without b the block is served')
+})
+
+t.test('every node dies at once while two replicas take different writes: after the restart all three hold one copy', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(2, 0)
+  for (const n of [a, b, c]) {
+    n.epoch = 4
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
+    await n.store.sync([oid])
+  }
+  // Two writes a writer had in flight when everything died: one reached a, the other b, none c.
+  await a.store.write(oid, 0, Buffer.alloc(4096, 0xaa))
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0xbb))
+  for (const n of [a, b, c]) await crash(t, n)
+  const versions = await Promise.all([a, b, c].map(async n => await n.store.stat(oid)))
+  t.same(versions.map(v => v?.version), [versions[0]?.version, versions[0]?.version, versions[0]?.version], 'all three copies give one version')
+  t.same(versions.map(v => v?.uncertain === true), [true, true, false], 'and a and b know theirs may hold more')
+  for (const n of [a, b, c]) n.epoch = 5
+  const recoveries = [a, b, c].map(n => {
+    const r = new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, () => {})
+    n.serve = r.guarded()
+    r.imagesLoaded()
+    return r
+  })
+  for (const r of recoveries) r.start(viewOf(5, ids))
+  const bytes = await Promise.all([a, b, c].map(async n => (await readBack(n.serve, oid, 4096)).toString('hex')))
+  t.equal(new Set(bytes).size, 1, 'every node reads the same bytes')
+  t.ok(bytes[0] === Buffer.alloc(4096, 0xaa).toString('hex'), 'those of a, the lowest id among the copies of the highest version')
+  const after = await Promise.all([a, b, c].map(async n => await n.store.stat(oid)))
+  t.notOk(after.some(i => i?.uncertain === true), 'no copy is uncertain any more')
+})
