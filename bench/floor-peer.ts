@@ -56,7 +56,10 @@ export async function linkOver (socket: net.Socket, initiator: boolean, setup: L
       let link: Link
       try {
         link = new Link(stream as unknown as SecureStream, {
-          kind: 'tcp', secret: setup.secret, self: () => ({ member: setup.self, view: { epoch: 0, members: [] } }), onRequest: setup.onRequest, log: setup.log
+          kind: 'tcp',
+          secret: () => setup.secret,
+          gate: (_id, proves) => proves(setup.secret) ? null : 'it did not prove it holds the cluster secret',
+          self: () => ({ member: setup.self, view: { epoch: 0, members: [] } }), onRequest: setup.onRequest, log: setup.log
         })
       } catch (err) {
         stream.destroy()

@@ -30,12 +30,17 @@ daemon
 
 cluster (without these options a node keeps everything in its own store)
   start ... --bootstrap-port PORT   found a cluster (or rejoin one) and run the DHT bootstrap node others need offline
-  start ... --join TOKEN            join the cluster a token names
+  start ... --admission manual      when founding: joiners wait as candidates until 'node admit' (default auto)
+  start ... --join TOKEN            join the cluster a token names (a member that was down while the
+                                    secret was rotated comes back with the new token)
   start ... --bootstrap HOST:PORT   a DHT bootstrap node to use (repeatable)
   start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
   start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
   cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
-  node list [--json]                members of the view: id, address, zone, weight, capacity, used, state
+  cluster rotate-secret             a new secret for every member; prints the new token (old tokens stop working)
+  node list [--json]                members of the view (id, address, zone, weight, capacity, used, state) and candidates
+  node admit ID                     make a candidate a member (clusters founded with --admission manual)
+  node remove ID                    take a node out for good: its key is refused from then on
 
 images (NAME is a name, or a path such as ${DEFAULT_MOUNT}/vm1.img)
   image create NAME SIZE [--copies N] [--object-size SIZE] [--owner USER] [--group GROUP] [--mode OCTAL]
@@ -212,6 +217,7 @@ async function main (argv: string[]): Promise<void> {
         host: { type: 'string' },
         port: { type: 'string' },
         'no-direct': { type: 'boolean' },
+        admission: { type: 'string' },
         'root-mode': { type: 'string' }
       }, 0)
       const { startCommand } = await import('./start')
@@ -226,6 +232,9 @@ async function main (argv: string[]): Promise<void> {
         usageError('--zone, --host, --port and --no-direct are for a cluster: add --bootstrap-port, --bootstrap or --join')
       }
       if (values['no-direct'] === true && values.port !== undefined) usageError('--port is the direct path\'s port: not with --no-direct')
+      const admission = values.admission ?? 'auto'
+      if (admission !== 'auto' && admission !== 'manual') usageError(`bad --admission ${JSON.stringify(admission)}: auto or manual`)
+      if (values.admission !== undefined && values['bootstrap-port'] === undefined) usageError('--admission is for founding a cluster: add --bootstrap-port')
       await startCommand({
         store: typeof values.store === 'string' ? values.store : DEFAULT_STORE,
         mount: typeof values.mount === 'string' ? values.mount : DEFAULT_MOUNT,
@@ -242,7 +251,8 @@ async function main (argv: string[]): Promise<void> {
               bootstrapPort: portNumber(values['bootstrap-port'], '--bootstrap-port') ?? null,
               bootstrap,
               join: typeof values.join === 'string' ? values.join : null,
-              zone: typeof values.zone === 'string' ? values.zone : ''
+              zone: typeof values.zone === 'string' ? values.zone : '',
+              admission
             }
           : undefined,
         argv: rest
@@ -414,14 +424,29 @@ async function main (argv: string[]): Promise<void> {
     }
     case 'cluster': {
       const { values, positionals } = parse({ ...mountOpt }, 1)
-      if (positionals[0] !== 'token') usageError(positionals[0] === undefined ? 'missing cluster command (token)' : `unknown cluster command ${JSON.stringify(positionals[0])}`)
+      const sub = positionals[0]
+      if (sub !== 'token' && sub !== 'rotate-secret') usageError(sub === undefined ? 'missing cluster command (token, rotate-secret)' : `unknown cluster command ${JSON.stringify(sub)}`)
+      if (sub === 'rotate-secret') {
+        const { token, missed } = await request(target(values).mount, 'cluster.rotate', {})
+        process.stdout.write(token + '\n')
+        for (const id of missed) process.stderr.write(`sheep: member ${id} did not take the new secret: restart it with --join and the new token\n`)
+        return
+      }
       const { token } = await request(target(values).mount, 'cluster.token', {})
       process.stdout.write(token + '\n')
       return
     }
     case 'node': {
-      const { values, positionals } = parse({ ...mountOpt, ...json }, 1)
-      if (positionals[0] !== 'list') usageError(positionals[0] === undefined ? 'missing node command (list)' : `unknown node command ${JSON.stringify(positionals[0])}`)
+      const { values, positionals } = parse({ ...mountOpt, ...json }, 2)
+      const sub = positionals[0]
+      if (sub === 'admit' || sub === 'remove') {
+        const id = positionals[1]
+        if (id === undefined) usageError(`usage: sheep node ${sub} ID`)
+        const r = await request(target(values).mount, sub === 'admit' ? 'node.admit' : 'node.remove', { id })
+        process.stdout.write(`${sub === 'admit' ? 'admitted' : 'removed'} node ${r.id} (view ${r.epoch})\n`)
+        return
+      }
+      if (sub !== 'list') usageError(sub === undefined ? 'missing node command (list, admit, remove)' : `unknown node command ${JSON.stringify(sub)}`)
       const nodes = await request(target(values).mount, 'node.list', {})
       if (values.json) { process.stdout.write(JSON.stringify(nodes, null, 2) + '\n'); return }
       const size = (n: number | null): string => n === null ? '-' : formatSize(n)

@@ -50,6 +50,8 @@ export interface ClusterNodeOptions {
   /** A join token from `sheep cluster token` on a member. */
   join: string | null
   zone: string
+  /** When founding: joiners wait as candidates until `sheep node admit` (the view keeps it). */
+  admission: 'auto' | 'manual'
 }
 
 /** Copies of inodes and the directory: metadata is kept at least this safe. */
@@ -138,6 +140,7 @@ export class SheepNode {
       import('./swarm/write-tokens'), import('./swarm/identity')])
     const token = opts.join === null ? null : decodeToken(opts.join)
     const identity = loadIdentity(this.storeDir, token, opts.bootstrap)
+    if (identity.rotatedWhileDown) this.log('the join token carries a new cluster secret: the cluster rotated it while this node was down; the old one is kept as previous')
     const usage = await objects.usage()
     const cluster = new Cluster({
       storeDir: this.storeDir,
@@ -149,6 +152,7 @@ export class SheepNode {
       // Whole GiB, so that free space moving does not change the member record (and the view).
       weight: Math.max(1, Math.floor(usage.capacity / 2 ** 30)),
       joining: token !== null,
+      manualAdmission: opts.admission === 'manual',
       log: this.log
     })
     this.cluster = cluster
@@ -174,9 +178,22 @@ export class SheepNode {
       // Before its images are loaded a node has none open, and nothing to write out.
       release: async (vid, purpose) => await this.images?.releaseToken(vid, purpose)
     }))
-    // A joining node serves nothing until a view lists it.
+    // A joining node serves nothing until a view lists it; with manual admission it waits for
+    // an operator as long as it takes. A removed node never will be listed again.
     let view = cluster.view
-    while (view === null || !view.members.some(m => m.id === cluster.id)) view = await cluster.nextView(view?.epoch ?? 0, JOIN_WAIT_MS)
+    let waitLogged = false
+    while (view === null || !view.members.some(m => m.id === cluster.id)) {
+      if (view?.removed?.includes(cluster.id) === true) throw SheepError.invalid(`this node (${cluster.id}) was removed from the cluster in view ${view.epoch}: its key is refused; to come back it must start on an empty store, as a new node`)
+      try {
+        view = await cluster.nextView(view?.epoch ?? 0, JOIN_WAIT_MS)
+      } catch (err) {
+        if (!(err instanceof SheepError && err.code === 'ENOTCONN' && cluster.awaitingAdmission)) throw err
+      }
+      if (!waitLogged && cluster.awaitingAdmission) {
+        waitLogged = true
+        this.log(`candidate ${cluster.id}: the cluster admits nodes by hand; run 'sheep node admit ${cluster.id.slice(0, 16)}' on a member`)
+      }
+    }
     this.log(`member of a cluster of ${view.members.length} (epoch ${view.epoch}); node ${cluster.id}`)
     const copiesOf = (oid: ObjectId): number => oidType(oid) === ObjectType.Data
       ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
@@ -293,7 +310,10 @@ export class SheepNode {
   private async nodeList (): Promise<NodeInfo[]> {
     const cluster = this.joinedCluster()
     const gateway = this.gateway as Gateway
-    return await Promise.all((cluster.view?.members ?? []).map(async m => {
+    const candidates = cluster.candidates.map(m => ({
+      id: m.id, address: `${m.host}:${m.port}`, zone: m.zone, weight: m.weight, capacity: null, used: null, state: 'candidate'
+    }))
+    const members = await Promise.all((cluster.view?.members ?? []).map(async m => {
       const link = cluster.link(m.id)
       const self = m.id === cluster.id
       const usage = self || link !== null ? await gateway.memberUsage(m.id) : null
@@ -307,6 +327,7 @@ export class SheepNode {
         state: self ? 'self' : link === null ? 'down' : `up (${link.kind})`
       }
     }))
+    return [...members, ...candidates]
   }
 
   private imageStore (): ImageStore {
@@ -371,6 +392,22 @@ export class SheepNode {
         return { token: encodeToken(cluster.secret, cluster.bootstrapList) }
       },
       'node.list': async () => await this.nodeList(),
+      'node.admit': async ({ id }) => {
+        const cluster = this.joinedCluster()
+        const full = cluster.resolveId(id)
+        return { id: full, epoch: (await cluster.admit(full)).epoch }
+      },
+      'node.remove': async ({ id }) => {
+        const cluster = this.joinedCluster()
+        const full = cluster.resolveId(id)
+        return { id: full, epoch: (await cluster.remove(full)).epoch }
+      },
+      'cluster.rotate': async () => {
+        const cluster = this.joinedCluster()
+        const { missed } = await cluster.rotateSecret()
+        const { encodeToken } = await import('./swarm/identity')
+        return { token: encodeToken(cluster.secret, cluster.bootstrapList), missed }
+      },
       stop: async ({ force }) => {
         // Answer first, then stop: the stop closes this very socket.
         const open = this.imageStore().list().filter(i => i.openCount > 0)

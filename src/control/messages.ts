@@ -24,6 +24,11 @@ export interface Requests {
   stop: { args: { force?: boolean }, result: null }
   'cluster.token': { args: Record<string, never>, result: { token: string } }
   'node.list': { args: Record<string, never>, result: NodeInfo[] }
+  /** `id`: a node id or a prefix of at least 8 hex digits; the result names it whole, with the view's epoch. */
+  'node.admit': { args: { id: string }, result: { id: string, epoch: number } }
+  'node.remove': { args: { id: string }, result: { id: string, epoch: number } }
+  /** `missed`: members that did not take the new secret (restart them with the new token). */
+  'cluster.rotate': { args: Record<string, never>, result: { token: string, missed: string[] } }
 }
 
 /** A member of the cluster view as `sheep node list` shows it. */
@@ -35,7 +40,7 @@ export interface NodeInfo {
   weight: number
   capacity: number | null
   used: number | null
-  /** 'self', 'up' (connected: tcp or swarm path) or 'down'. */
+  /** 'self', 'up' (connected: tcp or swarm path), 'down', or 'candidate' (connected, waiting to be admitted). */
   state: string
 }
 
@@ -55,7 +60,7 @@ export interface ClusterStatus {
 export type Op = keyof Requests
 export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename',
   'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop',
-  'cluster.token', 'node.list']
+  'cluster.token', 'node.list', 'node.admit', 'node.remove', 'cluster.rotate']
 
 export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
 

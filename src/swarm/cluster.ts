@@ -5,21 +5,30 @@
 // which nodes it is connected to (./mesh.ts). The coordinator - the member of the current view
 // with the lowest id among those this node can reach, itself included - proposes a new view when
 // a member is gone (its links closed: a few seconds after a kill or freeze) or a connected node
-// that is not a member asks to join (its hello shows no view with it in). Paxos among the current
-// members decides; other nodes learn the result from the commit broadcast, or from a newer view
-// in a peer's hello. Requests are answered only by nodes whose epoch is the sender's.
+// that is not a member asks to join (its hello shows no view with it in) and admission is
+// automatic; with manual admission (the view says so) such a node stays a candidate until an
+// operator admits it (admit()). Removing a node (remove()) is a view change too: it leaves the
+// members and joins the view's removed list, which the proof step of every connection checks
+// (./admission.ts). Paxos among the current members decides; other nodes learn the result from
+// the commit broadcast, or from a newer view in a peer's hello, and take it only with the
+// majority's signed votes (./view-agreement.ts). Requests are answered only by nodes whose epoch
+// is the sender's. Rotating the secret (rotateSecret()) tells every member the new one in two
+// steps, so that no two members ever refuse each other's proofs.
 
 import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from '../errors'
-import { agreement, decode, encode, Op, type Request, type Response } from './messages'
+import { agreement, decode, encode, Op, type Request, type Response, secretUpdate } from './messages'
+import { admissionProblem, listenedSecrets, type Secrets } from './admission'
 import { type Address, Mesh, type MeshTiming, type Peer } from './mesh'
 import type { Link } from './link'
-import { type Identity, writeDurably } from './identity'
+import { type Identity, saveSecrets, writeDurably } from './identity'
+import { newSecret } from './proof'
 import { Placement } from './placement'
 import { hasMajority, type AgreementMessage, type PersistedState, ViewKeeper } from './view-agreement'
 import { type Member, memberProblem, type View } from './view'
+import { voteSigner } from './votes'
 
 export interface ClusterTiming extends MeshTiming {
   /** How often membership is checked besides on connection events. */
@@ -29,6 +38,13 @@ export interface ClusterTiming extends MeshTiming {
 }
 
 export const DEFAULT_CLUSTER_TIMING: Omit<ClusterTiming, keyof MeshTiming> = { checkMs: 500, agreeTimeoutMs: 1000 }
+
+/** How long an operator's view change (admit, remove) keeps trying while other proposals win. */
+const CHANGE_TIMEOUT_MS = 30_000
+/** Wait between two tries of an operator's view change. */
+const CHANGE_RETRY_MS = 200
+/** The shortest id prefix an operator may name a node by. */
+const MIN_ID_PREFIX = 8
 
 export interface ClusterOptions {
   storeDir: string
@@ -42,6 +58,8 @@ export interface ClusterOptions {
   weight: number
   /** Joining an existing cluster: never found one of our own. */
   joining: boolean
+  /** When founding: joiners wait as candidates until an operator admits them (kept in the view). */
+  manualAdmission: boolean
   log: (line: string) => void
   timing?: Partial<ClusterTiming>
 }
@@ -58,6 +76,7 @@ export class Cluster extends EventEmitter {
   private readonly opts: ClusterOptions
   private readonly timing: ClusterTiming
   private readonly keeper: ViewKeeper
+  private secrets: Secrets
   private placementCache: { epoch: number, placement: Placement } | null = null
   private objectHandler: ObjectHandler | null = null
   private checkTimer: NodeJS.Timeout | null = null
@@ -69,6 +88,7 @@ export class Cluster extends EventEmitter {
     this.opts = opts
     this.timing = { ...DEFAULT_CLUSTER_TIMING, ...opts.timing } as ClusterTiming
     this.id = opts.identity.keyPair.publicKey.toString('hex')
+    this.secrets = opts.identity.secrets
     const file = path.join(opts.storeDir, VIEWS_FILE)
     this.keeper = new ViewKeeper({
       self: this.id,
@@ -80,11 +100,15 @@ export class Cluster extends EventEmitter {
         request: async (to, msg, timeoutMs) => await this.agree(to, msg, timeoutMs),
         send: (to, msg) => { this.agree(to, msg, this.timing.agreeTimeoutMs).catch(() => {}) }
       },
+      votes: voteSigner(opts.identity.keyPair),
+      log: opts.log,
       requestTimeoutMs: this.timing.agreeTimeoutMs
     })
     this.mesh = new Mesh({
       keyPair: opts.identity.keyPair,
-      secret: opts.identity.secret,
+      secret: () => this.secrets.current,
+      topics: () => listenedSecrets(this.secrets),
+      gate: (id, proves) => admissionProblem(this.secrets, this.view, id, proves),
       host: opts.host,
       tcpPort: opts.tcpPort,
       bootstrap: opts.identity.bootstrap,
@@ -96,7 +120,10 @@ export class Cluster extends EventEmitter {
       timing: opts.timing
     })
     this.keeper.onChange((view, previous) => {
-      this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})`)
+      this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})${view.removed === undefined ? '' : `, ${view.removed.length} removed`}`)
+      // The gate refuses a removed key from now on; links it opened before go now.
+      for (const id of view.removed ?? []) this.mesh.drop(id, 'removed from the cluster')
+      if (view.removed?.includes(this.id) === true) this.opts.log('this node was removed from the cluster: its key is refused by every member')
       this.emit('view', view, previous)
       this.check()
     })
@@ -110,7 +137,18 @@ export class Cluster extends EventEmitter {
   get view (): View | null { return this.keeper.view }
   get epoch (): number { return this.keeper.view?.epoch ?? 0 }
   get bootstrapList (): Address[] { return this.mesh.bootstrapList }
-  get secret (): Buffer { return this.opts.identity.secret }
+  get secret (): Buffer { return this.secrets.current }
+
+  /** Connected nodes that are not members (nor removed): with manual admission they wait for admit(). */
+  get candidates (): Member[] {
+    const view = this.view
+    return this.mesh.connected.filter(p => view?.members.some(m => m.id === p.id) !== true).map(p => p.hello.self)
+  }
+
+  /** This node is not a member yet and a peer's view says joiners wait to be admitted. */
+  get awaitingAdmission (): boolean {
+    return this.mesh.connected.some(p => p.hello.view.manual === true && !p.hello.view.members.some(m => m.id === this.id))
+  }
 
   /** Placement over the current view (empty before this node has one). */
   get placement (): Placement {
@@ -138,7 +176,7 @@ export class Cluster extends EventEmitter {
     if (problem !== null) throw SheepError.invalid(`this node's member record: ${problem}`)
     await this.keeper.open()
     await this.mesh.start()
-    if (this.view === null && !this.opts.joining) await this.keeper.found(this.self)
+    if (this.view === null && !this.opts.joining) await this.keeper.found(this.self, this.opts.manualAdmission)
     else if (this.view !== null) this.opts.log(`rejoining with view ${this.view.epoch} from the store`)
     this.mesh.on('peer-up', () => this.check())
     this.mesh.on('peer-down', () => this.check())
@@ -192,6 +230,65 @@ export class Cluster extends EventEmitter {
     })
   }
 
+  /**
+   * The id of the member or candidate whose id starts with prefix (at least MIN_ID_PREFIX hex
+   * digits, as `sheep node list` shows them); ENOENT if none, EINVAL if several.
+   */
+  resolveId (prefix: string): string {
+    if (!new RegExp(`^[0-9a-f]{${MIN_ID_PREFIX},64}$`).test(prefix)) throw SheepError.invalid(`a node id is ${MIN_ID_PREFIX} to 64 hex digits, not ${JSON.stringify(prefix.slice(0, 80))}`)
+    const ids = [...new Set([...(this.view?.members ?? []), ...this.candidates].map(m => m.id))].filter(id => id.startsWith(prefix))
+    if (ids.length === 0) throw SheepError.notFound(`a member or candidate with id ${prefix}`)
+    if (ids.length > 1) throw SheepError.invalid(`id ${prefix} names ${ids.length} nodes: give more digits`)
+    return ids[0] as string
+  }
+
+  /** Makes candidate `id` (connected, not a member) a member; resolves with the view that lists it. */
+  async admit (id: string): Promise<View> {
+    return await this.changeView(`admitting ${id}`, v => v.members.some(m => m.id === id), v => {
+      const peer = this.mesh.peer(id)
+      if (peer === undefined) throw SheepError.unreachable(`node ${id} is not connected to this node: start it with a join token first`)
+      return { members: [...v.members, peer.hello.self] }
+    })
+  }
+
+  /**
+   * Takes node `id` out for good: it leaves the members and joins the view's removed list, so its
+   * key is refused by every member from then on, whatever secret it proves.
+   */
+  async remove (id: string): Promise<View> {
+    if (id === this.id) throw SheepError.invalid('a node cannot remove itself: run sheep node remove on another member')
+    return await this.changeView(`removing ${id}`, v => v.removed?.includes(id) === true,
+      v => ({ members: v.members.filter(m => m.id !== id), removed: [...v.removed ?? [], id] }))
+  }
+
+  /**
+   * Gives the cluster a new secret, in two steps to every member (see the note at the top):
+   * first as next, then as current. Resolves with the members that did not take both steps:
+   * they must be restarted with the new join token (docs/ARCHITECTURE.md, "Identity and admission").
+   */
+  async rotateSecret (): Promise<{ missed: string[] }> {
+    const view = this.view
+    if (view === null || !this.quorate) throw SheepError.unreachable('this node does not reach a majority of its view: the secret cannot be rotated now')
+    const secret = newSecret()
+    const others = view.members.filter(m => m.id !== this.id).map(m => m.id)
+    const tell = async (commit: boolean): Promise<string[]> => {
+      const failed = await Promise.all(others.map(async id => {
+        try {
+          const res = await this.link(id)?.call({ epoch: this.epoch, op: Op.Secret, oid: 0n, offset: 0, length: 0, version: 0, data: encode(secretUpdate, { secret, commit }) }, this.timing.agreeTimeoutMs)
+          return res?.error === '' ? null : id
+        } catch {
+          return id
+        }
+      }))
+      return failed.filter((id): id is string => id !== null)
+    }
+    this.takeSecret(secret, false)
+    const first = await tell(false)
+    this.takeSecret(secret, true)
+    const second = await tell(true)
+    return { missed: [...new Set([...first, ...second])] }
+  }
+
   /** Tells every connected member that object oid changed (best effort). */
   notify (oid: bigint): void {
     for (const p of this.mesh.connected) {
@@ -215,6 +312,12 @@ export class Cluster extends EventEmitter {
       case Op.Notify:
         this.emit('notify', req.oid)
         return {}
+      case Op.Secret: {
+        if (this.view?.members.some(m => m.id === from.remoteId) !== true) throw new SheepError('EPERM', 'only a member may rotate the cluster secret')
+        const update = decode(secretUpdate, req.data)
+        this.takeSecret(Buffer.from(update.secret), update.commit)
+        return {}
+      }
       default:
         if (this.objectHandler === null) throw SheepError.unreachable('this node does not serve objects yet')
         return await this.objectHandler(req, from)
@@ -230,6 +333,43 @@ export class Cluster extends EventEmitter {
       return decode(agreement, res.data)
     } catch {
       return null
+    }
+  }
+
+  /** One rotation step on this node: saved before it is answered, then the topics follow. */
+  private takeSecret (secret: Buffer, commit: boolean): void {
+    const s = this.secrets
+    if (commit) {
+      if (s.current.equals(secret)) return
+      this.secrets = { current: secret, next: null, previous: s.current }
+    } else {
+      if (s.current.equals(secret) || s.next?.equals(secret) === true) return
+      this.secrets = { ...s, next: secret }
+    }
+    saveSecrets(this.opts.storeDir, this.secrets)
+    this.opts.log(commit ? 'cluster secret rotated: proving with the new one' : 'a new cluster secret was announced (rotation under way)')
+    // Not awaited: announcing on a topic takes seconds of DHT round trips, and the member that
+    // rotates waits for this answer (the links between members do not depend on it).
+    this.mesh.retopic().catch(err => this.opts.log(`announcing on the new secret's topic: ${(err as Error).message}`))
+  }
+
+  /**
+   * Proposes next(view) until done(view) holds: the coordinator's own proposals may win rounds
+   * meanwhile, and then the change is made again on the view they decided.
+   */
+  private async changeView (what: string, done: (v: View) => boolean, next: (v: View) => { members: Member[], removed?: string[] }): Promise<View> {
+    const deadline = Date.now() + CHANGE_TIMEOUT_MS
+    for (;;) {
+      const view = this.view
+      if (view === null || !view.members.some(m => m.id === this.id)) throw SheepError.invalid('this node is not a member of a view')
+      if (done(view)) return view
+      if (Date.now() > deadline) throw SheepError.busy(`${what}: no view was decided within ${CHANGE_TIMEOUT_MS} ms`)
+      try {
+        await this.keeper.propose(next(view))
+      } catch (err) {
+        if (!(err instanceof SheepError && err.code === 'EBUSY')) throw err
+        await new Promise(resolve => setTimeout(resolve, CHANGE_RETRY_MS))
+      }
     }
   }
 
@@ -259,8 +399,9 @@ export class Cluster extends EventEmitter {
     if (!hasMajority(view, alive.map(m => m.id))) return
     const coordinator = alive.map(m => m.id).sort()[0]
     if (coordinator !== this.id) return
-    // Newcomers: connected nodes that are not members and whose own view does not list them yet.
-    const joiners = peers.filter(p => !view.members.some(m => m.id === p.id)).map(p => p.hello.self)
+    // Newcomers: connected nodes that are not members and whose own view does not list them yet
+    // (removed keys never get this far: the gate refuses them). With manual admission they wait.
+    const joiners = view.manual === true ? [] : peers.filter(p => !view.members.some(m => m.id === p.id)).map(p => p.hello.self)
     const desired = [...alive.map(m => m.id === this.id ? this.self : (reachable.get(m.id)?.hello.self ?? m)), ...joiners]
     const same = desired.length === view.members.length && desired.every(d => view.members.some(m => sameMember(m, d)))
     if (same) return

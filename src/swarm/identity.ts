@@ -1,11 +1,13 @@
 // What a node keeps in its store to be the same member after a restart: its key pair seed, the
-// cluster secret and where to bootstrap from; and the join token that carries the last two.
+// cluster secrets (./admission.ts) and where to bootstrap from; and the join token that carries
+// the current secret and the bootstrap addresses.
 
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
 import DHT from 'hyperdht'
 import { SheepError } from '../errors'
+import type { Secrets } from './admission'
 import type { Address } from './mesh'
 import { newSecret, SECRET_BYTES } from './proof'
 
@@ -15,12 +17,15 @@ const TOKEN_PREFIX = 'sheep1'
 
 export interface Identity {
   keyPair: DHT.KeyPair
-  secret: Buffer
+  secrets: Secrets
   /** Bootstrap nodes learned from the join token (and --bootstrap). */
   bootstrap: Address[]
+  /** The join token's secret replaced the store's: the cluster rotated it while this node was down. */
+  rotatedWhileDown: boolean
 }
 
-interface Saved { format: number, seed: string, secret: string, bootstrap: Address[] }
+/** `next` and `previous` are absent unless a rotation is under way, or was done (format 1 all the same: readers before them ignore them). */
+interface Saved { format: number, seed: string, secret: string, next?: string, previous?: string, bootstrap: Address[] }
 
 /** A token: `sheep1.<secret, base64url>.<host:port>[,<host:port>...]`. */
 export function encodeToken (secret: Buffer, bootstrap: Address[]): string {
@@ -48,8 +53,9 @@ export function parseAddress (text: string): Address {
 
 /**
  * Loads the node's identity from its store, or makes one: a new cluster secret when founding
- * (no token), the token's secret when joining. A store that belongs to another cluster refuses
- * a token for a different one.
+ * (no token), the token's secret when joining. A token whose secret the store does not know
+ * replaces its secret: that is how a member that was down while the secret was rotated comes
+ * back (the store keeps its key and views).
  */
 export function loadIdentity (storeDir: string, token: { secret: Buffer, bootstrap: Address[] } | null, extraBootstrap: Address[]): Identity {
   const file = path.join(storeDir, FILE)
@@ -59,8 +65,13 @@ export function loadIdentity (storeDir: string, token: { secret: Buffer, bootstr
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
   }
-  if (saved !== null && token !== null && saved.secret !== token.secret.toString('hex')) {
-    throw SheepError.invalid(`store ${storeDir} belongs to another cluster: the join token's secret is not the one it was made with`)
+  let rotatedWhileDown = false
+  // Only a secret the store does not know replaces: a restart with the join token it was first
+  // started with (its command line) must not take it back to the secret a rotation retired.
+  const known = saved === null ? [] : [saved.secret, saved.next, saved.previous]
+  if (saved !== null && token !== null && !known.includes(token.secret.toString('hex'))) {
+    saved = { format: FORMAT, seed: saved.seed, secret: token.secret.toString('hex'), previous: saved.secret, bootstrap: saved.bootstrap }
+    rotatedWhileDown = true
   }
   if (saved === null) {
     saved = { format: FORMAT, seed: crypto.randomBytes(32).toString('hex'), secret: (token?.secret ?? newSecret()).toString('hex'), bootstrap: token?.bootstrap ?? [] }
@@ -70,7 +81,23 @@ export function loadIdentity (storeDir: string, token: { secret: Buffer, bootstr
     writeDurably(file, JSON.stringify(saved, null, 2) + '\n')
   }
   const bootstrap = [...extraBootstrap, ...saved.bootstrap.filter(a => !extraBootstrap.some(b => b.host === a.host && b.port === a.port))]
-  return { keyPair: DHT.keyPair(Buffer.from(saved.seed, 'hex')), secret: Buffer.from(saved.secret, 'hex'), bootstrap }
+  const hex = (h: string | undefined): Buffer | null => h === undefined ? null : Buffer.from(h, 'hex')
+  return {
+    keyPair: DHT.keyPair(Buffer.from(saved.seed, 'hex')),
+    secrets: { current: Buffer.from(saved.secret, 'hex'), next: hex(saved.next), previous: hex(saved.previous) },
+    bootstrap,
+    rotatedWhileDown
+  }
+}
+
+/** Saves the secrets (a rotation step) durably, keeping the rest of the store's identity. */
+export function saveSecrets (storeDir: string, secrets: Secrets): void {
+  const file = path.join(storeDir, FILE)
+  const saved = parseSaved(JSON.parse(fs.readFileSync(file, 'utf8')), file)
+  const next: Saved = { format: FORMAT, seed: saved.seed, secret: secrets.current.toString('hex'), bootstrap: saved.bootstrap }
+  if (secrets.next !== null) next.next = secrets.next.toString('hex')
+  if (secrets.previous !== null) next.previous = secrets.previous.toString('hex')
+  writeDurably(file, JSON.stringify(next, null, 2) + '\n')
 }
 
 function parseSaved (x: unknown, file: string): Saved {
@@ -78,6 +105,8 @@ function parseSaved (x: unknown, file: string): Saved {
   const ok = typeof s === 'object' && s !== null && s.format === FORMAT &&
     typeof s.seed === 'string' && /^[0-9a-f]{64}$/.test(s.seed) &&
     typeof s.secret === 'string' && /^[0-9a-f]{64}$/.test(s.secret) &&
+    (s.next === undefined || (typeof s.next === 'string' && /^[0-9a-f]{64}$/.test(s.next))) &&
+    (s.previous === undefined || (typeof s.previous === 'string' && /^[0-9a-f]{64}$/.test(s.previous))) &&
     Array.isArray(s.bootstrap) && s.bootstrap.every(a => typeof a?.host === 'string' && Number.isInteger(a?.port))
   if (!ok) throw SheepError.corrupt(`${file} is not a cluster identity this version understands`)
   return s as Saved

@@ -25,9 +25,17 @@ export type LinkKind = 'swarm' | 'tcp'
 
 export type RequestHandler = (req: Request, from: Link) => Promise<Partial<Response>>
 
+/**
+ * Whether the peer with key remoteId may in, given what its proof proves (`proves(secret)`): null
+ * if so, else why not (./admission.ts).
+ */
+export type Gate = (remoteId: string, proves: (secret: Buffer) => boolean) => string | null
+
 export interface LinkOptions {
   kind: LinkKind
-  secret: Buffer
+  /** The secret this node proves with, read when the channel opens. */
+  secret: () => Buffer
+  gate: Gate
   /** This node as the hello describes it, read when the channel opens. */
   self: () => { member: Member, view: View }
   onRequest: RequestHandler
@@ -38,6 +46,8 @@ export interface LinkOptions {
 
 const EMPTY = new Uint8Array(0)
 const HELLO_TIMEOUT_MS = 10_000
+/** How long a refused peer's connection may take to flush our hello before it is destroyed. */
+const FLUSH_MS = 1000
 /**
  * Requests of one peer served at once. Past this the link stops reading from the connection
  * until half are answered (TCP pushes back on the peer): a peer cannot make this node hold
@@ -123,7 +133,7 @@ export class Link extends EventEmitter {
     }, opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS)
     this.helloTimer.unref()
     const { member, view } = opts.self()
-    channel.open({ proof: proofFor(opts.secret, handshakeHash, stream.isInitiator), self: member, view })
+    channel.open({ proof: proofFor(opts.secret(), handshakeHash, stream.isInitiator), self: member, view })
   }
 
   get isOpen (): boolean { return this.peer !== null && !this.closed }
@@ -161,10 +171,14 @@ export class Link extends EventEmitter {
   private checkHello (h: Hello, handshakeHash: Buffer): void {
     clearTimeout(this.helloTimer)
     // The remote's proof was made for its role, which is the opposite of ours.
-    if (!proofIsValid(this.opts.secret, handshakeHash, !this.stream.isInitiator, h.proof)) {
-      this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: it did not prove it holds the cluster secret`)
-      this.emit('rejected')
-      this.shut('bad proof')
+    const refused = this.opts.gate(this.remoteId, secret => proofIsValid(secret, handshakeHash, !this.stream.isInitiator, h.proof))
+    if (refused !== null) {
+      this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: ${refused}`)
+      this.emit('rejected', refused)
+      // Ended rather than destroyed: our hello may still be in the stream's buffer, and the
+      // peer should refuse us in turn with a log line of its own (an old join token's holder
+      // and the member both say so), not just see the connection drop.
+      this.shut('refused at the proof', true)
       return
     }
     if (h.self.id !== this.remoteId) {
@@ -229,7 +243,8 @@ export class Link extends EventEmitter {
     p.resolve(res)
   }
 
-  private shut (why: string): void {
+  /** Closes the link; `flush`: what was written goes out first (the stream is destroyed at the latest after FLUSH_MS). */
+  private shut (why: string, flush = false): void {
     if (this.closed) return
     this.closed = true
     clearTimeout(this.helloTimer)
@@ -238,7 +253,12 @@ export class Link extends EventEmitter {
       p.reject(SheepError.unreachable(`${this.kind} link to ${short(this.remoteId)} closed: ${why}`))
     }
     this.pending.clear()
-    this.stream.destroy()
+    if (flush) {
+      this.stream.end()
+      setTimeout(() => this.stream.destroy(), FLUSH_MS).unref()
+    } else {
+      this.stream.destroy()
+    }
     this.emit('close', why)
   }
 }

@@ -12,7 +12,7 @@ import DHT from 'hyperdht'
 import Hyperswarm from 'hyperswarm'
 import SecretStream from '@hyperswarm/secret-stream'
 import { BanTable, type BanOptions } from './bans'
-import { Link, type LinkKind, type RequestHandler, type SecureStream, short } from './link'
+import { type Gate, Link, type LinkKind, type RequestHandler, type SecureStream, short } from './link'
 import { topicOf } from './proof'
 import type { Member, View } from './view'
 
@@ -43,7 +43,12 @@ export const DEFAULT_MESH_TIMING: MeshTiming = { keepAliveMs: 1000, deadAfterMs:
 
 export interface MeshOptions {
   keyPair: DHT.KeyPair
-  secret: Buffer
+  /** The secret this node proves with (it may change: a rotation). */
+  secret: () => Buffer
+  /** The secrets whose topics this node announces itself on and looks for peers on. */
+  topics: () => Buffer[]
+  /** Who may in, at the proof step (./admission.ts). */
+  gate: Gate
   /** The address to bind the DHT node and the TCP listener to, and to advertise. */
   host: string
   /** TCP port of the object path; 0 picks one; null: no direct path, objects go over Hyperswarm. */
@@ -86,7 +91,8 @@ export class Mesh extends EventEmitter {
   private floodLogged = false
   private bootstrapNode: DHT | null = null
   private swarm: Hyperswarm | null = null
-  private discovery: Hyperswarm.Discovery | null = null
+  /** Discovery per topic (hex), one per secret of topics(). */
+  private readonly discoveries = new Map<string, Hyperswarm.Discovery>()
   private server: net.Server | null = null
   private readonly tcpSockets = new Set<net.Socket>()
   private refreshTimer: NodeJS.Timeout | null = null
@@ -126,9 +132,35 @@ export class Mesh extends EventEmitter {
     const dht = new DHT({ host, bootstrap, ephemeral: false, firewalled: false, connectionKeepAlive: this.timing.keepAliveMs, keyPair: this.opts.keyPair })
     this.swarm = new Hyperswarm({ dht, keyPair: this.opts.keyPair, firewall: key => this.banned.has(key.toString('hex')) })
     this.swarm.on('connection', (conn, info) => this.swarmConnection(conn, info))
-    this.discovery = this.swarm.join(topicOf(this.opts.secret), { client: true, server: true })
-    await this.discovery.flushed()
+    await this.retopic()
     this.scheduleRefresh()
+  }
+
+  /** Joins the topics of the secrets topics() gives now and leaves the others (after a rotation step). */
+  async retopic (): Promise<void> {
+    const swarm = this.swarm
+    if (swarm === null || this.closing) return
+    const wanted = new Map(this.opts.topics().map(s => { const t = topicOf(s); return [t.toString('hex'), t] }))
+    const joined: Array<Promise<void>> = []
+    for (const [hex, topic] of wanted) {
+      if (this.discoveries.has(hex)) continue
+      const d = swarm.join(topic, { client: true, server: true })
+      this.discoveries.set(hex, d)
+      joined.push(d.flushed())
+    }
+    for (const [hex, d] of this.discoveries) {
+      if (wanted.has(hex)) continue
+      this.discoveries.delete(hex)
+      await d.destroy().catch(() => {})
+    }
+    await Promise.all(joined)
+  }
+
+  /** Closes every link to id now (a removed node; the gate refuses it from then on). */
+  drop (id: string, why: string): void {
+    const p = this.peers.get(id)
+    p?.tcp?.close(why)
+    p?.swarm?.close(why)
   }
 
   peer (id: string): Peer | undefined { return this.peers.get(id) }
@@ -185,7 +217,7 @@ export class Mesh extends EventEmitter {
       return
     }
     this.refreshTimer = setTimeout(() => {
-      this.discovery?.refresh().catch(() => {}).finally(() => this.scheduleRefresh())
+      Promise.all([...this.discoveries.values()].map(async d => await d.refresh().catch(() => {}))).finally(() => this.scheduleRefresh())
     }, delay)
   }
 
@@ -270,14 +302,14 @@ export class Mesh extends EventEmitter {
     if (this.closing) { stream.destroy(); return }
     let link: Link
     try {
-      link = new Link(stream, { kind, secret: this.opts.secret, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log, helloTimeoutMs: this.opts.helloTimeoutMs })
+      link = new Link(stream, { kind, secret: this.opts.secret, gate: this.opts.gate, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log, helloTimeoutMs: this.opts.helloTimeoutMs })
     } catch (err) {
       this.opts.log(`dropped a ${kind} connection: ${(err as Error).message}`)
       stream.destroy()
       return
     }
-    link.once('rejected', () => {
-      this.ban(link.remoteId, 'no valid proof')
+    link.once('rejected', (why: string) => {
+      this.ban(link.remoteId, why)
       ban?.()
     })
     link.once('misbehaved', (why: string) => this.ban(link.remoteId, why))

@@ -4,8 +4,8 @@
 
 import c from 'compact-encoding'
 import { isErrorCode, SheepError } from '../errors'
-import type { AgreementMessage, Ballot } from './view-agreement'
-import { type Member, memberProblem, type View } from './view'
+import { type AgreementMessage, type Ballot, type Certificate, MAX_VOTES, type Vote } from './view-agreement'
+import { MAX_REMOVED, type Member, memberProblem, type View } from './view'
 
 export const PROTOCOL = 'sheep/1'
 
@@ -171,20 +171,53 @@ export const member: Codec<Member> = checked(struct<Member>({
 /** The fewest bytes any member record takes (empty strings, a 1-byte port, the 8-byte weight). */
 const MIN_MEMBER_BYTES = 1 + 1 + 1 + 1 + 8
 
-/** Epoch 0 (no view yet) has no members; any other lists members sorted by id, without duplicates. */
+/**
+ * Epoch 0 (no view yet) has no members and nothing else; any other lists members sorted by id,
+ * without duplicates, and removed ids sorted, none of them a member.
+ */
 export function viewProblem (v: View): string | null {
-  if (v.epoch === 0) return v.members.length === 0 ? null : 'a view of epoch 0 lists members'
+  if (v.epoch === 0) return v.members.length === 0 && v.removed === undefined && v.manual === undefined ? null : 'a view of epoch 0 lists members or settings'
   if (v.members.length === 0) return `view ${v.epoch} has no members`
   for (let i = 1; i < v.members.length; i++) {
     if (!((v.members[i - 1]?.id ?? '') < (v.members[i]?.id ?? ''))) return `view ${v.epoch}: members not sorted by id, or listed twice`
   }
+  const removed = v.removed ?? []
+  for (let i = 1; i < removed.length; i++) {
+    if (!((removed[i - 1] ?? '') < (removed[i] ?? ''))) return `view ${v.epoch}: removed ids not sorted, or listed twice`
+  }
+  if (removed.some(id => v.members.some(m => m.id === id))) return `view ${v.epoch} lists a removed id as a member`
   return null
 }
 
-export const view: Codec<View> = checked(struct<View>({
-  epoch: safeUint,
-  members: boundedArray(member, MAX_MEMBERS, MIN_MEMBER_BYTES)
-}), v => {
+const members = boundedArray(member, MAX_MEMBERS, MIN_MEMBER_BYTES)
+const removedIds = boundedArray(nodeId, MAX_REMOVED, 65)
+/** View flags: bit 0, manual admission. */
+const MANUAL = 1
+
+/** Epoch, members, flags, removed ids; the optional fields are absent when empty (one value, one encoding). */
+export const view: Codec<View> = checked<View>({
+  preencode (state, v) {
+    safeUint.preencode(state, v.epoch)
+    members.preencode(state, v.members)
+    c.uint.preencode(state, v.manual === true ? MANUAL : 0)
+    removedIds.preencode(state, v.removed ?? [])
+  },
+  encode (state, v) {
+    safeUint.encode(state, v.epoch)
+    members.encode(state, v.members)
+    c.uint.encode(state, v.manual === true ? MANUAL : 0)
+    removedIds.encode(state, v.removed ?? [])
+  },
+  decode (state) {
+    const v: View = { epoch: safeUint.decode(state), members: members.decode(state) }
+    const flags = c.uint.decode(state)
+    if ((flags & ~MANUAL) !== 0) throw bad(`unknown view flags ${flags}`)
+    const removed = removedIds.decode(state)
+    if (removed.length > 0) v.removed = removed
+    if (flags === MANUAL) v.manual = true
+    return v
+  }
+}, v => {
   const problem = viewProblem(v)
   if (problem !== null) throw bad(problem)
 })
@@ -236,7 +269,9 @@ export enum Op {
    * what you kept of the image and let the token go. `version` 1: for a change of the image,
    * refused (EBUSY) while the holder has it open for writing.
    */
-  Release = 16
+  Release = 16,
+  /** From a member: a new cluster secret in `data` (secretUpdate); no epoch check. */
+  Secret = 17
 }
 
 export interface Request {
@@ -336,6 +371,22 @@ function nullable<T> (codec: Codec<T>): Codec<T | null> {
 
 const accepted = nullable(struct<{ ballot: Ballot, view: View }>({ ballot, view }))
 
+/** An ed25519 signature, 64 bytes on the wire, 128 hex digits in memory (agreement messages are plain data). */
+const signature: Codec<string> = {
+  preencode (state) { c.fixed64.preencode(state, Buffer.alloc(64)) },
+  encode (state, hex) {
+    const b = Buffer.from(hex, 'hex')
+    if (b.length !== 64) throw bad('a signature is 64 bytes')
+    c.fixed64.encode(state, b)
+  },
+  decode (state) { return Buffer.from(c.fixed64.decode(state)).toString('hex') }
+}
+
+const certificate = nullable(struct<Certificate>({
+  ballot,
+  votes: boundedArray(struct<Vote>({ voter: nodeId, signature }), MAX_VOTES, 65 + 64)
+}))
+
 const AGREEMENT_TYPES = ['prepare', 'promise', 'accept', 'accepted', 'nack', 'decided', 'query'] as const
 
 /** A view agreement message (./view-agreement.ts), carried in the data of an Agree request or response. */
@@ -350,10 +401,10 @@ export const agreement: Codec<AgreementMessage> = {
       case 'prepare': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state) }
       case 'promise': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), accepted: accepted.decode(state) }
       case 'accept': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), view: view.decode(state) }
-      case 'accepted': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state) }
+      case 'accepted': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), signature: signature.decode(state) }
       case 'nack': return { type, epoch: epoch.decode(state), ballot: ballot.decode(state), promised: ballot.decode(state) }
-      case 'decided': return { type, view: view.decode(state) }
-      case 'query': return { type }
+      case 'decided': return { type, view: view.decode(state), certificate: certificate.decode(state) }
+      case 'query': return { type, epoch: epoch.decode(state) }
       default: throw bad(`unknown agreement message type ${n}`)
     }
   }
@@ -365,10 +416,10 @@ function fieldsOf (m: AgreementMessage, visit: <T>(codec: Codec<T>, value: T) =>
     case 'prepare': visit(c.uint, m.epoch); visit(ballot, m.ballot); break
     case 'promise': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(accepted, m.accepted); break
     case 'accept': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(view, m.view); break
-    case 'accepted': visit(c.uint, m.epoch); visit(ballot, m.ballot); break
+    case 'accepted': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(signature, m.signature); break
     case 'nack': visit(c.uint, m.epoch); visit(ballot, m.ballot); visit(ballot, m.promised); break
-    case 'decided': visit(view, m.view); break
-    case 'query': break
+    case 'decided': visit(view, m.view); visit(certificate, m.certificate); break
+    case 'query': visit(c.uint, m.epoch); break
   }
 }
 
@@ -408,3 +459,18 @@ export function wire<T> (codec: Codec<T>, what: string): Codec<T> {
     }
   }
 }
+
+/**
+ * What a member signs when it accepts a view (./votes.ts): the view under one ballot, prefixed so
+ * that the signature means nothing else.
+ */
+export interface VoteBody { ballot: Ballot, view: View }
+export const voteBody: Codec<VoteBody> = struct<VoteBody>({ ballot, view })
+
+/**
+ * A rotation step (`sheep cluster rotate-secret`), sent by the member that runs it to every
+ * other: first `commit` false (keep the secret as next: accept proofs made with it, announce
+ * on its topic), then true (prove with it from now on; the old one becomes previous).
+ */
+export interface SecretUpdate { secret: Uint8Array, commit: boolean }
+export const secretUpdate: Codec<SecretUpdate> = struct<SecretUpdate>({ secret: c.fixed32, commit: strictBool })

@@ -7,12 +7,18 @@
 // - A ViewKeeper is all three Paxos roles of one node: acceptor and learner in handle(), proposer
 //   in propose(). Its state (acceptor state per open instance, the history of committed views, the
 //   highest round it ever used) is saved through AgreementStorage before any answer leaves it.
-// - Nothing here knows the network or real time: requests go through AgreementTransport, time
-//   through Clock, and the retry backoff draws from `random`, so tests run it on a simulator.
+// - Votes are signed: an acceptor's 'accepted' carries its signature on (ballot, view), and a
+//   'decided' carries the certificate, the votes of a majority of the previous view's members
+//   for one ballot. A learner adopts a view only with a valid certificate checked against the
+//   view before it (which it must know: a node that missed views fetches them one by one), so a
+//   member that lies cannot make the others adopt a view nobody decided.
+// - Nothing here knows the network, real time or keys: requests go through AgreementTransport,
+//   time through Clock, signatures through VoteSigner, and the retry backoff draws from
+//   `random`, so tests run it on a simulator.
 
 import { Mutex } from '../cow/lock'
 import { SheepError } from '../errors'
-import { type Member, memberProblem, type View, sortMembers } from './view'
+import { MAX_REMOVED, type Member, memberProblem, type View, sortMembers } from './view'
 
 /** How long a proposer waits for one answer before counting the member as silent. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 1000
@@ -22,27 +28,52 @@ export const DEFAULT_PROPOSE_TIMEOUT_MS = 30_000
 export const DEFAULT_BACKOFF_BASE_MS = 50
 export const DEFAULT_BACKOFF_MAX_MS = 2000
 
+/** How many refused sender/epoch pairs are remembered, so as to log each once; then it starts over. */
+const MAX_REFUSALS_KEPT = 1024
+
+/** The most votes a certificate carries (one per member of a view, at most). */
+export const MAX_VOTES = 1024
+
 /** Ordered by round, then by proposer id. */
 export interface Ballot { round: number, proposer: string }
 
 export interface AcceptedValue { ballot: Ballot, view: View }
+
+/** A member's vote: its signature (128 hex digits) on (ballot, view), made when it accepted that view. */
+export interface Vote { voter: string, signature: string }
+
+/** Why a view is committed: the votes of a majority of the previous view's members, all for one ballot. */
+export interface Certificate { ballot: Ballot, votes: Vote[] }
+
+/** Signs this node's votes and checks other nodes' (ed25519 with the node keys: ./votes.ts). */
+export interface VoteSigner {
+  sign (ballot: Ballot, view: View): string
+  /** Whether signature is voter's vote for (ballot, view); never throws. */
+  verify (voter: string, ballot: Ballot, view: View, signature: string): boolean
+}
 
 /** Plain objects of numbers, strings, ballots, views and null, so a codec can encode them as they are. */
 export type AgreementMessage =
   | { type: 'prepare', epoch: number, ballot: Ballot }
   | { type: 'promise', epoch: number, ballot: Ballot, accepted: AcceptedValue | null }
   | { type: 'accept', epoch: number, ballot: Ballot, view: View }
-  | { type: 'accepted', epoch: number, ballot: Ballot }
+  /** The acceptor's vote for the view it accepted under ballot. */
+  | { type: 'accepted', epoch: number, ballot: Ballot, signature: string }
   | { type: 'nack', epoch: number, ballot: Ballot, promised: Ballot }
-  /** A committed view: the commit broadcast, and the answer of a node that knows the outcome. */
-  | { type: 'decided', view: View }
-  /** Asks a node for its latest view; answered with 'decided' (or nothing if it has none). */
-  | { type: 'query' }
+  /**
+   * A committed view with its certificate (null only for view 1, which is founded, not agreed, and
+   * views saved before votes were signed): the commit broadcast, and the answer of a node that
+   * knows the outcome.
+   */
+  | { type: 'decided', view: View, certificate: Certificate | null }
+  /** Asks a node for its view of `epoch` (0: its latest); answered with 'decided' (or nothing if it has none). */
+  | { type: 'query', epoch: number }
 
 /** The acceptor side of the instance that decides view `epoch`. */
 export interface InstanceState { epoch: number, promised: Ballot | null, accepted: AcceptedValue | null }
 
-export const STATE_FORMAT = 1
+/** Format 2 added the certificates; a format 1 state loads with none. */
+export const STATE_FORMAT = 2
 
 export interface PersistedState {
   format: typeof STATE_FORMAT
@@ -50,6 +81,8 @@ export interface PersistedState {
   lastRound: number
   /** Every committed view this node learned, by increasing epoch (gaps where it missed some). */
   history: View[]
+  /** The certificate of each view of history, in the same order (null: founded, or saved before format 2). */
+  certificates: Array<Certificate | null>
   /** Open instances, all above the latest view's epoch, by increasing epoch. */
   instances: InstanceState[]
 }
@@ -93,6 +126,9 @@ export interface ViewKeeperOptions {
   self: string
   storage: AgreementStorage
   transport: AgreementTransport
+  votes: VoteSigner
+  /** Where refused views are reported (the log). */
+  log?: (line: string) => void
   clock?: Clock
   /** Uniform in [0, 1); only spreads retries. */
   random?: () => number
@@ -124,6 +160,8 @@ export class ViewKeeper {
   readonly self: string
   private readonly storage: AgreementStorage
   private readonly transport: AgreementTransport
+  private readonly votes: VoteSigner
+  private readonly log: (line: string) => void
   private readonly clock: Clock
   private readonly random: () => number
   private readonly requestTimeoutMs: number
@@ -138,11 +176,15 @@ export class ViewKeeper {
   private readonly stop = new AbortController()
   private readonly stopped: Promise<null>
   private proposal: Promise<View> | null = null
+  /** Sender/epoch pairs whose refusal was logged (see refused()). */
+  private readonly refusals = new Set<string>()
 
   constructor (opts: ViewKeeperOptions) {
     this.self = opts.self
     this.storage = opts.storage
     this.transport = opts.transport
+    this.votes = opts.votes
+    this.log = opts.log ?? (() => {})
     this.clock = opts.clock ?? systemClock
     this.random = opts.random ?? Math.random
     this.requestTimeoutMs = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS
@@ -156,7 +198,7 @@ export class ViewKeeper {
     if (this.state) throw SheepError.invalid('the view keeper is already open')
     const saved = await this.storage.load()
     this.state = saved === null
-      ? { format: STATE_FORMAT, lastRound: 0, history: [], instances: [] }
+      ? { format: STATE_FORMAT, lastRound: 0, history: [], certificates: [], instances: [] }
       : parseState(saved)
   }
 
@@ -176,14 +218,14 @@ export class ViewKeeper {
     return () => { this.listeners.delete(listener) }
   }
 
-  /** Writes view 1 with this node as its only member. */
-  async found (member: Member): Promise<View> {
+  /** Writes view 1 with this node as its only member; `manual`: joiners wait for an admission. */
+  async found (member: Member, manual = false): Promise<View> {
     this.mustBeOpen()
     if (member.id !== this.self) throw SheepError.invalid(`the founding member must be this node (${this.self}), not ${member.id}`)
-    const view = parseView({ epoch: 1, members: [member] }, 'view')
+    const view = parseView({ epoch: 1, members: [member], ...(manual ? { manual } : {}) }, 'view')
     await this.lock.run(async () => {
       if (this.mustBeOpen().history.length > 0) throw SheepError.exists(`view ${this.view?.epoch ?? 0}`)
-      await this.save({ ...this.mustBeOpen(), history: [view] })
+      await this.save({ ...this.mustBeOpen(), history: [view], certificates: [null] })
     })
     this.emit(view, null)
     return view
@@ -201,29 +243,33 @@ export class ViewKeeper {
       case 'prepare': return await this.lock.run(() => this.onPrepare(m.epoch, m.ballot))
       case 'accept': return await this.lock.run(() => this.onAccept(m.epoch, m.ballot, m.view))
       case 'decided':
-        await this.learn(m.view)
+        await this.learnFrom(from, m.view, m.certificate)
         return null
-      case 'query': {
-        const view = this.view
-        return view ? { type: 'decided', view } : null
-      }
+      case 'query': return this.decidedOf(m.epoch)
       default: throw SheepError.invalid(`agreement message from ${from}: a '${m.type}' is an answer, not a request`)
     }
   }
 
   /**
-   * Runs Paxos for epoch current+1 with this candidate until that epoch is decided, and resolves
+   * Runs Paxos for epoch current+1 with this candidate (its removed list defaults to the current
+   * view's; the admission mode is always carried on) until that epoch is decided, and resolves
    * with the view that is then current: the decided one, which may be another proposer's
    * candidate, or a later one if this node learned of it meanwhile. Rejects with EBUSY when no
    * decision came within proposeTimeoutMs (for example in a minority partition) or when another
    * proposal of this node is running, ESHUTDOWN when closed.
    */
-  async propose (candidate: { members: Member[] }): Promise<View> {
+  async propose (candidate: { members: Member[], removed?: string[] }): Promise<View> {
     this.mustBeOpen()
     const base = this.view
     if (!base) throw SheepError.invalid('this node has no view yet: found a cluster or join one first')
     if (this.proposal) throw SheepError.busy('a view change is already being proposed on this node')
-    const view = parseView({ epoch: base.epoch + 1, members: sortMembers(candidate.members) }, 'candidate')
+    const removed = [...new Set(candidate.removed ?? base.removed ?? [])].sort()
+    const view = parseView({
+      epoch: base.epoch + 1,
+      members: sortMembers(candidate.members),
+      ...(removed.length > 0 ? { removed } : {}),
+      ...(base.manual === true ? { manual: true } : {})
+    }, 'candidate')
     this.proposal = this.runProposal(base, view)
     try {
       return await this.proposal
@@ -232,10 +278,16 @@ export class ViewKeeper {
     }
   }
 
-  /** Asks these peers for their latest view and adopts the newest; resolves with the current view. */
+  /**
+   * Asks these peers for their latest view and adopts the newest that checks out (fetching the
+   * views this node missed from the peer that told it); resolves with the current view.
+   */
   async refresh (peers: readonly string[]): Promise<View | null> {
-    const answers = await Promise.all(peers.filter(p => p !== this.self).map(p => this.ask(p, { type: 'query' })))
-    for (const a of answers) if (a?.type === 'decided') await this.learn(a.view)
+    const others = peers.filter(p => p !== this.self)
+    const answers = await Promise.all(others.map(async p => ({ from: p, answer: await this.ask(p, { type: 'query', epoch: 0 }) })))
+    for (const { from, answer } of answers) {
+      if (answer?.type === 'decided') await this.learnFrom(from, answer.view, answer.certificate)
+    }
     return this.view
   }
 
@@ -265,7 +317,15 @@ export class ViewKeeper {
   /** The answer for an instance this node already knows to be decided, else null. */
   private decidedAnswer (epoch: number): AgreementMessage | null {
     const view = this.view
-    return view && epoch <= view.epoch ? { type: 'decided', view } : null
+    return view && epoch <= view.epoch ? this.decidedOf(0) : null
+  }
+
+  /** 'decided' with this node's view of epoch (0: its latest) and its certificate, or null if it has none. */
+  private decidedOf (epoch: number): AgreementMessage | null {
+    const state = this.mustBeOpen()
+    const i = epoch === 0 ? state.history.length - 1 : state.history.findIndex(v => v.epoch === epoch)
+    const view = state.history[i]
+    return view === undefined ? null : { type: 'decided', view, certificate: state.certificates[i] ?? null }
   }
 
   private instance (epoch: number): InstanceState {
@@ -298,17 +358,77 @@ export class ViewKeeper {
     const inst = this.instance(epoch)
     if (inst.promised && compareBallots(ballot, inst.promised) < 0) return { type: 'nack', epoch, ballot, promised: inst.promised }
     // A ballot carries one value only (its proposer never reuses a round), so the same ballot
-    // already accepted is a duplicate.
+    // already accepted is a duplicate. The vote is for the value saved: a proposer that sent
+    // another value under the same ballot (a lying member) gets no signature for it.
     if (!inst.accepted || compareBallots(inst.accepted.ballot, ballot) !== 0) {
       await this.putInstance({ epoch, promised: ballot, accepted: { ballot, view } })
+    } else if (JSON.stringify(inst.accepted.view) !== JSON.stringify(view)) {
+      throw SheepError.invalid(`ballot (${ballot.round}, ${ballot.proposer}) of epoch ${epoch} already carried another view`)
     }
-    return { type: 'accepted', epoch, ballot }
+    return { type: 'accepted', epoch, ballot, signature: this.votes.sign(ballot, view) }
   }
 
   // ---- learner ----
 
-  /** Adopts a committed view if it is newer than the latest one; drops the instances it settles. */
-  private async learn (view: View): Promise<void> {
+  /**
+   * Why view, said to be committed with this certificate, must not be adopted: a string (refused
+   * for good), 'gap' (this node does not know the view before it, so cannot check it yet), or
+   * null (it checks out, or it is not newer than what this node has).
+   */
+  private verdict (view: View, certificate: Certificate | null): string | 'gap' | null {
+    const history = this.mustBeOpen().history
+    const latest = history.at(-1)
+    // A node that has no view yet takes the first one a peer that proved the secret gives it:
+    // there is nothing it could check it against (docs/VIEWS.md, "Signed votes").
+    if (latest === undefined || view.epoch <= latest.epoch) return null
+    const previous = history.find(v => v.epoch === view.epoch - 1)
+    if (previous === undefined) return 'gap'
+    return certificateProblem(previous, view, certificate, this.votes)
+  }
+
+  /**
+   * Adopts a view a peer says is committed, if its certificate checks out (logs and drops it
+   * otherwise); when this node missed the views before it, fetches them from that peer first,
+   * one epoch at a time, each checked against the one before.
+   */
+  private async learnFrom (from: string, view: View, certificate: Certificate | null): Promise<void> {
+    for (;;) {
+      const verdict = this.verdict(view, certificate)
+      if (verdict === null) return await this.learn(view, certificate)
+      if (verdict !== 'gap') {
+        this.refused(from, view.epoch, verdict)
+        return
+      }
+      const next = (this.view?.epoch ?? 0) + 1
+      const answer = await this.ask(from, { type: 'query', epoch: next })
+      if (answer?.type !== 'decided' || answer.view.epoch !== next) return
+      const step = this.verdict(answer.view, answer.certificate)
+      if (step !== null) {
+        this.refused(from, next, step === 'gap' ? 'it does not follow this node\'s views' : step)
+        return
+      }
+      await this.learn(answer.view, answer.certificate)
+      if (this.stop.signal.aborted) return
+    }
+  }
+
+  /**
+   * Logs a refused view once per sender and epoch: a member whose hello claims a later view is
+   * asked for it at every membership check, and a liar would fill the log twice a second.
+   */
+  private refused (from: string, epoch: number, why: string): void {
+    const key = `${from}/${epoch}`
+    if (this.refusals.has(key)) return
+    if (this.refusals.size >= MAX_REFUSALS_KEPT) this.refusals.clear()
+    this.refusals.add(key)
+    this.log(`refused view ${epoch} from ${from}: ${why}`)
+  }
+
+  /**
+   * Adopts a committed view whose certificate was checked, if it is newer than the latest one;
+   * drops the instances it settles.
+   */
+  private async learn (view: View, certificate: Certificate | null): Promise<void> {
     const previous = await this.lock.run(async () => {
       const state = this.mustBeOpen()
       const latest = this.view
@@ -318,6 +438,7 @@ export class ViewKeeper {
       await this.save({
         ...state,
         history: [...state.history, view],
+        certificates: [...state.certificates, certificate],
         instances: state.instances.filter(i => i.epoch > view.epoch)
       })
       return latest
@@ -344,22 +465,26 @@ export class ViewKeeper {
 
       const ballot: Ballot = { round: await this.nextRound(seenRound), proposer: this.self }
       const phase1 = await this.gather(epoch, acceptors, need, { type: 'prepare', epoch, ballot },
-        a => a.type === 'promise' && a.epoch === epoch && compareBallots(a.ballot, ballot) === 0)
+        (_from, a) => a.type === 'promise' && a.epoch === epoch && compareBallots(a.ballot, ballot) === 0)
       let outcome = phase1
       if (!phase1.decided && phase1.yes.length >= need) {
-        const view = highestAccepted(phase1.yes) ?? candidate
+        const view = highestAccepted(phase1.yes.map(y => y.answer)) ?? candidate
         outcome = await this.gather(epoch, acceptors, need, { type: 'accept', epoch, ballot, view },
-          a => a.type === 'accepted' && a.epoch === epoch && compareBallots(a.ballot, ballot) === 0)
+          (from, a) => a.type === 'accepted' && a.epoch === epoch && compareBallots(a.ballot, ballot) === 0 &&
+            this.votes.verify(from, ballot, view, a.signature))
         if (!outcome.decided && outcome.yes.length >= need) {
+          const votes = outcome.yes.map(({ from, answer }) => ({ voter: from, signature: answer.type === 'accepted' ? answer.signature : '' }))
+          const certificate: Certificate = { ballot, votes }
           for (const id of new Set([...base.members, ...view.members].map(m => m.id))) {
-            if (id !== this.self) this.transport.send(id, { type: 'decided', view })
+            if (id !== this.self) this.transport.send(id, { type: 'decided', view, certificate })
           }
-          await this.learn(view)
+          await this.learn(view, certificate)
           continue
         }
       }
       if (outcome.decided) {
-        await this.learn(outcome.decided)
+        await this.learnFrom(outcome.decided.from, outcome.decided.view, outcome.decided.certificate)
+        if ((this.view?.epoch ?? 0) < epoch) why = `${outcome.decided.from} answered with view ${outcome.decided.view.epoch}, which this node could not take`
         continue
       }
       if (outcome.outranked) {
@@ -389,7 +514,7 @@ export class ViewKeeper {
    * they belong to a round that is over.
    */
   private async gather (epoch: number, acceptors: string[], need: number, msg: AgreementMessage,
-    isYes: (a: AgreementMessage) => boolean): Promise<Tally> {
+    isYes: (from: string, a: AgreementMessage) => boolean): Promise<Tally> {
     return await new Promise(resolve => {
       const tally: Tally = { yes: [], decided: null, outranked: null }
       let pending = acceptors.length
@@ -398,8 +523,14 @@ export class ViewKeeper {
         void this.ask(to, msg).then(a => {
           if (done) return
           pending--
-          if (a?.type === 'decided' && a.view.epoch >= epoch) tally.decided = a.view
-          else if (a && isYes(a)) tally.yes.push(a)
+          // A 'decided' that fails its check counts as silence, so that a lying member cannot
+          // end every round with one; one this node cannot check yet ('gap') ends the round,
+          // and learnFrom fetches the views missed.
+          if (a?.type === 'decided' && a.view.epoch >= epoch) {
+            const verdict = this.verdict(a.view, a.certificate)
+            if (verdict === null || verdict === 'gap') tally.decided = { from: to, view: a.view, certificate: a.certificate }
+            else this.refused(to, a.view.epoch, verdict)
+          } else if (a && isYes(to, a)) tally.yes.push({ from: to, answer: a })
           else if (a?.type === 'nack' && (!tally.outranked || compareBallots(a.promised, tally.outranked) > 0)) tally.outranked = a.promised
           if (tally.decided || tally.yes.length >= need || tally.yes.length + pending < need) {
             done = true
@@ -424,7 +555,29 @@ export class ViewKeeper {
   }
 }
 
-interface Tally { yes: AgreementMessage[], decided: View | null, outranked: Ballot | null }
+interface Tally {
+  yes: Array<{ from: string, answer: AgreementMessage }>
+  decided: { from: string, view: View, certificate: Certificate | null } | null
+  outranked: Ballot | null
+}
+
+/**
+ * Why certificate does not prove that view (epoch e) was committed after previous (epoch e - 1),
+ * or null if it does: it needs valid votes, all for its ballot, of a majority of previous's
+ * members; a vote of a non-member or of a removed id does not count, nor a second vote of one voter.
+ */
+export function certificateProblem (previous: View, view: View, certificate: Certificate | null, votes: VoteSigner): string | null {
+  if (view.epoch !== previous.epoch + 1) return `view ${view.epoch} does not follow view ${previous.epoch}`
+  if (certificate === null) return 'it carries no votes'
+  const removed = new Set(previous.removed ?? [])
+  const voters = new Set<string>()
+  for (const v of certificate.votes) {
+    if (voters.has(v.voter) || removed.has(v.voter) || !previous.members.some(m => m.id === v.voter)) continue
+    if (votes.verify(v.voter, certificate.ballot, view, v.signature)) voters.add(v.voter)
+  }
+  const need = majority(previous.members.length)
+  return voters.size >= need ? null : `${voters.size} valid votes of members of view ${previous.epoch}, ${need} needed`
+}
 
 /** The value of the promise with the highest accepted ballot, if any promise carries one. */
 function highestAccepted (promises: AgreementMessage[]): View | null {
@@ -494,16 +647,49 @@ function parseMember (x: unknown, what: string): Member {
   return Object.freeze(m)
 }
 
-/** A view: epoch >= 1, at least one member, members sorted by id without duplicates. */
+const ascendingIds = (ids: string[]): boolean => ids.every((id, i) => i === 0 || (ids[i - 1] ?? '') < id)
+
+/**
+ * A view: epoch >= 1, at least one member, members sorted by id without duplicates; removed ids
+ * (absent when none) sorted, none of them a member; manual only as true.
+ */
 export function parseView (x: unknown, what = 'view'): View {
   const f = fields(x, what)
   const epoch = int(f.epoch, 1, Number.MAX_SAFE_INTEGER, `${what}.epoch`)
   if (!Array.isArray(f.members) || f.members.length === 0) throw SheepError.invalid(`${what}.members must be a non-empty array`)
   const members = f.members.map((m, i) => parseMember(m, `${what}.members[${i}]`))
-  for (let i = 1; i < members.length; i++) {
-    if (!((members[i - 1]?.id ?? '') < (members[i]?.id ?? ''))) throw SheepError.invalid(`${what}.members must be sorted by id without duplicates`)
+  if (!ascendingIds(members.map(m => m.id))) throw SheepError.invalid(`${what}.members must be sorted by id without duplicates`)
+  const view: View = { epoch, members: Object.freeze(members) as Member[] }
+  if (f.removed !== undefined) {
+    if (!Array.isArray(f.removed) || f.removed.length === 0 || f.removed.length > MAX_REMOVED) throw SheepError.invalid(`${what}.removed must be a non-empty array of at most ${MAX_REMOVED} ids, or absent`)
+    const removed = f.removed.map((id, i) => str(id, `${what}.removed[${i}]`, true))
+    if (!ascendingIds(removed)) throw SheepError.invalid(`${what}.removed must be sorted without duplicates`)
+    if (removed.some(id => members.some(m => m.id === id))) throw SheepError.invalid(`${what} lists a removed id as a member`)
+    view.removed = Object.freeze(removed) as string[]
   }
-  return Object.freeze({ epoch, members: Object.freeze(members) as Member[] })
+  if (f.manual !== undefined) {
+    if (f.manual !== true) throw SheepError.invalid(`${what}.manual must be true or absent`)
+    view.manual = true
+  }
+  return Object.freeze(view)
+}
+
+const SIGNATURE = /^[0-9a-f]{128}$/
+
+function parseSignature (x: unknown, what: string): string {
+  if (typeof x !== 'string' || !SIGNATURE.test(x)) throw SheepError.invalid(`${what} must be 128 hex digits`)
+  return x
+}
+
+function parseCertificate (x: unknown, what: string): Certificate | null {
+  if (x === null) return null
+  const f = fields(x, what)
+  if (!Array.isArray(f.votes) || f.votes.length > MAX_VOTES) throw SheepError.invalid(`${what}.votes must be an array of at most ${MAX_VOTES}`)
+  const votes = f.votes.map((v, i) => {
+    const g = fields(v, `${what}.votes[${i}]`)
+    return Object.freeze({ voter: str(g.voter, `${what}.votes[${i}].voter`, true), signature: parseSignature(g.signature, `${what}.votes[${i}].signature`) })
+  })
+  return Object.freeze({ ballot: parseBallot(f.ballot, `${what}.ballot`), votes: Object.freeze(votes) as Vote[] })
 }
 
 function parseAccepted (x: unknown, epoch: number, what: string): AcceptedValue | null {
@@ -532,10 +718,10 @@ export function parseMessage (x: unknown): AgreementMessage {
       if (view.epoch !== e) throw SheepError.invalid(`view is for epoch ${view.epoch}, not ${e}`)
       return { type: 'accept', epoch: e, ballot: ballot(), view }
     }
-    case 'accepted': return { type: 'accepted', epoch: epoch(), ballot: ballot() }
+    case 'accepted': return { type: 'accepted', epoch: epoch(), ballot: ballot(), signature: parseSignature(f.signature, 'signature') }
     case 'nack': return { type: 'nack', epoch: epoch(), ballot: ballot(), promised: parseBallot(f.promised, 'promised') }
-    case 'decided': return { type: 'decided', view: parseView(f.view, 'view') }
-    case 'query': return { type: 'query' }
+    case 'decided': return { type: 'decided', view: parseView(f.view, 'view'), certificate: parseCertificate(f.certificate, 'certificate') }
+    case 'query': return { type: 'query', epoch: int(f.epoch, 0, Number.MAX_SAFE_INTEGER, 'epoch') }
     default: throw SheepError.invalid(`unknown message type ${describe(f.type)}`)
   }
 }
@@ -544,9 +730,13 @@ export function parseMessage (x: unknown): AgreementMessage {
 function parseState (x: unknown): PersistedState {
   try {
     const f = fields(x, 'the state')
-    if (f.format !== STATE_FORMAT) throw SheepError.invalid(`unknown format ${describe(f.format)}`)
+    if (f.format !== 1 && f.format !== STATE_FORMAT) throw SheepError.invalid(`unknown format ${describe(f.format)}`)
     if (!Array.isArray(f.history) || !Array.isArray(f.instances)) throw SheepError.invalid('history and instances must be arrays')
     const history = f.history.map((v, i) => parseView(v, `history[${i}]`))
+    // Format 1 had no certificates: its views were checked by nothing but their sender.
+    const saved = f.format === 1 ? history.map(() => null) : f.certificates
+    if (!Array.isArray(saved) || saved.length !== history.length) throw SheepError.invalid('certificates must be an array as long as history')
+    const certificates = saved.map((c, i) => parseCertificate(c, `certificates[${i}]`))
     const instances = f.instances.map((x, i): InstanceState => {
       const g = fields(x, `instances[${i}]`)
       const epoch = int(g.epoch, 2, Number.MAX_SAFE_INTEGER, `instances[${i}].epoch`)
@@ -561,7 +751,7 @@ function parseState (x: unknown): PersistedState {
     if (!ascending(history.map(v => v.epoch)) || !ascending(instances.map(i => i.epoch)) || instances.some(i => i.epoch <= latest)) {
       throw SheepError.invalid('epochs out of order')
     }
-    return { format: STATE_FORMAT, lastRound: int(f.lastRound, 0, Number.MAX_SAFE_INTEGER, 'lastRound'), history, instances }
+    return { format: STATE_FORMAT, lastRound: int(f.lastRound, 0, Number.MAX_SAFE_INTEGER, 'lastRound'), history, certificates, instances }
   } catch (err) {
     throw SheepError.corrupt(`the saved view agreement state is corrupt: ${err instanceof Error ? err.message : describe(err)}`)
   }

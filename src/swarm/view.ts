@@ -19,7 +19,17 @@ export interface View {
   epoch: number
   /** Sorted by id. */
   members: Member[]
+  /**
+   * Ids taken out for good (`sheep node remove`), sorted: refused at the proof step even with
+   * the secret, and their votes never count. Absent when none; every view carries the list on.
+   */
+  removed?: string[]
+  /** True when the cluster was founded with `--admission manual`: joiners wait as candidates for `sheep node admit`. Absent: automatic. */
+  manual?: boolean
 }
+
+/** The most removed ids a view carries (a bound for decoding; removals are rare). */
+export const MAX_REMOVED = 4096
 
 export function sortMembers (members: Member[]): Member[] {
   return [...members].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)

@@ -15,6 +15,7 @@ declare module 'compact-encoding' {
     const biguint64: Encoding<bigint>
     const bool: Encoding<boolean>
     const fixed32: Encoding<Uint8Array>
+    const fixed64: Encoding<Uint8Array>
     const string: Encoding<string>
     const utf8: Encoding<string>
     const buffer: Encoding<Uint8Array | null>

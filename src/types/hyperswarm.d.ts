@@ -115,6 +115,9 @@ declare module 'sodium-native' {
   export function crypto_generichash (out: Buffer, input: Buffer, key?: Buffer): void
   export function sodium_memcmp (a: Buffer, b: Buffer): boolean
   export function randombytes_buf (buf: Buffer): void
+  export const crypto_sign_BYTES: number
+  export function crypto_sign_detached (signature: Buffer, message: Buffer, secretKey: Buffer): void
+  export function crypto_sign_verify_detached (signature: Buffer, message: Buffer, publicKey: Buffer): boolean
 }
 
 declare module '@hyperswarm/testnet' {

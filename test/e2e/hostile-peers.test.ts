@@ -192,5 +192,6 @@ function looseHello (proof: Buffer, m: Member): Buffer {
   const str = (s: string): Buffer => Buffer.concat([uint(Buffer.byteLength(s)), Buffer.from(s)])
   const weight = Buffer.alloc(8)
   weight.writeDoubleLE(m.weight)
-  return Buffer.concat([proof, str(m.id), str(m.host), uint(m.port), str(m.zone), weight, uint(0), uint(0)])
+  // Then the view: epoch 0, no members, no flags, no removed ids.
+  return Buffer.concat([proof, str(m.id), str(m.host), uint(m.port), str(m.zone), weight, uint(0), uint(0), uint(0), uint(0)])
 }

@@ -146,8 +146,12 @@ export function tempDir (t: Teardownable, prefix = 'sheep-test-'): string {
   return dir
 }
 
-/** Starts a daemon in a fresh folder; it is stopped and cleaned up when the test ends. */
-export async function startDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Daemon> {
+/**
+ * A daemon in a fresh folder, not started yet (start() resolves when its mount is ready: a node
+ * waiting to be admitted is started without waiting for that); stopped and cleaned up when the
+ * test ends.
+ */
+export function newDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Daemon {
   const d = new Daemon(tempDir(t), extraArgs, extraEnv)
   t.teardown(async () => {
     // What the daemons said is what tells a hang or a failure in CI apart: keep it before it goes.
@@ -155,6 +159,12 @@ export async function startDaemon (t: Teardownable, extraArgs: string[] = [], ex
     await Promise.race([d.stop(), new Promise(resolve => setTimeout(resolve, 15_000).unref())])
     d.cleanupSync()
   })
+  return d
+}
+
+/** Starts a daemon in a fresh folder; it is stopped and cleaned up when the test ends. */
+export async function startDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Daemon> {
+  const d = newDaemon(t, extraArgs, extraEnv)
   await d.start()
   return d
 }
@@ -304,7 +314,7 @@ export async function startCluster (t: Teardownable, n: number, extraArgs: strin
   return nodes
 }
 
-async function freeUdpPort (): Promise<number> {
+export async function freeUdpPort (): Promise<number> {
   const socket = dgram.createSocket('udp4')
   await new Promise<void>(resolve => socket.bind(0, '127.0.0.1', () => resolve()))
   const { port } = socket.address()

@@ -31,8 +31,14 @@ export function memberOf (rng: Rng, id = nodeId(rng)): Member {
 export function viewOf (rng: Rng): View {
   if (rng.chance(0.2)) return { epoch: 0, members: [] }
   const members = Array.from({ length: rng.int(1, 4) }, () => memberOf(rng)).sort((a, b) => a.id < b.id ? -1 : 1)
-  return { epoch: rng.int(1, 2 ** 32), members }
+  const v: View = { epoch: rng.int(1, 2 ** 32), members }
+  if (rng.chance(0.3)) v.removed = Array.from({ length: rng.int(1, 3) }, () => nodeId(rng)).sort()
+  if (rng.chance(0.3)) v.manual = true
+  return v
 }
+
+/** 64 random bytes in hex, shaped like an ed25519 signature. */
+export function signatureOf (rng: Rng): string { return rng.bytes(64).toString('hex') }
 
 export function helloOf (rng: Rng): Hello {
   return { proof: rng.bytes(32), self: memberOf(rng), view: viewOf(rng) }
@@ -78,10 +84,14 @@ export function agreementOf (rng: Rng): AgreementMessage {
     case 0: return { type: 'prepare', epoch, ballot }
     case 1: return { type: 'promise', epoch, ballot, accepted: rng.chance(0.5) ? null : { ballot, view: nonEmpty() } }
     case 2: return { type: 'accept', epoch, ballot, view: nonEmpty() }
-    case 3: return { type: 'accepted', epoch, ballot }
+    case 3: return { type: 'accepted', epoch, ballot, signature: signatureOf(rng) }
     case 4: return { type: 'nack', epoch, ballot, promised: { round: ballot.round + 1, proposer: nodeId(rng) } }
-    case 5: return { type: 'decided', view: nonEmpty() }
-    default: return { type: 'query' }
+    case 5: return {
+      type: 'decided',
+      view: nonEmpty(),
+      certificate: rng.chance(0.3) ? null : { ballot, votes: Array.from({ length: rng.int(0, 4) }, () => ({ voter: nodeId(rng), signature: signatureOf(rng) })) }
+    }
+    default: return { type: 'query', epoch: uintOf(rng) }
   }
 }
 

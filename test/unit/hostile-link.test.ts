@@ -34,7 +34,9 @@ async function node (t: Teardownable, secret: Buffer, bootstrap: Array<{ host: s
   const requests: Request[] = []
   const mesh: Mesh = new Mesh({
     keyPair,
-    secret,
+    secret: () => secret,
+    topics: () => [secret],
+    gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret',
     host: '127.0.0.1',
     tcpPort: 0,
     bootstrap,

@@ -28,7 +28,9 @@ async function node (t: Teardownable, secret: Buffer, bootstrap: Array<{ host: s
   const member = (): Member => ({ id, host: '127.0.0.1', port: mesh.tcpPort, zone: '', weight: 1 })
   mesh = new Mesh({
     keyPair,
-    secret,
+    secret: () => secret,
+    topics: () => [secret],
+    gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret',
     host: '127.0.0.1',
     tcpPort: 0,
     bootstrap,
@@ -88,7 +90,8 @@ async function intruder (t: Teardownable, topicSecret: Buffer, linkSecret: Buffe
     conn.on('error', () => {})
     const link = new Link(conn, {
       kind: 'swarm',
-      secret: linkSecret,
+      secret: () => linkSecret,
+      gate: (_id: string, proves: (s: Buffer) => boolean) => proves(linkSecret) ? null : 'it did not prove it holds the cluster secret',
       self: () => ({ member: { id, host: '127.0.0.1', port: 0, zone: '', weight: 1 }, view: { epoch: 0, members: [] } }),
       onRequest: async () => ({}),
       log: () => {}

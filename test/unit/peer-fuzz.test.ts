@@ -19,7 +19,7 @@ import {
 import { Link } from '../../src/swarm/link'
 import { proofFor } from '../../src/swarm/proof'
 import { memberProblem, type Member, type View } from '../../src/swarm/view'
-import type { AgreementMessage, Ballot } from '../../src/swarm/view-agreement'
+import { type AgreementMessage, type Ballot, MAX_VOTES } from '../../src/swarm/view-agreement'
 import { Rng } from '../helpers/random'
 import {
   agreementOf, FakeSecureStream, helloOf, HUGE_PREFIXES, memberOf, messageFrame, mutate, objectListOf, oidListOf, openFrame,
@@ -34,6 +34,7 @@ t.comment(`fuzz seed ${SEED} (replay: SHEEP_FUZZ_SEED=${SEED}), ${COUNT} inputs 
 // What a decoded value must satisfy, checked here independently of the decoders.
 
 const ID = /^[0-9a-f]{64}$/
+const SIGNATURE = /^[0-9a-f]{128}$/
 const safe = (n: unknown): boolean => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
 const u8 = (b: unknown): boolean => b instanceof Uint8Array && b.length <= MAX_DATA
 
@@ -60,12 +61,14 @@ const CASES: Array<Case<unknown>> = [
   fuzzCase('usage', usage, usageOf, u => safe(u.capacity) && safe(u.free)),
   fuzzCase('agreement', agreement, agreementOf, (m: AgreementMessage) => {
     switch (m.type) {
-      case 'prepare': case 'accepted': return safe(m.epoch) && ballotOk(m.ballot)
+      case 'prepare': return safe(m.epoch) && ballotOk(m.ballot)
+      case 'accepted': return safe(m.epoch) && ballotOk(m.ballot) && SIGNATURE.test(m.signature)
       case 'promise': return safe(m.epoch) && ballotOk(m.ballot) && (m.accepted === null || (ballotOk(m.accepted.ballot) && viewOk(m.accepted.view)))
       case 'accept': return safe(m.epoch) && ballotOk(m.ballot) && viewOk(m.view)
       case 'nack': return safe(m.epoch) && ballotOk(m.ballot) && ballotOk(m.promised)
-      case 'decided': return viewOk(m.view)
-      case 'query': return true
+      case 'decided': return viewOk(m.view) && (m.certificate === null ||
+        (ballotOk(m.certificate.ballot) && m.certificate.votes.length <= MAX_VOTES && m.certificate.votes.every(v => ID.test(v.voter) && SIGNATURE.test(v.signature))))
+      case 'query': return safe(m.epoch)
     }
     return false
   })
@@ -186,7 +189,8 @@ function harness (remoteKey: Buffer, served: () => void): Harness {
   const h: Harness = { stream, link: null as unknown as Link, logs, misbehaved: false, opened: false }
   h.link = new Link(stream as never, {
     kind: 'tcp',
-    secret: SECRET,
+    secret: () => SECRET,
+    gate: (_id, proves) => proves(SECRET) ? null : 'it did not prove it holds the cluster secret',
     self: () => ({ member: SELF, view: { epoch: 0, members: [] } }),
     onRequest: async () => { served(); return {} },
     log: line => logs.push(line),

@@ -101,8 +101,8 @@ async function linkedPair (onRequest: (r: Request) => Promise<Partial<Response>>
   }
   const member = (k: Buffer): { member: { id: string, host: string, port: number, zone: string, weight: number }, view: { epoch: number, members: [] } } =>
     ({ member: { id: k.toString('hex'), host: '127.0.0.1', port: 0, zone: '', weight: 1 }, view: { epoch: 0, members: [] } })
-  const client = new Link(a as never, { kind: 'tcp', secret, self: () => member(ka), onRequest: async () => ({}), log: () => {} })
-  const server = new Link(b as never, { kind: 'tcp', secret, self: () => member(kb), onRequest: async r => await onRequest(r), log: line => logs.push(line) })
+  const client = new Link(a as never, { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(ka), onRequest: async () => ({}), log: () => {} })
+  const server = new Link(b as never, { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(kb), onRequest: async r => await onRequest(r), log: line => logs.push(line) })
   await new Promise(resolve => setTimeout(resolve, 10))
   if (!client.isOpen || !server.isOpen) throw new Error('the pair did not open')
   return { client, server }

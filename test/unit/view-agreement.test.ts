@@ -8,12 +8,15 @@
 // chosen, and no two nodes learn different views for one epoch. Each seeded run reports its seed.
 
 import t from 'tap'
+import crypto from 'node:crypto'
+import DHT from 'hyperdht'
 import type { SheepError } from '../../src/errors'
 import type { Member, View } from '../../src/swarm/view'
 import {
-  type AgreementMessage, type AgreementStorage, type AgreementTransport, type Ballot, type Clock,
-  type PersistedState, STATE_FORMAT, ViewKeeper, compareBallots, hasMajority, majority, parseMessage
+  type AgreementMessage, type AgreementStorage, type AgreementTransport, type Ballot, type Certificate, type Clock,
+  type PersistedState, STATE_FORMAT, type VoteSigner, ViewKeeper, certificateProblem, compareBallots, hasMajority, majority, parseMessage
 } from '../../src/swarm/view-agreement'
+import { voteIsValid, voteSigner } from '../../src/swarm/votes'
 import { settle, sheepError } from './tmp'
 import { mulberry32 } from '../helpers/random'
 
@@ -43,7 +46,29 @@ function key (v: View): string {
 }
 
 function stateWith (history: View[], instances: PersistedState['instances'] = []): PersistedState {
-  return { format: STATE_FORMAT, lastRound: 0, history, instances }
+  return { format: STATE_FORMAT, lastRound: 0, history, certificates: history.map(() => null), instances }
+}
+
+// Votes: the simulated nodes are named A, B, C...; each has a real ed25519 key pair made from its
+// name, and signs and checks votes with the production code (../../src/swarm/votes.ts).
+const simKeys = new Map<string, DHT.KeyPair>()
+function simKey (id: string): DHT.KeyPair {
+  let k = simKeys.get(id)
+  if (k === undefined) {
+    k = DHT.keyPair(crypto.createHash('sha256').update(id).digest())
+    simKeys.set(id, k)
+  }
+  return k
+}
+
+/** Node id's signer; it checks a vote against the key pair of the voter's name. */
+function simVotes (id: string): VoteSigner {
+  return { sign: voteSigner(simKey(id)).sign, verify: (voter, ballot, v, sig) => voteIsValid(simKey(voter).publicKey.toString('hex'), ballot, v, sig) }
+}
+
+/** A certificate for v under ballot with the votes of these voters. */
+function certify (v: View, ballot: Ballot, voters: string[]): Certificate {
+  return { ballot, votes: voters.map(id => ({ voter: id, signature: simVotes(id).sign(ballot, v) })) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -220,6 +245,7 @@ class Cluster {
     const inc = node.incarnation
     const keeper = new ViewKeeper({
       self: id,
+      votes: simVotes(id),
       storage: this.storage(node, inc),
       transport: this.transport(node, inc),
       clock: this.sim.clock,
@@ -454,7 +480,7 @@ const silent: AgreementTransport = { request: async () => null, send: () => {} }
 /** Node B as an acceptor of the instance of epoch 3 (view 2 = {A, B, C}). */
 async function acceptorB (storage = new TestStorage(stateWith([view(1, ['A']), view(2, ['A', 'B', 'C'])]))):
 Promise<{ k: ViewKeeper, storage: TestStorage }> {
-  const k = new ViewKeeper({ self: 'B', storage, transport: silent })
+  const k = new ViewKeeper({ self: 'B', votes: simVotes('B'), storage, transport: silent })
   await k.open()
   return { k, storage }
 }
@@ -475,25 +501,31 @@ t.test('acceptor: promise, nack, accept, duplicates, decided', async t => {
     'a lower ballot is refused with the promised one')
   t.same(await k.handle('A', accept(1, 'A', vA)), { type: 'nack', epoch: 3, ballot: { round: 1, proposer: 'A' }, promised: { round: 2, proposer: 'C' } },
     'accept under a ballot below the promise is refused')
-  t.same(await k.handle('C', accept(2, 'C', vC)), { type: 'accepted', epoch: 3, ballot: { round: 2, proposer: 'C' } })
+  const voteC = { type: 'accepted', epoch: 3, ballot: { round: 2, proposer: 'C' }, signature: simVotes('B').sign({ round: 2, proposer: 'C' }, vC) }
+  t.same(await k.handle('C', accept(2, 'C', vC)), voteC, 'accepted, with B\'s vote')
   const saves = storage.saves
-  t.same(await k.handle('C', accept(2, 'C', vC)), { type: 'accepted', epoch: 3, ballot: { round: 2, proposer: 'C' } }, 'a duplicate accept')
+  t.same(await k.handle('C', accept(2, 'C', vC)), voteC, 'a duplicate accept')
+  t.match(await sheepError(() => k.handle('C', accept(2, 'C', vA))), { code: 'EINVAL', message: /already carried another view/ },
+    'another view under a ballot already accepted gets no vote')
   t.equal(storage.saves, saves, 'is not saved again')
   t.same(await k.handle('D', prepare(3, 'D')), { type: 'promise', epoch: 3, ballot: { round: 3, proposer: 'D' }, accepted: { ballot: { round: 2, proposer: 'C' }, view: vC } },
     'a later promise carries the accepted value')
-  t.same(await k.handle('D', prepare(9, 'D', 2)), { type: 'decided', view: view(2, ['A', 'B', 'C']) }, 'a stale epoch is answered with the latest view')
-  t.same(await k.handle('D', { type: 'query' }), { type: 'decided', view: view(2, ['A', 'B', 'C']) })
+  t.same(await k.handle('D', prepare(9, 'D', 2)), { type: 'decided', view: view(2, ['A', 'B', 'C']), certificate: null }, 'a stale epoch is answered with the latest view')
+  t.same(await k.handle('D', { type: 'query', epoch: 0 }), { type: 'decided', view: view(2, ['A', 'B', 'C']), certificate: null })
+  t.same(await k.handle('D', { type: 'query', epoch: 1 }), { type: 'decided', view: view(1, ['A']), certificate: null }, 'a query names an epoch')
+  t.equal(await k.handle('D', { type: 'query', epoch: 7 }), null, 'one it does not know is not answered')
 
   const changes: Array<[number, number | undefined]> = []
   k.onChange((v, prev) => changes.push([v.epoch, prev?.epoch]))
-  t.equal(await k.handle('C', { type: 'decided', view: vC }), null, 'a commit needs no answer')
+  const certC = certify(vC, { round: 2, proposer: 'C' }, ['B', 'C'])
+  t.equal(await k.handle('C', { type: 'decided', view: vC, certificate: certC }), null, 'a commit needs no answer')
   t.same(changes, [[3, 2]], 'the change is announced')
   t.same(k.view, vC)
   t.same(storage.state?.history.at(-1), vC, 'and saved')
   t.same(storage.state?.instances, [], 'the settled instance is dropped')
-  t.same(await k.handle('D', prepare(10, 'D')), { type: 'decided', view: vC }, 'its instance now answers decided')
-  t.same(await k.handle('D', accept(10, 'D', vA)), { type: 'decided', view: vC })
-  t.equal(await k.handle('C', { type: 'decided', view: view(2, ['A']) }), null)
+  t.same(await k.handle('D', prepare(10, 'D')), { type: 'decided', view: vC, certificate: certC }, 'its instance now answers decided, with the certificate')
+  t.same(await k.handle('D', accept(10, 'D', vA)), { type: 'decided', view: vC, certificate: certC })
+  t.equal(await k.handle('C', { type: 'decided', view: view(2, ['A']), certificate: null }), null)
   t.same(k.view, vC, 'an older commit changes nothing')
   t.same(changes.length, 1)
   await k.close()
@@ -525,12 +557,12 @@ t.test('acceptor: an answer leaves only after the save resolved', async t => {
 
 t.test('keeper lifecycle and misuse', async t => {
   const storage = new TestStorage()
-  const k = new ViewKeeper({ self: 'A', storage, transport: silent })
-  t.equal((await sheepError(() => k.handle('B', { type: 'query' }))).code, 'EINVAL', 'handle before open')
+  const k = new ViewKeeper({ self: 'A', votes: simVotes('A'), storage, transport: silent })
+  t.equal((await sheepError(() => k.handle('B', { type: 'query', epoch: 0 }))).code, 'EINVAL', 'handle before open')
   await k.open()
   t.equal((await sheepError(() => k.open())).code, 'EINVAL', 'open twice')
   t.equal(k.view, null)
-  t.equal(await k.handle('B', { type: 'query' }), null, 'a node without a view has nothing to tell')
+  t.equal(await k.handle('B', { type: 'query', epoch: 0 }), null, 'a node without a view has nothing to tell')
   t.match((await sheepError(() => k.propose({ members: [member('A')] }))), { code: 'EINVAL', message: /no view yet/ })
   t.equal((await sheepError(() => k.found(member('B')))).code, 'EINVAL', 'only this node can found')
   const v1 = await k.found(member('A'))
@@ -547,19 +579,19 @@ t.test('keeper lifecycle and misuse', async t => {
   h.pop()
   t.equal(k.history.length, 2, 'history is a copy')
   await k.close()
-  t.equal(await k.handle('B', { type: 'query' }), null, 'a closed keeper does not answer')
+  t.equal(await k.handle('B', { type: 'query', epoch: 0 }), null, 'a closed keeper does not answer')
 
-  t.match(await sheepError(async () => await new ViewKeeper({ self: 'A', storage: new TestStorage({ ...stateWith([]), format: 7 } as unknown as PersistedState), transport: silent }).open()),
+  t.match(await sheepError(async () => await new ViewKeeper({ self: 'A', votes: simVotes('A'), storage: new TestStorage({ ...stateWith([]), format: 7 } as unknown as PersistedState), transport: silent }).open()),
     { code: 'EIO', message: /corrupt: unknown format 7/ }, 'an unknown state format')
   const bad = stateWith([view(2, ['A']), view(1, ['A'])])
-  t.equal((await sheepError(() => new ViewKeeper({ self: 'A', storage: new TestStorage(bad), transport: silent }).open())).code, 'EIO', 'a history out of order')
+  t.equal((await sheepError(() => new ViewKeeper({ self: 'A', votes: simVotes('A'), storage: new TestStorage(bad), transport: silent }).open())).code, 'EIO', 'a history out of order')
 })
 
 t.test('propose: one at a time, a deadline, and close', async t => {
   // View 2 = {A, B} and B never answers: A can never reach 2 of 2.
   const slow: AgreementTransport = { request: async (_to, _msg, ms) => await new Promise(resolve => setTimeout(() => resolve(null), ms)), send: () => {} }
   const storage = new TestStorage(stateWith([view(1, ['A']), view(2, ['A', 'B'])]))
-  const k = new ViewKeeper({ self: 'A', storage, transport: slow, requestTimeoutMs: 5, proposeTimeoutMs: 60, backoffBaseMs: 5, backoffMaxMs: 10 })
+  const k = new ViewKeeper({ self: 'A', votes: simVotes('A'), storage, transport: slow, requestTimeoutMs: 5, proposeTimeoutMs: 60, backoffBaseMs: 5, backoffMaxMs: 10 })
   await k.open()
   const first = k.propose({ members: [member('A')] })
   t.match(await sheepError(() => k.propose({ members: [member('A'), member('C')] })), { code: 'EBUSY', message: /already being proposed/ })
@@ -567,7 +599,7 @@ t.test('propose: one at a time, a deadline, and close', async t => {
   t.ok((storage.state?.lastRound ?? 0) >= 1, 'rounds used are saved')
   const rounds = storage.state?.lastRound ?? 0
 
-  const k2 = new ViewKeeper({ self: 'A', storage, transport: slow, requestTimeoutMs: 5, proposeTimeoutMs: 60_000 })
+  const k2 = new ViewKeeper({ self: 'A', votes: simVotes('A'), storage, transport: slow, requestTimeoutMs: 5, proposeTimeoutMs: 60_000 })
   await k2.open()
   const p = k2.propose({ members: [member('A')] })
   await new Promise(resolve => setTimeout(resolve, 20))
@@ -816,16 +848,16 @@ t.test('6. a node that missed epochs learns the latest view; stale requests get 
   for (let i = 0; i < 3; i++) v = await drive(c.sim, c.keeper('A').propose({ members: withWeight(v.members, 'A', i + 1) }))
   t.equal(v.epoch, 5, 'three epochs passed without E (4 of 5 up)')
   await c.sim.run(() => false, 100) // the commits land
-  t.same(await c.keeper('B').handle('E', prepare(1, 'E', 3)), { type: 'decided', view: v }, 'a prepare for epoch 3 gets view 5')
-  t.same(await c.keeper('B').handle('E', accept(1, 'E', { ...v, epoch: 4 })), { type: 'decided', view: v }, 'an accept for epoch 4 too')
+  t.match(await c.keeper('B').handle('E', prepare(1, 'E', 3)), { type: 'decided', view: v }, 'a prepare for epoch 3 gets view 5')
+  t.match(await c.keeper('B').handle('E', accept(1, 'E', { ...v, epoch: 4 })), { type: 'decided', view: v }, 'an accept for epoch 4 too')
 
   const e = await c.start('E')
   const changes: Array<[number, number | undefined]> = []
   e.onChange((nv, prev) => changes.push([nv.epoch, prev?.epoch]))
   t.equal(e.view?.epoch, 2)
   t.same(await drive(c.sim, e.propose({ members: withWeight(base.members, 'E', 9) })), v, 'E\'s proposal for epoch 3 ends with view 5')
-  t.same(changes, [[5, 2]], 'one jump from 2 to 5')
-  t.same(e.history.map(h => h.epoch), [1, 2, 5], 'the missed epochs are a gap in its history')
+  t.same(changes, [[3, 2], [4, 3], [5, 4]], 'from 2 to 5 through the views it missed: each is checked against the one before')
+  t.same(e.history.map(h => h.epoch), [1, 2, 3, 4, 5], 'its history has no gap')
 
   // Learning from commits alone: E is cut off for two epochs, then hears the third commit.
   c.cut = (from, to) => from === 'E' || to === 'E'
@@ -834,8 +866,8 @@ t.test('6. a node that missed epochs learns the latest view; stale requests get 
   v = await drive(c.sim, c.keeper('B').propose({ members: withWeight(v.members, 'B', 7) }))
   await c.sim.run(() => false, 1000)
   t.equal(v.epoch, 8)
-  t.same(e.view, v, 'E learned view 8 from its commit')
-  t.same(changes, [[5, 2], [8, 5]])
+  t.same(e.view, v, 'E learned view 8 from its commit, after fetching 6 and 7 from its sender')
+  t.same(changes, [[3, 2], [4, 3], [5, 4], [6, 5], [7, 6], [8, 7]])
   c.checkHistories()
   t.same(c.problems, [])
 })
@@ -922,7 +954,14 @@ t.test('8. malformed messages: EINVAL, no state change, no crash', async t => {
     ['decided of epoch 0', { type: 'decided', view: { epoch: 0, members: [member('A')] } }],
     ['promise sent as a request', { type: 'promise', epoch: 3, ballot, accepted: null }],
     ['promise with an accepted value of another epoch', { type: 'promise', epoch: 3, ballot, accepted: { ballot, view: view(4, ['A']) } }],
-    ['accepted sent as a request', { type: 'accepted', epoch: 3, ballot }],
+    ['accepted sent as a request', { type: 'accepted', epoch: 3, ballot, signature: 'ab'.repeat(64) }],
+    ['decided with a signature that is not 64 bytes', { type: 'decided', view: v3, certificate: { ballot, votes: [{ voter: 'A', signature: 'ab' }] } }],
+    ['decided with votes that are not an array', { type: 'decided', view: v3, certificate: { ballot, votes: 'A' } }],
+    ['decided with a certificate without ballot', { type: 'decided', view: v3, certificate: { votes: [] } }],
+    ['a view whose removed ids are unsorted', { type: 'decided', view: { ...v3, removed: ['Y', 'X'] }, certificate: null }],
+    ['a view that lists a removed id as a member', { type: 'decided', view: { ...v3, removed: ['A'] }, certificate: null }],
+    ['a view whose manual flag is false', { type: 'decided', view: { ...v3, manual: false }, certificate: null }],
+    ['query without epoch', { type: 'query' }],
     ['nack sent as a request', { type: 'nack', epoch: 3, ballot, promised: ballot }]
   ]
   for (const [what, msg] of bad) {
@@ -936,7 +975,7 @@ t.test('8. malformed messages: EINVAL, no state change, no crash', async t => {
     'and no promise was made: round 1 is still promised')
 
   t.same(parseMessage(accept(2, 'A', v3)), accept(2, 'A', v3), 'a valid message parses to an equal copy')
-  t.same(parseMessage({ type: 'query', junk: 1 }), { type: 'query' }, 'unknown extra fields are dropped')
+  t.same(parseMessage({ type: 'query', epoch: 0, junk: 1 }), { type: 'query', epoch: 0 }, 'unknown extra fields are dropped')
 
   // Garbage in answers: B answers A with nonsense; A treats it as silence and decides with C.
   const c = new Cluster(8, ['A', 'B', 'C'])
@@ -945,5 +984,104 @@ t.test('8. malformed messages: EINVAL, no state change, no crash', async t => {
   c.mangle = (from, msg) => from === 'B' ? { ...msg, epoch: 'soon' } : msg
   const decided = await drive(c.sim, c.keeper('A').propose({ members: withWeight(base.members, 'A', 5) }))
   t.equal(decided.epoch, 3, 'A decided despite B\'s garbage')
+  t.same(c.problems, [])
+})
+
+// ---------------------------------------------------------------------------------------------
+// 9. Signed votes: a member that lies cannot make the others adopt a view nobody decided
+
+t.test('9a. certificates: a majority of valid votes of the previous view\'s members, for one ballot', async t => {
+  const prev: View = { ...view(4, ['A', 'B', 'C', 'D']), removed: ['Z'] }
+  const next = view(5, ['A', 'B', 'C'])
+  const ballot = { round: 7, proposer: 'A' }
+  const votes = simVotes('A')
+  const problem = (c: Certificate | null, v = next): string | null => certificateProblem(prev, v, c, votes)
+  t.equal(problem(certify(next, ballot, ['A', 'B', 'C'])), null, '3 valid votes of 4 members: a majority')
+  t.equal(problem(certify(next, ballot, ['D', 'B', 'C', 'A'])), null, 'all 4, in any order')
+  t.match(problem(null), /no votes/, 'no certificate')
+  t.match(problem(certify(next, ballot, ['A', 'B'])), /2 valid votes of members of view 4, 3 needed/, '2 of 4 is no majority')
+  t.match(problem(certify(next, ballot, ['A', 'B', 'B', 'B'])), /2 valid votes/, 'a voter counts once')
+  t.match(problem(certify(next, ballot, ['A', 'B', 'E'])), /2 valid votes/, 'a non-member\'s vote does not count')
+  t.match(problem(certify(next, ballot, ['A', 'B', 'Z'])), /2 valid votes/, 'a removed key\'s vote does not count')
+  const forged = certify(next, ballot, ['A', 'B'])
+  forged.votes.push({ voter: 'C', signature: simVotes('A').sign(ballot, next) })
+  t.match(problem(forged), /2 valid votes/, 'a vote signed by another key than its voter\'s does not count')
+  const mixed = certify(next, ballot, ['A', 'B'])
+  mixed.votes.push({ voter: 'C', signature: simVotes('C').sign({ round: 6, proposer: 'C' }, next) })
+  t.match(problem(mixed), /2 valid votes/, 'a vote under another ballot does not count')
+  const other = view(5, ['A', 'B', 'D'])
+  t.match(problem(certify(next, ballot, ['A', 'B', 'C']), other), /0 valid votes/, 'votes for one view do not certify another')
+  t.match(problem(certify(view(6, ['A']), ballot, ['A', 'B', 'C']), view(6, ['A'])), /does not follow view 4/, 'only the next epoch')
+  const flipped = certify(next, ballot, ['A', 'B', 'C'])
+  const sig = Buffer.from(flipped.votes[2]?.signature ?? '', 'hex')
+  sig[5] = (sig[5] as number) ^ 1
+  flipped.votes[2] = { voter: 'C', signature: sig.toString('hex') }
+  t.match(problem(flipped), /2 valid votes/, 'a signature with one bit flipped does not count')
+})
+
+t.test('9b. an acceptor refuses a forged decided view and logs it; it takes one with a majority of votes', async t => {
+  const lines: string[] = []
+  const storage = new TestStorage(stateWith([view(1, ['A']), view(2, ['A', 'B', 'C'])]))
+  const k = new ViewKeeper({ self: 'B', votes: simVotes('B'), storage, transport: silent, log: line => lines.push(line) })
+  await k.open()
+  const forged = view(3, ['C'])
+  const ballot = { round: 1, proposer: 'C' }
+  const tries: Array<[string, Certificate | null]> = [
+    ['no certificate', null],
+    ['only the forger\'s own vote', certify(forged, ballot, ['C'])],
+    ['the forger\'s vote and made-up ones of the others', { ballot, votes: [...certify(forged, ballot, ['C']).votes, { voter: 'A', signature: 'ab'.repeat(64) }, { voter: 'B', signature: 'cd'.repeat(64) }] }],
+    ['votes the others gave to another view', { ballot, votes: [...certify(forged, ballot, ['C']).votes, ...certify(view(3, ['A', 'B', 'C']), ballot, ['A']).votes] }]
+  ]
+  for (const [what, certificate] of tries) {
+    t.equal(await k.handle('C', { type: 'decided', view: forged, certificate }), null, `${what}: no answer`)
+    t.equal(k.view?.epoch, 2, `${what}: not adopted`)
+  }
+  t.match(lines, [/^refused view 3 from C: it carries no votes$/], 'the refusal is logged with the sender and why, once per sender and epoch (a liar is asked again at every membership check)')
+  await k.handle('D', { type: 'decided', view: forged, certificate: null })
+  t.match(lines[1], /^refused view 3 from D: /, 'another sender is logged too')
+  t.equal(storage.saves, 0, 'nothing was saved')
+  const good = view(3, ['A', 'B'])
+  await k.handle('A', { type: 'decided', view: good, certificate: certify(good, { round: 2, proposer: 'A' }, ['A', 'C']) })
+  t.same(k.view, good, 'a view with 2 valid votes of the 3 members is adopted')
+  t.same(storage.state?.certificates.at(-1), certify(good, { round: 2, proposer: 'A' }, ['A', 'C']), 'and saved with its certificate')
+  await k.close()
+})
+
+t.test('9c. a lying member in a live cluster: its forged views and votes change nothing', async t => {
+  const { c, base } = await seededCluster(91)
+  // E lies: it broadcasts a view of its own, first with no votes, then with votes it signed
+  // itself in the others' names, and every 'accepted' it sends carries a forged signature.
+  const forged: View = { epoch: 3, members: [member('E', 9)] }
+  const ballot = { round: 50, proposer: 'E' }
+  c.mangle = (from, msg) => from === 'E' && msg.type === 'accepted' ? { ...msg, signature: simVotes('E').sign(msg.ballot, forged) } : msg
+  for (const certificate of [null, { ballot, votes: ['A', 'B', 'C', 'E'].map(id => ({ voter: id, signature: simVotes('E').sign(ballot, forged) })) }]) {
+    for (const id of ['A', 'B', 'C', 'D']) await drive(c.sim, c.keeper(id).handle('E', { type: 'decided', view: forged, certificate }))
+  }
+  for (const id of ['A', 'B', 'C', 'D']) t.equal(c.keeper(id).view?.epoch, 2, `${id} did not adopt the forged view`)
+  // A proposes: E's forged vote does not count, so A needs 3 of A, B, C, D.
+  c.cut = (from, to) => (from === 'B' || to === 'B') && (from === 'A' || to === 'A')
+  const decided = await drive(c.sim, c.keeper('A').propose({ members: withWeight(base.members, 'A', 3) }))
+  t.same(decided, { epoch: 3, members: withWeight(base.members, 'A', 3) }, 'A decided with the honest majority (C, D and itself)')
+  c.cut = () => false
+  await c.sim.run(() => false, 200)
+  for (const id of ['C', 'D']) t.same(c.keeper(id).view, decided, `${id} learned it from the commit`)
+  t.same(await drive(c.sim, c.keeper('B').refresh(['A'])), decided, 'B, cut off from A, learns it when it asks')
+  t.same(c.problems, [])
+})
+
+t.test('9d. a node that missed views fetches them, each checked; a forged step stops it', async t => {
+  const { c, base } = await seededCluster(92)
+  c.crash('E')
+  let v = base
+  for (let i = 0; i < 3; i++) v = await drive(c.sim, c.keeper('A').propose({ members: withWeight(v.members, 'A', i + 1) }))
+  await c.sim.run(() => false, 100)
+  await c.start('E')
+  // B lies about epoch 3 when E asks for it; A tells the truth.
+  c.mangle = (from, msg) => from === 'B' && msg.type === 'decided' && msg.view.epoch === 3 ? { ...msg, view: view(3, ['B']) } : msg
+  await drive(c.sim, c.keeper('E').refresh(['B']))
+  t.equal(c.keeper('E').view?.epoch, 2, 'a chain with a forged step is not taken')
+  await drive(c.sim, c.keeper('E').refresh(['A']))
+  t.same(c.keeper('E').view, v, 'from an honest member it fetches views 3 and 4, then takes view 5')
+  t.same(c.keeper('E').history.map(h => h.epoch), [1, 2, 3, 4, 5], 'with no gap')
   t.same(c.problems, [])
 })

@@ -54,7 +54,8 @@ t.test('accepts every well-formed request', async t => {
     'image.resize': { name: 'a', size: 1 }, 'image.rename': { from: 'a', to: 'b' },
     'image.clone': { source: 'a', tag: 't', name: 'b' }, 'image.flatten': { name: 'a' }, 'image.tree': {},
     'snapshot.create': { name: 'a', tag: 't' }, 'snapshot.list': { name: 'a' }, 'snapshot.delete': { name: 'a', tag: 't' },
-    'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}, 'cluster.token': {}, 'node.list': {}
+    'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}, 'cluster.token': {}, 'node.list': {},
+    'node.admit': { id: '0123abcd' }, 'node.remove': { id: '0123abcd' }, 'cluster.rotate': {}
   }
   t.same(Object.keys(sample).sort(), [...OPS].sort(), 'the sample covers every op')
   for (const op of OPS) t.equal(parseRequest(j({ op, args: sample[op] })).op, op, `op ${op}`)

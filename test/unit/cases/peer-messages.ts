@@ -39,10 +39,12 @@ t.test('every message round-trips', async t => {
     { type: 'promise', epoch: 8, ballot, accepted: null },
     { type: 'promise', epoch: 8, ballot, accepted: { ballot: { round: 2, proposer: id(1) }, view: aView } },
     { type: 'accept', epoch: 8, ballot, view: aView },
-    { type: 'accepted', epoch: 8, ballot },
+    { type: 'accepted', epoch: 8, ballot, signature: 'ab'.repeat(64) },
     { type: 'nack', epoch: 8, ballot, promised: { round: 4, proposer: id(3) } },
-    { type: 'decided', view: aView },
-    { type: 'query' }
+    { type: 'decided', view: aView, certificate: null },
+    { type: 'decided', view: { ...aView, removed: [id(7), id(8)], manual: true }, certificate: { ballot, votes: [{ voter: id(1), signature: 'cd'.repeat(64) }] } },
+    { type: 'query', epoch: 0 },
+    { type: 'query', epoch: 9 }
   ]
   for (const m of messages) t.same(decode(agreement, encode(agreement, m)), m, `agreement ${m.type}`)
 })
