@@ -12,6 +12,7 @@ import { SheepError } from '../errors'
 import type { Image } from '../cow/image'
 import type { CreateOptions, ImageStore } from '../cow/image-store'
 import { MAX_NAME_BYTES } from '../cow/names'
+import { slowpoint } from '../failpoints'
 
 const S_IFDIR = fs.constants.S_IFDIR
 const S_IFREG = fs.constants.S_IFREG
@@ -235,11 +236,13 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
     /** Reads into `buf` (at most `len` bytes); returns the bytes read. */
     async read (fd: number, pos: number, len: number, buf: Buffer): Promise<number> {
       const h = handle(fd)
+      await slowpoint('fuse-read') // a read that outlives the I/O timeout (tests)
       return await images.io(h.image, h.writable, () => h.image.read(pos, len, buf))
     },
     /** Writes all of `buf`; returns its length. */
     async write (fd: number, pos: number, buf: Buffer): Promise<number> {
       const h = handle(fd)
+      await slowpoint('fuse-write') // a write that outlives the I/O timeout (tests)
       await images.io(h.image, h.writable, () => h.image.write(pos, buf))
       return buf.length
     },

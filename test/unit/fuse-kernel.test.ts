@@ -75,7 +75,19 @@ t.test('INIT: 7.31 with the flags both sides have, 1 MiB writes, 256 pages; olde
 })
 
 /** A session over a real image store; `call` sends one request and resolves with its reply. */
-async function harness (t: Teardownable): Promise<{ session: KernelSession, call: (opcode: number, nodeid: number, body?: Buffer) => Promise<Reply>, raw: (buf: Buffer) => Buffer[], logs: string[] }> {
+interface Harness {
+  session: KernelSession
+  call: (opcode: number, nodeid: number, body?: Buffer) => Promise<Reply>
+  /** Sends one request; returns the replies it got at once. `finished`: as session.handle's. */
+  raw: (buf: Buffer, finished?: () => void) => Buffer[]
+  /** Replies no one waited for since the last raw(). */
+  unclaimed: Buffer[]
+  /** The reply to the request with this unique, whenever it comes. */
+  replyTo: (unique: number) => Promise<Reply>
+  logs: string[]
+}
+
+async function harness (t: Teardownable): Promise<Harness> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   const images = new ImageStore(objects)
@@ -105,12 +117,16 @@ async function harness (t: Teardownable): Promise<{ session: KernelSession, call
     return { error: r.readInt32LE(4), body: r.subarray(16), unique: u }
   }
   // Requests that may get no reply: what they got at once.
-  const raw = (buf: Buffer): Buffer[] => {
+  const raw = (buf: Buffer, finished?: () => void): Buffer[] => {
     replies.length = 0
-    session.handle(buf)
+    session.handle(buf, finished)
     return [...replies]
   }
-  return { session, call, raw, logs }
+  const replyTo = async (u: number): Promise<Reply> => {
+    const r = await new Promise<Buffer>(resolve => waiting.set(u, resolve))
+    return { error: r.readInt32LE(4), body: r.subarray(16), unique: u }
+  }
+  return { session, call, raw, unclaimed: replies, replyTo, logs }
 }
 
 interface Reply { error: number, body: Buffer, unique: number }
@@ -333,4 +349,74 @@ t.test('COPY_FILE_RANGE: the daemon copies between images, up to the source\'s e
   t.ok(back.body.equals(data.subarray(5, 5 + 1024 * 1024)), 'the bytes landed at the destination offset')
   const past = await call(P.Opcode.COPY_FILE_RANGE, a.node, struct(P.CopyFileRangeIn, { fh_in: a.fh, off_in: data.length, nodeid_out: b.node, fh_out: b.fh, off_out: 0, len: 4096 }))
   t.equal(P.WriteOut.decode(past.body).size, 0, 'nothing to copy past the end')
+})
+
+/** A new image through CREATE: its node id and open handle. */
+async function createImage (call: Harness['call'], name: string): Promise<{ node: number, fh: number }> {
+  const c = await call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, `${name}\0`))
+  return { node: P.EntryOutHead.decode(c.body).nodeid, fh: P.OpenOut.decode(c.body, P.EntryOutHead.size + P.Attr.size).fh }
+}
+
+/** The kernel's INTERRUPT for request `target`: its unique is the target's with bit 0 set (FUSE_INT_REQ_BIT). */
+function interrupt (target: number): Buffer {
+  return request(P.Opcode.INTERRUPT, target + 1, 0, struct(P.InterruptIn, { unique: target }))
+}
+
+t.test('INTERRUPT: a READ is answered EINTR at once, a WRITE runs to its end; one for a request not here waits for it, else EAGAIN', async t => {
+  const { call, session, raw, unclaimed, replyTo } = await harness(t)
+  const { node, fh } = await createImage(call, 'i.img')
+  const bytes = (fill: number): Buffer => Buffer.alloc(65536, fill)
+  t.equal((await call(P.Opcode.WRITE, node, struct(P.WriteIn, { fh, offset: 0, size: 65536 }, bytes(0x61)))).error, 0)
+
+  // The kernel sends INTERRUPT after its request; the image call is then still under way.
+  let readOver!: () => void
+  const over = new Promise<void>(resolve => { readOver = resolve })
+  t.same(raw(request(P.Opcode.READ, 5000, node, struct(P.ReadIn, { fh, offset: 0, size: 65536 })), readOver), [], 'the READ is under way')
+  t.same(raw(interrupt(5000)).map(r => P.OutHeader.decode(r)), [{ len: 16, error: 2 ** 32 - E.EINTR, unique: 5000 }], 'answered EINTR at once; the INTERRUPT itself gets no answer')
+  unclaimed.length = 0
+  await over
+  t.same(unclaimed, [], 'the read, over now, is not answered again')
+
+  const write = replyTo(5002)
+  raw(request(P.Opcode.WRITE, 5002, node, struct(P.WriteIn, { fh, offset: 0, size: 65536 }, bytes(0x62))))
+  t.same(raw(interrupt(5002)), [], 'a WRITE is not abandoned: the INTERRUPT changes nothing')
+  const w = await write
+  t.equal(w.error, 0, 'the WRITE is answered when done')
+  t.equal(P.WriteOut.decode(w.body).size, 65536)
+  t.ok((await call(P.Opcode.READ, node, struct(P.ReadIn, { fh, offset: 0, size: 65536 }))).body.equals(bytes(0x62)), 'and its bytes are in')
+
+  // An INTERRUPT can overtake its request (two reader threads hand requests over independently).
+  const early = replyTo(6000)
+  t.same(raw(interrupt(6000)), [], 'an INTERRUPT for a request not here yet is held')
+  raw(request(P.Opcode.READ, 6000, node, struct(P.ReadIn, { fh, offset: 0, size: 4096 })))
+  t.equal((await early).error, -E.EINTR, 'and applies when the request arrives')
+
+  // One whose request was answered already: EAGAIN at the next request (the kernel drops it).
+  const stale = replyTo(7001)
+  raw(interrupt(7000))
+  t.equal((await call(P.Opcode.GETATTR, node, struct(P.GetattrIn, {}))).error, 0, 'the next request is served')
+  t.equal((await stale).error, -E.EAGAIN, 'the held INTERRUPT is answered EAGAIN')
+  t.same(session.stats().inFlight, {}, 'nothing left in flight')
+})
+
+t.test('node ids: LOOKUP and CREATE count, FORGET and BATCH_FORGET drop; unlinked and replaced names go once forgotten', async t => {
+  const { call, session, raw } = await harness(t)
+  t.equal(session.stats().nodes, 1, 'the root alone')
+  const a = await createImage(call, 'a.img')
+  const b = await createImage(call, 'b.img')
+  const lookup = async (name: string): Promise<number> => P.EntryOutHead.decode((await call(P.Opcode.LOOKUP, P.FUSE_ROOT_ID, Buffer.from(`${name}\0`))).body).nodeid
+  t.equal(await lookup('a.img'), a.node)
+  t.equal(await lookup('a.img'), a.node, 'a.img: three lookups now')
+  t.equal(session.stats().nodes, 3)
+  for (const { node, fh } of [a, b]) t.equal((await call(P.Opcode.RELEASE, node, struct(P.ReleaseIn, { fh }))).error, 0)
+  // b.img replaced by a rename and a.img under its new name: both nodes stay until forgotten.
+  t.equal((await call(P.Opcode.RENAME, P.FUSE_ROOT_ID, struct(P.RenameIn, { newdir: P.FUSE_ROOT_ID }, 'a.img\0b.img\0'))).error, 0)
+  t.equal(await lookup('b.img'), a.node, 'the node followed its rename')
+  raw(request(P.Opcode.FORGET, 8000, b.node, struct(P.ForgetIn, { nlookup: 1 })))
+  t.equal(session.stats().nodes, 2, 'the replaced one is gone once forgotten')
+  raw(request(P.Opcode.FORGET, 8002, a.node, struct(P.ForgetIn, { nlookup: 3 })))
+  t.equal(session.stats().nodes, 2, 'one lookup of four left')
+  raw(request(P.Opcode.BATCH_FORGET, 8004, 0, Buffer.concat([struct(P.BatchForgetIn, { count: 2 }), struct(P.ForgetOne, { nodeid: a.node, nlookup: 1 }), struct(P.ForgetOne, { nodeid: 12345, nlookup: 1 })])))
+  t.equal(session.stats().nodes, 1, 'the root alone again; a node never given is ignored')
+  t.equal(await lookup('b.img') > b.node, true, 'a forgotten node\'s id is never given again')
 })
