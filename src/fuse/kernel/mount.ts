@@ -15,6 +15,8 @@ import type { WorkerData, WorkerMessage } from './worker'
 
 /** Threads blocked in read(2) on /dev/fuse. Each hands a request over at once, so few are needed. */
 const READERS = 2
+/** How long a mount waits for the kernel's INIT (it is queued by mount(2) itself). */
+const INIT_WAIT_MS = 10_000
 
 /**
  * The mount options libfuse 2 is given today (src/fuse/libfuse2.ts), in the kernel's terms:
@@ -73,6 +75,7 @@ export class KernelMount {
   static async mount (dir: string, core: FsCore, opts: SessionOptions): Promise<KernelMount> {
     const fd = fs.openSync('/dev/fuse', 'r+')
     let mounted = false
+    let m: KernelMount
     try {
       fs.mkdirSync(dir, { recursive: true })
       // -i: no mount helper (there is none for fuse.sheep); the type names the filesystem in
@@ -86,14 +89,25 @@ export class KernelMount {
       const send = (reply: Buffer): void => {
         try { fs.writeSync(fd, reply) } catch {} // ENOENT: the request was interrupted; ENODEV: unmounted
       }
-      const m = new KernelMount(dir, fd, new KernelSession(core, send, opts), opts.log)
-      opts.log(`fuse: kernel protocol ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR} on /dev/fuse, requests up to ${MAX_WRITE >> 10} KiB`)
-      return m
+      m = new KernelMount(dir, fd, new KernelSession(core, send, opts), opts.log)
     } catch (err) {
       if (mounted) await run('umount', ['-l', dir])
       fs.closeSync(fd)
       throw err
     }
+    // Mounted means answering: the start reports ready after this, and `sheep status` counts it.
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new SheepError('EIO', `the kernel sent no FUSE INIT within ${INIT_WAIT_MS} ms`)), INIT_WAIT_MS) })
+    try {
+      await Promise.race([m.session.initialized, timeout])
+    } catch (err) {
+      await m.unmount()
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
+    opts.log(`fuse: kernel protocol ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR} on /dev/fuse, requests up to ${MAX_WRITE >> 10} KiB`)
+    return m
   }
 
   stats (): KernelStats {

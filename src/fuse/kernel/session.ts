@@ -88,12 +88,18 @@ export class KernelSession {
   private readonly sweeper: NodeJS.Timeout
   /** Set when the kernel sent DESTROY or the session was closed: nothing more is answered. */
   private closed = false
+  /** Settles once INIT is answered: resolved if accepted, rejected if refused (the mount cannot be used). */
+  readonly initialized: Promise<void>
+  private initDone!: (err: SheepError | null) => void
 
   /**
    * `send` writes one reply to /dev/fuse. It must not throw: a reply to an interrupted request
    * fails with ENOENT and one after the unmount with ENODEV, and both are expected.
    */
   constructor (private readonly core: FsCore, private readonly send: (reply: Buffer) => void, private readonly opts: SessionOptions) {
+    this.initialized = new Promise((resolve, reject) => { this.initDone = err => err === null ? resolve() : reject(err) })
+    // Nobody may be waiting (a unit test, or a session closed before): not an unhandled rejection.
+    this.initialized.catch(() => {})
     this.handlers = this.buildHandlers()
     this.sweepEvery = Math.min(1000, opts.ioTimeout)
     this.sweeper = setInterval(() => this.expire(), this.sweepEvery).unref()
@@ -337,9 +343,11 @@ export class KernelSession {
           const reply = negotiateInit(InitIn.decode(body))
           const out = replyBuffer(reply.length)
           reply.copy(out, OUT)
+          this.initDone(null)
           return finishReply(out, h.unique, reply.length)
         } catch (err) {
           this.opts.log(`fuse: INIT refused: ${(err as Error).message}`)
+          this.initDone(new SheepError('EPROTO', `the kernel's FUSE INIT was refused: ${(err as Error).message}`))
           return ERRNO.EPROTO
         }
       }],
