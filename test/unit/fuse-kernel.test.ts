@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { ImageStore } from '../../src/cow/image-store'
-import { adapterCore } from '../../src/fuse/adapter'
+import { adapterCore, type FsCore } from '../../src/fuse/adapter'
 import { KernelSession } from '../../src/fuse/kernel/session'
 import * as P from '../../src/fuse/kernel/protocol'
 import { tmpDir } from './tmp'
@@ -85,9 +85,16 @@ interface Harness {
   /** The reply to the request with this unique, whenever it comes. */
   replyTo: (unique: number) => Promise<Reply>
   logs: string[]
+  images: ImageStore
 }
 
-async function harness (t: Teardownable): Promise<Harness> {
+interface HarnessOptions {
+  ioTimeout?: number
+  /** Wraps the adapter core, e.g. to hold an operation until the test lets it go. */
+  wrap?: (core: FsCore) => FsCore
+}
+
+async function harness (t: Teardownable, opts: HarnessOptions = {}): Promise<Harness> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   const images = new ImageStore(objects)
@@ -101,7 +108,8 @@ async function harness (t: Teardownable): Promise<Harness> {
     const w = waiting.get(unique)
     if (w !== undefined) { waiting.delete(unique); w(Buffer.from(reply)) } else replies.push(Buffer.from(reply))
   }
-  const session = new KernelSession(adapterCore(images, { createOptions: { objectSize: 65536, copies: 1 }, log }), send, { ioTimeout: 60_000, log })
+  const core = adapterCore(images, { createOptions: { objectSize: 65536, copies: 1 }, log })
+  const session = new KernelSession(opts.wrap?.(core) ?? core, send, { ioTimeout: opts.ioTimeout ?? 60_000, log })
   t.teardown(async () => {
     session.close()
     await images.close()
@@ -126,7 +134,7 @@ async function harness (t: Teardownable): Promise<Harness> {
     const r = await new Promise<Buffer>(resolve => waiting.set(u, resolve))
     return { error: r.readInt32LE(4), body: r.subarray(16), unique: u }
   }
-  return { session, call, raw, unclaimed: replies, replyTo, logs }
+  return { session, call, raw, unclaimed: replies, replyTo, logs, images }
 }
 
 interface Reply { error: number, body: Buffer, unique: number }
@@ -419,4 +427,39 @@ t.test('node ids: LOOKUP and CREATE count, FORGET and BATCH_FORGET drop; unlinke
   raw(request(P.Opcode.BATCH_FORGET, 8004, 0, Buffer.concat([struct(P.BatchForgetIn, { count: 2 }), struct(P.ForgetOne, { nodeid: a.node, nlookup: 1 }), struct(P.ForgetOne, { nodeid: 12345, nlookup: 1 })])))
   t.equal(session.stats().nodes, 1, 'the root alone again; a node never given is ignored')
   t.equal(await lookup('b.img') > b.node, true, 'a forgotten node\'s id is never given again')
+})
+
+t.test('an OPEN or CREATE answered ETIMEDOUT before it was done closes the handle it opened and forgets its node', async t => {
+  let letGo!: () => void
+  let gate: Promise<void> = Promise.resolve()
+  const hold = (): void => { gate = new Promise(resolve => { letGo = resolve }) }
+  let releases = 0
+  const { call, session, images, logs } = await harness(t, {
+    ioTimeout: 50,
+    wrap: core => ({
+      ...core,
+      open: async (path, flags) => { await gate; return await core.open(path, flags) },
+      create: async (path, mode) => { await gate; return await core.create(path, mode) },
+      release: async fh => { await core.release(fh); releases++ }
+    })
+  })
+  // Made and looked up without a call that could outlast the 50 ms (a CREATE syncs).
+  await images.create('a.img', 0, { objectSize: 65536, copies: 1 })
+  const a = { node: P.EntryOutHead.decode((await call(P.Opcode.LOOKUP, P.FUSE_ROOT_ID, Buffer.from('a.img\0'))).body).nodeid }
+
+  // The session's sweeper does not hold the process open (a daemon has its mount for that).
+  const alive = setInterval(() => {}, 1000)
+  t.teardown(() => clearInterval(alive))
+  hold()
+  const created = call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, 'b.img\0'))
+  t.equal((await created).error, -E.ETIMEDOUT, 'a CREATE held past the I/O timeout is answered ETIMEDOUT')
+  const opened = call(P.Opcode.OPEN, a.node, struct(P.OpenIn, { flags: fs.constants.O_RDWR }))
+  t.equal((await opened).error, -E.ETIMEDOUT, 'so is an OPEN')
+  letGo()
+  for (let i = 0; i < 500 && releases < 2; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(releases, 2, 'the session released both handles the kernel never got')
+  t.same(images.names().sort(), ['a.img', 'b.img'], 'both went on: b.img was made')
+  t.same(images.list().filter(i => i.openCount > 0 || i.openWriters > 0).map(i => i.name), [], 'and the handles they opened were closed')
+  t.equal(session.stats().nodes, 2, 'b.img\'s node, never given to the kernel, is forgotten (the root and a.img remain)')
+  t.ok(logs.some(l => /create took longer than 50 ms/.test(l)), 'the timeout is logged')
 })
