@@ -11,7 +11,7 @@ import { SheepError } from '../../errors'
 import { FUSE_FSNAME, type FsCore } from '../adapter'
 import { FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION, MAX_WRITE, REQUEST_BUFFER } from './protocol'
 import { KernelSession, type KernelStats, type SessionOptions } from './session'
-import type { WorkerData, WorkerMessage } from './worker'
+import { SLOT_KEY, SLOT_SIZE, SLOTS, type WorkerData, type WorkerMessage } from './worker'
 
 /** Threads blocked in read(2) on /dev/fuse. Each hands a request over at once, so few are needed. */
 const READERS = 2
@@ -56,11 +56,21 @@ export class KernelMount {
     let markEnded!: () => void
     this.ended = new Promise(resolve => { markEnded = resolve })
     for (let i = 0; i < READERS; i++) {
-      const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { fd, served } satisfies WorkerData })
+      const slots = new SharedArrayBuffer(SLOTS * SLOT_SIZE)
+      const busy = new SharedArrayBuffer(SLOTS * 4)
+      const taken = new Int32Array(busy)
+      const views = Array.from({ length: SLOTS }, (_, slot) => Buffer.from(slots, slot * SLOT_SIZE, SLOT_SIZE))
+      const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { fd, served, slots, busy } satisfies WorkerData })
       worker.on('message', (m: WorkerMessage) => {
-        // A large request's buffer goes back to its reader once done with, to take another.
-        if (m.type === 'request') session.handle(Buffer.from(m.buf, 0, m.length), m.buf.byteLength === REQUEST_BUFFER ? () => worker.postMessage(m.buf, [m.buf]) : undefined)
-        else if (m.error !== null) log(`fuse: reading /dev/fuse failed: ${m.error}`)
+        if (typeof m === 'number') {
+          const slot = Math.floor(m / SLOT_KEY)
+          session.handle((views[slot] as Buffer).subarray(0, m % SLOT_KEY), () => Atomics.store(taken, slot, 0))
+        } else if (m.type === 'request') {
+          // A large request's buffer goes back to its reader once done with, to take another.
+          session.handle(Buffer.from(m.buf, 0, m.length), m.buf.byteLength === REQUEST_BUFFER ? () => worker.postMessage(m.buf, [m.buf]) : undefined)
+        } else if (m.error !== null) {
+          log(`fuse: reading /dev/fuse failed: ${m.error}`)
+        }
       })
       const gone = (): void => { if (--running === 0) markEnded() }
       worker.on('exit', gone)

@@ -121,10 +121,12 @@ export class KernelSession {
       h = InHeader.decode(buf)
     } catch {
       this.malformed(buf, 'shorter than its header')
+      finished?.()
       return
     }
     if (h.len !== buf.length) {
       this.malformed(buf, `its header says ${h.len} bytes, ${buf.length} came`)
+      finished?.()
       return
     }
     const op = opName(h.opcode)
