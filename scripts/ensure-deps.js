@@ -34,7 +34,7 @@ if (!has('setfattr') || !has('getfattr')) missing.push('attr')
 // A guest booted off the mount (test/e2e/guest-boot.test.ts): QEMU, a static busybox for its
 // initramfs, and a kernel with virtio block modules to boot.
 if (!has('qemu-system-x86_64')) missing.push('qemu-system-x86')
-if (!fs.existsSync('/bin/busybox') || !/statically linked/.test(spawnSync('file', ['-L', '/bin/busybox'], { encoding: 'utf8' }).stdout || '')) missing.push('busybox-static')
+if (!/install ok installed/.test(spawnSync('dpkg-query', ['-W', '-f=${Status}', 'busybox-static'], { encoding: 'utf8' }).stdout || '')) missing.push('busybox-static')
 if (!fs.existsSync('/boot') || !fs.readdirSync('/boot').some(f => f.startsWith('vmlinuz-'))) missing.push('linux-image-cloud-amd64')
 if (bench && !has('fio')) missing.push('fio')
 

@@ -21,10 +21,20 @@ export function guestMissing (): string | null {
   return null
 }
 
+/** Whether `file` is a 64-bit ELF executable without a program interpreter (PT_INTERP): statically linked. */
 function isStatic (file: string): boolean {
   if (!fs.existsSync(file)) return false
-  const r = spawnSync('file', ['-L', file], { encoding: 'utf8' })
-  return r.status === 0 ? /statically linked/.test(r.stdout) : false
+  const elf = fs.readFileSync(file)
+  if (elf.length < 64 || elf.readUInt32BE(0) !== 0x7f454c46 || elf[4] !== 2) return false
+  const phoff = Number(elf.readBigUInt64LE(0x20))
+  const phentsize = elf.readUInt16LE(0x36)
+  const phnum = elf.readUInt16LE(0x38)
+  for (let i = 0; i < phnum; i++) {
+    const at = phoff + i * phentsize
+    if (at + 4 > elf.length) return false
+    if (elf.readUInt32LE(at) === 3) return false // PT_INTERP
+  }
+  return true
 }
 
 /** The newest /boot/vmlinuz-* whose modules hold the virtio block driver (or whose config builds it in). */
