@@ -463,3 +463,11 @@ t.test('an OPEN or CREATE answered ETIMEDOUT before it was done closes the handl
   t.equal(session.stats().nodes, 2, 'b.img\'s node, never given to the kernel, is forgotten (the root and a.img remain)')
   t.ok(logs.some(l => /create took longer than 50 ms/.test(l)), 'the timeout is logged')
 })
+
+t.test('DESTROY is answered, and nothing after it', async t => {
+  const { call, raw } = await harness(t)
+  const { node } = await createImage(call, 'd.img')
+  const destroyed = raw(request(P.Opcode.DESTROY, 9000, 0, Buffer.alloc(0)))
+  t.same(destroyed.map(r => P.OutHeader.decode(r)), [{ len: 16, error: 0, unique: 9000 }], 'DESTROY gets its empty reply')
+  t.same(raw(request(P.Opcode.GETATTR, 9002, node, struct(P.GetattrIn, {}))), [], 'a request after it is not answered: the connection is going')
+})
