@@ -32,7 +32,7 @@ async function slowDaemon (t: Parameters<typeof startDaemon>[0], point: string, 
  * page-aligned (mmap): the kernel splits one whose pages are more than max_pages into two requests.
  * Files are opened without O_DIRECT: images are direct I/O on both sessions anyway.
  */
-function pyIo (file: string, op: 'read' | 'write', offset: number, size: number, fill = 0): ChildProcess {
+function pyIo (file: string, op: 'read' | 'write', offset: number, size: number, fill = 0, hold = false): ChildProcess {
   const code = `
 import errno, mmap, os
 fd = os.open(${JSON.stringify(file)}, os.O_RDWR)
@@ -43,11 +43,27 @@ try:
         n = os.pwrite(fd, buf, ${offset})
     else:
         n = os.preadv(fd, [buf], ${offset})
-    print("ok", n)
+    print("ok", n, flush=True)
 except OSError as e:
-    print(errno.errorcode[e.errno])
+    print(errno.errorcode[e.errno], flush=True)
+${hold ? 'import sys; sys.stdin.read()' : ''}
 `
-  return spawn('python3', ['-c', code], { stdio: ['ignore', 'pipe', 'inherit'] })
+  return spawn('python3', ['-c', code], { stdio: [hold ? 'pipe' : 'ignore', 'pipe', 'inherit'] })
+}
+
+/**
+ * Like pyIo, but the file stays open until `close` is called: what the call printed, and close.
+ * (A close while the call still runs in the daemon releases the image under it.)
+ */
+async function pyIoHeld (file: string, op: 'read' | 'write', offset: number, size: number, fill = 0): Promise<{ said: string, close: () => Promise<void> }> {
+  const p = pyIo(file, op, offset, size, fill, true)
+  const exited = new Promise(resolve => p.once('exit', resolve))
+  let out = ''
+  const said = await new Promise<string>(resolve => {
+    p.stdout?.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('\n')) resolve(out.trim()) })
+    p.once('exit', () => resolve(out.trim()))
+  })
+  return { said, close: async () => { p.stdin?.end(); await exited } }
 }
 
 async function outcome (p: ChildProcess): Promise<string> {
@@ -131,7 +147,9 @@ for (const frontend of libfuse2 ? ['libfuse2'] : ['kernel', 'libfuse2']) {
     }
     arm()
     const started = Date.now()
-    t.equal(await outcome(pyIo(img, 'write', 0, MiB, 0xaa)), 'ETIMEDOUT', 'the slow write is answered ETIMEDOUT')
+    const slow = await pyIoHeld(img, 'write', 0, MiB, 0xaa)
+    t.teardown(slow.close)
+    t.equal(slow.said, 'ETIMEDOUT', 'the slow write is answered ETIMEDOUT')
     disarm()
     // Its image call starts 4 s after it came, and other requests take its buffer meanwhile.
     await busy('write', 4000 - (Date.now() - started) + 1000)
@@ -153,7 +171,9 @@ for (const frontend of libfuse2 ? ['libfuse2'] : ['kernel', 'libfuse2']) {
     for (const [at, fill] of [[0, 0xaa], [5, 0xb1], [6, 0xb2], [7, 0xb3]] as const) t.equal(await outcome(pyIo(img, 'write', at * MiB, MiB, fill)), `ok ${MiB}`)
     arm()
     const started = Date.now()
-    t.equal(await outcome(pyIo(img, 'read', 0, MiB)), 'ETIMEDOUT', 'the slow read is answered ETIMEDOUT')
+    const slow = await pyIoHeld(img, 'read', 0, MiB)
+    t.teardown(slow.close)
+    t.equal(slow.said, 'ETIMEDOUT', 'the slow read is answered ETIMEDOUT')
     disarm()
     // The reads after it must each see their own bytes, never 0xaa from the late one.
     let reads = 0
