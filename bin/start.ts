@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import { SheepError } from '../src/errors'
 import { checkStoreFolder, type ClusterNodeOptions, SheepNode } from '../src/node'
 import type { Frontend } from '../src/fuse/mount'
 
@@ -54,6 +55,8 @@ export async function startCommand (opts: StartOptions): Promise<void> {
     await node.start()
   } catch (err) {
     report(`error: ${(err as Error).message}`)
+    // A signal during the start: it closed what it had opened, the mount included.
+    if (err instanceof SheepError && err.code === 'ESHUTDOWN') process.exit(0)
     throw err
   }
   report('ready')

@@ -31,13 +31,18 @@ if (!has('fusermount')) missing.push('fuse')
 if (!hasLib('libfuse.so.2')) missing.push('libfuse2')
 if (!has('qemu-img') || !has('qemu-io')) missing.push('qemu-utils')
 if (!has('setfattr') || !has('getfattr')) missing.push('attr')
+// A guest booted off the mount (test/e2e/guest-boot.test.ts): QEMU, a static busybox for its
+// initramfs, and a kernel with virtio block modules to boot.
+if (!has('qemu-system-x86_64')) missing.push('qemu-system-x86')
+if (!/install ok installed/.test(spawnSync('dpkg-query', ['-W', '-f=${Status}', 'busybox-static'], { encoding: 'utf8' }).stdout || '')) missing.push('busybox-static')
+if (!fs.existsSync('/boot') || !fs.readdirSync('/boot').some(f => f.startsWith('vmlinuz-'))) missing.push('linux-image-cloud-amd64')
 if (bench && !has('fio')) missing.push('fio')
 
 if (missing.length > 0) {
   const cmd = `apt-get update && apt-get install -y ${missing.join(' ')}`
   if (process.getuid && process.getuid() === 0 && has('apt-get')) {
     say(`installing ${missing.join(', ')}`)
-    execFileSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(' ')} >/dev/null`], { stdio: 'inherit' })
+    execFileSync('sh', ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${missing.join(' ')} >/dev/null`], { stdio: 'inherit' })
   } else {
     say(`missing system packages: ${missing.join(', ')}. Install them as root with:\n  ${cmd}`)
     process.exit(1)

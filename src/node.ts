@@ -4,6 +4,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from './errors'
+import { slowpoint } from './failpoints'
 import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
 import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
 import { type Frontend, Mount } from './fuse/mount'
@@ -76,6 +77,10 @@ export class SheepNode {
   private control: ControlServer | null = null
   private startedAt = 0
   private stopping: Promise<void> | null = null
+  /** The start in progress, if any. */
+  private starting: Promise<void> | null = null
+  /** Set by a stop that came while the node was starting: the start gives up at its next step. */
+  private stopAsked = false
   /** Resolves when the node has stopped, whoever stopped it. */
   readonly stopped: Promise<void>
   private markStopped!: () => void
@@ -88,7 +93,25 @@ export class SheepNode {
     this.stopped = new Promise(resolve => { this.markStopped = resolve })
   }
 
+  /**
+   * Opens the store, the images, the mount and the control socket. A stop that comes meanwhile
+   * (SIGTERM) waits for the step in progress; the start then closes what it opened, the mount
+   * included, and fails with ESHUTDOWN.
+   */
   async start (): Promise<void> {
+    this.starting = this.open()
+    try {
+      await this.starting
+    } finally {
+      this.starting = null
+    }
+  }
+
+  private giveUpIfStopping (): void {
+    if (this.stopAsked) throw new SheepError('ESHUTDOWN', 'stopped while starting')
+  }
+
+  private async open (): Promise<void> {
     this.startedAt = Date.now()
     await ControlServer.check(controlSocketPath(this.mountDir), this.log)
     const objects = new LocalObjectStore(this.storeDir)
@@ -103,11 +126,13 @@ export class SheepNode {
     }
     this.objects = objects
     try {
+      this.giveUpIfStopping()
       fs.writeFileSync(path.join(this.storeDir, 'sheep.pid'), `${process.pid}\n`)
       const { store, tokens } = this.opts.cluster === undefined ? { store: objects, tokens: undefined } : await this.joinCluster(objects, this.opts.cluster)
       const soleWriter = this.cluster === null
       const setAside = soleWriter ? async (oid: ObjectId) => await objects.setAside(oid) : undefined
       const images = new ImageStore(store, { log: this.log, soleWriter, tokens, setAside })
+      this.giveUpIfStopping()
       const { collected, strays } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
       if (strays > 0) this.log(`set aside ${strays} objects no image points at in ${path.join(this.storeDir, STRAYS_DIR)} (see sheep status)`)
@@ -123,9 +148,12 @@ export class SheepNode {
         log: this.log
       })
       this.mount = mount
+      await slowpoint('node-start:mounted') // a signal while the mount is up and the start goes on (tests)
+      this.giveUpIfStopping()
       const control = new ControlServer(controlSocketPath(this.mountDir), this.handlers(), this.log)
       await control.listen()
       this.control = control
+      this.giveUpIfStopping()
     } catch (err) {
       await this.teardown()
       throw err
@@ -189,6 +217,7 @@ export class SheepNode {
       } catch (err) {
         if (!(err instanceof SheepError && err.code === 'ENOTCONN' && cluster.awaitingAdmission)) throw err
       }
+      this.giveUpIfStopping()
       if (!waitLogged && cluster.awaitingAdmission) {
         waitLogged = true
         this.log(`candidate ${cluster.id}: the cluster admits nodes by hand; run 'sheep node admit ${cluster.id.slice(0, 16)}' on a member`)
@@ -225,6 +254,12 @@ export class SheepNode {
   /** Stops the node. Refuses (EBUSY) while images are open, unless forced. */
   async stop (force = false): Promise<void> {
     if (this.stopping) return await this.stopping
+    if (this.starting !== null) {
+      this.stopAsked = true
+      // A start that gave up closed what it had opened; one that finished is torn down here.
+      this.stopping = this.starting.then(async () => await this.teardown(() => this.log('stopped')), () => this.log('stopped'))
+      return await this.stopping
+    }
     const open = this.images?.list().filter(i => i.openCount > 0) ?? []
     if (open.length > 0 && !force) {
       throw SheepError.busy(`images are open: ${open.map(i => i.name).join(', ')}; close them first or stop with --force`)

@@ -22,6 +22,7 @@ import { copyRange } from '../cow/copy-range'
 import type { InodeHeader } from '../cow/inode'
 import { MAX_NAME_BYTES } from '../cow/names'
 import { findXattr } from '../cow/xattrs'
+import { slowpoint } from '../failpoints'
 
 const S_IFDIR = fs.constants.S_IFDIR
 const S_IFREG = fs.constants.S_IFREG
@@ -286,11 +287,13 @@ export function adapterCore (images: ImageStore, opts: AdapterOptions) {
     /** Reads into `buf` (at most `len` bytes); returns the bytes read. */
     async read (fd: number, pos: number, len: number, buf: Buffer): Promise<number> {
       const h = handle(fd)
+      await slowpoint('fuse-read') // a read that outlives the I/O timeout (tests)
       return await images.io(h.image, h.writable, () => h.image.read(pos, len, buf))
     },
     /** Writes all of `buf`; returns its length. */
     async write (fd: number, pos: number, buf: Buffer): Promise<number> {
       const h = handle(fd)
+      await slowpoint('fuse-write') // a write that outlives the I/O timeout (tests)
       await images.io(h.image, h.writable, () => h.image.write(pos, buf))
       return buf.length
     },

@@ -21,7 +21,11 @@ export const ERRNO = {
   EEXIST: -(E.EEXIST as number),
   EOPNOTSUPP: -(E.EOPNOTSUPP as number),
   /** The daemon did not answer within its I/O timeout. */
-  ETIMEDOUT: -(E.ETIMEDOUT as number)
+  ETIMEDOUT: -(E.ETIMEDOUT as number),
+  /** The caller of a request was interrupted (FUSE_INTERRUPT) and the request abandoned. */
+  EINTR: -(E.EINTR as number),
+  /** An INTERRUPT for a request not (yet) known: the kernel sends it again while that request waits. */
+  EAGAIN: -(E.EAGAIN as number)
 } as const
 
 /** A negative errno for anything thrown. */

@@ -5,26 +5,58 @@ import { execFileSync } from 'node:child_process'
 import fs from 'node:fs'
 import { SheepError } from '../errors'
 import { FUSE_FSNAME, type FsCore } from './adapter'
-import { failedOp } from './errno'
+import { ERRNO, failedOp } from './errno'
 
 type Cb = (result: number, ...rest: unknown[]) => void
 
 const DAEMON = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }
 type Op = (...args: any[]) => void
 
-export function libfuse2Operations (core: FsCore, log: (line: string) => void): Record<string, Op> {
-  // Runs an operation; any throw, synchronous or not, becomes an errno, never a crash.
-  // `answer` gives fuse-native the result: by default 0, and the value if there is one.
-  const run = <T>(op: string, path: string, cb: Cb, fn: () => Promise<T> | T, answer: (value: T) => void = v => v === undefined ? cb(0) : cb(0, v)): void => {
-    const fail = (err: unknown): void => cb(failedOp(op, path, err, log))
+/** libfuse 2 caps requests at 128 KiB. */
+const MAX_REQUEST = 131072
+/** Free I/O buffers of MAX_REQUEST bytes kept: about as many as requests libfuse's threads hold. */
+const SPARE_BUFFERS = 16
+
+/**
+ * libfuse's read and write buffers are its own: once an operation is answered, its thread takes
+ * the next request into the same memory. An operation answered ETIMEDOUT goes on in the daemon
+ * (an image call cannot be cancelled), so it must never hold libfuse's buffer: a write's bytes
+ * are copied out before the call starts, and a read lands in a buffer of the daemon's, copied
+ * into libfuse's only while the read is still unanswered. The daemon's buffers go back to the
+ * pool when the call is over, not when it was answered. (fuse-native's own timeout answers
+ * without telling the operation, so it is off and this one takes its place.)
+ */
+export function libfuse2Operations (core: FsCore, opts: { ioTimeout: number, log: (line: string) => void }): Record<string, Op> {
+  const log = opts.log
+  const spare: Buffer[] = []
+  const take = (len: number): Buffer => len > MAX_REQUEST ? Buffer.allocUnsafe(len) : spare.pop() ?? Buffer.allocUnsafeSlow(MAX_REQUEST)
+  const giveBack = (buf: Buffer): void => { if (buf.length === MAX_REQUEST && spare.length < SPARE_BUFFERS) spare.push(buf) }
+
+  // Runs an operation and answers it once: with its result, its error (any throw, synchronous or
+  // not, becomes an errno, never a crash), or ETIMEDOUT after the I/O timeout, whichever comes
+  // first. `answer` gives fuse-native the result: by default 0, and the value if there is one.
+  // `fn` is told whether the operation is still unanswered.
+  const run = <T>(op: string, path: string, cb: Cb, fn: (unanswered: () => boolean) => Promise<T> | T, answer: (value: T) => void = v => v === undefined ? cb(0) : cb(0, v)): void => {
+    let answered = false
+    const once = (reply: () => void): void => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
+      reply()
+    }
+    const timer = setTimeout(() => once(() => {
+      log(`fuse: ${op} ${path} took longer than ${opts.ioTimeout} ms: answered ETIMEDOUT`)
+      cb(ERRNO.ETIMEDOUT)
+    }), opts.ioTimeout)
+    const fail = (err: unknown): void => once(() => cb(failedOp(op, path, err, log)))
     let result
     try {
-      result = fn()
+      result = fn(() => !answered)
     } catch (err) {
       fail(err)
       return
     }
-    Promise.resolve(result).then(answer, fail)
+    Promise.resolve(result).then(v => once(() => answer(v)), fail)
   }
 
   return {
@@ -40,10 +72,28 @@ export function libfuse2Operations (core: FsCore, log: (line: string) => void): 
     release (path: string, fd: number, cb: Cb) { run('release', path, cb, async () => await core.release(fd)) },
     // fuse-native takes a read's or write's byte count in place of the 0 of success.
     read (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      run('read', path, cb, async () => await core.read(fd, pos, len, buf), n => cb(n))
+      run('read', path, cb, async unanswered => {
+        const own = take(len)
+        try {
+          const n = await core.read(fd, pos, len, own.subarray(0, len))
+          // The answer follows in this turn's microtasks: the timeout's timer cannot come in between.
+          if (unanswered()) own.copy(buf, 0, 0, n)
+          return n
+        } finally {
+          giveBack(own)
+        }
+      }, n => cb(n))
     },
     write (path: string, fd: number, buf: Buffer, len: number, pos: number, cb: Cb) {
-      run('write', path, cb, async () => await core.write(fd, pos, len === buf.length ? buf : buf.subarray(0, len)), n => cb(n))
+      run('write', path, cb, async () => {
+        const own = take(len)
+        buf.copy(own, 0, 0, len)
+        try {
+          return await core.write(fd, pos, own.subarray(0, len))
+        } finally {
+          giveBack(own)
+        }
+      }, n => cb(n))
     },
     flush (path: string, fd: number, cb: Cb) { run('flush', path, cb, async () => await core.flush(fd)) },
     fsync (path: string, _datasync: number, fd: number, cb: Cb) { run('fsync', path, cb, async () => await core.fsync(fd)) },
@@ -70,9 +120,6 @@ export function libfuse2Operations (core: FsCore, log: (line: string) => void): 
 
 type FuseClass = typeof import('fuse-native')
 
-/** libfuse 2 caps requests at 128 KiB. */
-const MAX_REQUEST = 131072
-
 /** Why fuse-native cannot mount here, or null. */
 export function libfuse2Missing (): string | null {
   if (!fs.existsSync('/dev/fuse')) return 'FUSE is missing: /dev/fuse does not exist (load the fuse module, or give the container /dev/fuse)'
@@ -92,7 +139,7 @@ export function libfuse2Missing (): string | null {
 export class Libfuse2Mount {
   private constructor (readonly dir: string, private readonly fuse: InstanceType<FuseClass>) {}
 
-  /** Mounts `dir` through fuse-native; `ioTimeout` ms after which it answers an operation ETIMEDOUT. */
+  /** Mounts `dir` through fuse-native; `ioTimeout` ms after which an operation is answered ETIMEDOUT. */
   static async mount (dir: string, core: FsCore, opts: { ioTimeout: number, log: (line: string) => void }): Promise<Libfuse2Mount> {
     const missing = libfuse2Missing()
     if (missing) throw new SheepError('ENOTSUP', missing)
@@ -110,12 +157,12 @@ export class Libfuse2Mount {
         return super._fuseOptions() + ',' + extra.join(',')
       }
     }
-    const fuse = new SheepFuse(dir, libfuse2Operations(core, opts.log), {
+    const fuse = new SheepFuse(dir, libfuse2Operations(core, opts), {
       mkdir: true,
       maxRead: MAX_REQUEST,
       fsname: FUSE_FSNAME,
       subtype: FUSE_FSNAME,
-      timeout: opts.ioTimeout
+      timeout: false
     })
     await new Promise<void>((resolve, reject) => fuse.mount(err => {
       if (err === null || err === undefined) return resolve()

@@ -6,7 +6,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { ImageStore } from '../../src/cow/image-store'
-import { adapterCore } from '../../src/fuse/adapter'
+import { adapterCore, type FsCore } from '../../src/fuse/adapter'
 import { KernelSession } from '../../src/fuse/kernel/session'
 import * as P from '../../src/fuse/kernel/protocol'
 import { tmpDir } from './tmp'
@@ -78,7 +78,26 @@ t.test('INIT: 7.31 with the flags both sides have, 1 MiB writes, 256 pages; olde
 /** Who sends a request: the uid and gid in its header. */
 interface Caller { uid: number, gid: number }
 
-async function harness (t: Teardownable): Promise<{ session: KernelSession, call: (opcode: number, nodeid: number, body?: Buffer, caller?: Caller) => Promise<Reply>, raw: (buf: Buffer) => Buffer[], logs: string[] }> {
+interface Harness {
+  session: KernelSession
+  call: (opcode: number, nodeid: number, body?: Buffer, caller?: Caller) => Promise<Reply>
+  /** Sends one request; returns the replies it got at once. `finished`: as session.handle's. */
+  raw: (buf: Buffer, finished?: () => void) => Buffer[]
+  /** Replies no one waited for since the last raw(). */
+  unclaimed: Buffer[]
+  /** The reply to the request with this unique, whenever it comes. */
+  replyTo: (unique: number) => Promise<Reply>
+  logs: string[]
+  images: ImageStore
+}
+
+interface HarnessOptions {
+  ioTimeout?: number
+  /** Wraps the adapter core, e.g. to hold an operation until the test lets it go. */
+  wrap?: (core: FsCore) => FsCore
+}
+
+async function harness (t: Teardownable, opts: HarnessOptions = {}): Promise<Harness> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   const images = new ImageStore(objects)
@@ -92,7 +111,8 @@ async function harness (t: Teardownable): Promise<{ session: KernelSession, call
     const w = waiting.get(unique)
     if (w !== undefined) { waiting.delete(unique); w(Buffer.from(reply)) } else replies.push(Buffer.from(reply))
   }
-  const session = new KernelSession(adapterCore(images, { createOptions: { objectSize: 65536, copies: 1 }, log }), send, { ioTimeout: 60_000, log })
+  const core = adapterCore(images, { createOptions: { objectSize: 65536, copies: 1 }, log })
+  const session = new KernelSession(opts.wrap?.(core) ?? core, send, { ioTimeout: opts.ioTimeout ?? 60_000, log })
   t.teardown(async () => {
     session.close()
     await images.close()
@@ -108,12 +128,16 @@ async function harness (t: Teardownable): Promise<{ session: KernelSession, call
     return { error: r.readInt32LE(4), body: r.subarray(16), unique: u }
   }
   // Requests that may get no reply: what they got at once.
-  const raw = (buf: Buffer): Buffer[] => {
+  const raw = (buf: Buffer, finished?: () => void): Buffer[] => {
     replies.length = 0
-    session.handle(buf)
+    session.handle(buf, finished)
     return [...replies]
   }
-  return { session, call, raw, logs }
+  const replyTo = async (u: number): Promise<Reply> => {
+    const r = await new Promise<Buffer>(resolve => waiting.set(u, resolve))
+    return { error: r.readInt32LE(4), body: r.subarray(16), unique: u }
+  }
+  return { session, call, raw, unclaimed: replies, replyTo, logs, images }
 }
 
 interface Reply { error: number, body: Buffer, unique: number }
@@ -397,4 +421,117 @@ t.test('a snapshot and its folder report the image\'s owner and mode as they are
   const st = core.fgetattr(fh)
   t.same({ mode: st.mode & 0o7777, uid: st.uid, gid: st.gid }, { mode: 0o400, uid: 0, gid: 0 }, 'fstat of a snapshot whose image is gone: what it had when taken')
   await core.release(fh)
+})
+
+/** A new image through CREATE: its node id and open handle. */
+async function createImage (call: Harness['call'], name: string): Promise<{ node: number, fh: number }> {
+  const c = await call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, `${name}\0`))
+  return { node: P.EntryOutHead.decode(c.body).nodeid, fh: P.OpenOut.decode(c.body, P.EntryOutHead.size + P.Attr.size).fh }
+}
+
+/** The kernel's INTERRUPT for request `target`: its unique is the target's with bit 0 set (FUSE_INT_REQ_BIT). */
+function interrupt (target: number): Buffer {
+  return request(P.Opcode.INTERRUPT, target + 1, 0, struct(P.InterruptIn, { unique: target }))
+}
+
+t.test('INTERRUPT: a READ is answered EINTR at once, a WRITE runs to its end; one for a request not here waits for it, else EAGAIN', async t => {
+  const { call, session, raw, unclaimed, replyTo } = await harness(t)
+  const { node, fh } = await createImage(call, 'i.img')
+  const bytes = (fill: number): Buffer => Buffer.alloc(65536, fill)
+  t.equal((await call(P.Opcode.WRITE, node, struct(P.WriteIn, { fh, offset: 0, size: 65536 }, bytes(0x61)))).error, 0)
+
+  // The kernel sends INTERRUPT after its request; the image call is then still under way.
+  let readOver!: () => void
+  const over = new Promise<void>(resolve => { readOver = resolve })
+  t.same(raw(request(P.Opcode.READ, 5000, node, struct(P.ReadIn, { fh, offset: 0, size: 65536 })), readOver), [], 'the READ is under way')
+  t.same(raw(interrupt(5000)).map(r => P.OutHeader.decode(r)), [{ len: 16, error: 2 ** 32 - E.EINTR, unique: 5000 }], 'answered EINTR at once; the INTERRUPT itself gets no answer')
+  unclaimed.length = 0
+  await over
+  t.same(unclaimed, [], 'the read, over now, is not answered again')
+
+  const write = replyTo(5002)
+  raw(request(P.Opcode.WRITE, 5002, node, struct(P.WriteIn, { fh, offset: 0, size: 65536 }, bytes(0x62))))
+  t.same(raw(interrupt(5002)), [], 'a WRITE is not abandoned: the INTERRUPT changes nothing')
+  const w = await write
+  t.equal(w.error, 0, 'the WRITE is answered when done')
+  t.equal(P.WriteOut.decode(w.body).size, 65536)
+  t.ok((await call(P.Opcode.READ, node, struct(P.ReadIn, { fh, offset: 0, size: 65536 }))).body.equals(bytes(0x62)), 'and its bytes are in')
+
+  // An INTERRUPT can overtake its request (two reader threads hand requests over independently).
+  const early = replyTo(6000)
+  t.same(raw(interrupt(6000)), [], 'an INTERRUPT for a request not here yet is held')
+  raw(request(P.Opcode.READ, 6000, node, struct(P.ReadIn, { fh, offset: 0, size: 4096 })))
+  t.equal((await early).error, -E.EINTR, 'and applies when the request arrives')
+
+  // One whose request was answered already: EAGAIN at the next request (the kernel drops it).
+  const stale = replyTo(7001)
+  raw(interrupt(7000))
+  t.equal((await call(P.Opcode.GETATTR, node, struct(P.GetattrIn, {}))).error, 0, 'the next request is served')
+  t.equal((await stale).error, -E.EAGAIN, 'the held INTERRUPT is answered EAGAIN')
+  t.same(session.stats().inFlight, {}, 'nothing left in flight')
+})
+
+t.test('node ids: LOOKUP and CREATE count, FORGET and BATCH_FORGET drop; unlinked and replaced names go once forgotten', async t => {
+  const { call, session, raw } = await harness(t)
+  t.equal(session.stats().nodes, 1, 'the root alone')
+  const a = await createImage(call, 'a.img')
+  const b = await createImage(call, 'b.img')
+  const lookup = async (name: string): Promise<number> => P.EntryOutHead.decode((await call(P.Opcode.LOOKUP, P.FUSE_ROOT_ID, Buffer.from(`${name}\0`))).body).nodeid
+  t.equal(await lookup('a.img'), a.node)
+  t.equal(await lookup('a.img'), a.node, 'a.img: three lookups now')
+  t.equal(session.stats().nodes, 3)
+  for (const { node, fh } of [a, b]) t.equal((await call(P.Opcode.RELEASE, node, struct(P.ReleaseIn, { fh }))).error, 0)
+  // b.img replaced by a rename and a.img under its new name: both nodes stay until forgotten.
+  t.equal((await call(P.Opcode.RENAME, P.FUSE_ROOT_ID, struct(P.RenameIn, { newdir: P.FUSE_ROOT_ID }, 'a.img\0b.img\0'))).error, 0)
+  t.equal(await lookup('b.img'), a.node, 'the node followed its rename')
+  raw(request(P.Opcode.FORGET, 8000, b.node, struct(P.ForgetIn, { nlookup: 1 })))
+  t.equal(session.stats().nodes, 2, 'the replaced one is gone once forgotten')
+  raw(request(P.Opcode.FORGET, 8002, a.node, struct(P.ForgetIn, { nlookup: 3 })))
+  t.equal(session.stats().nodes, 2, 'one lookup of four left')
+  raw(request(P.Opcode.BATCH_FORGET, 8004, 0, Buffer.concat([struct(P.BatchForgetIn, { count: 2 }), struct(P.ForgetOne, { nodeid: a.node, nlookup: 1 }), struct(P.ForgetOne, { nodeid: 12345, nlookup: 1 })])))
+  t.equal(session.stats().nodes, 1, 'the root alone again; a node never given is ignored')
+  t.equal(await lookup('b.img') > b.node, true, 'a forgotten node\'s id is never given again')
+})
+
+t.test('an OPEN or CREATE answered ETIMEDOUT before it was done closes the handle it opened and forgets its node', async t => {
+  let letGo!: () => void
+  let gate: Promise<void> = Promise.resolve()
+  const hold = (): void => { gate = new Promise(resolve => { letGo = resolve }) }
+  let releases = 0
+  const { call, session, images, logs } = await harness(t, {
+    ioTimeout: 50,
+    wrap: core => ({
+      ...core,
+      open: async (path, flags) => { await gate; return await core.open(path, flags) },
+      create: async (path, mode, caller) => { await gate; return await core.create(path, mode, caller) },
+      release: async fh => { await core.release(fh); releases++ }
+    })
+  })
+  // Made and looked up without a call that could outlast the 50 ms (a CREATE syncs).
+  await images.create('a.img', 0, { objectSize: 65536, copies: 1 })
+  const a = { node: P.EntryOutHead.decode((await call(P.Opcode.LOOKUP, P.FUSE_ROOT_ID, Buffer.from('a.img\0'))).body).nodeid }
+
+  // The session's sweeper does not hold the process open (a daemon has its mount for that).
+  const alive = setInterval(() => {}, 1000)
+  t.teardown(() => clearInterval(alive))
+  hold()
+  const created = call(P.Opcode.CREATE, P.FUSE_ROOT_ID, struct(P.CreateIn, { flags: fs.constants.O_RDWR, mode: 0o100644 }, 'b.img\0'))
+  t.equal((await created).error, -E.ETIMEDOUT, 'a CREATE held past the I/O timeout is answered ETIMEDOUT')
+  const opened = call(P.Opcode.OPEN, a.node, struct(P.OpenIn, { flags: fs.constants.O_RDWR }))
+  t.equal((await opened).error, -E.ETIMEDOUT, 'so is an OPEN')
+  letGo()
+  for (let i = 0; i < 500 && releases < 2; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(releases, 2, 'the session released both handles the kernel never got')
+  t.same(images.names().sort(), ['a.img', 'b.img'], 'both went on: b.img was made')
+  t.same(images.list().filter(i => i.openCount > 0 || i.openWriters > 0).map(i => i.name), [], 'and the handles they opened were closed')
+  t.equal(session.stats().nodes, 2, 'b.img\'s node, never given to the kernel, is forgotten (the root and a.img remain)')
+  t.ok(logs.some(l => /create took longer than 50 ms/.test(l)), 'the timeout is logged')
+})
+
+t.test('DESTROY is answered, and nothing after it', async t => {
+  const { call, raw } = await harness(t)
+  const { node } = await createImage(call, 'd.img')
+  const destroyed = raw(request(P.Opcode.DESTROY, 9000, 0, Buffer.alloc(0)))
+  t.same(destroyed.map(r => P.OutHeader.decode(r)), [{ len: 16, error: 0, unique: 9000 }], 'DESTROY gets its empty reply')
+  t.same(raw(request(P.Opcode.GETATTR, 9002, node, struct(P.GetattrIn, {}))), [], 'a request after it is not answered: the connection is going')
 })

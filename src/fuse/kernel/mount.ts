@@ -11,10 +11,12 @@ import { SheepError } from '../../errors'
 import { FUSE_FSNAME, type FsCore } from '../adapter'
 import { FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION, MAX_WRITE, REQUEST_BUFFER } from './protocol'
 import { KernelSession, type KernelStats, type SessionOptions } from './session'
-import type { WorkerData, WorkerMessage } from './worker'
+import { SLOT_KEY, SLOT_SIZE, SLOTS, type WorkerData, type WorkerMessage } from './worker'
 
 /** Threads blocked in read(2) on /dev/fuse. Each hands a request over at once, so few are needed. */
 const READERS = 2
+/** How long a mount waits for the kernel's INIT (it is queued by mount(2) itself). */
+const INIT_WAIT_MS = 10_000
 
 /**
  * The mount options libfuse 2 is given today (src/fuse/libfuse2.ts), in the kernel's terms:
@@ -54,11 +56,21 @@ export class KernelMount {
     let markEnded!: () => void
     this.ended = new Promise(resolve => { markEnded = resolve })
     for (let i = 0; i < READERS; i++) {
-      const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { fd, served } satisfies WorkerData })
+      const slots = new SharedArrayBuffer(SLOTS * SLOT_SIZE)
+      const busy = new SharedArrayBuffer(SLOTS * 4)
+      const taken = new Int32Array(busy)
+      const views = Array.from({ length: SLOTS }, (_, slot) => Buffer.from(slots, slot * SLOT_SIZE, SLOT_SIZE))
+      const worker = new Worker(path.join(__dirname, 'worker.js'), { workerData: { fd, served, slots, busy } satisfies WorkerData })
       worker.on('message', (m: WorkerMessage) => {
-        // A large request's buffer goes back to its reader once done with, to take another.
-        if (m.type === 'request') session.handle(Buffer.from(m.buf, 0, m.length), m.buf.byteLength === REQUEST_BUFFER ? () => worker.postMessage(m.buf, [m.buf]) : undefined)
-        else if (m.error !== null) log(`fuse: reading /dev/fuse failed: ${m.error}`)
+        if (typeof m === 'number') {
+          const slot = Math.floor(m / SLOT_KEY)
+          session.handle((views[slot] as Buffer).subarray(0, m % SLOT_KEY), () => Atomics.store(taken, slot, 0))
+        } else if (m.type === 'request') {
+          // A large request's buffer goes back to its reader once done with, to take another.
+          session.handle(Buffer.from(m.buf, 0, m.length), m.buf.byteLength === REQUEST_BUFFER ? () => worker.postMessage(m.buf, [m.buf]) : undefined)
+        } else if (m.error !== null) {
+          log(`fuse: reading /dev/fuse failed: ${m.error}`)
+        }
       })
       const gone = (): void => { if (--running === 0) markEnded() }
       worker.on('exit', gone)
@@ -73,6 +85,7 @@ export class KernelMount {
   static async mount (dir: string, core: FsCore, opts: SessionOptions): Promise<KernelMount> {
     const fd = fs.openSync('/dev/fuse', 'r+')
     let mounted = false
+    let m: KernelMount
     try {
       fs.mkdirSync(dir, { recursive: true })
       // -i: no mount helper (there is none for fuse.sheep); the type names the filesystem in
@@ -86,14 +99,25 @@ export class KernelMount {
       const send = (reply: Buffer): void => {
         try { fs.writeSync(fd, reply) } catch {} // ENOENT: the request was interrupted; ENODEV: unmounted
       }
-      const m = new KernelMount(dir, fd, new KernelSession(core, send, opts), opts.log)
-      opts.log(`fuse: kernel protocol ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR} on /dev/fuse, requests up to ${MAX_WRITE >> 10} KiB`)
-      return m
+      m = new KernelMount(dir, fd, new KernelSession(core, send, opts), opts.log)
     } catch (err) {
       if (mounted) await run('umount', ['-l', dir])
       fs.closeSync(fd)
       throw err
     }
+    // Mounted means answering: the start reports ready after this, and `sheep status` counts it.
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new SheepError('EIO', `the kernel sent no FUSE INIT within ${INIT_WAIT_MS} ms`)), INIT_WAIT_MS) })
+    try {
+      await Promise.race([m.session.initialized, timeout])
+    } catch (err) {
+      await m.unmount()
+      throw err
+    } finally {
+      clearTimeout(timer)
+    }
+    opts.log(`fuse: kernel protocol ${FUSE_KERNEL_VERSION}.${FUSE_KERNEL_MINOR} on /dev/fuse, requests up to ${MAX_WRITE >> 10} KiB`)
+    return m
   }
 
   stats (): KernelStats {

@@ -27,13 +27,30 @@ export interface SessionOptions {
   log: (line: string) => void
 }
 
-/** Requests served since the mount and held now, by operation (for `sheep status`). */
+/** Requests served since the mount and held now, by operation, and node ids the kernel holds (for `sheep status`). */
 export interface KernelStats {
   inFlight: Record<string, number>
   requests: Record<string, { count: number, bytes: number, maxBytes: number }>
+  nodes: number
 }
 
-interface Pending { op: string, started: number }
+interface Pending { op: string, opcode: number, started: number }
+/** An INTERRUPT for a request this session has not seen: its own unique, and when it came. */
+interface HeldInterrupt { unique: number, at: number }
+
+/**
+ * Requests answered EINTR when their caller is interrupted (FUSE_INTERRUPT), their call on the
+ * image API left to finish alone: they change nothing, and a READ's reply buffer is taken back
+ * only once that call is over. Every other request runs to its end and is answered then, as if
+ * no interrupt had come: a WRITE, FALLOCATE or COPY_FILE_RANGE may already have reached an
+ * object, and EINTR would tell the caller that nothing changed; an OPEN or CREATE answered EINTR
+ * would leave a handle the kernel never releases; a SETATTR, RENAME, UNLINK, FSYNC or RELEASE
+ * may be half done. The kernel waits for their answer (for a request already in the daemon it
+ * waits even when the caller was killed), which the I/O timeout bounds.
+ */
+const INTERRUPTIBLE = new Set<number>([Opcode.READ, Opcode.STATFS])
+/** INTERRUPTs kept waiting for their request at most; past it the oldest is answered EAGAIN. */
+const HELD_INTERRUPTS = 64
 
 const O_ACCMODE = 3
 const O_TRUNC = fs.constants.O_TRUNC
@@ -57,6 +74,12 @@ export class KernelSession {
   private readonly dirs = new Map<number, Array<{ name: Buffer, type: number, path: string }> | null>()
   private nextDir = 1
   private readonly pending = new Map<number, Pending>()
+  /**
+   * INTERRUPTs whose request is not here, by its unique: either it was answered already, or the
+   * other reader thread has not handed it over yet (an INTERRUPT can overtake its request).
+   */
+  private readonly interrupts = new Map<number, HeldInterrupt>()
+  private readonly sweepEvery: number
   private readonly counts = new Map<string, { count: number, bytes: number, maxBytes: number }>()
   /** READ reply buffers of BIG_REPLY bytes: every one made, and those free for the next read. */
   private readonly bigReplies = new WeakSet<ArrayBufferLike>()
@@ -65,14 +88,21 @@ export class KernelSession {
   private readonly sweeper: NodeJS.Timeout
   /** Set when the kernel sent DESTROY or the session was closed: nothing more is answered. */
   private closed = false
+  /** Settles once INIT is answered: resolved if accepted, rejected if refused (the mount cannot be used). */
+  readonly initialized: Promise<void>
+  private initDone!: (err: SheepError | null) => void
 
   /**
    * `send` writes one reply to /dev/fuse. It must not throw: a reply to an interrupted request
    * fails with ENOENT and one after the unmount with ENODEV, and both are expected.
    */
   constructor (private readonly core: FsCore, private readonly send: (reply: Buffer) => void, private readonly opts: SessionOptions) {
+    this.initialized = new Promise((resolve, reject) => { this.initDone = err => err === null ? resolve() : reject(err) })
+    // Nobody may be waiting (a unit test, or a session closed before): not an unhandled rejection.
+    this.initialized.catch(() => {})
     this.handlers = this.buildHandlers()
-    this.sweeper = setInterval(() => this.expire(), Math.min(1000, opts.ioTimeout)).unref()
+    this.sweepEvery = Math.min(1000, opts.ioTimeout)
+    this.sweeper = setInterval(() => this.expire(), this.sweepEvery).unref()
   }
 
   /** The opcodes this session serves; workers answer any other ENOSYS without a thread hop. */
@@ -91,10 +121,12 @@ export class KernelSession {
       h = InHeader.decode(buf)
     } catch {
       this.malformed(buf, 'shorter than its header')
+      finished?.()
       return
     }
     if (h.len !== buf.length) {
       this.malformed(buf, `its header says ${h.len} bytes, ${buf.length} came`)
+      finished?.()
       return
     }
     const op = opName(h.opcode)
@@ -106,12 +138,14 @@ export class KernelSession {
       return
     }
     const body = buf.subarray(InHeader.size)
-    const entry: Pending = { op, started: Date.now() }
+    const entry: Pending = { op, opcode: h.opcode, started: Date.now() }
     this.pending.set(h.unique, entry)
     const done = (answer: Answer): void => {
-      if (this.pending.get(h.unique) === entry) { // else answered ETIMEDOUT already
+      if (this.pending.get(h.unique) === entry) {
         this.pending.delete(h.unique)
         this.answer(h.unique, answer)
+      } else if (answer instanceof Buffer) { // answered ETIMEDOUT or EINTR already
+        this.dropped(h, answer)
       }
       if (answer instanceof Buffer) this.reuse(answer)
       finished?.()
@@ -126,6 +160,67 @@ export class KernelSession {
     }
     if (result instanceof Promise) result.then(done, fail)
     else done(result)
+    if (this.interrupts.size > 0 && h.opcode !== Opcode.INTERRUPT) this.arrived(h.unique)
+  }
+
+  /**
+   * FUSE_INTERRUPT for request `target`: answered EINTR now if it is one that may be abandoned
+   * (INTERRUPTIBLE), else left to finish. One not here is held until it arrives (see arrived).
+   */
+  private interrupt (target: number, unique: number): void {
+    const p = this.pending.get(target)
+    if (p === undefined) {
+      this.interrupts.set(target, { unique, at: Date.now() })
+      if (this.interrupts.size > HELD_INTERRUPTS) this.interruptNotFound()
+      return
+    }
+    if (!INTERRUPTIBLE.has(p.opcode)) return
+    this.pending.delete(target)
+    this.answer(target, ERRNO.EINTR)
+  }
+
+  /**
+   * A request arrived: an INTERRUPT held for it applies now; otherwise the oldest one held is
+   * answered EAGAIN (as libfuse does). The kernel sends that INTERRUPT again if its request is
+   * still waiting, and drops the answer if not (its write then fails with ENOENT).
+   */
+  private arrived (unique: number): void {
+    const held = this.interrupts.get(unique)
+    if (held === undefined) {
+      this.interruptNotFound()
+      return
+    }
+    this.interrupts.delete(unique)
+    if (this.pending.has(unique)) this.interrupt(unique, held.unique)
+  }
+
+  private interruptNotFound (): void {
+    const oldest = this.interrupts.entries().next().value
+    if (oldest === undefined) return
+    this.interrupts.delete(oldest[0])
+    this.answer(oldest[1].unique, ERRNO.EAGAIN)
+  }
+
+  /**
+   * A reply the kernel never got, as the request was answered ETIMEDOUT or EINTR before it was
+   * done: what it handed out is taken back, or the handle would stay open (the image's writers
+   * counted, a stop refused) and the node's lookup never be forgotten.
+   */
+  private dropped (h: Header, reply: Buffer): void {
+    let node: number
+    let fh: number
+    if (h.opcode === Opcode.CREATE) {
+      node = EntryOutHead.decode(reply, OUT).nodeid
+      fh = OpenOut.decode(reply, OUT + EntryOutHead.size + Attr.size).fh
+      this.nodes.forget(node, 1)
+    } else if (h.opcode === Opcode.OPEN) {
+      node = h.nodeid
+      fh = OpenOut.decode(reply, OUT).fh
+    } else {
+      return
+    }
+    this.nodes.closed(node, fh)
+    this.core.release(fh).catch(err => this.opts.log(`fuse: closing handle ${fh}, which ${opName(h.opcode)} opened after its caller was answered: ${(err as Error).message}`))
   }
 
   /**
@@ -150,7 +245,7 @@ export class KernelSession {
   stats (): KernelStats {
     const inFlight: Record<string, number> = {}
     for (const p of this.pending.values()) inFlight[p.op] = (inFlight[p.op] ?? 0) + 1
-    return { inFlight, requests: Object.fromEntries(this.counts) }
+    return { inFlight, requests: Object.fromEntries(this.counts), nodes: this.nodes.size }
   }
 
   /** Stops answering: after the unmount, or when the kernel said DESTROY. */
@@ -184,9 +279,17 @@ export class KernelSession {
     }
   }
 
-  /** Answers ETIMEDOUT what has been in the daemon longer than the I/O timeout. */
+  /**
+   * Answers ETIMEDOUT what has been in the daemon longer than the I/O timeout, and EAGAIN an
+   * INTERRUPT held a whole sweep while no request came.
+   */
   private expire (): void {
     const now = Date.now()
+    for (const [target, held] of this.interrupts) {
+      if (now - held.at < this.sweepEvery) continue
+      this.interrupts.delete(target)
+      this.answer(held.unique, ERRNO.EAGAIN)
+    }
     for (const [unique, p] of this.pending) {
       if (now - p.started < this.opts.ioTimeout) continue
       this.pending.delete(unique)
@@ -242,9 +345,11 @@ export class KernelSession {
           const reply = negotiateInit(InitIn.decode(body))
           const out = replyBuffer(reply.length)
           reply.copy(out, OUT)
+          this.initDone(null)
           return finishReply(out, h.unique, reply.length)
         } catch (err) {
           this.opts.log(`fuse: INIT refused: ${(err as Error).message}`)
+          this.initDone(new SheepError('EPROTO', `the kernel's FUSE INIT was refused: ${(err as Error).message}`))
           return ERRNO.EPROTO
         }
       }],
@@ -254,9 +359,7 @@ export class KernelSession {
         this.close()
         return null
       }],
-      // An image call cannot be cancelled: the interrupted request finishes and is answered, and
-      // the kernel drops a reply it no longer waits for.
-      [Opcode.INTERRUPT, (_h, body) => { InterruptIn.decode(body); return null }],
+      [Opcode.INTERRUPT, (h, body) => { this.interrupt(InterruptIn.decode(body).unique, h.unique); return null }],
       [Opcode.FORGET, (h, body) => { nodes.forget(h.nodeid, ForgetIn.decode(body).nlookup); return null }],
       [Opcode.BATCH_FORGET, (_h, body) => {
         const { count } = BatchForgetIn.decode(body)
