@@ -292,7 +292,8 @@ t.test('seeded unaligned ranges, between images and within one, equal a model', 
   for (const name of names) t.ok((await readAll(images.get(name))).equals(model.get(name) as Buffer), `${name} equals the model`)
 })
 
-t.test('write tokens: a source open for writing on another host is copied as bytes; once closed, it is frozen and its new writes go to new objects', async t => {
+/** Two hosts' image stores over one object store, with write tokens between them. */
+async function twoHosts (t: Teardownable): Promise<{ objects: LocalObjectStore, h1: ImageStore, h2: ImageStore }> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   t.teardown(async () => await objects.close())
@@ -302,6 +303,11 @@ t.test('write tokens: a source open for writing on another host is copied as byt
   const h2: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('h2') })
   await h1.open()
   await h2.open()
+  return { objects, h1, h2 }
+}
+
+t.test('write tokens: a source open for writing on another host is copied as bytes; once closed, it is frozen and its new writes go to new objects', async t => {
+  const { objects, h1, h2 } = await twoHosts(t)
   await h1.create('vm.img', 4 * OS, OPTS)
   const writer = await h1.acquire('vm.img', true)
   await h1.io(writer, true, async () => await writer.write(0, pattern(4 * OS, 1)))
@@ -351,15 +357,7 @@ t.test('write tokens: a source open for writing on another host is copied as byt
 })
 
 t.test('two hosts: gc on a host that has the copy open from before it was written keeps what the copy shares', async t => {
-  const objects = new LocalObjectStore(tmpDir(t))
-  await objects.open()
-  t.teardown(async () => await objects.close())
-  const stores = new Map<string, () => ImageStore>([['h1', () => h1], ['h2', () => h2]])
-  const shared = new SharedTokens(objects, stores)
-  const h1: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('h1') })
-  const h2: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('h2') })
-  await h1.open()
-  await h2.open()
+  const { h1, h2 } = await twoHosts(t)
   await h1.create('vm.img', 4 * OS, OPTS)
   await h1.create('copy.img', 4 * OS, OPTS)
   await h1.create('other.img', OS, OPTS)
