@@ -35,12 +35,13 @@ const PLAN_RETRY_MAX_MS = 3000
 /** How long an access waits for the round's plan before it fails (a request's own timeout is 10 s). */
 const GUARD_WAIT_MS = 8000
 
-interface Deferred { promise: Promise<void>, resolve: () => void }
+interface Deferred { promise: Promise<void>, resolve: () => void, done: boolean }
 
 function deferred (): Deferred {
   let resolve!: () => void
   const promise = new Promise<void>(r => { resolve = r })
-  return { promise, resolve }
+  const d: Deferred = { promise, resolve: () => { d.done = true; resolve() }, done: false }
+  return d
 }
 
 function settled (): Deferred {
@@ -156,6 +157,11 @@ export class Recovery {
    * view does not drop it): the caller's request fails clearly instead of hanging.
    */
   async guard (oid: ObjectId): Promise<void> {
+    // Every I/O of this node's replica comes through here: no timer once the plan is made.
+    if (this.ready.done) {
+      if (this.pending.has(oid)) await this.copy(oid)
+      return
+    }
     const deadline = Date.now() + GUARD_WAIT_MS
     for (;;) {
       const ready = this.ready
