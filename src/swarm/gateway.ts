@@ -8,8 +8,8 @@
 // then the call waits for the next view, which places the object on live nodes, and runs again
 // on its replicas there (writing the same bytes twice is harmless). A replica that a new view
 // added and that lacks the object gets a whole copy from one that has it before the write goes
-// on. A node that cannot reach a majority of its view refuses writes: a minority partition never
-// accepts one.
+// on. A node that cannot reach a majority of its view refuses writes and serves no reads: a
+// minority partition never accepts a write nor answers from a copy the majority moved past.
 
 import { isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
@@ -371,12 +371,13 @@ export class Gateway implements ObjectStore {
   }
 
   /**
-   * Runs fn on one replica of oid, this node's own first, moving to the next while they fail.
-   * Reads are not fenced by the majority yet: a node loads its images at start before the others
-   * are back (a whole-cluster restart starts nodes one by one), and would wait for them for ever.
+   * Runs fn on one replica of oid, this node's own first, moving to the next while they fail. A
+   * node cut off from the majority of its view serves no read either, not even from its own copy:
+   * the majority may have changed the object since.
    */
   private async fromOne<T> (oid: ObjectId, fn: (node: string, epoch: number) => Promise<T>): Promise<T> {
     for (;;) {
+      if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
       const epoch = this.cluster.epoch
       const replicas = this.replicasOf(oid)
       const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas

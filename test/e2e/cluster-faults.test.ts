@@ -4,7 +4,7 @@
 
 import t from 'tap'
 import { execFile } from 'node:child_process'
-import { clusterState, type Daemon, qemuIo, startCluster, storedObjects, waitForView } from '../helpers/daemon'
+import { clusterState, type Daemon, qemuIo, QemuIoSession, startCluster, storedObjects, waitForView } from '../helpers/daemon'
 
 const MiB = 2 ** 20
 
@@ -111,21 +111,29 @@ t.test('a frozen node (SIGSTOP) is left out of the view; writes go on; after SIG
   t.pass('node 2, thawed, rejoins and reads the new bytes')
 })
 
-t.test('a node cut off from the majority accepts no write', async t => {
+t.test('a node cut off from the majority accepts no write and answers no read', async t => {
   const nodes = await startCluster(t, 3)
   const [n1, n2, n3] = nodes as [Daemon, Daemon, Daemon]
   ok(n1, ['image', 'create', 'vm.img', '8M', '--copies', '3'])
   qemuIo(n1.image('vm.img'), ['write -P 0x66 0 8M'])
+  // Held open before the cut, as a guest holds its disk: its read reaches the daemon directly.
+  const reading = new QemuIoSession(t, n1.image('vm.img'))
+  await reading.run('read -P 0x66 0 4096')
   // Freezing the other two leaves node 1 alone: one of three is no majority.
   for (const d of [n2, n3]) process.kill(d.pid, 'SIGSTOP')
   t.teardown(() => { for (const d of [n2, n3]) try { process.kill(d.pid, 'SIGCONT') } catch {} })
   const alone = await eventuallyTrue(() => clusterState(n1)?.quorate === false, 15_000)
   t.ok(alone, 'node 1 says it has no majority')
+  const read = reading.run('read -P 0x66 4096 4096')
+  const early = await Promise.race([read.then(() => 'done'), new Promise(resolve => setTimeout(() => resolve('waiting'), 3000))])
+  t.equal(early, 'waiting', 'a read on the minority side is not answered, not even from its own copy')
   const writing = write(n1.image('vm.img'), 0x77, 0, 4096)
-  const early = await Promise.race([writing.then(() => 'done'), new Promise(resolve => setTimeout(() => resolve('waiting'), 3000))])
-  t.equal(early, 'waiting', 'a write on the minority side is not acknowledged')
+  const earlyWrite = await Promise.race([writing.then(() => 'done'), new Promise(resolve => setTimeout(() => resolve('waiting'), 3000))])
+  t.equal(earlyWrite, 'waiting', 'a write there is not acknowledged')
   for (const d of [n2, n3]) process.kill(d.pid, 'SIGCONT')
   t.ok(await writing, 'once the others are back, the write completes')
+  t.notMatch(await read, /fail|error|mismatch/i, 'and the read is answered, with the bytes')
+  await reading.quit()
   await waitForView(nodes, 3)
   for (const d of nodes) qemuIo(d.image('vm.img'), ['read -P 0x77 0 4096', 'read -P 0x66 4096 8384512'])
   t.pass('and every node reads it')
