@@ -11,7 +11,7 @@ export type ErrorCode =
   | 'EROFS' // write to something read-only
   | 'EISDIR'
   | 'ENOTDIR'
-  | 'EPERM' // operation not supported on this kind of entry
+  | 'EPERM' // operation not supported on this kind of entry; a peer's request it may not make
   | 'EBUSY' // in use (store locked, image open, mount busy)
   | 'EIO' // a corrupt, truncated or missing object
   | 'ENOTSUP'

@@ -189,6 +189,7 @@ export class SheepNode {
     await objects.asReplica(() => epochFloor(cluster.epoch))
     await cluster.start()
     let gateway: Gateway | null = null
+    let tokens: ClusterTokens | null = null
     const recovery = new Recovery(objects, cluster, {
       replicasOf: oid => oidType(oid) === ObjectType.Data && this.images?.copiesOf(oidVid(oid)) === undefined ? null : (gateway as Gateway).replicasOf(oid),
       widest: oid => cluster.placement.replicas(oid, oidType(oid) === ObjectType.Data ? MAX_COPIES : METADATA_COPIES)
@@ -204,7 +205,12 @@ export class SheepNode {
         return await gateway.asPrimary(oid, data, expected)
       },
       // Before its images are loaded a node has none open, and nothing to write out.
-      release: async (vid, purpose) => await this.images?.releaseToken(vid, purpose)
+      release: async (vid, purpose) => await this.images?.releaseToken(vid, purpose),
+      isMember: id => cluster.view?.members.some(m => m.id === id) === true,
+      tokenOf: async vid => {
+        if (tokens === null) throw SheepError.unreachable('this node is still starting')
+        return await tokens.record(vid)
+      }
     }))
     // A joining node serves nothing until a view lists it; with manual admission it waits for
     // an operator as long as it takes. A removed node never will be listed again.
@@ -231,9 +237,10 @@ export class SheepNode {
     this.gateway = gateway
     recovery.start(view)
     cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })
-    const tokens = new ClusterTokens(gateway, cluster)
-    gateway.fenceWith((oid, epoch) => tokens.fence(oid, epoch))
-    return { store: gateway, tokens }
+    const held = new ClusterTokens(gateway, cluster)
+    tokens = held
+    gateway.fenceWith((oid, epoch) => held.fence(oid, epoch))
+    return { store: gateway, tokens: held }
   }
 
   /** Picks up other hosts' image changes: at once when told, and every REFRESH_MS in case a notice was lost. */

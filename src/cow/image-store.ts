@@ -164,7 +164,17 @@ export class ImageStore {
       const e = this.dir.get(vid) as DirectoryEntry
       // The directory is the commit point: a header that missed a rename or a snapshot follows it.
       if (image.name !== e.name || image.header.tag !== e.tag) {
-        await image.relabel({ name: e.name, tag: e.tag, snapshotTime: e.tag === '' ? 0 : image.header.snapshotTime || Date.now() })
+        const relabel = async (): Promise<void> => await image.relabel({ name: e.name, tag: e.tag, snapshotTime: e.tag === '' ? 0 : image.header.snapshotTime || Date.now() })
+        if (this.tokens === undefined) await relabel()
+        else {
+          // On a cluster as the holder of its token; one that another host has open for writing
+          // keeps its header until a later change there.
+          try {
+            await this.changing(image, relabel)
+          } catch (err) {
+            this.log(`${label(e)}: its header still says ${JSON.stringify(image.header.tag === '' ? image.name : `${image.name}@${image.header.tag}`)}: ${(err as Error).message}`)
+          }
+        }
       }
       if (this.soleWriter && !image.isSnapshot) await image.zeroTail()
     }
@@ -363,7 +373,8 @@ export class ImageStore {
           if (old) this.restoreToDirectory(old)
         })
         if (old) this.markUnlinked(old)
-        for (const i of moved) await i.relabel({ name: to })
+        // Each header by the holder of its inode's token: replicas take nothing else (src/swarm/replica.ts).
+        for (const i of moved) await (i === image ? i.relabel({ name: to }) : this.changing(i, async () => await i.relabel({ name: to })))
       }
       // The name is in the header too, which the token's holder writes.
       await this.changing(image, async () => old === undefined ? await rename() : await this.changing(old, rename))
@@ -785,7 +796,7 @@ export class ImageStore {
       if (err instanceof SheepError && err.code === 'ENOENT') throw this.lose(image, `${image.name} was deleted or rolled back on another host: open it again`)
       throw err
     }
-    if (fresh.isSnapshot) throw this.lose(image, `${image.name} was snapshotted on another host while open here: open it again`)
+    if (fresh.isSnapshot && !image.isSnapshot) throw this.lose(image, `${image.name} was snapshotted on another host while open here: open it again`)
     const dropped = image.adopt(fresh)
     image.token.reloadOwed = false
     if (dropped > 0) this.log(`${image.name}: dropped ${dropped} owner entries not written out before another host took the image's write token`)
@@ -946,11 +957,13 @@ export class ImageStore {
     const entry = this.dir.get(vid) as DirectoryEntry
     await this.commit(() => this.dir.delete(vid), () => this.dir.set(vid, entry))
     this.broken.delete(vid)
+    await this.tokens?.bury(vid)
     const doomed = []
     for await (const info of this.objects.list()) {
       if (oidType(info.oid) !== ObjectType.Meta && oidVid(info.oid) === vid) doomed.push(info.oid)
     }
     for (const oid of doomed) await this.objects.remove(oid)
+    await this.tokens?.forget(vid)
   }
 
   /**
@@ -1003,7 +1016,9 @@ export class ImageStore {
     }
     for (const e of hidden) {
       const image = this.inodes.get(e.vid)
-      if (image !== undefined && referenced.has(e.vid)) await image.freeUnreferenced(referenced.get(e.vid))
+      const keep = referenced.get(e.vid)
+      // As the holder of the snapshot's token, which the host that froze it may still hold.
+      if (image !== undefined && keep !== undefined && image.ownsOutside(keep)) await this.changing(image, async () => await image.freeUnreferenced(keep))
     }
   }
 

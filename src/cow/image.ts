@@ -766,6 +766,12 @@ export class Image {
   }
 
   /** Deletes data objects of this inode that `referenced` does not list, and clears their entries. */
+  /** Whether this inode owns a block outside `referenced` (one freeUnreferenced would free). */
+  ownsOutside (referenced: Set<number>): boolean {
+    for (const idx of this.table.ownedBy(this.vid)) if (!referenced.has(idx)) return true
+    return false
+  }
+
   async freeUnreferenced (referenced: Set<number> | undefined): Promise<number> {
     const freed = [...this.table.ownedBy(this.vid)].filter(idx => !referenced?.has(idx))
     if (freed.length === 0) return 0

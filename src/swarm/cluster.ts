@@ -65,7 +65,7 @@ export interface ClusterOptions {
 }
 
 /** Serves object requests (./replica.ts); set once the object layer is up. */
-export type ObjectHandler = (req: Request, from: Link) => Promise<Partial<Response>>
+export type ObjectHandler = (req: Request, from: string) => Promise<Partial<Response>>
 
 const VIEWS_FILE = 'views.json'
 
@@ -320,7 +320,7 @@ export class Cluster extends EventEmitter {
       }
       default:
         if (this.objectHandler === null) throw SheepError.unreachable('this node does not serve objects yet')
-        return await this.objectHandler(req, from)
+        return await this.objectHandler(req, from.remoteId)
     }
   }
 

@@ -1,11 +1,21 @@
-// The replica side of the object protocol: a peer's request, checked against this node's epoch,
-// carried out on the local object store.
+// The replica side of the object protocol: a peer's request, checked against this node's epoch
+// and against who may make it, carried out on the local object store.
+//
+// Who may: object requests come only from members of this node's view (a node that proved the
+// secret but was not admitted, or was removed, gets EPERM). A change to an image's data or inode
+// objects comes only from the host that holds the image's write token (./write-tokens.ts): a
+// member that does not, tampered or confused, cannot overwrite or delete a disk another host
+// writes. The holder of each image is looked up once per epoch and again when another member
+// writes (the token moves within an epoch when a host asks the holder to let go). An image no
+// host has taken the token of yet (just created, never opened for writing) has no holder: any
+// member may write its objects, as its creator does.
 
 import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
-import { ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
+import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
-import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, usage } from './messages'
+import { short } from './link'
+import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage } from './messages'
 
 export interface ReplicaContext {
   epoch: () => number
@@ -14,7 +24,16 @@ export interface ReplicaContext {
   asPrimary: (oid: bigint, data: Uint8Array, expected: number) => Promise<number>
   /** Another host takes the write token of image vid, which this host may hold (./write-tokens.ts). */
   release: (vid: number, purpose: TokenPurpose) => Promise<void>
+  /** Whether node id is a member of this node's current view. */
+  isMember: (id: string) => boolean
+  /** Image vid's write-token record as the cluster has it now; null when no host took it yet. */
+  tokenOf: (vid: number) => Promise<TokenRecord | null>
 }
+
+/** Requests that change an object. */
+const CHANGES = new Set([Op.Create, Op.Write, Op.Truncate, Op.Remove, Op.Replace])
+/** Holders remembered; past this many images the memory starts over (a lookup is one read). */
+const HOLDERS_KEPT = 4096
 
 /**
  * The largest object a replica takes: an inode of the largest image with the smallest objects
@@ -22,15 +41,18 @@ export interface ReplicaContext {
  */
 export const MAX_OBJECT_BYTES = 2 ** 37
 
-export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request) => Promise<Partial<Response>> {
+export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: Request, from: string) => Promise<Partial<Response>> {
   const { epoch, quorate } = ctx
-  return async req => {
+  const mayChange = writeGate(ctx)
+  return async (req, from) => {
     // A node cut off from the majority of its view must not take writes: the majority may have
     // moved on without it.
     if (!quorate()) throw SheepError.unreachable('this replica cannot reach a majority of its view')
     const mine = epoch()
     // Another epoch may place this object elsewhere: the sender must first agree with us on the view.
     if (req.epoch !== mine) throw SheepError.stale(`request for epoch ${req.epoch}, this node is in epoch ${mine}`)
+    if (!ctx.isMember(from)) throw new SheepError('EPERM', `node ${short(from)} is not a member of view ${mine}`)
+    if (CHANGES.has(req.op)) await mayChange(req.oid, from, mine)
     const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
     // Sizes are checked before the store sees them: a made-up size of 2^52 must not become a
     // catalog record, a file or an allocation.
@@ -95,10 +117,32 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         await ctx.release(oidVid(req.oid), req.version === 1 ? 'change' : 'io')
         return done()
       case Op.CompareReplace:
+        // Only records shared by every host change this way; an image's objects belong to its token's holder.
+        if (oidType(req.oid) !== ObjectType.Meta && oidType(req.oid) !== ObjectType.Token) throw SheepError.invalid(`compare-and-replace of ${oidToHex(req.oid)}, which is not a directory or token object`)
         return done({ version: await ctx.asPrimary(req.oid, req.data, req.version) })
       default:
         throw SheepError.protocol(`unknown object operation ${req.op}`)
     }
+  }
+}
+
+/**
+ * The check that a change to an image's data or inode object comes from the image's token holder:
+ * resolves when `from` may make it in `epoch`, EPERM when it may not.
+ */
+function writeGate (ctx: ReplicaContext): (oid: ObjectId, from: string, epoch: number) => Promise<void> {
+  const holders = new Map<number, { epoch: number, holder: string }>()
+  return async (oid, from, epoch) => {
+    const type = oidType(oid)
+    if (type !== ObjectType.Data && type !== ObjectType.Inode) return
+    const vid = oidVid(oid)
+    const known = holders.get(vid)
+    if (known?.epoch === epoch && known.holder === from) return
+    const record = await ctx.tokenOf(vid)
+    if (record === null) return
+    if (holders.size >= HOLDERS_KEPT) holders.clear()
+    holders.set(vid, { epoch, holder: record.holder })
+    if (record.holder !== from) throw new SheepError('EPERM', `node ${short(from)} changed object ${oidToHex(oid)} of image ${vid.toString(16)}, whose write token node ${short(record.holder)} holds`)
   }
 }
 

@@ -118,6 +118,11 @@ export class ClusterTokens implements WriteTokens {
     }
   }
 
+  /** Image vid's token record as the token object's primary has it; null if no host took it yet. */
+  async record (vid: number): Promise<TokenRecord | null> {
+    return (await this.read(vid)).current
+  }
+
   /**
    * The record and the version it was read at (0: there is none), as the token object's primary
    * has them: a swap is compared against the primary's version, and a replica whose count strayed

@@ -4,9 +4,13 @@
 // agreement request, and on command sends every node a forged 'decided' view.
 //
 // argv: secret (hex), ports (comma-separated). Prints `key HEX` once every link is open; then
-// for each stdin line `forge EPOCH ID,ID,...` sends a view of EPOCH whose only member is itself,
-// with its own valid vote and made-up votes in the names of the ids given, and prints
-// `sent ERRORS` ('' per node that took the message). Exits when stdin ends.
+// for each stdin line, sends every node one message and prints `sent ERRORS` (the error code each
+// node answered, '' when it took the message):
+// - `forge EPOCH ID,ID,...`: a decided view of EPOCH whose only member is itself, with its own
+//   valid vote and made-up votes in the names of the ids given;
+// - `write EPOCH OID` and `remove EPOCH OID` (OID in hex): an object write of 4 KiB of 0xee at
+//   offset 0, or a remove, in EPOCH, as a member that holds no write token.
+// Exits when stdin ends.
 
 import crypto from 'node:crypto'
 import net from 'node:net'
@@ -14,7 +18,7 @@ import readline from 'node:readline'
 import DHT from 'hyperdht'
 import { Link, type SecureStream } from '../../src/swarm/link'
 import { secretStreamOver } from '../../src/swarm/mesh'
-import { agreement, encode, Op } from '../../src/swarm/messages'
+import { agreement, encode, objectList, Op, type Request } from '../../src/swarm/messages'
 import type { View } from '../../src/swarm/view'
 import { voteSigner } from '../../src/swarm/votes'
 
@@ -33,7 +37,8 @@ async function main (): Promise<void> {
       secret: () => secret,
       gate: (_id, proves) => proves(secret) ? null : 'bad proof',
       self: () => ({ member: self, view: { epoch: 0, members: [] } }),
-      onRequest: async () => ({}),
+      // An empty store: other members' recovery asks every member for its list of objects.
+      onRequest: async req => req.op === Op.List ? { data: encode(objectList, []), size: 0 } : {},
       log: () => {}
     })
     await new Promise((resolve, reject) => { link.once('open', resolve); link.once('close', reject) })
@@ -42,12 +47,20 @@ async function main (): Promise<void> {
   process.stdout.write(`key ${key}\n`)
   const lines = readline.createInterface({ input: process.stdin })
   for await (const line of lines) {
-    const [, epoch, ids] = line.split(' ')
-    const forged: View = { epoch: Number(epoch), members: [self] }
-    const ballot = { round: 1, proposer: key }
-    const votes = [key, ...(ids ?? '').split(',')].map(id => ({ voter: id, signature: voteSigner(id === key ? kp : DHT.keyPair(crypto.randomBytes(32))).sign(ballot, forged) }))
-    const data = encode(agreement, { type: 'decided', view: forged, certificate: { ballot, votes } })
-    const answers = await Promise.all(links.map(async l => await l.call({ epoch: 0, op: Op.Agree, oid: 0n, offset: 0, length: 0, version: 0, data }, 5000).then(r => r.error, (e: Error) => e.message)))
+    const [command, epoch, arg] = line.split(' ')
+    const base: Omit<Request, 'id'> = { epoch: Number(epoch), op: Op.Agree, oid: 0n, offset: 0, length: 0, version: 0, data: Buffer.alloc(0) }
+    let req: Omit<Request, 'id'>
+    if (command === 'forge') {
+      const forged: View = { epoch: Number(epoch), members: [self] }
+      const ballot = { round: 1, proposer: key }
+      const votes = [key, ...(arg ?? '').split(',')].map(id => ({ voter: id, signature: voteSigner(id === key ? kp : DHT.keyPair(crypto.randomBytes(32))).sign(ballot, forged) }))
+      req = { ...base, epoch: 0, data: encode(agreement, { type: 'decided', view: forged, certificate: { ballot, votes } }) }
+    } else if (command === 'write') {
+      req = { ...base, op: Op.Write, oid: BigInt(`0x${arg ?? ''}`), data: Buffer.alloc(4096, 0xee) }
+    } else {
+      req = { ...base, op: Op.Remove, oid: BigInt(`0x${arg ?? ''}`) }
+    }
+    const answers = await Promise.all(links.map(async l => await l.call(req, 5000).then(r => r.error, (e: Error) => e.message)))
     process.stdout.write(`sent ${answers.join(',')}\n`)
   }
   process.exit(0)

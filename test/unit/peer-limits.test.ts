@@ -36,7 +36,9 @@ function bigStore (n: number): { store: ObjectStore, touched: string[] } {
   return { store, touched }
 }
 
-const ctx = { epoch: () => 1, quorate: () => true, asPrimary: async () => 1, release: async () => {} }
+/** The member the requests come from. */
+const PEER = 'a'.repeat(64)
+const ctx = { epoch: () => 1, quorate: () => true, asPrimary: async () => 1, release: async () => {}, isMember: () => true, tokenOf: async () => null }
 
 t.test('a List of 400 000 objects comes in pages under the message limit, in order, all of them', async t => {
   const n = 400_000
@@ -44,7 +46,7 @@ t.test('a List of 400 000 objects comes in pages under the message limit, in ord
   const serve = replicaHandler(store, ctx)
   const sizes: number[] = []
   const { entries, refused } = await listAll(async from => {
-    const res = await serve(req({ op: Op.List, oid: from }))
+    const res = await serve(req({ op: Op.List, oid: from }), PEER)
     const data = res.data ?? EMPTY
     sizes.push(data.length)
     return { id: 1, error: '', message: '', epoch: 1, version: 0, size: res.size ?? 0, data }
@@ -76,11 +78,11 @@ t.test('sizes past the largest object are refused before the store sees them', a
     req({ op: Op.Write, offset: Number.MAX_SAFE_INTEGER - 3, data: Buffer.alloc(8) }),
     req({ op: Op.Read, offset: 2 ** 50, length: 10 })
   ]) {
-    const err = await sheepError(async () => await serve(r))
+    const err = await sheepError(async () => await serve(r, PEER))
     t.equal(err.code, 'EFBIG', `op ${r.op}: EFBIG (${err.message})`)
   }
   t.same(touched, [], 'the store was not called')
-  const read = await sheepError(async () => await serve(req({ op: Op.Read, length: MAX_DATA + 1 })))
+  const read = await sheepError(async () => await serve(req({ op: Op.Read, length: MAX_DATA + 1 }), PEER))
   t.equal(read.code, 'EINVAL', 'a read of more than MAX_DATA is refused')
 })
 

@@ -69,14 +69,16 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       epoch: () => peer.epoch,
       quorate: () => true,
       asPrimary: async () => { throw new Error('not used') },
-      release: async () => {}
+      release: async () => {},
+      isMember: () => true,
+      tokenOf: async () => null
     })
     return {
       async call (req: Omit<Request, 'id'>): Promise<Response> {
         const base: Response = { id: 0, error: '', message: '', epoch: peer.epoch, version: 0, size: 0, data: EMPTY }
         if (!peer.up) throw SheepError.unreachable(`${id} went away`)
         try {
-          return { ...base, ...await serve({ ...req, id: 0 }) }
+          return { ...base, ...await serve({ ...req, id: 0 }, self) }
         } catch (err) {
           const e = err as SheepError
           return { ...base, error: e.code, message: e.message }
