@@ -36,6 +36,7 @@ cluster (without these options a node keeps everything in its own store)
   start ... --bootstrap HOST:PORT   a DHT bootstrap node to use (repeatable)
   start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
   start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
+  start ... --min-copies N          replicas that must take a write when others' disks fail it (default: a majority of its copies)
   cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
   cluster rotate-secret             a new secret for every member; prints the new token (old tokens stop working)
   node list [--json]                members of the view (id, address, zone, weight, capacity, used, state) and candidates
@@ -218,6 +219,7 @@ async function main (argv: string[]): Promise<void> {
         port: { type: 'string' },
         'no-direct': { type: 'boolean' },
         admission: { type: 'string' },
+        'min-copies': { type: 'string' },
         'root-mode': { type: 'string' }
       }, 0)
       const { startCommand } = await import('./start')
@@ -232,6 +234,9 @@ async function main (argv: string[]): Promise<void> {
         usageError('--zone, --host, --port and --no-direct are for a cluster: add --bootstrap-port, --bootstrap or --join')
       }
       if (values['no-direct'] === true && values.port !== undefined) usageError('--port is the direct path\'s port: not with --no-direct')
+      const minCopies = count(values['min-copies'], '--min-copies')
+      if (minCopies === 0) usageError('bad --min-copies 0: at least 1')
+      if (minCopies !== undefined && !clustered) usageError('--min-copies is for a cluster: add --bootstrap-port, --bootstrap or --join')
       const admission = values.admission ?? 'auto'
       if (admission !== 'auto' && admission !== 'manual') usageError(`bad --admission ${JSON.stringify(admission)}: auto or manual`)
       if (values.admission !== undefined && values['bootstrap-port'] === undefined) usageError('--admission is for founding a cluster: add --bootstrap-port')
@@ -252,7 +257,8 @@ async function main (argv: string[]): Promise<void> {
               bootstrap,
               join: typeof values.join === 'string' ? values.join : null,
               zone: typeof values.zone === 'string' ? values.zone : '',
-              admission
+              admission,
+              minCopies: minCopies ?? 0
             }
           : undefined,
         argv: rest

@@ -56,6 +56,14 @@ const CODES = new Set<string>(['ENOENT', 'EEXIST', 'EINVAL', 'ENAMETOOLONG', 'EF
 
 export function isErrorCode (code: string): code is ErrorCode { return CODES.has(code) }
 
+/**
+ * A failure of one store's disk (EIO, ENOSPC), not of the request: another replica may well have
+ * done what this one could not.
+ */
+export function isDiskFailure (err: unknown): boolean {
+  return err instanceof SheepError && (err.code === 'EIO' || err.code === 'ENOSPC')
+}
+
 /** Turns anything thrown (a SheepError, a Node system error, a bug) into a SheepError. */
 export function toSheepError (err: unknown): SheepError {
   if (err instanceof SheepError) return err

@@ -53,6 +53,8 @@ export interface ClusterNodeOptions {
   zone: string
   /** When founding: joiners wait as candidates until `sheep node admit` (the view keeps it). */
   admission: 'auto' | 'manual'
+  /** Replicas that must take a write when others' disks fail it; 0: a majority of its copies (./swarm/gateway.ts). */
+  minCopies: number
 }
 
 /** Copies of inodes and the directory: metadata is kept at least this safe. */
@@ -233,7 +235,7 @@ export class SheepNode {
     const copiesOf = (oid: ObjectId): number => oidType(oid) === ObjectType.Data
       ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
       : METADATA_COPIES
-    gateway = new Gateway(local, cluster, { copiesOf })
+    gateway = new Gateway(local, cluster, { copiesOf, minCopies: opts.minCopies })
     this.gateway = gateway
     recovery.start(view)
     cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })

@@ -8,10 +8,12 @@
 // then the call waits for the next view, which places the object on live nodes, and runs again
 // on its replicas there (writing the same bytes twice is harmless). A replica that a new view
 // added and that lacks the object gets a whole copy from one that has it before the write goes
-// on. A node that cannot reach a majority of its view refuses writes and serves no reads: a
+// on. A replica whose disk fails the change (EIO, ENOSPC) does not fail it while at least
+// `minCopies` replicas took it: that replica marks its copy missed and repairs it from the others
+// (./recovery.ts), and reads go to another replica meanwhile. A node that cannot reach a majority of its view refuses writes and serves no reads: a
 // minority partition never accepts a write nor answers from a copy the majority moved past.
 
-import { isErrorCode, SheepError, toSheepError } from '../errors'
+import { isDiskFailure, isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import { epochFloor, nextVersion } from '../objects/versions'
@@ -26,6 +28,11 @@ export interface GatewayOptions {
   requestTimeoutMs?: number
   /** How long a call waits for a new view when a replica is gone, before it fails. */
   viewWaitMs?: number
+  /**
+   * Replicas that must take a change for it to succeed when others' disks fail it; 0: a majority
+   * of the object's copies. Capped by the replicas the view has.
+   */
+  minCopies?: number
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
@@ -35,6 +42,9 @@ const STOPPING_VIEW_WAIT_MS = 3000
 const PIECE = 4 * 2 ** 20
 /** A replica whose epoch lags ours is told about the new view in a moment: ask again this soon. */
 const STALE_RETRY_MS = 20
+/** A repair of a copy that missed a change (its disk is full, say) is tried again after this, doubling up to the most. */
+const REPAIR_RETRY_MS = 1000
+const REPAIR_RETRY_MAX_MS = 30_000
 
 const EMPTY = new Uint8Array(0)
 
@@ -55,11 +65,20 @@ export class Gateway implements ObjectStore {
   /** Compare-and-replace calls this node runs as primary, one at a time per object. */
   private readonly primaryQueue = new Map<ObjectId, Promise<void>>()
   private fence: WriteFence = () => undefined
+  private stopped = false
+  /** Changes of each object under way here, and the waiters for none (see repair()). */
+  private readonly inFlight = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
+  /** Objects being repaired: their changes wait. */
+  private readonly repairs = new Map<ObjectId, Promise<void>>()
+  /** Replicas whose disk failed a change of each object, to repair. */
+  private readonly missedBy = new Map<ObjectId, Set<string>>()
+  /** Objects whose repair is to be tried again after a wait. */
+  private readonly repairsDue = new Set<ObjectId>()
 
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
     this.cluster = cluster
-    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, ...opts }
+    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, minCopies: 0, ...opts }
     this.viewWaitMs = this.opts.viewWaitMs
   }
 
@@ -270,6 +289,7 @@ export class Gateway implements ObjectStore {
    */
   stopping (): void {
     this.viewWaitMs = Math.min(this.viewWaitMs, STOPPING_VIEW_WAIT_MS)
+    this.stopped = true
   }
 
   /** One member's store capacity and free space; null if it does not answer. */
@@ -308,9 +328,10 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  /** Gives `target` a whole copy of oid, at its version, from another replica that holds it. */
-  private async copyTo (target: string, epoch: number, oid: ObjectId): Promise<void> {
-    const sources = this.replicasOf(oid).filter(n => n !== target)
+  /** Gives `target` a whole copy of oid, at its version, from another replica that holds it (none of `exclude`). */
+  private async copyTo (target: string, epoch: number, oid: ObjectId, exclude: ReadonlySet<string> = new Set()): Promise<void> {
+    const sources = this.replicasOf(oid).filter(n => n !== target && !exclude.has(n))
+    let failure: unknown = sources.length === 0 ? SheepError.unreachable(`object ${oidToHex(oid)}: no current replica to copy it from`) : null
     for (const source of sources) {
       let bytes: Buffer
       let version: number
@@ -329,12 +350,15 @@ export class Gateway implements ObjectStore {
             bytes.set(res.data, done)
           }
         }
-      } catch {
+      } catch (err) {
+        if (!(err instanceof SheepError && err.code === 'ENOENT')) failure = err
         continue
       }
       await this.send(target, epoch, Op.Replace, { oid, data: bytes, version })
       return
     }
+    // ENOENT only when every replica asked said it has none.
+    if (failure !== null) throw toSheepError(failure)
     throw SheepError.notFound(`object ${oidToHex(oid)} (no replica holds it)`)
   }
 
@@ -346,6 +370,21 @@ export class Gateway implements ObjectStore {
    * the same version, which recovery cannot tell).
    */
   private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
+    for (let repair = this.repairs.get(oid); repair !== undefined; repair = this.repairs.get(oid)) await repair
+    const flight = this.inFlight.get(oid) ?? { count: 0, idle: [] }
+    this.inFlight.set(oid, flight)
+    flight.count++
+    try {
+      await this.everywhereOnce(oid, fn)
+    } finally {
+      if (--flight.count === 0) {
+        this.inFlight.delete(oid)
+        for (const wake of flight.idle.splice(0)) wake()
+      }
+    }
+  }
+
+  private async everywhereOnce (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
       let epoch = this.cluster.epoch
@@ -356,18 +395,85 @@ export class Gateway implements ObjectStore {
       const replicas = this.replicasOf(oid)
       const others = replicas.filter(n => n !== this.cluster.id)
       const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))
-      const failed = results.find(r => r.status === 'rejected')
-      if (failed !== undefined) {
-        await this.afterFailure(epoch, failed.reason)
+      const failed = new Map<string, unknown>()
+      results.forEach((r, i) => { if (r.status === 'rejected') failed.set(others[i] as string, r.reason) })
+      const lost = [...failed.values()].find(err => !isDiskFailure(err))
+      if (lost !== undefined) {
+        await this.afterFailure(epoch, lost)
         continue
       }
-      if (others.length === replicas.length) return
-      try {
-        return await fn(this.cluster.id, epoch, attempt)
-      } catch (err) {
-        await this.afterFailure(epoch, err)
+      if (others.length < replicas.length) {
+        try {
+          await fn(this.cluster.id, epoch, attempt)
+        } catch (err) {
+          if (!isDiskFailure(err)) {
+            await this.afterFailure(epoch, err)
+            continue
+          }
+          failed.set(this.cluster.id, err)
+        }
       }
+      if (failed.size === 0) return
+      // Those whose disks failed it refuse the object until a current copy replaces theirs.
+      const missed = this.missedBy.get(oid) ?? new Set()
+      for (const node of failed.keys()) missed.add(node)
+      this.missedBy.set(oid, missed)
+      this.repairLater(oid, 0)
+      const needed = Math.min(replicas.length, this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(this.opts.copiesOf(oid) / 2) + 1)
+      if (replicas.length - failed.size < needed) throw toSheepError(failed.values().next().value)
+      return
     }
+  }
+
+  /**
+   * Replaces the copies of oid that missed a change with a current one, once no change of it is
+   * under way here (changes wait meanwhile): a copy taken while a change is on its way to the
+   * source could lack it. A repair that fails is tried again later; the copy is refused by its
+   * own replica until then.
+   */
+  private repairLater (oid: ObjectId, ms: number): void {
+    if (this.stopped || this.repairs.has(oid) || this.repairsDue.has(oid)) return
+    if (ms === 0) return this.repairNow(oid, ms)
+    this.repairsDue.add(oid)
+    setTimeout(() => {
+      this.repairsDue.delete(oid)
+      this.repairNow(oid, ms)
+    }, ms).unref()
+  }
+
+  private repairNow (oid: ObjectId, ms: number): void {
+    if (this.stopped) return
+    const run = (async () => {
+      const flight = this.inFlight.get(oid)
+      if (flight !== undefined) await new Promise<void>(resolve => flight.idle.push(resolve))
+      const nodes = this.missedBy.get(oid) ?? new Set<string>()
+      const epoch = this.cluster.epoch
+      const replicas = this.replicasOf(oid)
+      for (const node of [...nodes]) {
+        // A node the view no longer gives the object: recovery drops its copy.
+        if (!replicas.includes(node)) { nodes.delete(node); continue }
+        try {
+          await this.copyTo(node, epoch, oid, nodes)
+          nodes.delete(node)
+        } catch (err) {
+          if (!(err instanceof SheepError && err.code === 'ENOENT')) continue
+          // No current replica holds it: the change it missed was a remove.
+          await this.send(node, epoch, Op.Remove, { oid }).then(() => nodes.delete(node), () => {})
+        }
+      }
+      return nodes.size === 0
+    })()
+    const done = run.then(() => {}, () => {})
+    this.repairs.set(oid, done)
+    const again = Math.min(Math.max(ms * 2, REPAIR_RETRY_MS), REPAIR_RETRY_MAX_MS)
+    run.then(finished => {
+      this.repairs.delete(oid)
+      if (finished) this.missedBy.delete(oid)
+      else this.repairLater(oid, again)
+    }, () => {
+      this.repairs.delete(oid)
+      this.repairLater(oid, again)
+    })
   }
 
   /**
@@ -389,7 +495,8 @@ export class Gateway implements ObjectStore {
         } catch (err) {
           last = err
           if (err instanceof SheepError && err.code === 'ENOENT') missing++
-          else if (!retryable(err)) throw err
+          // A disk that failed it (or a copy that missed a change and is being repaired): another replica may serve it.
+          else if (!retryable(err) && !isDiskFailure(err)) throw err
         }
       }
       // Every replica answered and none has it: it does not exist.

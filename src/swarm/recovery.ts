@@ -9,8 +9,15 @@
 // wait for that copy, so none is lost under it); the rest are copied in the background, a few at
 // a time. Then the node drops its copies of objects placement no longer gives it, once every
 // current replica holds them at least as new.
+//
+// Between views: a change this node's disk failed (EIO, ENOSPC) leaves its copy behind the
+// others', which took it. The copy is marked missed at once, and every access to it here fails
+// with EIO (readers go to another replica; the writer counts one acknowledgement less) until a
+// whole copy replaces it: the writer's repair, which it sends once its writes to the object are
+// done (./gateway.ts), or this recovery's copy at the next view. So a replica that missed a
+// change never serves the bytes it missed, nor takes changes on top of them.
 
-import { SheepError } from '../errors'
+import { isDiskFailure, SheepError, toSheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
 import type { LocalObjectStore } from '../objects/local-store'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
@@ -66,7 +73,7 @@ function newer (node: string, e: ObjectEntry, known: Copy): boolean {
   return e.version > known.version || (e.version === known.version && node < known.node)
 }
 
-export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number }
+export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number, missed: number, repaired: number }
 
 export class Recovery {
   private readonly raw: RecoveryStore
@@ -85,7 +92,10 @@ export class Recovery {
   /** Members whose list the current round's plan still lacks. */
   private waitingFor: string[] = []
   private round = 0
-  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0 }
+  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0 }
+  /** Copies here that missed a change the other replicas took (see the note at the top). */
+  private readonly missed = new Map<ObjectId, string>()
+  private repairs = 0
 
   /** Replicas of oid for the most copies any image may ask: a superset of its real replicas. */
   private readonly widest: (oid: ObjectId) => string[]
@@ -110,12 +120,12 @@ export class Recovery {
     this.copiesKnown.resolve()
   }
 
-  get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size } }
+  get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size, missed: this.missed.size, repaired: this.repairs } }
 
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round
-    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0 }
+    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0 }
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
@@ -180,20 +190,67 @@ export class Recovery {
     if (this.pending.has(oid)) await this.copy(oid)
   }
 
+  /** A change of oid failed on this node's disk: its copy is behind the replicas that took it. */
+  private miss (oid: ObjectId, err: unknown): void {
+    const why = toSheepError(err).message
+    if (!this.missed.has(oid)) this.log(`object ${oidToHex(oid)}: a change failed here (${why}); this copy is not served until a replica's copy replaces it`)
+    this.missed.set(oid, why)
+  }
+
+  /** A whole copy replaced oid here: it is current again. */
+  private mended (oid: ObjectId): void {
+    if (!this.missed.delete(oid)) return
+    this.repairs++
+    this.log(`object ${oidToHex(oid)}: replaced by a current copy`)
+  }
+
+  private refuseMissed (oid: ObjectId): void {
+    const why = this.missed.get(oid)
+    if (why !== undefined) throw SheepError.corrupt(`object ${oidToHex(oid)}: this replica's copy missed a change (${why}) and is not repaired yet`)
+  }
+
   /** The store this node's replica serves: every access waits for its object's recovery first. */
   guarded (): ObjectStore {
     const raw = this.raw
     const guard = async (oid: ObjectId): Promise<void> => await this.guard(oid)
+    // A change this disk failed leaves the copy behind the replicas that took it.
+    const change = async <T>(oid: ObjectId, fn: () => Promise<T>): Promise<T> => {
+      await guard(oid)
+      this.refuseMissed(oid)
+      try {
+        return await fn()
+      } catch (err) {
+        if (isDiskFailure(err)) this.miss(oid, err)
+        throw err
+      }
+    }
+    const use = async (oid: ObjectId): Promise<void> => {
+      await guard(oid)
+      this.refuseMissed(oid)
+    }
     return {
-      async create (oid, size) { await guard(oid); await raw.create(oid, size) },
-      async read (oid, offset, length, target, targetOffset) { await guard(oid); await raw.read(oid, offset, length, target, targetOffset) },
-      async write (oid, offset, data) { await guard(oid); await raw.write(oid, offset, data) },
-      async readAll (oid) { await guard(oid); return await raw.readAll(oid) },
-      async replace (oid, data, version) { await guard(oid); await raw.replace(oid, data, version) },
-      async compareAndReplace (oid, data, expected) { await guard(oid); return await raw.compareAndReplace(oid, data, expected) },
-      async truncate (oid, size) { await guard(oid); await raw.truncate(oid, size) },
-      async remove (oid) { await guard(oid); await raw.remove(oid) },
-      async stat (oid) { await guard(oid); return await raw.stat(oid) },
+      async create (oid, size) { await change(oid, async () => await raw.create(oid, size)) },
+      async read (oid, offset, length, target, targetOffset) { await use(oid); await raw.read(oid, offset, length, target, targetOffset) },
+      async write (oid, offset, data) { await change(oid, async () => await raw.write(oid, offset, data)) },
+      async readAll (oid) { await use(oid); return await raw.readAll(oid) },
+      replace: async (oid, data, version) => {
+        // A whole copy at a replica's version is what repairs a copy that missed a change.
+        if (version === undefined || !this.missed.has(oid)) return await change(oid, async () => await raw.replace(oid, data, version))
+        await guard(oid)
+        await raw.replace(oid, data, version)
+        this.mended(oid)
+      },
+      async compareAndReplace (oid, data, expected) { return await change(oid, async () => await raw.compareAndReplace(oid, data, expected)) },
+      async truncate (oid, size) { await change(oid, async () => await raw.truncate(oid, size)) },
+      remove: async oid => {
+        // A remove makes a copy that missed a change agree with the replicas that removed it.
+        const missed = this.missed.has(oid)
+        if (!missed) return await change(oid, async () => await raw.remove(oid))
+        await guard(oid)
+        await raw.remove(oid)
+        this.mended(oid)
+      },
+      async stat (oid) { await use(oid); return await raw.stat(oid) },
       list: (): AsyncIterable<ObjectInfo> => raw.list(),
       async sync (oids) { await raw.sync(oids) },
       async usage (): Promise<StoreUsage> { return await raw.usage() }
@@ -285,6 +342,7 @@ export class Recovery {
       if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
       await this.raw.replace(oid, res.data, res.version)
       this.pending.delete(oid)
+      this.mended(oid)
       this.stats.copied++
     })()
     this.copying.set(oid, run)

@@ -220,6 +220,9 @@ t.test('mistakes: exit codes and one-line messages, and nothing changes', async 
   usageError(t, d.sheep(['image', 'resize', 'vm1', '+abc', ...M]), /^sheep: bad size "abc"/, 'resize +abc')
   usageError(t, d.sheep(['image', 'resize', 'vm1', '+', ...M]), /^sheep: bad size ""/, 'resize +')
   usageError(t, d.sheep(['image', 'create', 'sz', '1G', '--copies', 'three', ...M]), /^sheep: bad --copies "three"/, '--copies three')
+  usageError(t, d.sheep(['start', '--min-copies', '0', '--join', 'x', ...M]), /^sheep: bad --min-copies 0: at least 1/, '--min-copies 0')
+  usageError(t, d.sheep(['start', '--min-copies', 'two', '--join', 'x', ...M]), /^sheep: bad --min-copies "two"/, '--min-copies two')
+  usageError(t, d.sheep(['start', '--min-copies', '2', ...M]), /^sheep: --min-copies is for a cluster/, '--min-copies without a cluster')
 
   // Unknown commands and options, missing and extra arguments.
   usageError(t, d.sheep(['frobnicate']), /^sheep: unknown command "frobnicate"$/, 'unknown command')

@@ -1,0 +1,158 @@
+// A replica whose disk fails a write (issue 11): three real local stores, each behind its own
+// recovery guard and the real replica handler, and the real gateway writing to them over links
+// that are direct calls. One store's writes fail with ENOSPC on demand. Before: the guest's write
+// failed although two replicas had taken it, and the third kept serving its old bytes until the
+// next view.
+
+import t from 'tap'
+import { SheepError } from '../../src/errors'
+import { LocalObjectStore } from '../../src/objects/local-store'
+import { dataOid } from '../../src/objects/oid'
+import { epochFloor } from '../../src/objects/versions'
+import type { Cluster } from '../../src/swarm/cluster'
+import { Gateway } from '../../src/swarm/gateway'
+import type { Link } from '../../src/swarm/link'
+import type { Request, Response } from '../../src/swarm/messages'
+import { Recovery, type RecoveryStore } from '../../src/swarm/recovery'
+import { replicaHandler } from '../../src/swarm/replica'
+import type { View } from '../../src/swarm/view'
+import { sheepError, tmpDir } from './tmp'
+
+const EMPTY = new Uint8Array(0)
+const IDS = ['a', 'b', 'c']
+const VIEW: View = { epoch: 1, members: IDS.map(id => ({ id, host: '127.0.0.1', port: 1, zone: '', weight: 1 })) }
+
+interface Node {
+  id: string
+  store: LocalObjectStore
+  /** Its writes fail with ENOSPC while set. */
+  full: boolean
+  recovery: Recovery
+  serve: (req: Request, from: string) => Promise<Partial<Response>>
+}
+
+interface Teardownable { teardown (fn: () => unknown): void }
+
+async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
+  const nodes = new Map<string, Node>()
+  for (const id of IDS) {
+    const store = new LocalObjectStore(tmpDir(t))
+    await store.open()
+    t.teardown(async () => await store.close())
+    await store.asReplica(() => epochFloor(1))
+    const node = { id, store, full: false } as Node
+    // The disk: a full one refuses every write, as a store on a full file system does.
+    const disk = new Proxy(store, {
+      get (target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown
+        if (typeof value !== 'function') return value
+        if (['write', 'create', 'replace'].includes(String(prop))) {
+          return async (...args: unknown[]) => {
+            if (node.full) throw SheepError.noSpace(`store of ${id}: no space left on device`)
+            return await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+          }
+        }
+        return (value as (...a: unknown[]) => unknown).bind(target)
+      }
+    }) as RecoveryStore
+    nodes.set(id, node)
+    node.recovery = new Recovery(disk, clusterOf(nodes, id), { replicasOf: () => IDS, widest: () => IDS }, () => {})
+    node.serve = replicaHandler(node.recovery.guarded(), {
+      epoch: () => 1,
+      quorate: () => true,
+      asPrimary: async () => { throw new Error('not used') },
+      release: async () => {},
+      isMember: () => true,
+      tokenOf: async () => null
+    })
+  }
+  for (const n of nodes.values()) {
+    n.recovery.imagesLoaded()
+    n.recovery.start(VIEW)
+  }
+  return nodes
+}
+
+/** What node `self` sees of the cluster: one view of a, b and c, every link up. */
+function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
+  const link = (id: string): Link => ({
+    async call (req: Omit<Request, 'id'>): Promise<Response> {
+      const base: Response = { id: 0, error: '', message: '', epoch: 1, version: 0, size: 0, data: EMPTY }
+      try {
+        return { ...base, ...await (nodes.get(id) as Node).serve({ ...req, id: 0 }, self) }
+      } catch (err) {
+        const e = err as SheepError
+        return { ...base, error: e.code, message: e.message }
+      }
+    }
+  }) as unknown as Link
+  return {
+    id: self,
+    epoch: 1,
+    quorate: true,
+    view: VIEW,
+    placement: { replicas: () => IDS },
+    link,
+    notify: () => {},
+    quorum: async () => {},
+    nextView: async () => { throw SheepError.unreachable('no new view in this test') }
+  } as unknown as Cluster
+}
+
+function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0): Gateway {
+  const node = nodes.get(id) as Node
+  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id), { copiesOf: () => 3, minCopies, viewWaitMs: 1000 })
+}
+
+async function readVia (store: { read: Gateway['read'] }, oid: bigint): Promise<number> {
+  const out = Buffer.alloc(4096)
+  await store.read(oid, 0, 4096, out, 0)
+  return out[0] as number
+}
+
+async function until (what: () => Promise<boolean>, ms: number): Promise<boolean> {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    if (await what()) return true
+    await new Promise(resolve => setTimeout(resolve, 20))
+  }
+  return await what()
+}
+
+t.test('a write one replica\'s disk fails succeeds on the other two; that replica serves none of it until it is repaired, then the new bytes', async t => {
+  const nodes = await makeNodes(t)
+  const [a, c] = [nodes.get('a') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 0)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x11))
+  c.full = true
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x22))
+  t.pass('with c\'s disk full, a write to a, b and c succeeds: two of three took it')
+  t.equal((await sheepError(async () => await readVia(c.recovery.guarded(), oid))).code, 'EIO', 'c refuses to serve its copy, which missed the write')
+  t.equal(c.recovery.status.missed, 1, 'c counts one copy missed')
+  t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x22, 'a read on c\'s host gets the new bytes from another replica')
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x33))
+  t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x33, 'writes go on while c is full')
+  c.full = false
+  t.ok(await until(async () => c.recovery.status.missed === 0, 5000), 'once c has space, the writer\'s repair replaces c\'s copy within its retry time')
+  t.equal(await readVia(c.recovery.guarded(), oid), 0x33, 'c\'s own copy now has the last write')
+  t.equal((await c.store.stat(oid))?.version, (await a.store.stat(oid))?.version, 'at a\'s version')
+  t.equal(c.recovery.status.repaired, 1)
+})
+
+t.test('below --min-copies acknowledgements a write fails, and the copies that missed it are still repaired', async t => {
+  const nodes = await makeNodes(t)
+  const [b, c] = [nodes.get('b') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 0)
+  const strict = gatewayOn(nodes, 'a', 3)
+  await strict.create(oid, 4096)
+  c.full = true
+  t.equal((await sheepError(async () => await strict.write(oid, 0, Buffer.alloc(4096, 0x44)))).code, 'ENOSPC', '--min-copies 3: two acknowledgements are not enough')
+  const majority = gatewayOn(nodes, 'a')
+  b.full = true
+  t.equal((await sheepError(async () => await majority.write(oid, 0, Buffer.alloc(4096, 0x55)))).code, 'ENOSPC', 'the default (a majority of 3): one is not enough')
+  b.full = false
+  c.full = false
+  t.ok(await until(async () => b.recovery.status.missed === 0 && c.recovery.status.missed === 0, 5000), 'both copies that missed a write are repaired once there is space')
+  for (const id of IDS) t.equal(await readVia((nodes.get(id) as Node).recovery.guarded(), oid), 0x55, `${id} holds what a wrote last`)
+})
