@@ -1,7 +1,8 @@
 // The store's index: one classic-level record per object, keyed by the object id in hex.
 // Record format 2 (compact-encoding): uint 2, uint version, uint size, uint flags (bit 0: dirty,
-// the file may hold writes newer than the version: see LocalObjectStore's markWrites). Format 1
-// (uint 1, version, size) is still read, as clean.
+// the file may hold writes newer than the version: see LocalObjectStore's markWrites; bit 1:
+// removed, a cluster replica's tombstone of an object removed at that version, with no file).
+// Format 1 (uint 1, version, size) is still read, as clean.
 //
 // Writes are applied in the order they are made, in batches (group commit): classic-level runs
 // each call on a pool thread, so two puts of one key made back to back could otherwise land in
@@ -17,28 +18,35 @@ import type { ObjectInfo } from './types'
 
 const RECORD_FORMAT = 2
 const DIRTY = 1
+const REMOVED = 2
 /** Key of the record a sync with nothing else to write writes; outside the range of object keys. */
 const SYNC_KEY = 'sync'
 const FIRST_KEY = '0'.repeat(16)
 const LAST_KEY = 'f'.repeat(16)
 
-/** One object's record; `dirty` only when set (a clean record lists as a plain ObjectInfo). */
+/** One object's record; `dirty` and `removed` only when set (a clean record lists as a plain ObjectInfo). */
 export interface CatalogRecord extends ObjectInfo { dirty?: boolean }
 
-interface Fields { version: number, size: number, dirty?: boolean }
+interface Fields { version: number, size: number, dirty?: boolean, removed?: boolean }
+
+const flagsOf = (r: Fields): number => (r.dirty === true ? DIRTY : 0) | (r.removed === true ? REMOVED : 0)
 
 const record = {
   preencode (state: c.State, r: Fields) {
-    c.uint.preencode(state, RECORD_FORMAT); c.uint.preencode(state, r.version); c.uint.preencode(state, r.size); c.uint.preencode(state, r.dirty === true ? DIRTY : 0)
+    c.uint.preencode(state, RECORD_FORMAT); c.uint.preencode(state, r.version); c.uint.preencode(state, r.size); c.uint.preencode(state, flagsOf(r))
   },
   encode (state: c.State, r: Fields) {
-    c.uint.encode(state, RECORD_FORMAT); c.uint.encode(state, r.version); c.uint.encode(state, r.size); c.uint.encode(state, r.dirty === true ? DIRTY : 0)
+    c.uint.encode(state, RECORD_FORMAT); c.uint.encode(state, r.version); c.uint.encode(state, r.size); c.uint.encode(state, flagsOf(r))
   },
   decode (state: c.State): Fields {
     const format = c.uint.decode(state)
     if (format !== 1 && format !== RECORD_FORMAT) throw new Error(`unknown index record format ${format}`)
     const r: Fields = { version: c.uint.decode(state), size: c.uint.decode(state) }
-    if (format === RECORD_FORMAT && (c.uint.decode(state) & DIRTY) !== 0) r.dirty = true
+    if (format !== RECORD_FORMAT) return r
+    const flags = c.uint.decode(state)
+    if ((flags & ~(DIRTY | REMOVED)) !== 0) throw new Error(`unknown index record flags ${flags}`)
+    if ((flags & DIRTY) !== 0) r.dirty = true
+    if ((flags & REMOVED) !== 0) r.removed = true
     return r
   }
 }

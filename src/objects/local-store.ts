@@ -189,8 +189,10 @@ export class LocalObjectStore implements ObjectStore {
 
   async create (oid: ObjectId, size: number): Promise<void> {
     this.checkOpen()
-    if (this.entries.has(oid) || await this.catalog.get(oid)) throw SheepError.exists(`object ${oidToHex(oid)}`)
-    const info: ObjectInfo = { oid, version: this.bump(0), size }
+    const prior = this.entries.has(oid) ? null : await this.catalog.get(oid)
+    if (this.entries.has(oid) || (prior !== null && prior.removed !== true)) throw SheepError.exists(`object ${oidToHex(oid)}`)
+    // Above the tombstone of the copy removed before, if there is one: this one is newer.
+    const info: ObjectInfo = { oid, version: this.bump(prior?.version ?? 0), size }
     this.records.add('catalog')
     await this.catalog.put([info])
     const file = this.objectPath(oid)
@@ -284,8 +286,9 @@ export class LocalObjectStore implements ObjectStore {
   private async swapIn (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {
     const file = this.objectPath(oid)
     const tmp = file + '.tmp'
-    const old = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
-    const info: ObjectInfo = { oid, version: version ?? this.bump(old?.version ?? 0), size: data.length }
+    const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
+    const old = known?.removed === true ? null : known
+    const info: ObjectInfo = { oid, version: version ?? this.bump(known?.version ?? 0), size: data.length }
     await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -299,7 +302,7 @@ export class LocalObjectStore implements ObjectStore {
       // The record's size never exceeds the file's, whichever step a crash interrupts: shrink the
       // record to fit both files, swap the files, then record the new object.
       const fits = Math.min(old?.size ?? 0, data.length)
-      if (old === null || fits < old.size) await this.catalog.put([{ oid, version: old?.version ?? 0, size: fits }], true)
+      if (old === null || fits < old.size) await this.catalog.put([{ oid, version: known?.version ?? 0, size: fits }], true)
       await fs.promises.rename(tmp, file)
       // The new name must be on disk before the record that describes the new file.
       await syncDir(path.dirname(file))
@@ -365,10 +368,15 @@ export class LocalObjectStore implements ObjectStore {
 
   async remove (oid: ObjectId): Promise<void> {
     this.checkOpen()
+    const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     await this.forget(oid)
     const file = this.objectPath(oid)
     await fs.promises.rm(file, { force: true })
-    await this.catalog.del(oid)
+    // A cluster's replica keeps a tombstone, also of an object it did not hold: a copy that comes
+    // back from a node that was away is older than the remove, not the newest there is.
+    if (this.markWrites) await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
+    else await this.catalog.del(oid)
+    this.uncertain.delete(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
     if (oidType(oid) === ObjectType.Inode || oidType(oid) === ObjectType.Token) {
       this.dirs.delete(path.dirname(file))
@@ -380,13 +388,25 @@ export class LocalObjectStore implements ObjectStore {
     this.checkOpen()
     const e = this.entries.get(oid)
     const r = e?.info ?? await this.catalog.get(oid)
-    return r === null ? null : this.infoOf(r)
+    return r === null || r.removed === true ? null : this.infoOf(r)
   }
 
-  /** What stat and list say of an object: its version, size, and whether a crash left it uncertain. */
-  private infoOf (r: ObjectInfo): ObjectInfo {
+  /**
+   * Drops the tombstone of oid if it is still one at `version` or below: every replica that could
+   * hold a copy has seen the remove (src/swarm/recovery.ts).
+   */
+  async dropTombstone (oid: ObjectId, version: number): Promise<void> {
+    this.checkOpen()
+    if (this.entries.has(oid)) return
+    const r = await this.catalog.get(oid)
+    if (r?.removed === true && r.version <= version) await this.catalog.del(oid)
+  }
+
+  /** What stat and list say of an object: its version, size, and whether a crash left it uncertain or it is a tombstone. */
+  private infoOf (r: CatalogRecord): ObjectInfo {
     const info: ObjectInfo = { oid: r.oid, version: r.version, size: r.size }
-    if (this.uncertain.has(r.oid)) info.uncertain = true
+    if (r.removed === true) info.removed = true
+    else if (this.uncertain.has(r.oid)) info.uncertain = true
     return info
   }
 
@@ -499,6 +519,7 @@ export class LocalObjectStore implements ObjectStore {
     let objects = 0
     let bytes = 0
     for await (const info of this.catalog.list()) {
+      if (info.removed === true) continue
       objects++
       try {
         bytes += (await fs.promises.stat(this.objectPath(info.oid))).blocks * 512
@@ -584,7 +605,7 @@ export class LocalObjectStore implements ObjectStore {
   private async loadEntry (oid: ObjectId): Promise<Entry> {
     const known = this.entries.get(oid)
     const record = known === undefined ? await this.catalog.get(oid) : null
-    const info = known?.info ?? (record === null ? null : { oid, version: record.version, size: record.size })
+    const info = known?.info ?? (record === null || record.removed === true ? null : { oid, version: record.version, size: record.size })
     if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
     let fd: number
     try {

@@ -11,6 +11,11 @@ export interface ObjectInfo {
    * newer than its version says (LocalObjectStore.asReplica). Recovery settles it.
    */
   uncertain?: boolean
+  /**
+   * A tombstone, listed by a cluster replica only: the object was removed at this version, and a
+   * copy of it at a lower version that comes back (from a node that was away) is not current.
+   */
+  removed?: boolean
 }
 
 export interface StoreUsage {

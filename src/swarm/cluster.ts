@@ -135,6 +135,14 @@ export class Cluster extends EventEmitter {
   }
 
   get view (): View | null { return this.keeper.view }
+
+  /** Every node a view this node knows listed as a member, but those removed for good. */
+  knownNodes (): Set<string> {
+    const ids = new Set<string>()
+    for (const v of this.keeper.history) for (const m of v.members) ids.add(m.id)
+    for (const id of this.view?.removed ?? []) ids.delete(id)
+    return ids
+  }
   get epoch (): number { return this.keeper.view?.epoch ?? 0 }
   get bootstrapList (): Address[] { return this.mesh.bootstrapList }
   get secret (): Buffer { return this.secrets.current }

@@ -225,7 +225,7 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  /** Every object of the cluster, once, at its newest version among the members that answer. */
+  /** Every object of the cluster, once, at its newest version among the members that answer; none whose newest is a tombstone. */
   async * list (from = 0n): AsyncIterable<ObjectInfo> {
     const seen = new Map<ObjectId, ObjectInfo>()
     for await (const info of this.local.list()) seen.set(info.oid, info)
@@ -238,7 +238,7 @@ export class Gateway implements ObjectStore {
         if (known === undefined || known.version < info.version) seen.set(info.oid, info)
       }
     }
-    for (const info of seen.values()) if (info.oid >= from) yield info
+    for (const info of seen.values()) if (info.oid >= from && info.removed !== true) yield info
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {

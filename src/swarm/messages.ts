@@ -325,24 +325,33 @@ export const response: Codec<Response> = checked(struct<Response>({
   if (r.error !== '' && !isErrorCode(r.error)) throw bad(`unknown error code ${JSON.stringify(r.error.slice(0, 32))}`)
 })
 
-export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean }
+export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean, removed?: boolean }
 
-/** An entry's flags: bit 0 says a crash left the copy uncertain (ObjectInfo.uncertain); no other bit is defined. */
+/**
+ * An entry's flags: bit 0 says a crash left the copy uncertain (ObjectInfo.uncertain), bit 1 that
+ * it is a tombstone (ObjectInfo.removed); no other bit is defined, and not both.
+ */
 const UNCERTAIN = 1
+const REMOVED = 2
 
 const objectEntry: Codec<ObjectEntry> = {
-  preencode (state, e) { c.biguint64.preencode(state, e.oid); safeUint.preencode(state, e.version); safeUint.preencode(state, e.size); c.uint.preencode(state, e.uncertain === true ? UNCERTAIN : 0) },
-  encode (state, e) { c.biguint64.encode(state, e.oid); safeUint.encode(state, e.version); safeUint.encode(state, e.size); c.uint.encode(state, e.uncertain === true ? UNCERTAIN : 0) },
+  preencode (state, e) { c.biguint64.preencode(state, e.oid); safeUint.preencode(state, e.version); safeUint.preencode(state, e.size); c.uint.preencode(state, entryFlags(e)) },
+  encode (state, e) { c.biguint64.encode(state, e.oid); safeUint.encode(state, e.version); safeUint.encode(state, e.size); c.uint.encode(state, entryFlags(e)) },
   decode (state) {
     const e: ObjectEntry = { oid: c.biguint64.decode(state), version: safeUint.decode(state), size: safeUint.decode(state) }
     const flags = c.uint.decode(state)
-    if ((flags & ~UNCERTAIN) !== 0) throw bad(`object entry flags ${flags}: unknown bits`)
+    if (flags !== 0 && flags !== UNCERTAIN && flags !== REMOVED) throw bad(`object entry flags ${flags}: unknown bits`)
     if (flags === UNCERTAIN) e.uncertain = true
+    if (flags === REMOVED) e.removed = true
     return e
   }
 }
 
-/** The answer to List: every object a replica holds. */
+function entryFlags (e: ObjectEntry): number {
+  return e.removed === true ? REMOVED : e.uncertain === true ? UNCERTAIN : 0
+}
+
+/** The answer to List: every object a replica holds, and its tombstones. */
 export const objectList: Codec<ObjectEntry[]> = boundedArray(objectEntry, LIST_PAGE, 11)
 
 /** The most oids one Sync request names; a longer list is sent in several requests. */

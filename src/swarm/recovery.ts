@@ -59,10 +59,10 @@ function settled (): Deferred {
 const EMPTY = new Uint8Array(0)
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
-export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle'>
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'dropTombstone'>
 
 /** The copy of an object recovery takes as the newest so far. */
-interface Copy { node: string, version: number, uncertain: boolean }
+interface Copy { node: string, version: number, uncertain: boolean, removed: boolean }
 
 /**
  * Whether node's entry is newer than `known`: the higher version; at one version, the member with
@@ -73,7 +73,7 @@ function newer (node: string, e: ObjectEntry, known: Copy): boolean {
   return e.version > known.version || (e.version === known.version && node < known.node)
 }
 
-export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number, missed: number, repaired: number }
+export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number, missed: number, repaired: number, buried: number, collected: number }
 
 export class Recovery {
   private readonly raw: RecoveryStore
@@ -81,8 +81,12 @@ export class Recovery {
   /** Replicas of oid; null while its image is not known here (created elsewhere a moment ago). */
   private readonly replicasOf: (oid: ObjectId) => string[] | null
   private readonly log: (line: string) => void
-  /** Object -> the member holding its newest version, for objects this node must copy first. */
-  private readonly pending = new Map<ObjectId, string>()
+  /**
+   * Object -> the other members holding a copy of it, newest first, for objects this node must
+   * copy first: a copy that cannot be read (a crash left its record without its file) gives way
+   * to the next.
+   */
+  private readonly pending = new Map<ObjectId, string[]>()
   private readonly copying = new Map<ObjectId, Promise<void>>()
   /**
    * Resolved once the pending set of the current round is known; every access waits for it. A
@@ -92,7 +96,7 @@ export class Recovery {
   /** Members whose list the current round's plan still lacks. */
   private waitingFor: string[] = []
   private round = 0
-  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0 }
+  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0 }
   /** Copies here that missed a change the other replicas took (see the note at the top). */
   private readonly missed = new Map<ObjectId, string>()
   private repairs = 0
@@ -125,7 +129,7 @@ export class Recovery {
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round
-    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0 }
+    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0 }
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
@@ -265,6 +269,7 @@ export class Recovery {
     this.pending.clear()
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()
+    const copies = new Map<ObjectId, Copy[]>()
     const others = view.members.filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
     const deadline = Date.now() + CONNECT_WAIT_MS
@@ -278,8 +283,13 @@ export class Recovery {
     this.waitingFor = lists.filter(l => l.list === null).map(l => l.node)
     if (this.waitingFor.length > 0) throw SheepError.unreachable(`no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')}`)
     const consider = (node: string, e: ObjectEntry): void => {
+      const copy = { node, version: e.version, uncertain: e.uncertain === true, removed: e.removed === true }
       const known = newest.get(e.oid)
-      if (known === undefined || newer(node, e, known)) newest.set(e.oid, { node, version: e.version, uncertain: e.uncertain === true })
+      if (known === undefined || newer(node, e, known)) newest.set(e.oid, copy)
+      if (node === self || copy.removed) return
+      const all = copies.get(e.oid) ?? []
+      all.push(copy)
+      copies.set(e.oid, all)
     }
     for (const { node, list } of lists) {
       if (list === 'newer' || list === null) continue
@@ -294,13 +304,28 @@ export class Recovery {
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
+      if (best.removed) {
+        // Removed after this node's copy was made: the copy came back from a node that was away
+        // (maybe this one) and must neither be served nor spread.
+        if (mine !== undefined && mine.removed !== true) {
+          await this.raw.remove(oid)
+          this.stats.buried++
+        }
+        continue
+      }
       if (best.node === self) {
         // Every replica gets this node's copy: one a crash left in doubt becomes newer than the
         // others (whose bytes may differ at its version) before anyone reads it.
         if (mine?.uncertain === true) await this.raw.settle(oid)
         continue
       }
-      if (mine === undefined || mine.version < best.version || mine.uncertain === true || best.uncertain) this.pending.set(oid, best.node)
+      if (mine === undefined || mine.removed === true || mine.version < best.version || mine.uncertain === true || best.uncertain) {
+        // Copies that would be an improvement: newer than this node's, or as new when a crash left
+        // either in doubt (all must then take the one the plans agree on, first in this order).
+        const floor = mine === undefined || mine.removed === true || mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
+        const sources = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1)).map(c => c.node)
+        this.pending.set(oid, sources)
+      }
     }
     this.stats.pending = this.pending.size
     if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)
@@ -313,37 +338,53 @@ export class Recovery {
     // Only the wide plan listed these: this node is not one of their replicas after all. (Those
     // of images not known here yet are copied when first used.)
     for (const oid of [...this.pending.keys()]) if (this.replicasOf(oid)?.includes(this.cluster.id) !== true) this.pending.delete(oid)
+    const failed = new Set<ObjectId>()
     const worker = async (): Promise<void> => {
       for (;;) {
         if (round !== this.round) return
-        const next = [...this.pending.keys()].find(oid => !this.copying.has(oid))
+        const next = [...this.pending.keys()].find(oid => !this.copying.has(oid) && !failed.has(oid))
         if (next === undefined) return
         try {
           await this.copy(next)
         } catch (err) {
+          // Copied before it is used (guard); the others go on.
           this.log(`recovery: object ${oidToHex(next)}: ${(err as Error).message}`)
-          return
+          failed.add(next)
         }
       }
     }
     await Promise.all(Array.from({ length: PARALLEL_COPIES }, worker))
   }
 
-  /** Copies oid whole from the member with its newest version (once, however many ask). */
+  /**
+   * Copies oid whole from the member with its newest version (once, however many ask). A member
+   * whose copy cannot be read (EIO, or gone: ENOENT) gives way to the next newest; when none can,
+   * this node keeps what it has. One that does not answer fails the copy, to be tried again.
+   */
   private async copy (oid: ObjectId): Promise<void> {
     const running = this.copying.get(oid)
     if (running !== undefined) return await running
-    const source = this.pending.get(oid)
-    if (source === undefined) return
+    const sources = this.pending.get(oid)
+    if (sources === undefined) return
     const run = (async () => {
-      const link = this.cluster.link(source)
-      if (link === null) throw SheepError.unreachable(`recovery source ${source.slice(0, 8)} for ${oidToHex(oid)} is not connected`)
-      const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
-      if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
-      await this.raw.replace(oid, res.data, res.version)
+      const unreadable: string[] = []
+      for (const source of sources) {
+        const link = this.cluster.link(source)
+        if (link === null) throw SheepError.unreachable(`recovery source ${source.slice(0, 8)} for ${oidToHex(oid)} is not connected`)
+        const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+        if (res.error === 'EIO' || res.error === 'ENOENT') {
+          unreadable.push(`${source.slice(0, 8)}: ${res.message}`)
+          continue
+        }
+        if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
+        await this.raw.replace(oid, res.data, res.version)
+        this.pending.delete(oid)
+        this.mended(oid)
+        this.stats.copied++
+        return
+      }
       this.pending.delete(oid)
-      this.mended(oid)
-      this.stats.copied++
+      this.log(`recovery: no copy of ${oidToHex(oid)} newer than this node's could be read (${unreadable.join('; ')}); this node keeps what it has`)
     })()
     this.copying.set(oid, run)
     try {
@@ -368,29 +409,61 @@ export class Recovery {
   private async dropPass (view: View, round: number): Promise<boolean> {
     const self = this.cluster.id
     const moved: ObjectInfo[] = []
+    const tombstones: ObjectInfo[] = []
     for await (const info of this.raw.list()) {
+      if (info.removed === true) { tombstones.push(info); continue }
       const replicas = this.replicasOf(info.oid)
       // An object of an image not known here yet is kept: its copies are unknown.
       if (replicas !== null && !replicas.includes(self)) moved.push(info)
     }
-    if (moved.length === 0) return true
-    const held = new Map<string, Map<ObjectId, number>>()
+    if (moved.length === 0 && !this.mayCollect(view, tombstones)) return true
+    const held = new Map<string, Map<ObjectId, ObjectEntry>>()
     for (const m of view.members) {
       if (m.id === self) continue
       const list = await this.listOf(m.id, view.epoch)
       if (list === 'newer') return true
-      if (list !== null) held.set(m.id, new Map(list.map(e => [e.oid, e.version])))
+      if (list !== null) held.set(m.id, new Map(list.map(e => [e.oid, e])))
     }
+    await this.collectTombstones(view, round, tombstones, held)
+    if (moved.length === 0) return true
     let left = 0
     for (const info of moved) {
       if (round !== this.round) return true
       const replicas = this.replicasOf(info.oid) ?? []
-      const everywhere = replicas.length > 0 && replicas.every(r => (held.get(r)?.get(info.oid) ?? -1) >= info.version)
+      const everywhere = replicas.length > 0 && replicas.every(r => (held.get(r)?.get(info.oid)?.version ?? -1) >= info.version)
       if (!everywhere) { left++; continue }
       await this.raw.remove(info.oid)
       this.stats.dropped++
     }
     return left === 0
+  }
+
+  /**
+   * Whether tombstones may be collected in view: there are some, and every node that was a member
+   * of a view this node knows, and not removed, is a member of this one (a node that is away may
+   * come back with a copy the tombstone makes old).
+   */
+  private mayCollect (view: View, tombstones: ObjectInfo[]): boolean {
+    if (tombstones.length === 0) return false
+    const now = new Set(view.members.map(m => m.id))
+    return [...this.cluster.knownNodes()].every(id => now.has(id))
+  }
+
+  /** Drops each tombstone that every member has seen: none holds a copy older than it. */
+  private async collectTombstones (view: View, round: number, tombstones: ObjectInfo[], held: Map<string, Map<ObjectId, ObjectEntry>>): Promise<void> {
+    if (!this.mayCollect(view, tombstones)) return
+    const others = view.members.filter(m => m.id !== this.cluster.id)
+    if (others.some(m => !held.has(m.id))) return
+    for (const t of tombstones) {
+      if (round !== this.round) return
+      const seen = others.every(m => {
+        const e = (held.get(m.id) as Map<ObjectId, ObjectEntry>).get(t.oid)
+        return e === undefined || e.removed === true || e.version > t.version
+      })
+      if (!seen) continue
+      await this.raw.dropTombstone(t.oid, t.version)
+      this.stats.collected++
+    }
   }
 
   /**

@@ -8,7 +8,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid, type ObjectId } from '../../src/objects/oid'
+import { dataOid, type ObjectId, oidToHex, oidVid } from '../../src/objects/oid'
 import type { ObjectStore } from '../../src/objects/types'
 import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
@@ -86,7 +86,7 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       }
     } as unknown as Link
   }
-  return { id: self, get epoch () { return me.epoch }, link } as unknown as Cluster
+  return { id: self, get epoch () { return me.epoch }, link, knownNodes: () => new Set(nodes.keys()) } as unknown as Cluster
 }
 
 function viewOf (epoch: number, ids: string[]): View {
@@ -176,4 +176,73 @@ t.test('every node dies at once while two replicas take different writes: after 
   t.ok(bytes[0] === Buffer.alloc(4096, 0xaa).toString('hex'), 'those of a, the lowest id among the copies of the highest version')
   const after = await Promise.all([a, b, c].map(async n => await n.store.stat(oid)))
   t.notOk(after.some(i => i?.uncertain === true), 'no copy is uncertain any more')
+})
+
+/** Starts a recovery round on every node up, each serving through its guard from then on. */
+function recoverAll (nodes: Map<string, Node>, view: View, logs: string[] = []): Recovery[] {
+  const ids = view.members.map(m => m.id)
+  return [...nodes.values()].filter(n => n.up).map(n => {
+    n.epoch = view.epoch
+    const r = new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, line => logs.push(`${n.id}: ${line}`))
+    n.serve = r.guarded()
+    r.imagesLoaded()
+    r.start(view)
+    return r
+  })
+}
+
+async function settled (recoveries: Recovery[]): Promise<void> {
+  for (let i = 0; i < 500 && recoveries.some(r => r.status.pending > 0); i++) await new Promise(resolve => setTimeout(resolve, 10))
+}
+
+t.test('a copy whose record outlived its file (a crash between the two) does not hold recovery up: the others keep what they have', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, c] = [nodes.get('a') as Node, nodes.get('c') as Node]
+  const oid = dataOid(3, 15)
+  // The write that created it was in flight when every node died: only c's record of it is left.
+  c.epoch = 4
+  await c.store.create(oid, 4096)
+  await crash(t, c)
+  fs.rmSync(path.join(c.dir, 'objects', oidVid(oid).toString(16).padStart(6, '0'), oidToHex(oid)))
+  const logs: string[] = []
+  const recoveries = recoverAll(nodes, viewOf(5, ids), logs)
+  await settled(recoveries)
+  t.equal(recoveries[0]?.status.pending, 0, 'a has nothing left to copy (it was stuck at 1)')
+  const err = await readBack(a.serve, oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'ENOENT', 'a has no copy, as before the crash (it answered EIO, for ever)')
+  t.ok(logs.some(l => /^a: recovery: no copy of .* could be read \(c: .*its file is gone/.test(l)), 'a says why it copied nothing')
+})
+
+t.test('a copy that comes back after its object was removed is buried, not spread, and the tombstones go once every node saw them', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(4, 0)
+  for (const n of [a, b, c]) {
+    n.epoch = 3
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x77))
+  }
+  // c is away while a and b remove the object (a discard, or the image deleted).
+  c.up = false
+  for (const n of [a, b]) { n.epoch = 4; await n.store.remove(oid) }
+  c.up = true
+  const recoveries = recoverAll(nodes, viewOf(5, ids))
+  await settled(recoveries)
+  for (const n of [a, b, c]) {
+    const err = await readBack(n.serve, oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+    t.equal(err?.code, 'ENOENT', `${n.id} serves no copy (before: c's came back to all three)`)
+  }
+  t.equal(await c.store.stat(oid), null, 'c buried its copy')
+  t.equal(recoveries[2]?.status.buried, 1)
+  // Every node has seen the remove once c buried its copy: the tombstones are collected, at the
+  // latest in the next view's round (a node's round may have listed c before c buried).
+  const later = recoverAll(nodes, viewOf(6, ids))
+  const collected = (): number => [...recoveries, ...later].reduce((n, r) => n + r.status.collected, 0)
+  for (let i = 0; i < 300 && collected() < 3; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(collected(), 3, 'each node dropped its tombstone')
+  const left = []
+  for (const n of [a, b, c]) for await (const info of n.store.list()) left.push(info)
+  t.same(left, [], 'nothing is left of the object')
 })
