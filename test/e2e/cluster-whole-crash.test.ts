@@ -79,7 +79,7 @@ t.test(`3 nodes, copies 3: every daemon killed at once under writes, ${ROUNDS} t
     await waitForView(nodes, 3)
     const settled = await waitForSettled(nodes, 3, 30_000).then(s => `in view ${s.epoch}`, (err: Error) => err)
     t.type(settled, 'string', `round ${round}: recovery settled ${typeof settled === 'string' ? settled : `(${settled.message})`}`, { todo: STUCK_RECOVERY })
-    t.same(await waitForCopyCounts(nodes, 3), [], `round ${round}: every object is in 3 stores`)
+    t.same(await waitForCopyCounts(nodes, 3, name), [], `round ${round}: every object is in 3 stores`)
     const images = nodes.map(d => fs.readFileSync(d.image('vm.img')))
     for (const [i, image] of images.entries()) {
       t.same(model.check(image), [], `round ${round}: every acknowledged write reads back through ${name(nodes[i] as Daemon)}`)

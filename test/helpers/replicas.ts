@@ -31,7 +31,8 @@ export async function waitForStatus (nodes: Daemon[], what: string, ok: (states:
     const states = await Promise.all(nodes.map(nodeStatus))
     if (ok(states)) return states
     if (Date.now() > deadline) throw new Error(`not within ${ms} ms: ${what}; last seen ${JSON.stringify(states)}`)
-    await new Promise(resolve => setTimeout(resolve, 100))
+    // Each look starts a `sheep` process per node: not too often on a 2-core machine.
+    await new Promise(resolve => setTimeout(resolve, 250))
   }
 }
 
@@ -51,16 +52,20 @@ export function copyCounts (nodes: Daemon[]): Map<string, number> {
   return count
 }
 
-/** Objects not in exactly `copies` stores, as "oid: n copies" lines. */
-export function wrongCopyCounts (nodes: Daemon[], copies: number): string[] {
-  return [...copyCounts(nodes)].filter(([, n]) => n !== copies).map(([oid, n]) => `${oid}: ${n} copies`)
+/** Objects not in exactly `copies` stores, as "oid: n copies (holders)" lines. */
+export function wrongCopyCounts (nodes: Daemon[], copies: number, names: (d: Daemon) => string = d => d.mount): string[] {
+  const files = nodes.map(d => ({ d, files: objectFiles(d) }))
+  return [...copyCounts(nodes)].filter(([, n]) => n !== copies).map(([oid, n]) => {
+    const holders = files.filter(f => f.files.has(oid)).map(f => `${names(f.d)}, modified ${fs.statSync(f.files.get(oid) as string).mtime.toISOString()}`)
+    return `${oid}: ${n} copies (${holders.join('; ')})`
+  })
 }
 
 /** Waits until every object is in exactly `copies` stores (old holders drop theirs after recovery); returns what is still off. */
-export async function waitForCopyCounts (nodes: Daemon[], copies: number, ms = 30_000): Promise<string[]> {
+export async function waitForCopyCounts (nodes: Daemon[], copies: number, names?: (d: Daemon) => string, ms = 30_000): Promise<string[]> {
   const deadline = Date.now() + ms
   for (;;) {
-    const wrong = wrongCopyCounts(nodes, copies)
+    const wrong = wrongCopyCounts(nodes, copies, names)
     if (wrong.length === 0 || Date.now() > deadline) return wrong
     await new Promise(resolve => setTimeout(resolve, 200))
   }
