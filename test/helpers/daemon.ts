@@ -30,12 +30,15 @@ export class Daemon {
   readonly extraArgs: string[]
   /** Added to the daemon's environment (failpoints). */
   readonly extraEnv: NodeJS.ProcessEnv
+  /** A command the daemon is started under, which must exec it (nsenter into a network namespace). */
+  readonly wrap: string[]
   proc: ChildProcess | null = null
   log = ''
 
-  constructor (dir: string, extraArgs: string[], extraEnv: NodeJS.ProcessEnv = {}) {
+  constructor (dir: string, extraArgs: string[], extraEnv: NodeJS.ProcessEnv = {}, wrap: string[] = []) {
     this.dir = dir
     this.extraEnv = extraEnv
+    this.wrap = wrap
     this.store = path.join(dir, 'store')
     this.mount = path.join(dir, 'mnt')
     this.runDir = path.join(dir, 'run')
@@ -53,7 +56,10 @@ export class Daemon {
 
   /** Starts the daemon in the foreground of a child process and waits until its mount is ready. */
   async start (): Promise<void> {
-    const proc = spawn(process.execPath, [SHEEP_BIN, 'start', '--store', this.store, '--mount', this.mount, ...this.extraArgs], {
+    const argv = [process.execPath, SHEEP_BIN, 'start', '--store', this.store, '--mount', this.mount, ...this.extraArgs]
+    // The wrapper execs the daemon: the PID stays the daemon's.
+    const [cmd, ...args] = [...this.wrap, ...argv] as [string, ...string[]]
+    const proc = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
       env: { ...this.env, ...this.extraEnv, SHEEP_READY_FD: '3' }
     })
@@ -113,7 +119,7 @@ const live = new Set<Daemon>()
 let reaper: ChildProcess | null = null
 
 /** Tells the reaper (./reaper.ts), started with the first daemon, what to end if this process dies. */
-function tellReaper (line: string): void {
+export function tellReaper (line: string): void {
   if (reaper === null) {
     reaper = spawn(process.execPath, [path.join(__dirname, 'reaper.js')], { stdio: ['pipe', 'ignore', 'ignore'], detached: true })
     reaper.unref()
@@ -151,8 +157,8 @@ export function tempDir (t: Teardownable, prefix = 'sheep-test-'): string {
  * waiting to be admitted is started without waiting for that); stopped and cleaned up when the
  * test ends.
  */
-export function newDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Daemon {
-  const d = new Daemon(tempDir(t), extraArgs, extraEnv)
+export function newDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: NodeJS.ProcessEnv = {}, wrap: string[] = []): Daemon {
+  const d = new Daemon(tempDir(t), extraArgs, extraEnv, wrap)
   t.teardown(async () => {
     // What the daemons said is what tells a hang or a failure in CI apart: keep it before it goes.
     if (t.passing?.() === false) process.stderr.write(`--- last lines of the log of the daemon at ${d.mount} (pid ${d.proc?.pid ?? 'none'}):\n${d.log.split('\n').slice(-LOG_TAIL_LINES).join('\n')}\n`)
