@@ -359,7 +359,7 @@ const FLOOR_ROWS: FloorRow[] = [
   // libfuse 2 sends a 1 MiB O_DIRECT write as eight 128 KiB requests, one after the other.
   { row: 'seq-write', perRequest: mibps => 2 ** 17 / (mibps * 2 ** 20 / 1e6), adds: ['rtt2_128k'] },
   { row: 'randwrite-qd1', perRequest: iops => 1e6 / iops, adds: ['rtt2_4k'] },
-  { row: 'fsync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
+  { row: 'fdatasync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
 ]
 
 /** The floor's figure over the runs as the ceilings use it: the mean (fio's figures are means too). */
@@ -403,6 +403,6 @@ export function floorSection (results: Results, runs: number): string {
     FLOOR_ROWS.map(f => floorLine(results, f)), [false, true, true, true, true, false, false])
   return intro + '\n\n' + figures.join('\n') + '\n\n' + table + '\n' +
     'Best ratio: the passthrough\'s time per request with the round trips added: t / (t + rtt2_128k) per 128 KiB request of a seq write, ' +
-    'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fsync. ' +
+    'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fdatasync. ' +
     'These assume Sheep costs nothing beyond the transport and the passthrough\'s own work.\n'
 }

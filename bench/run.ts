@@ -58,7 +58,7 @@ const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [opti
   --cluster LIST      the three-node cluster columns: ${CLUSTER_PATHS.join(', ')} (default both), or none; with any,
                       "floor" also runs: round trips to two child processes over Sheep's own TCP
                       transport (bench/floor.ts), and the best ratios they leave seq-write,
-                      randwrite-qd1 and fsync against the passthrough
+                      randwrite-qd1 and fdatasync against the passthrough
   --no-cluster        the same as --cluster none
   -h, --help
 
