@@ -48,6 +48,11 @@ function writePlusSync (j: FioJobResult): number {
   return (j.write.lat_ns.mean + j.sync.lat_ns.mean) / 1000
 }
 
+/** Reads and writes fio counted in its measured time (after the ramp): what CPU per request divides by. */
+export function requestsOf (j: FioJobResult): number {
+  return j.read.total_ios + j.write.total_ios
+}
+
 const SEQ = ['--bs=1M', '--direct=1', '--ioengine=psync', '--iodepth=1']
 const RAND_QD1 = ['--bs=4k', '--direct=1', '--ioengine=psync', '--iodepth=1']
 const RAND_QD16 = ['--bs=4k', '--direct=1', '--ioengine=libaio', '--iodepth=16', '--iodepth_batch_submit=1', '--iodepth_batch_complete_min=1']
@@ -75,9 +80,11 @@ export const FILL_OPTIONS = ['--rw=write', ...SEQ]
 
 /**
  * Runs one fio job on `file` (`size` bytes) and returns its result. Threads rather than processes
- * (--thread), so that stopping fio's one PID stops all its I/O.
+ * (--thread), so that stopping fio's one PID stops all its I/O. onSpawn runs as soon as fio is
+ * started (CPU accounting starts its clock there).
  */
-export async function runFio (name: string, file: string, size: number, options: string[], timing: FioTiming | null): Promise<FioJobResult> {
+export async function runFio (name: string, file: string, size: number, options: string[], timing: FioTiming | null,
+  onSpawn?: () => void): Promise<FioJobResult> {
   const args = [
     `--name=${name}`, `--filename=${file}`, `--size=${size}`,
     '--thread', '--output-format=json', '--fallocate=none', '--norandommap', '--group_reporting',
@@ -86,7 +93,7 @@ export async function runFio (name: string, file: string, size: number, options:
   if (timing !== null) args.push('--time_based', `--runtime=${timing.runtime}`, `--ramp_time=${timing.ramp}`)
   // Time-based jobs end by themselves; a file is written at 2 MiB/s or better, or something is wrong.
   const timeoutMs = timing !== null ? (timing.runtime + timing.ramp + 120) * 1000 : Math.max(600, size / (2 * MiB)) * 1000
-  const r = await runTool('fio', args, { timeoutMs })
+  const r = await runTool('fio', args, { timeoutMs, onSpawn })
   let job: FioJobResult | undefined
   let parseError = ''
   try {
