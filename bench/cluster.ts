@@ -16,11 +16,13 @@ import { call } from '../src/control/client'
 import type { ClusterStatus } from '../src/control/messages'
 import * as cleanup from './cleanup'
 import type { Goals } from './rows'
-import { DaemonProcess, socketOf, startSheep, tail, type Target } from './targets'
+import { DaemonProcess, frontendOf, socketOf, startSheep, tail, type Target } from './targets'
 
 /** Nodes and copies: every node holds a copy of every object. */
 const NODES = 3
 const COPIES = 3
+/** Every node serves its mount with the kernel-protocol frontend, Sheep's default (issue 10). */
+const FRONTEND = 'kernel'
 /** A joining node waits up to 60 s to be let in (src/node.ts); this is for the whole view to settle after that. */
 const VIEW_WAIT_MS = 60_000
 /** A control request that takes longer means a stuck daemon; the control client itself waits forever. */
@@ -62,6 +64,7 @@ class ClusterNode {
 
 /** Three daemons as one cluster; the benchmark's files go through node 1's mount. */
 export class ClusterTarget implements Target {
+  readonly kind = 'fuse'
   readonly name: string
   readonly goals: Goals
   readonly copies = COPIES
@@ -81,16 +84,17 @@ export class ClusterTarget implements Target {
     this.description = this.describe()
   }
 
-  private describe (port?: number): string {
+  private describe (port?: number, frontend = 'not yet known'): string {
     const extra = this.opts.path === 'hyperswarm' ? ' --no-direct' : ''
-    return `${NODES} daemons on this host, one cluster: node 1 \`bin/sheep start --copies ${COPIES} --bootstrap-port ${port ?? 'P'}${extra}\`, ` +
+    return `${NODES} daemons on this host, one cluster: node 1 \`bin/sheep start --copies ${COPIES} --fuse ${FRONTEND} --bootstrap-port ${port ?? 'P'}${extra}\`, ` +
       `nodes 2–${NODES} \`--join TOKEN${extra}\`; object traffic over ${this.opts.path === 'tcp' ? 'direct TCP connections' : 'Hyperswarm only'}; ` +
-      `fio and qemu-img through node 1's mount (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'})`
+      `fio and qemu-img through node 1's mount; FUSE frontend ${frontend} (\`sheep status\`); ` +
+      `UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'}`
   }
 
   private args (node: ClusterNode, cluster: string[]): string[] {
     return [path.join(this.opts.root, 'bin', 'sheep'), 'start', '--store', node.store, '--mount', node.mount,
-      '--copies', String(COPIES), ...cluster, ...(this.opts.path === 'hyperswarm' ? ['--no-direct'] : [])]
+      '--copies', String(COPIES), '--fuse', FRONTEND, ...cluster, ...(this.opts.path === 'hyperswarm' ? ['--no-direct'] : [])]
   }
 
   async setup (): Promise<void> {
@@ -109,6 +113,8 @@ export class ClusterTarget implements Target {
       if (!cleanup.isMounted(n.mount)) throw new Error(`node ${n.index} said ready, but nothing is mounted at ${n.mount}`)
     }
     await this.waitForView()
+    for (const n of this.nodes) await within(frontendOf(n.socket, FRONTEND, `node ${n.index}`), `status on node ${n.index}`)
+    this.description = this.describe(port, `${FRONTEND} on all ${NODES} nodes`)
   }
 
   /** Until every node is in one view of NODES members, all reachable from each. */

@@ -15,6 +15,8 @@ export interface ToolResult {
 export interface ToolOptions {
   timeoutMs: number
   env?: NodeJS.ProcessEnv
+  /** Called once the child has been spawned. */
+  onSpawn?: () => void
 }
 
 /**
@@ -28,6 +30,7 @@ export function runTool (cmd: string, args: string[], opts: ToolOptions): Promis
     const started = process.hrtime.bigint()
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true, env: opts.env ?? process.env })
     cleanup.trackChild(child, 'tool')
+    opts.onSpawn?.()
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d })

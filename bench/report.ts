@@ -14,6 +14,10 @@ export interface TargetInfo {
   goals: Partial<Record<RowId, { op: '>=' | '<=', value: number }>>
   /** Copies it keeps of each guest byte: the floor of its store writes per guest byte. */
   copies: number
+  /** 'fuse' targets have daemons, and a CPU-per-request column; 'plain' ones (ext4.ts) do not. */
+  kind: 'fuse' | 'plain'
+  /** Physical-limit targets (by name) this one's value is also divided by, a column each. */
+  limits: string[]
 }
 
 export interface Cell {
@@ -61,7 +65,7 @@ export class Results {
     this.cowTargets = cowTargets
   }
 
-  cell (row: RowId | `cow:${CowRowId}`, target: string): Cell {
+  cell (row: RowId | `cow:${CowRowId}` | `cpu:${RowId}`, target: string): Cell {
     const key = `${row}\0${target}`
     let c = this.cells.get(key)
     if (c === undefined) {
@@ -69,6 +73,15 @@ export class Results {
       this.cells.set(key, c)
     }
     return c
+  }
+
+  /** µs of the target's daemons' CPU per request of a fio row (cpu.ts), one sample per run. */
+  cpuCell (row: RowId, target: string): Cell {
+    return this.cell(`cpu:${row}`, target)
+  }
+
+  cpuMedian (row: RowId, target: string): number | null {
+    return median(this.cpuCell(row, target).samples)
   }
 
   cowCell (row: CowRowId, target: string): Cell {
@@ -130,6 +143,7 @@ export class Results {
           if (e === SKIPPED) skipped++
           else out.push(`${row.id} on ${t.name}: ${e}`)
         }
+        for (const e of this.cpuCell(row.id, t.name).errors) out.push(`CPU per request of ${row.id} on ${t.name}: ${e}`)
       }
       if (this.cowTargets.some(c => c.name === t.name)) {
         for (const section of this.cowSections()) {
@@ -152,7 +166,9 @@ export class Results {
       targets: this.targets,
       rows: this.rows.map(row => ({
         ...row,
-        cells: Object.fromEntries(this.targets.map(t => [t.name, { ...this.cell(row.id, t.name), median: this.median(row.id, t.name) }]))
+        cells: Object.fromEntries(this.targets.map(t => [t.name, { ...this.cell(row.id, t.name), median: this.median(row.id, t.name) }])),
+        cpuUsPerRequest: Object.fromEntries(this.targets.filter(t => t.kind === 'fuse')
+          .map(t => [t.name, { ...this.cpuCell(row.id, t.name), median: this.cpuMedian(row.id, t.name) }]))
       })),
       rss: Object.fromEntries(this.rss),
       writes: Object.fromEntries([...this.writes].map(([t, samples]) => [t, { pids: this.pidLabels.get(t) ?? [], samples }])),
@@ -206,26 +222,56 @@ export function markdownTable (header: string[], rows: string[][], rightAligned:
   return [line(header), rule, ...rows.map(line)].join('\n') + '\n'
 }
 
-/** The table: a row per measurement; the baseline, then per other target its value, ratio, target and verdict. */
-export function resultsTable (results: Results): string {
-  const [baseline, ...others] = results.targets
+function formatCpu (v: number | null): string {
+  if (v === null) return '—'
+  return v >= 10 ? String(Math.round(v)) : v.toFixed(1)
+}
+
+/**
+ * The table: a row per measurement. The baseline first; then per other target its value, its
+ * daemons' CPU per request (FUSE targets), the ratio to the baseline, target and verdict (when it
+ * has targets), and its ratio to each physical limit it names. `names` picks the targets after the
+ * baseline (all of them by default), so that one run can print a one-host and a three-node table.
+ */
+export function resultsTable (results: Results, names?: string[]): string {
+  const [baseline, ...rest] = results.targets
   if (baseline === undefined) return ''
+  const others = names === undefined ? rest : rest.filter(t => names.includes(t.name))
+  const cpu = (t: TargetInfo): boolean => t.kind === 'fuse'
+  const hasGoals = (t: TargetInfo): boolean => Object.keys(t.goals).length > 0
   const header = ['job', baseline.name]
   const right = [false, true]
+  if (cpu(baseline)) { header.push('CPU µs/req'); right.push(true) }
   for (const t of others) {
-    header.push(t.name, 'ratio', 'target', 'met')
-    right.push(true, true, false, false)
+    header.push(t.name)
+    right.push(true)
+    if (cpu(t)) { header.push('CPU µs/req'); right.push(true) }
+    header.push('ratio')
+    right.push(true)
+    if (hasGoals(t)) { header.push('target', 'met'); right.push(false, false) }
+    for (const l of t.limits) { header.push(`÷ ${l}`); right.push(true) }
   }
+  const ratioOf = (v: number | null, base: number | null): number | null => v !== null && base !== null && base > 0 ? v / base : null
   const body: string[][] = []
   for (const row of results.rows) {
     const base = results.median(row.id, baseline.name)
     const line = [row.label, formatValue(base, row)]
+    if (cpu(baseline)) line.push(formatCpu(results.cpuMedian(row.id, baseline.name)))
     for (const t of others) {
       const v = results.median(row.id, t.name)
       const goal = t.goals[row.id]
-      const ratio = v !== null && base !== null && base > 0 ? v / base : null
-      line.push(formatValue(v, row), ratio === null ? '—' : formatRatio(ratio, row), goal === undefined ? '' : formatGoal(goal, row),
-        goal === undefined ? '' : ratio === null ? 'n/a' : meets(goal, ratio) ? 'yes' : '**no**')
+      const ratio = ratioOf(v, base)
+      line.push(formatValue(v, row))
+      if (cpu(t)) line.push(formatCpu(results.cpuMedian(row.id, t.name)))
+      line.push(ratio === null ? '—' : formatRatio(ratio, row))
+      if (hasGoals(t)) {
+        line.push(goal === undefined ? '' : formatGoal(goal, row),
+          goal === undefined ? '' : ratio === null ? 'n/a' : meets(goal, ratio) ? 'yes' : '**no**')
+      }
+      for (const l of t.limits) {
+        const r = ratioOf(v, results.median(row.id, l))
+        line.push(r === null ? '—' : formatRatio(r, row))
+      }
     }
     body.push(line)
   }
@@ -359,7 +405,7 @@ const FLOOR_ROWS: FloorRow[] = [
   // libfuse 2 sends a 1 MiB O_DIRECT write as eight 128 KiB requests, one after the other.
   { row: 'seq-write', perRequest: mibps => 2 ** 17 / (mibps * 2 ** 20 / 1e6), adds: ['rtt2_128k'] },
   { row: 'randwrite-qd1', perRequest: iops => 1e6 / iops, adds: ['rtt2_4k'] },
-  { row: 'fsync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
+  { row: 'fdatasync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
 ]
 
 /** The floor's figure over the runs as the ceilings use it: the mean (fio's figures are means too). */
@@ -403,6 +449,6 @@ export function floorSection (results: Results, runs: number): string {
     FLOOR_ROWS.map(f => floorLine(results, f)), [false, true, true, true, true, false, false])
   return intro + '\n\n' + figures.join('\n') + '\n\n' + table + '\n' +
     'Best ratio: the passthrough\'s time per request with the round trips added: t / (t + rtt2_128k) per 128 KiB request of a seq write, ' +
-    'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fsync. ' +
+    'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fdatasync. ' +
     'These assume Sheep costs nothing beyond the transport and the passthrough\'s own work.\n'
 }

@@ -1,9 +1,12 @@
 // `npm run bench`: Sheep against the Node passthrough FUSE filesystem (shared/bench/passthrough.js),
 // side by side in one run on the same disk, with the ratios shared/notes/performance.md sets as
-// targets. Sheep runs as one daemon with one copy ("1 host") and, unless --cluster none, as a
-// cluster of three daemons on this host with three copies (cluster.ts), once with object traffic
-// over direct TCP and once over Hyperswarm only. Prints a Markdown table and writes it to
-// bench/results/latest.md (and the raw samples to latest.json).
+// targets, and against the bare file on that disk with no FUSE (ext4.ts: O_DIRECT and buffered),
+// the physical limit. Sheep runs as one daemon with one copy ("1 host", the kernel-protocol
+// frontend, and unless --no-libfuse2 once more on libfuse 2 for comparison) and, unless
+// --cluster none, as a cluster of three daemons on this host with three copies (cluster.ts), once
+// with object traffic over direct TCP and once over Hyperswarm only. Beside each FUSE target's
+// figure goes its daemons' CPU per request (cpu.ts). Prints Markdown tables (one host; three
+// nodes) and writes them to bench/results/latest.md (and the raw samples to latest.json).
 //
 // How a run goes: all the filesystems are mounted at once under one temporary folder. For each
 // measurement the baseline goes first and the Sheep columns right after it, so that the machine's
@@ -34,7 +37,9 @@ import { parseArgs } from 'node:util'
 import { formatSize, parseSize } from '../src/units'
 import * as cleanup from './cleanup'
 import { type CowContext, type CowOutcome, cowSpace, measureCloneRandwrite, measureSnapshot } from './cow'
-import { FILL_OPTIONS, FIO_JOBS, type FioJob, type FioJobResult, runFio } from './fio'
+import { CpuMeter } from './cpu'
+import { PlainFileTarget } from './ext4'
+import { FILL_OPTIONS, FIO_JOBS, type FioJob, type FioJobResult, requestsOf, runFio } from './fio'
 import { formatFloor, measureFloor } from './floor'
 import { runTool, syncFs, versionOf } from './proc'
 import { CLUSTER_PATHS, type ClusterPath, ClusterTarget } from './cluster'
@@ -55,10 +60,11 @@ const USAGE = `usage: node dist/bench/run.js [options]   (npm run bench -- [opti
   --only LIST         comma-separated rows to run: ${ROWS.filter(r => r.id !== 'first-write').map(r => r.id).join(', ')}, rss,
                       store-writes, floor, and for the copy-on-write table (one-host Sheep only): ${COW_SECTIONS.join(', ')}
                       (the first write always runs: it makes the test file)
+  --no-libfuse2       without the "sheep (1 host, libfuse2)" column (sheep start --fuse libfuse2)
   --cluster LIST      the three-node cluster columns: ${CLUSTER_PATHS.join(', ')} (default both), or none; with any,
                       "floor" also runs: round trips to two child processes over Sheep's own TCP
                       transport (bench/floor.ts), and the best ratios they leave seq-write,
-                      randwrite-qd1 and fsync against the passthrough
+                      randwrite-qd1 and fdatasync against the passthrough
   --no-cluster        the same as --cluster none
   -h, --help
 
@@ -74,6 +80,8 @@ interface Options {
   only: Set<string> | null
   /** The three-node cluster columns to add, by how their nodes talk. */
   cluster: ClusterPath[]
+  /** Whether to add a one-host Sheep column on the libfuse 2 frontend. */
+  libfuse2: boolean
 }
 
 function usageError (message: string): never {
@@ -96,6 +104,7 @@ function parseOptions (argv: string[]): Options {
         only: { type: 'string' },
         cluster: { type: 'string' },
         'no-cluster': { type: 'boolean' },
+        'no-libfuse2': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' }
       },
       strict: true,
@@ -149,7 +158,8 @@ function parseOptions (argv: string[]): Options {
     rssSize: size(v['rss-size'], 2 * 2 ** 30, '--rss-size'),
     dir,
     only,
-    cluster
+    cluster,
+    libfuse2: v['no-libfuse2'] !== true
   }
 }
 
@@ -161,6 +171,14 @@ function repoRoot (): string {
     } catch {}
     if (path.dirname(dir) === dir) throw new Error(`cannot find the sheep repository above ${__dirname}`)
   }
+}
+
+/** The commit the run measures, marked when the work tree differs from it. */
+function commitOf (root: string): string {
+  const head = spawnSync('git', ['-C', root, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' })
+  if (head.status !== 0) return 'unknown'
+  const dirty = spawnSync('git', ['-C', root, 'status', '--porcelain', '--untracked-files=no'], { encoding: 'utf8' })
+  return head.stdout.trim() + (dirty.status === 0 && dirty.stdout.trim() !== '' ? ' (with uncommitted changes)' : '')
 }
 
 /** Everything the run needs, checked before anything starts; throws with what to do. */
@@ -182,7 +200,8 @@ function preflight (root: string, passthrough: string, opts: Options): { fio: st
   // memory image or copy-on-write section at a time (three copies again in a cluster), and room to spare.
   const cow = COW_SECTIONS.some(id => opts.only === null || opts.only.has(id)) ? cowSpace(opts.size) : 0
   const copies = opts.cluster.length > 0 ? 3 : 1
-  const need = (2 + 3 * opts.cluster.length) * opts.size + opts.size + Math.max(copies * opts.size, copies * opts.rssSize, cow) + 2 ** 30
+  // The test files: passthrough, two ext4 columns, one or two one-host Sheep columns, three copies per cluster.
+  const need = (4 + (opts.libfuse2 ? 1 : 0) + 3 * opts.cluster.length) * opts.size + opts.size + Math.max(copies * opts.size, copies * opts.rssSize, cow) + 2 ** 30
   const st = fs.statfsSync(opts.dir)
   if (st.bavail * st.bsize < need) problems.push(`${opts.dir} has ${formatSize(st.bavail * st.bsize)} free; the benchmark needs about ${formatSize(need)}`)
   if (problems.length > 0) throw new Error(problems.join('\n'))
@@ -258,6 +277,12 @@ function failureMessage (t: Target, err: unknown): { message: string, dead: stri
 /** How much of the test file the store-writes overwrite rewrites: enough to swamp the daemons' background writes, quick at cluster speeds. */
 const OVERWRITE_BYTES = 256 * 2 ** 20
 
+/** A measurement's figure with something to say beside it in the progress line. */
+interface Measured {
+  value: number
+  detail: string
+}
+
 class Bench {
   private readonly opts: Options
   private readonly targets: Target[]
@@ -293,7 +318,7 @@ class Bench {
   }
 
   /** Runs one measurement on one target, records its value or its error, and syncs the disk after it. */
-  private async measure (row: RowId, t: Target, run: number, fn: () => Promise<number>): Promise<void> {
+  private async measure (row: RowId, t: Target, run: number, fn: () => Promise<number | Measured>): Promise<void> {
     if (this.interrupted) throw new Error('interrupted')
     const cell = this.results.cell(row, t.name)
     const unit = ROWS.find(r => r.id === row)?.unit ?? ''
@@ -303,9 +328,10 @@ class Bench {
       return
     }
     try {
-      const v = await fn()
+      const out = await fn()
+      const v = typeof out === 'number' ? out : out.value
       cell.samples.push(v)
-      say(`${prefix} ${unit === 's' ? v.toFixed(2) : Math.round(v)} ${unit}`)
+      say(`${prefix} ${unit === 's' ? v.toFixed(2) : Math.round(v)} ${unit}${typeof out === 'number' ? '' : `, ${out.detail}`}`)
     } catch (err) {
       if (this.interrupted) throw err
       const { message, dead } = failureMessage(t, err)
@@ -361,7 +387,7 @@ class Bench {
   /** Overwrites the start of the test file as the first write wrote it, counting the store writes. */
   private async overwrite (t: Target, runNo: number): Promise<void> {
     if (this.interrupted) throw new Error('interrupted')
-    if (this.broken.has(t.name)) return
+    if (this.broken.has(t.name) || t.kind !== 'fuse') return
     const prefix = `[run ${runNo}/${this.opts.runs}] ${'store-writes'.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
     try {
       await this.countWrites('overwrite', t, runNo, async () =>
@@ -381,18 +407,42 @@ class Bench {
   }
 
   private async fio (job: FioJob, t: Target, run: number): Promise<void> {
-    // The first write is also where the store writes of a new file are counted (writes.ts).
-    const count = job.row === 'first-write' && this.wanted('store-writes')
+    const fuse = t.kind === 'fuse'
+    // The first write is also where the store writes of a new file are counted (writes.ts); a
+    // plain folder has no daemon whose writes could be counted.
+    const count = fuse && job.row === 'first-write' && this.wanted('store-writes')
     await this.measure(job.row, t, run, async () => {
       const file = this.testFile(t)
       if (!job.timeBased) removeFile(file)
-      if (job.warm) warm(t.dataDirs())
-      const go = async (): Promise<FioJobResult> => await runFio(job.row, file, this.opts.size, job.options,
-        job.timeBased ? { runtime: this.opts.runtime, ramp: this.opts.ramp } : null)
+      // The FUSE targets' backing files go into the page cache first; the bare file's do not: its
+      // O_DIRECT column reads the disk anyway, and its buffered one has fio drop them (ext4.ts).
+      if (job.warm && fuse) warm(t.dataDirs())
+      const timing = job.timeBased ? { runtime: this.opts.runtime, ramp: this.opts.ramp } : null
+      const cpu = fuse ? new CpuMeter(t.pids(), timing?.ramp ?? 0) : null
+      const go = async (): Promise<FioJobResult> => {
+        const res = await runFio(job.row, file, this.opts.size, [...job.options, ...(t.fioOptions ?? [])], timing, () => cpu?.start())
+        cpu?.stop()
+        return res
+      }
       let r: FioJobResult | undefined
-      if (count) await this.countWrites('first-write', t, run, async () => (r = await go()).write.io_bytes)
-      else r = await go()
-      return job.value(r as FioJobResult)
+      try {
+        if (count) await this.countWrites('first-write', t, run, async () => (r = await go()).write.io_bytes)
+        else r = await go()
+      } finally {
+        cpu?.cancel()
+      }
+      const value = job.value(r as FioJobResult)
+      if (cpu === null) return value
+      // A failed CPU reading does not void the job's figure: it is recorded on its own.
+      const cpuCell = this.results.cpuCell(job.row, t.name)
+      try {
+        const us = cpu.finish(requestsOf(r as FioJobResult))
+        cpuCell.samples.push(us)
+        return { value, detail: `daemon CPU ${us.toFixed(1)} µs/request` }
+      } catch (err) {
+        cpuCell.errors.push((err as Error).message)
+        return { value, detail: `daemon CPU not measured: ${(err as Error).message}` }
+      }
     })
   }
 
@@ -402,7 +452,7 @@ class Bench {
       removeFile(dest)
       warm([this.convertSource])
       try {
-        const r = await runTool('qemu-img', ['convert', '-f', 'raw', '-O', 'raw', this.convertSource, dest],
+        const r = await runTool('qemu-img', ['convert', ...(t.qemuImgOptions ?? []), '-f', 'raw', '-O', 'raw', this.convertSource, dest],
           { timeoutMs: Math.max(600, this.opts.size / 2 ** 21) * 1000 })
         if (r.code !== 0) throw new Error(`qemu-img convert failed (${r.code ?? r.signal}): ${(r.stderr || r.stdout).trim()}`)
         const got = fs.statSync(dest).size
@@ -416,7 +466,7 @@ class Bench {
 
   private async memory (t: Target, run: number): Promise<void> {
     if (this.interrupted) throw new Error('interrupted')
-    if (this.broken.has(t.name)) return
+    if (this.broken.has(t.name) || t.kind !== 'fuse') return
     const file = path.join(t.mount, 'rss.img')
     const prefix = `[run ${run}/${this.opts.runs}] ${'rss'.padEnd(14)} ${t.name.padEnd(this.nameWidth)}`
     try {
@@ -549,11 +599,25 @@ async function main (): Promise<number> {
   const base = fs.mkdtempSync(path.join(opts.dir, 'sheep-bench-'))
   cleanup.trackDir(base)
   say(`bench: working in ${base}`)
+  // In this order in each measurement: the baseline, the physical limits, the one-host Sheep
+  // columns, the clusters. The one-host table shows the first two groups and the one-host Sheep
+  // columns; the three-node table the baseline and the clusters.
+  const ext4 = [new PlainFileTarget(path.join(base, 'ext4-direct'), true), new PlainFileTarget(path.join(base, 'ext4-buffered'), false)]
+  const oneHost: Target[] = [
+    ...ext4,
+    new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS, fuse: 'kernel', cow: true }),
+    ...(opts.libfuse2
+      ? [new SheepTarget(path.join(base, 'sheep-libfuse2'), { name: 'sheep (1 host, libfuse2)', root, copies: 1, goals: {}, fuse: 'libfuse2', cow: false })]
+      : [])
+  ]
+  const clusters: Target[] = opts.cluster.map(p => new ClusterTarget(path.join(base, `cluster-${p}`), { root, path: p, goals: THREE_COPIES_GOALS }))
   const targets: Target[] = [
     new PassthroughTarget(path.join(base, 'passthrough'), passthroughScript, path.join(root, 'node_modules')),
-    new SheepTarget(path.join(base, 'sheep'), { name: 'sheep (1 host)', root, copies: 1, goals: ONE_HOST_GOALS }),
-    ...opts.cluster.map(p => new ClusterTarget(path.join(base, `cluster-${p}`), { root, path: p, goals: THREE_COPIES_GOALS }))
+    ...oneHost,
+    ...clusters
   ]
+  /** The Sheep column that is also divided by the physical limits (the issue's "ratio to ext4"). */
+  const limitsOf = (t: Target): string[] => t.name === 'sheep (1 host)' ? ext4.map(e => e.name) : []
   const rows = ROWS.filter(r => r.id === 'first-write' || opts.only === null || opts.only.has(r.id))
     .map(r => ({ ...r, label: r.label.replace('{size}', formatSize(opts.size)) }))
   const cowRows = COW_ROWS.filter(r => opts.only === null || opts.only.has(r.section))
@@ -603,7 +667,7 @@ async function main (): Promise<number> {
       say(`bench: writing the ${formatSize(opts.size)} qemu-img convert source`)
       makeRandomFile(source, opts.size)
     }
-    const info = (t: Target): TargetInfo => ({ name: t.name, description: t.description, goals: t.goals, copies: t.copies })
+    const info = (t: Target): TargetInfo => ({ name: t.name, description: t.description, goals: t.goals, copies: t.copies, kind: t.kind, limits: limitsOf(t) })
     results = new Results(rows, targets.map(info), cowRows, targets.filter(t => t.cow !== undefined && !setupErrors.has(t.name)).map(info))
     for (const [name, message] of setupErrors) results.setupErrors.set(name, message)
     bench = new Bench(opts, targets, results, base, source)
@@ -624,16 +688,22 @@ async function main (): Promise<number> {
   const loadAfter = os.loadavg()
   const minutes = ((Date.now() - started) / 60_000).toFixed(1)
   const header = [
-    `# Sheep benchmark: one host${opts.cluster.length > 0 ? ' and three nodes with three copies' : ''} against the Node passthrough`,
+    `# Sheep benchmark: one host${opts.cluster.length > 0 ? ' and three nodes with three copies' : ''} against the Node passthrough and the bare ext4 file`,
     '',
-    `${new Date().toISOString().replace('T', ' ').slice(0, 16)} UTC on ${os.hostname()}: ${os.cpus().length} CPUs, Linux ${os.release()}, ` +
+    `${new Date().toISOString().replace('T', ' ').slice(0, 16)} UTC at commit ${commitOf(root)} on ${os.hostname()}: ${os.cpus().length} CPUs, Linux ${os.release()}, ` +
       `Node ${process.version}, ${tools.fio}, ${tools.qemuImg.replace(/ Copyright.*/, '')}; ` +
       `load average ${loadBefore[0]?.toFixed(2)} before, ${loadAfter[0]?.toFixed(2)} after; took ${minutes} min.`,
     `Files on ${filesystemOf(opts.dir)} (${opts.dir}); ${formatSize(opts.size)} test file; time-based jobs ${opts.runtime} s after a ` +
-      `${opts.ramp} s ramp; ${opts.runs === 1 ? 'one run' : `median of ${opts.runs} runs`}. Ratio = column / passthrough ` +
-      '(higher is better for MiB/s and IOPS, lower for µs and s). Before each read job and each convert, the files behind ' +
-      'the mount (or the convert source) are read once (in a cluster, all three stores), so every target starts with them in the page cache. ' +
-      'Targets: the one-host figures against the one-host targets, the three-node ones against the three-copy targets (shared/notes/performance.md).',
+      `${opts.ramp} s ramp; ${opts.runs === 1 ? 'one run' : `median of ${opts.runs} runs`}. The machine is shared and noisy: ` +
+      'compare the ratios within this run, not absolute figures across runs. Ratio = column / passthrough ' +
+      '(higher is better for MiB/s and IOPS, lower for µs and s); "÷ ext4 …" = the column / the bare file on the same disk, the ' +
+      'physical limit. Before each read job and each convert, the files behind a FUSE mount (or the convert source) are read once ' +
+      '(in a cluster, all three stores), so every FUSE target starts with them in the page cache; the bare file is not (ext4 buffered: ' +
+      'fio drops its cache first). "CPU µs/req": utime + stime of the target\'s daemons (all threads; summed over a cluster\'s three) ' +
+      'from /proc/PID/stat over fio\'s measured time, per request fio counted (reads + writes; in the fdatasync row per write + ' +
+      'fdatasync pair); fio\'s own CPU and the kernel\'s work charged to fio are not in it (bench/cpu.ts). ' +
+      'Targets: the one-host figures against the one-host targets (issue 10), the three-node ones against the three-copy targets ' +
+      '(shared/notes/performance.md).',
     ...targets.flatMap(t => [`- ${t.name}: ${t.description}`, ...(t.notes?.() ?? []).map(n => `  - **${n}**`)]),
     ''
   ].join('\n')
@@ -642,7 +712,9 @@ async function main (): Promise<number> {
   const writes = writesTable(results, { size: formatSize(opts.size), overwrite: formatSize(Math.min(OVERWRITE_BYTES, opts.size)) })
   const text = [
     header,
-    resultsTable(results),
+    clusters.length === 0 ? '' : '## One host\n',
+    resultsTable(results, oneHost.map(t => t.name)),
+    clusters.length === 0 ? '' : '## Three nodes, three copies\n\n' + resultsTable(results, clusters.map(t => t.name)),
     floorSection(results, opts.runs),
     writes === ''
       ? ''

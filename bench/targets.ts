@@ -7,6 +7,7 @@ import path from 'node:path'
 import { call } from '../src/control/client'
 import type { Op, Requests } from '../src/control/messages'
 import { controlSocketPath } from '../src/control/paths'
+import type { Frontend } from '../src/fuse/mount'
 import * as cleanup from './cleanup'
 import type { Goals } from './rows'
 
@@ -21,6 +22,11 @@ export interface CowAccess {
 }
 
 export interface Target {
+  /**
+   * 'fuse': a filesystem served by daemons (pids()), whose CPU per request is measured; 'plain':
+   * a folder on the local disk with no daemon (ext4.ts, the physical limit), fio rows and convert only.
+   */
+  readonly kind: 'fuse' | 'plain'
   /** Column heading, e.g. "sheep (1 host)". */
   readonly name: string
   /** The folder the benchmark's files go in. */
@@ -56,6 +62,10 @@ export interface Target {
   logFiles? (): string[]
   /** Present on targets with snapshots and clones (Sheep); they get the copy-on-write table too. */
   readonly cow?: CowAccess
+  /** fio options appended to every job's on this target (fio takes the last value of an option). */
+  readonly fioOptions?: string[]
+  /** qemu-img convert options for this target (before the file names). */
+  readonly qemuImgOptions?: string[]
 }
 
 const LOG_TAIL = 64 * 1024
@@ -132,6 +142,7 @@ export function tail (text: string, lines = 20): string {
 
 /** The Node passthrough FUSE filesystem from shared/bench: the baseline every ratio is against. */
 export class PassthroughTarget implements Target {
+  readonly kind = 'fuse'
   readonly name = 'passthrough'
   readonly goals: Goals = {}
   readonly copies = 1
@@ -206,19 +217,22 @@ export interface SheepTargetOptions {
   /** Copies for images made through the mount. */
   copies: number
   goals: Goals
-  /** More `sheep start` arguments. */
-  extraArgs?: string[]
+  /** The FUSE frontend to ask for (`sheep start --fuse`): named, so that a fallback cannot pass unnoticed. */
+  fuse: Frontend
+  /** Whether the copy-on-write table runs on this target (one column is enough). */
+  cow: boolean
 }
 
 /** One Sheep daemon with a store, mount and control-socket folder of its own. */
 export class SheepTarget implements Target {
+  readonly kind = 'fuse'
   readonly name: string
   readonly goals: Goals
   readonly copies: number
   readonly mount: string
   readonly store: string
   readonly runDir: string
-  readonly cow: CowAccess
+  readonly cow?: CowAccess
   description: string
   private readonly opts: SheepTargetOptions
   private readonly daemon = new DaemonProcess('the sheep daemon')
@@ -231,13 +245,15 @@ export class SheepTarget implements Target {
     this.store = path.join(dir, 'store')
     this.mount = path.join(dir, 'mnt')
     this.runDir = path.join(dir, 'run')
-    this.description = `bin/sheep start --copies ${opts.copies}`
+    this.description = `bin/sheep start --copies ${opts.copies} --fuse ${opts.fuse}`
     const socket = socketOf(this.mount, this.runDir)
-    this.cow = {
-      call: async (op, args) => await call(socket, op, args),
-      storeDir: this.store,
-      // src/objects/local-store.ts: objects/<vid, 6 hex digits>/<object id>.
-      vidDir: vid => path.join(this.store, 'objects', vid.toString(16).padStart(6, '0'))
+    if (opts.cow) {
+      this.cow = {
+        call: async (op, args) => await call(socket, op, args),
+        storeDir: this.store,
+        // src/objects/local-store.ts: objects/<vid, 6 hex digits>/<object id>.
+        vidDir: vid => path.join(this.store, 'objects', vid.toString(16).padStart(6, '0'))
+      }
     }
   }
 
@@ -245,11 +261,12 @@ export class SheepTarget implements Target {
     fs.mkdirSync(this.runDir, { recursive: true })
     cleanup.trackMount(this.mount)
     const args = [path.join(this.opts.root, 'bin', 'sheep'), 'start', '--store', this.store, '--mount', this.mount,
-      '--copies', String(this.opts.copies), ...(this.opts.extraArgs ?? [])]
-    this.description = `bin/sheep start --copies ${this.opts.copies}${this.opts.extraArgs?.length ? ' ' + this.opts.extraArgs.join(' ') : ''}` +
-      ` (UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'})`
+      '--copies', String(this.opts.copies), '--fuse', this.opts.fuse]
     await startSheep(this.daemon, args, this.runDir, 60_000)
     if (!cleanup.isMounted(this.mount)) throw new Error(`the sheep daemon said ready, but nothing is mounted at ${this.mount}`)
+    const frontend = await frontendOf(socketOf(this.mount, this.runDir), this.opts.fuse, 'the sheep daemon')
+    this.description = `bin/sheep start --copies ${this.opts.copies} --fuse ${this.opts.fuse}; FUSE frontend ${frontend} ` +
+      `(\`sheep status\`); UV_THREADPOOL_SIZE=${process.env.UV_THREADPOOL_SIZE ?? '8, its default'}`
   }
 
   async teardown (): Promise<void> {
@@ -298,6 +315,17 @@ export async function startSheep (daemon: DaemonProcess, args: string[], runDir:
     })
   })
   await daemon.waitFor(ready, timeoutMs)
+}
+
+/**
+ * The FUSE frontend a daemon reports (`status`, what `sheep status --json` prints as fuse.frontend);
+ * throws when it is not the one asked for, since the column's name would then be wrong.
+ */
+export async function frontendOf (socket: string, wanted: Frontend, who: string): Promise<Frontend> {
+  const s = await call(socket, 'status', {})
+  const got = s.fuse?.frontend
+  if (got !== wanted) throw new Error(`${who} serves its mount with ${got ?? 'no FUSE session'}, not the ${wanted} frontend asked for`)
+  return got
 }
 
 /** The daemon's control socket: controlSocketPath() of the mount, with SHEEP_RUN_DIR as the daemon gets it. */
