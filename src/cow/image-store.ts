@@ -805,6 +805,7 @@ export class ImageStore {
 
   /** This instance of an image can no longer do I/O here: every later try is ESTALE too. */
   private lose (image: Image, why: string): SheepError {
+    if (image.token.lost === null) this.log(`${image.name}: handles open here fail from now on (ESTALE): ${why}`)
     image.token.lost = why
     return SheepError.stale(why)
   }

@@ -367,14 +367,26 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async remove (oid: ObjectId): Promise<void> {
+    // A cluster's replica keeps a tombstone, also of an object it did not hold: a copy that comes
+    // back from a node that was away is older than the remove, not the newest there is.
+    await this.erase(oid, this.markWrites)
+  }
+
+  /**
+   * Forgets this node's copy of an object without a tombstone: placement gave the object to other
+   * members, which hold it (src/swarm/recovery.ts). A tombstone here would be newer than theirs.
+   */
+  async drop (oid: ObjectId): Promise<void> {
+    await this.erase(oid, false)
+  }
+
+  private async erase (oid: ObjectId, tombstone: boolean): Promise<void> {
     this.checkOpen()
     const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     await this.forget(oid)
     const file = this.objectPath(oid)
     await fs.promises.rm(file, { force: true })
-    // A cluster's replica keeps a tombstone, also of an object it did not hold: a copy that comes
-    // back from a node that was away is older than the remove, not the newest there is.
-    if (this.markWrites) await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
+    if (tombstone) await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
     else await this.catalog.del(oid)
     this.uncertain.delete(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.

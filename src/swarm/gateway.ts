@@ -487,21 +487,27 @@ export class Gateway implements ObjectStore {
       const epoch = this.cluster.epoch
       const replicas = this.replicasOf(oid)
       const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas
-      let last: unknown = null
-      let missing = 0
+      let absent: unknown = null
+      let lost: unknown = null
+      let failed: unknown = null
       for (const node of order) {
         try {
           return await fn(node, epoch)
         } catch (err) {
-          last = err
-          if (err instanceof SheepError && err.code === 'ENOENT') missing++
-          // A disk that failed it (or a copy that missed a change and is being repaired): another replica may serve it.
-          else if (!retryable(err) && !isDiskFailure(err)) throw err
+          if (err instanceof SheepError && err.code === 'ENOENT') absent = err
+          else if (retryable(err)) lost ??= err
+          // A disk that failed it (or a copy that missed a change): another replica may serve it.
+          else if (isDiskFailure(err)) failed ??= err
+          else throw err
         }
       }
-      // Every replica answered and none has it: it does not exist.
-      if (missing === order.length || (missing > 0 && !retryable(last))) throw last
-      await this.afterFailure(epoch, last)
+      // A replica that may hold it is gone for now: ask again in the next view.
+      if (lost !== null) {
+        await this.afterFailure(epoch, lost)
+        continue
+      }
+      // Some replica has it but cannot read it: that is not "it does not exist".
+      throw failed ?? absent
     }
   }
 

@@ -59,7 +59,7 @@ function settled (): Deferred {
 const EMPTY = new Uint8Array(0)
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
-export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'dropTombstone'>
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone'>
 
 /** The copy of an object recovery takes as the newest so far. */
 interface Copy { node: string, version: number, uncertain: boolean, removed: boolean }
@@ -308,6 +308,7 @@ export class Recovery {
         // Removed after this node's copy was made: the copy came back from a node that was away
         // (maybe this one) and must neither be served nor spread.
         if (mine !== undefined && mine.removed !== true) {
+          this.log(`view ${view.epoch}: object ${oidToHex(oid)} at version ${mine.version} was removed at version ${best.version} (${best.node.slice(0, 8)}): removed here too`)
           await this.raw.remove(oid)
           this.stats.buried++
         }
@@ -432,7 +433,7 @@ export class Recovery {
       const replicas = this.replicasOf(info.oid) ?? []
       const everywhere = replicas.length > 0 && replicas.every(r => (held.get(r)?.get(info.oid)?.version ?? -1) >= info.version)
       if (!everywhere) { left++; continue }
-      await this.raw.remove(info.oid)
+      await this.raw.drop(info.oid)
       this.stats.dropped++
     }
     return left === 0

@@ -246,3 +246,26 @@ t.test('a copy that comes back after its object was removed is buried, not sprea
   for (const n of [a, b, c]) for await (const info of n.store.list()) left.push(info)
   t.same(left, [], 'nothing is left of the object')
 })
+
+t.test('a copy placement moved away is dropped without a tombstone: the replicas keep theirs', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const oid = dataOid(5, 0)
+  for (const n of nodes.values()) {
+    n.epoch = 3
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x55))
+  }
+  for (const n of nodes.values()) n.epoch = 4
+  const c = nodes.get('c') as Node
+  // Placement now gives the object to a and b only.
+  const r = new Recovery(c.store, clusterOf(nodes, 'c'), { replicasOf: () => ['a', 'b'], widest: () => ['a', 'b'] }, () => {})
+  r.imagesLoaded()
+  r.start(viewOf(4, ids))
+  for (let i = 0; i < 300 && r.status.dropped === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
+  t.equal(r.status.dropped, 1, 'c dropped its copy')
+  const left = []
+  for await (const info of c.store.list()) left.push(info)
+  t.same(left, [], 'and keeps no tombstone, which would be newer than the replicas\' copies (it made every node remove its copy)')
+  for (const id of ['a', 'b']) t.equal((await readBack((nodes.get(id) as Node).store, oid, 4096))[0], 0x55, `${id} still has it`)
+})
