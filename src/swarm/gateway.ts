@@ -456,6 +456,8 @@ export class Gateway implements ObjectStore {
           await this.copyTo(node, epoch, oid, nodes)
           nodes.delete(node)
         } catch (err) {
+          // No longer this host's to write (its token moved): the new holder's writes find the copy refused and repair it.
+          if (err instanceof SheepError && err.code === 'EPERM') { nodes.delete(node); continue }
           if (!(err instanceof SheepError && err.code === 'ENOENT')) continue
           // No current replica holds it: the change it missed was a remove.
           await this.send(node, epoch, Op.Remove, { oid }).then(() => nodes.delete(node), () => {})

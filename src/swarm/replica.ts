@@ -7,8 +7,8 @@
 // member that does not, tampered or confused, cannot overwrite or delete a disk another host
 // writes. The holder of each image is looked up once per epoch and again when another member
 // writes (the token moves within an epoch when a host asks the holder to let go). An image no
-// host has taken the token of yet (just created, never opened for writing) has no holder: any
-// member may write its objects, as its creator does.
+// host has taken the token of yet (just created, never opened for writing) has no holder: its
+// data objects take no change, and its inode takes one from any member, as its creator writes it.
 
 import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
@@ -139,7 +139,12 @@ function writeGate (ctx: ReplicaContext): (oid: ObjectId, from: string, epoch: n
     const known = holders.get(vid)
     if (known?.epoch === epoch && known.holder === from) return
     const record = await ctx.tokenOf(vid)
-    if (record === null) return
+    if (record === null) {
+      // Nobody took the token yet: its creator writes the new inode; data objects are written
+      // only under a token.
+      if (type === ObjectType.Inode) return
+      throw new SheepError('EPERM', `node ${short(from)} changed object ${oidToHex(oid)} of image ${vid.toString(16)}, whose write token no host holds`)
+    }
     if (holders.size >= HOLDERS_KEPT) holders.clear()
     holders.set(vid, { epoch, holder: record.holder })
     if (record.holder !== from) throw new SheepError('EPERM', `node ${short(from)} changed object ${oidToHex(oid)} of image ${vid.toString(16)}, whose write token node ${short(record.holder)} holds`)

@@ -10,7 +10,7 @@
 // after healing: all five agree on one view, a write left waiting completes or fails (and if it
 // completed, it is there), every write acknowledged on either side reads back through every node,
 // the five read the same bytes, and the 3 copies of every object are byte-equal.
-// One cluster for all rounds; each round (SHEEP_PARTITION_SEEDS, default 3) draws from its seed
+// One cluster for all rounds; each round (SHEEP_PARTITION_SEEDS, default 2) draws from its seed
 // the sides, the writers and when the cut lands (after how many acknowledged writes, then 0-30 ms).
 
 import t from 'tap'
@@ -26,7 +26,7 @@ const KiB = 1024
 const MiB = 2 ** 20
 const SIZE = 16 * MiB
 const SLOT = 64 * KiB
-const SEEDS = Number(process.env.SHEEP_PARTITION_SEEDS ?? '') > 0 ? Number(process.env.SHEEP_PARTITION_SEEDS) : 3
+const SEEDS = Number(process.env.SHEEP_PARTITION_SEEDS ?? '') > 0 ? Number(process.env.SHEEP_PARTITION_SEEDS) : 2
 /** How long a write held up by the cut may still take once the cut healed (a view change, a token take). */
 const AFTER_HEAL_MS = 90_000
 

@@ -1,5 +1,5 @@
 // Crash consistency on a cluster (issue 15): the node a guest writes through is killed with
-// SIGKILL at random moments of random writes and fsyncs, 15 times (SHEEP_CRASH_ROUNDS for more), and restarted; every sector
+// SIGKILL at random moments of random writes and fsyncs, 8 times (SHEEP_CRASH_ROUNDS for more), and restarted; every sector
 // fsync acknowledged reads back through it, and through another node.
 
 import t from 'tap'
@@ -13,7 +13,7 @@ const MiB = 2 ** 20
 // Hundreds of daemon restarts: longer than tap's default time for a file.
 t.setTimeout(20 * 60_000)
 
-t.test('torture on 3 nodes, copies 3: SIGKILLs (15, or SHEEP_CRASH_ROUNDS) of the writing node; acknowledged sectors read back through it and another node', async t => {
+t.test('torture on 3 nodes, copies 3: SIGKILLs (8, or SHEEP_CRASH_ROUNDS) of the writing node; acknowledged sectors read back through it and another node', async t => {
   const seed = seedFrom(t, 'cluster torture')
   const rng = new Rng(seed)
   const nodes = await startCluster(t, 3)
@@ -24,7 +24,7 @@ t.test('torture on 3 nodes, copies 3: SIGKILLs (15, or SHEEP_CRASH_ROUNDS) of th
   t.equal(r.code, 0, `image created ${r.stderr}`)
   const img = writer.image('vm.img')
   const model = new CrashModel(64 * MiB / SECTOR)
-  const ROUNDS = rounds(15)
+  const ROUNDS = rounds(8)
   const failures: string[] = []
   let started = Date.now()
   let restarts = 0

@@ -4,7 +4,7 @@
 //   with both cores kept busy (it lost the last 16 MiB in 5 of 20 rounds before the fix);
 // - a crash at each step of the sync order, through failpoints;
 // - a torture run: a guest writing random sectors with fsyncs, the daemon killed at a random
-//   moment, restarted, every sector checked against what was acknowledged; 40 rounds, seeded
+//   moment, restarted, every sector checked against what was acknowledged; 20 rounds, seeded
 //   (SHEEP_CRASH_ROUNDS=1000 for a long run: 0 failures in 1000 when this was written).
 
 import t from 'tap'
@@ -115,7 +115,7 @@ t.test('a crash at each step of the sync order: start-up repairs it and every ac
   }
 })
 
-t.test('torture: SIGKILLs (40, or SHEEP_CRASH_ROUNDS) of the daemon at random moments of random writes and fsyncs, under CPU load', async t => {
+t.test('torture: SIGKILLs (20, or SHEEP_CRASH_ROUNDS) of the daemon at random moments of random writes and fsyncs, under CPU load', async t => {
   const seed = seedFrom(t, 'torture')
   const rng = new Rng(seed)
   const d = await startDaemon(t)
@@ -126,7 +126,7 @@ t.test('torture: SIGKILLs (40, or SHEEP_CRASH_ROUNDS) of the daemon at random mo
   // The load is on while the guest writes, when the races that lose writes can happen; restarts
   // and checks run without it, or the rounds would take most of CI's time.
   const load = busyLoops(t, 2)
-  const ROUNDS = rounds(40)
+  const ROUNDS = rounds(20)
   const failures: string[] = []
   const spent = { writing: 0, restarting: 0, checking: 0 }
   let round = 0

@@ -108,8 +108,9 @@ t.test('changes to an image\'s data and inode objects are taken only from its to
   const before = lookups
   await serve(req({ data: Buffer.from('again') }), OTHER)
   t.equal(lookups, before + 1, 'a new epoch looks the holder up again')
-  await serve(req({ oid: dataOid(8, 0), op: Op.Create, length: 4096 }), STRANGER)
-  t.pass('an image no host took the token of: any member writes it (its creator does)')
+  await serve(req({ oid: inodeOid(8), op: Op.Create, length: 4096 }), STRANGER)
+  t.pass('an image no host took the token of: any member writes its inode (its creator does)')
+  t.equal((await sheepError(async () => await serve(req({ oid: dataOid(8, 0), op: Op.Create, length: 4096 }), STRANGER))).code, 'EPERM', 'but not its data, which only a token holder writes')
   await serve(req({ oid: metaOid(1), op: Op.Replace, data: Buffer.from('dir') }), OTHER)
   t.pass('records every host shares (the directory) are not an image\'s')
 })
