@@ -447,12 +447,12 @@ t.test('compareAndReplace succeeds only on the expected version', async t => {
 })
 
 t.test('small I/O on the event loop and through the pool give the same bytes and the same errors', async t => {
-  for (const [label, io] of [['inline', {}], ['pool', { maxInline: 0 }], ['pool after a slow call', { slowMs: -1 }]] as const) {
+  for (const [label, io] of [['inline', {}], ['inline in small pieces', { writePiece: 3000 }], ['pool', { maxInline: 0, maxInlineWrite: 0 }], ['pool after a slow call', { slowMs: -1 }]] as const) {
     const dir = tmpDir(t)
     const store = await openStore(t, dir, { io })
     const oid = dataOid(9, 1)
     await store.create(oid, 1 * MiB)
-    const data = pattern(200 * KiB, 3) // more than an inline call takes: written in one piece through the pool
+    const data = pattern(200 * KiB, 3) // more than one call takes: written inline in pieces, or in one piece through the pool
     await store.write(oid, 1000, data)
     await store.write(oid, 5000, pattern(4 * KiB, 4))
     data.set(pattern(4 * KiB, 4), 4000)
