@@ -66,6 +66,10 @@ export class Image {
   private dirtyData = new Set<ObjectId>()
   /** Owner-table entries changed in memory and not yet written to the inode. */
   private readonly dirtyEntries = new Set<number>()
+  /** Moves when adopt() replaces the table: a sync under way then has lost what it was to write. */
+  private adoptions = 0
+  /** Entries a sync under way took out of dirtyEntries and has not written yet. */
+  private syncingEntries = 0
   /** Owner-table entries or the header were written since the inode was last synced. */
   private inodeDirty = false
   /** The size changed since the header was written: sync must write it. */
@@ -639,29 +643,44 @@ export class Image {
     this.dirtyData = new Set()
     const entries = [...this.dirtyEntries]
     this.dirtyEntries.clear()
-    try {
-      if (data.size > 0) await this.objects.sync(data)
-    } catch (err) {
-      for (const oid of data) this.dirtyData.add(oid)
-      for (const idx of entries) this.dirtyEntries.add(idx)
-      throw err
+    const adoptions = this.adoptions
+    this.syncingEntries = entries.length
+    // Another host took the token and this host loaded the inode again while this sync waited (a
+    // partition, say): the entries it was to write are gone from the table, and so are the writes
+    // they described. The sync fails, as fsync after lost writeback does, instead of succeeding.
+    const checkAdopted = (): void => {
+      if (this.adoptions !== adoptions) throw SheepError.corrupt(`${this.name}: another host took the image's write token before the blocks written here were recorded: those writes are lost`)
     }
-    failpoint('image-sync:after-data')
-    await this.inodeWrites.run(async () => {
-      await this.writeEntries(entries)
-      if (this.headerDirty) await this.writeHeader()
-      failpoint('image-sync:after-entries')
-      if (this.inodeDirty) {
-        this.inodeDirty = false
-        try {
-          await this.objects.sync([this.inode])
-        } catch (err) {
-          this.inodeDirty = true
-          throw err
-        }
+    try {
+      try {
+        if (data.size > 0) await this.objects.sync(data)
+      } catch (err) {
+        for (const oid of data) this.dirtyData.add(oid)
+        if (this.adoptions === adoptions) for (const idx of entries) this.dirtyEntries.add(idx)
+        throw err
       }
-      failpoint('image-sync:after-inode')
-    })
+      failpoint('image-sync:after-data')
+      checkAdopted()
+      await this.inodeWrites.run(async () => {
+        checkAdopted()
+        await this.writeEntries(entries)
+        checkAdopted()
+        if (this.headerDirty) await this.writeHeader()
+        failpoint('image-sync:after-entries')
+        if (this.inodeDirty) {
+          this.inodeDirty = false
+          try {
+            await this.objects.sync([this.inode])
+          } catch (err) {
+            this.inodeDirty = true
+            throw err
+          }
+        }
+        failpoint('image-sync:after-inode')
+      })
+    } finally {
+      this.syncingEntries = 0
+    }
   }
 
   /**
@@ -718,7 +737,8 @@ export class Image {
    * entries that was.
    */
   adopt (fresh: Image): number {
-    const dropped = this.dirtyEntries.size
+    const dropped = this.dirtyEntries.size + this.syncingEntries
+    this.adoptions++
     this._header = fresh._header
     this.table = fresh.table
     this.ownedSubblocks = fresh.ownedSubblocks

@@ -9,9 +9,10 @@
 // on its replicas there (writing the same bytes twice is harmless). A replica that a new view
 // added and that lacks the object gets a whole copy from one that has it before the write goes
 // on. A replica whose disk fails the change (EIO, ENOSPC) does not fail it while at least
-// `minCopies` replicas took it: that replica marks its copy missed and repairs it from the others
-// (./recovery.ts), and reads go to another replica meanwhile. A node that cannot reach a majority of its view refuses writes and serves no reads: a
-// minority partition never accepts a write nor answers from a copy the majority moved past.
+// `minCopies` replicas took it: that replica refuses its copy until this node replaces it with a
+// current one (./recovery.ts), and reads go to another replica meanwhile. A node that cannot
+// reach a majority of its view refuses writes and serves no reads: a minority partition never
+// accepts a write nor answers from a copy the majority moved past.
 
 import { isDiskFailure, isErrorCode, SheepError, toSheepError } from '../errors'
 import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
@@ -66,7 +67,7 @@ export class Gateway implements ObjectStore {
   private readonly primaryQueue = new Map<ObjectId, Promise<void>>()
   private fence: WriteFence = () => undefined
   private stopped = false
-  /** Changes of each object under way here, and the waiters for none (see repair()). */
+  /** Changes of each object under way here, and the waiters for none (see repairLater()). */
   private readonly inFlight = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
   /** Objects being repaired: their changes wait. */
   private readonly repairs = new Map<ObjectId, Promise<void>>()
@@ -509,7 +510,7 @@ export class Gateway implements ObjectStore {
         continue
       }
       // Some replica has it but cannot read it: that is not "it does not exist".
-      throw failed ?? absent
+      throw failed ?? absent ?? SheepError.unreachable(`object ${oidToHex(oid)}: no replica in view ${epoch}`)
     }
   }
 
