@@ -23,11 +23,13 @@ t.test('every message round-trips', async t => {
   const h = { proof: Buffer.alloc(32, 7), self: member(5), view: aView }
   const hb = decode(hello, encode(hello, h))
   t.same({ ...hb, proof: Buffer.from(hb.proof) }, h, 'hello')
-  const list = [{ oid: 1n, version: 2, size: 3 }, { oid: 0x2000000000000001n, version: 9, size: 4 << 20, uncertain: true }]
-  t.same(decode(objectList, encode(objectList, list)), list, 'object list')
+  const list = [{ oid: 1n, version: 2, size: 3 }, { oid: 0x2000000000000001n, version: 9, size: 4 << 20, uncertain: true }, { oid: 5n, version: 10, size: 0, removed: true }]
+  t.same(decode(objectList, encode(objectList, list)), list, 'object list, with an uncertain copy and a tombstone')
   const flagged = Buffer.from(encode(objectList, [{ oid: 1n, version: 2, size: 3 }]))
-  flagged[flagged.length - 1] = 2
-  t.throws(() => decode(objectList, flagged), { code: 'EPROTO' }, 'an entry with an unknown flag bit is refused')
+  for (const flags of [3, 4]) {
+    flagged[flagged.length - 1] = flags
+    t.throws(() => decode(objectList, flagged), { code: 'EPROTO' }, `an entry with flags ${flags} (unknown, or uncertain and removed at once) is refused`)
+  }
   t.same(decode(usage, encode(usage, { capacity: 2 ** 40, free: 2 ** 39 })), { capacity: 2 ** 40, free: 2 ** 39 }, 'usage')
   for (const deleted of [false, true]) {
     const record = { holder: id(4), generation: 2 ** 40, deleted }
