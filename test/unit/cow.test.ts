@@ -1031,3 +1031,46 @@ t.test('rename moves an image with its snapshots', async t => {
   t.same(env.images.snapshotsOf('b').map(s => `${s.name}@${s.header.tag}`), ['b@s1', 'b@s2'], 'after a restart too')
   await same(t, env.images.getSnapshot('b', 's1'), pattern(OS, 1), 'b@s1 after reopen')
 })
+
+t.test('a sync under way when the inode is loaded again (another host held the token meanwhile) fails: its writes are not durable', async t => {
+  const objects = new LocalObjectStore(tmpDir(t))
+  await objects.open()
+  t.teardown(async () => await objects.close())
+  // Syncs of data objects wait while held, as one held up by a partition does.
+  let release: (() => void) | null = null
+  const held = new Proxy(objects, {
+    get (target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown
+      if (typeof value !== 'function') return value
+      if (prop === 'sync') {
+        return async (oids: Iterable<ObjectId>) => {
+          if (release === null && [...oids].some(o => oidType(o) === ObjectType.Data)) await new Promise<void>(resolve => { release = resolve })
+          return await target.sync(oids)
+        }
+      }
+      return (value as (...a: unknown[]) => unknown).bind(target)
+    }
+  }) as LocalObjectStore
+  const images = new ImageStore(held)
+  await images.open()
+  t.teardown(async () => await images.close().catch(() => {}))
+  const created = await images.create('vm', 1024 * KiB, OPTS)
+  const image = images.openImage('vm', true)
+  t.equal(image, created)
+  await image.write(0, pattern(4 * KiB, 1))
+  const syncing = image.sync().then(() => null, (err: unknown) => err as SheepError)
+  while (release === null) await new Promise(resolve => setTimeout(resolve, 5))
+  // What a take after another host's hold does: the inode as the store has it replaces the table.
+  const { Image } = await import('../../src/cow/image')
+  const dropped = image.adopt(await Image.load(held, image.vid, () => undefined, false))
+  t.equal(dropped, 1, 'the entry the sync was writing counts as dropped')
+  ;(release as () => void)()
+  const err = await syncing
+  t.equal(err?.code, 'EIO', 'the sync fails (it succeeded, and the write it was to make durable read back as zeros)')
+  t.match(err?.message ?? '', /another host took the image's write token before the blocks written here were recorded/)
+  const back = Buffer.alloc(4 * KiB)
+  await image.read(0, back.length, back)
+  t.ok(back.equals(Buffer.alloc(4 * KiB)), 'the image reads as the store has it')
+  await image.sync()
+  t.pass('the next sync goes through')
+})
