@@ -444,6 +444,9 @@ export class ImageStore {
       }, header.vid)
       const snap = image.takeOver(header, table)
       this.newInode(image)
+      // Writes waiting on the lock go on into the new inode's objects, which replicas take only
+      // from the holder of its token (src/swarm/replica.ts): take it before they do.
+      await this.hold(image, 'change')
       await snap.relabel({ tag, snapshotTime: Date.now() })
       this.inodes.set(header.vid, image)
       this.inodes.set(frozen, snap)
