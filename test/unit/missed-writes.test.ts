@@ -63,7 +63,8 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
       asPrimary: async () => { throw new Error('not used') },
       release: async () => {},
       isMember: () => true,
-      tokenOf: async () => null
+      // a writes the image: it holds the token
+      tokenOf: async () => ({ holder: 'a', generation: 1, deleted: false })
     })
   }
   for (const n of nodes.values()) {
