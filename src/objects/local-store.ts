@@ -193,15 +193,8 @@ export class LocalObjectStore implements ObjectStore {
     if (this.entries.has(oid) || (prior !== null && prior.removed !== true)) throw SheepError.exists(`object ${oidToHex(oid)}`)
     // Above the tombstone of the copy removed before, if there is one: this one is newer.
     const info: ObjectInfo = { oid, version: this.bump(prior?.version ?? 0), size }
-    // A cluster's replica makes the file first: a crash between the two then leaves a file no
-    // record names (a later create truncates it), not a record without a file, which other
-    // replicas would take for a copy at that version (test/e2e/cluster-whole-crash.test.ts).
-    // The record is due at the next sync only once it is queued: a sync between the two must
-    // not take the mark and flush the index without it.
-    if (!this.markWrites) {
-      this.records.add('catalog')
-      await this.catalog.put([info])
-    }
+    this.records.add('catalog')
+    await this.catalog.put([info])
     const file = this.objectPath(oid)
     await this.ensureDir(path.dirname(file))
     this.newNames.add(path.dirname(file))
@@ -211,11 +204,6 @@ export class LocalObjectStore implements ObjectStore {
       await ftruncate(fd, size)
     } catch (err) {
       throw toSheepError(err)
-    }
-    if (this.markWrites) {
-      const queued = this.catalog.put([info])
-      this.records.add('catalog')
-      await queued
     }
     this.uncertain.delete(oid)
     this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: false, writing: 0, marking: null })
