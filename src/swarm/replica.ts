@@ -52,12 +52,12 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
     // Another epoch may place this object elsewhere: the sender must first agree with us on the view.
     if (req.epoch !== mine) throw SheepError.stale(`request for epoch ${req.epoch}, this node is in epoch ${mine}`)
     if (!ctx.isMember(from)) throw new SheepError('EPERM', `node ${short(from)} is not a member of view ${mine}`)
-    if (CHANGES.has(req.op)) await mayChange(req.oid, from, mine)
     const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
     // Sizes are checked before the store sees them: a made-up size of 2^52 must not become a
     // catalog record, a file or an allocation.
     const end = req.op === Op.Write ? req.offset + req.data.length : req.op === Op.Read ? req.offset + req.length : req.op === Op.Create || req.op === Op.Truncate ? req.length : 0
     if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
+    if (CHANGES.has(req.op)) await mayChange(req.oid, from, mine)
     switch (req.op) {
       case Op.Create:
         await local.create(req.oid, req.length)
