@@ -126,6 +126,12 @@ export class Recovery {
 
   get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size, missed: this.missed.size, repaired: this.repairs } }
 
+  /** Ends the current round: its plan retries and copies stop (the node, or a test, is done). */
+  stop (): void {
+    this.round++
+    this.ready.resolve()
+  }
+
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round

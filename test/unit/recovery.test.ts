@@ -23,6 +23,11 @@ interface Node { id: string, dir: string, store: LocalObjectStore, up: boolean, 
 
 const EMPTY = new Uint8Array(0)
 
+/** Every Recovery a test makes, stopped after it: a round left running retries on closed stores for ever. */
+const made: Recovery[] = []
+t.afterEach(() => { for (const r of made.splice(0)) r.stop() })
+function track (r: Recovery): Recovery { made.push(r); return r }
+
 interface Teardownable { teardown (fn: () => unknown): void }
 
 async function makeNodes (t: Teardownable, ids: string[]): Promise<Map<string, Node>> {
@@ -113,7 +118,7 @@ t.test('a member that does not answer its list is not taken to hold nothing: I/O
   // a comes back in epoch 6, while c does not answer yet.
   for (const n of [a, b, c]) n.epoch = 6
   c.up = false
-  const recovery = new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {})
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
   recovery.imagesLoaded()
   recovery.start(viewOf(6, ids))
   const guarded = recovery.guarded()
@@ -135,7 +140,7 @@ t.test('an access to a block whose plan cannot be made fails with ENOTCONN, nami
   const oid = dataOid(1, 0)
   await a.store.create(oid, 4096)
   b.up = false
-  const recovery = new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {})
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
   recovery.imagesLoaded()
   recovery.start(viewOf(2, ids))
   const err = await readBack(recovery.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
@@ -165,7 +170,7 @@ t.test('every node dies at once while two replicas take different writes: after 
   t.same(versions.map(v => v?.uncertain === true), [true, true, false], 'and a and b know theirs may hold more')
   for (const n of [a, b, c]) n.epoch = 5
   const recoveries = [a, b, c].map(n => {
-    const r = new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, () => {})
+    const r = track(new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, () => {}))
     n.serve = r.guarded()
     r.imagesLoaded()
     return r
@@ -183,7 +188,7 @@ function recoverAll (nodes: Map<string, Node>, view: View, logs: string[] = []):
   const ids = view.members.map(m => m.id)
   return [...nodes.values()].filter(n => n.up).map(n => {
     n.epoch = view.epoch
-    const r = new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, line => logs.push(`${n.id}: ${line}`))
+    const r = track(new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, line => logs.push(`${n.id}: ${line}`)))
     n.serve = r.guarded()
     r.imagesLoaded()
     r.start(view)
@@ -259,7 +264,7 @@ t.test('a copy placement moved away is dropped without a tombstone: the replicas
   for (const n of nodes.values()) n.epoch = 4
   const c = nodes.get('c') as Node
   // Placement now gives the object to a and b only.
-  const r = new Recovery(c.store, clusterOf(nodes, 'c'), { replicasOf: () => ['a', 'b'], widest: () => ['a', 'b'] }, () => {})
+  const r = track(new Recovery(c.store, clusterOf(nodes, 'c'), { replicasOf: () => ['a', 'b'], widest: () => ['a', 'b'] }, () => {}))
   r.imagesLoaded()
   r.start(viewOf(4, ids))
   for (let i = 0; i < 300 && r.status.dropped === 0; i++) await new Promise(resolve => setTimeout(resolve, 10))
