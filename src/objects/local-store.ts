@@ -96,7 +96,17 @@ export class LocalObjectStore implements ObjectStore {
   async asReplica (floor: () => number): Promise<void> {
     this.versionFloor = floor
     this.markWrites = true
-    for await (const r of this.catalog.list()) if (r.dirty === true) this.uncertain.add(r.oid)
+    const gone: CatalogRecord[] = []
+    for await (const r of this.catalog.list()) {
+      if (r.dirty !== true || r.removed === true) continue
+      if (await exists(this.objectPath(r.oid))) this.uncertain.add(r.oid)
+      else gone.push(r)
+    }
+    // A create the crash cut between its record and its file: nothing was synced into it (a sync
+    // leaves the record clean), so no copy of it holds anything acknowledged. It stays a tombstone
+    // just below its version, in case it stood on the tombstone of an earlier copy: that copy must
+    // not come back, and the other replicas' copies of the create, at its version or above, win.
+    if (gone.length > 0) await this.catalog.put(gone.map(r => ({ oid: r.oid, version: Math.max(0, r.version - 1), size: 0, removed: true })), true)
   }
 
   /**
@@ -194,7 +204,8 @@ export class LocalObjectStore implements ObjectStore {
     // Above the tombstone of the copy removed before, if there is one: this one is newer.
     const info: ObjectInfo = { oid, version: this.bump(prior?.version ?? 0), size }
     this.records.add('catalog')
-    await this.catalog.put([info])
+    // Dirty until a sync: a crash before the file exists must not leave a copy that looks whole.
+    await this.catalog.put([{ ...info, dirty: this.markWrites }])
     const file = this.objectPath(oid)
     await this.ensureDir(path.dirname(file))
     this.newNames.add(path.dirname(file))
@@ -206,7 +217,7 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     }
     this.uncertain.delete(oid)
-    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: false, writing: 0, marking: null })
+    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.markWrites, writing: 0, marking: null })
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {

@@ -323,7 +323,11 @@ export class Recovery {
       if (best.node === self) {
         // Every replica gets this node's copy: one a crash left in doubt becomes newer than the
         // others (whose bytes may differ at its version) before anyone reads it.
-        if (mine?.uncertain === true) await this.raw.settle(oid)
+        if (mine?.uncertain === true) {
+          // A copy that cannot be read (its file went) settles nothing: the others' plans find
+          // it unreadable and give way to the next copy. It must not hold up every other object.
+          await this.raw.settle(oid).catch(err => this.log(`view ${view.epoch}: cannot settle object ${oidToHex(oid)}: ${(err as Error).message}`))
+        }
         continue
       }
       if (mine === undefined || mine.removed === true || mine.version < best.version || mine.uncertain === true || best.uncertain) {
