@@ -246,7 +246,9 @@ export class Gateway implements ObjectStore {
     const all = [...oids]
     if (all.length === 0) return
     for (;;) {
-      const epoch = this.cluster.epoch
+      // A holder that another host fenced off must not hear that its writes are durable: they
+      // may have reached only replicas whose copies the other host's newer ones replaced.
+      const epoch = await this.fenced(all)
       const byNode = new Map<string, ObjectId[]>()
       for (const oid of all) {
         for (const node of this.replicasOf(oid)) {
@@ -385,14 +387,20 @@ export class Gateway implements ObjectStore {
     }
   }
 
+  /** The current epoch, once the fence lets this host change (or sync) every one of oids in it. */
+  private async fenced (oids: ObjectId[]): Promise<number> {
+    for (;;) {
+      const epoch = this.cluster.epoch
+      const waits = oids.map(oid => this.fence(oid, epoch)).filter(w => w !== undefined)
+      if (waits.length === 0) return epoch
+      await Promise.all(waits)
+    }
+  }
+
   private async everywhereOnce (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
-      let epoch = this.cluster.epoch
-      for (let wait = this.fence(oid, epoch); wait !== undefined; wait = this.fence(oid, epoch)) {
-        await wait
-        epoch = this.cluster.epoch
-      }
+      const epoch = await this.fenced([oid])
       const replicas = this.replicasOf(oid)
       const others = replicas.filter(n => n !== this.cluster.id)
       const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))

@@ -29,6 +29,8 @@ export class ClusterTokens implements WriteTokens {
   private readonly taken = new Set<number>()
   /** The epoch in which this host last made sure it holds each of those. */
   private readonly confirmed = new Map<number, number>()
+  /** Confirmations under way: every write and sync of an image in a new epoch waits for the one. */
+  private readonly confirming = new Map<number, Promise<void>>()
 
   constructor (gateway: Gateway, cluster: Cluster) {
     this.gateway = gateway
@@ -68,7 +70,12 @@ export class ClusterTokens implements WriteTokens {
     if (type !== ObjectType.Data && type !== ObjectType.Inode) return undefined
     const vid = oidVid(oid)
     if (!this.taken.has(vid) || this.confirmed.get(vid) === epoch) return undefined
-    return this.confirm(vid)
+    let confirming = this.confirming.get(vid)
+    if (confirming === undefined) {
+      confirming = this.confirm(vid).finally(() => this.confirming.delete(vid))
+      this.confirming.set(vid, confirming)
+    }
+    return confirming
   }
 
   private async confirm (vid: number): Promise<void> {

@@ -198,23 +198,13 @@ t.test(`5 nodes, copies 3, split 3 | 2 while guests write on both sides (${SEEDS
     t.same(wrong.filter(w => count(w) < 3), [], `${at}: healed into view ${settled.epoch}; no object in fewer than 3 stores`)
     t.same(wrong.filter(w => count(w) > 3), [], `${at}: and none left in more`,
       { todo: 'issue 11: after a heal, a copy placement moved away is at times still there 30 s later (about 1 round in 7; cause not found yet)' })
-    // A write of the cut-off holder whose flush was held by the cut and acknowledged after the heal
-    // at times reads back as zeros in part: a known bug of issue 11 (a fenced holder's late
-    // write), recorded apart so that every other acknowledged write is held to the check.
-    const lateAcked = held.filter(w => w.ackedAt !== null)
-    const late = (problem: string): boolean => {
-      const m = /\(offset (\d+)\): filled with \d+, expected (\d+)/.exec(problem)
-      if (m === null) return false
-      const [offset, fill] = [Number(m[1]), Number(m[2])]
-      return lateAcked.some(w => w.fill === fill && offset >= w.offset && offset < w.offset + SLOT)
-    }
     for (const image of [a, b]) {
       const reads = nodes.map(d => fs.readFileSync(d.image(image.name)))
       for (const [i, bytes] of reads.entries()) {
-        const problems = image.model.check(bytes)
-        t.same(problems.filter(p => !late(p)), [], `${at}: every acknowledged write to ${image.name} reads back through ${name(nodes[i] as Daemon)}`)
-        t.same(problems.filter(late), [], `${at}: and so does the cut-off holder's write acknowledged after the heal`,
-          { todo: 'issue 11: a fenced holder\'s write whose flush the cut held was acknowledged after the heal with part of it reading back as zeros (about 1 round in 4; cause not found yet)' })
+        // Also a write of the cut-off holder whose flush the cut held: acknowledged after the heal
+        // only if the holder was not fenced off meanwhile (once, such a flush was acknowledged on
+        // a fenced holder and part of its write read back as zeros).
+        t.same(image.model.check(bytes), [], `${at}: every acknowledged write to ${image.name} reads back through ${name(nodes[i] as Daemon)}`)
       }
       t.ok(reads.every(r => r.equals(reads[0] as Buffer)), `${at}: the five read the same bytes of ${image.name}`)
       // What is there now is settled: later rounds expect it.

@@ -157,3 +157,25 @@ t.test('below --min-copies acknowledgements a write fails, and the copies that m
   t.ok(await until(async () => b.recovery.status.missed === 0 && c.recovery.status.missed === 0, 5000), 'both copies that missed a write are repaired once there is space')
   for (const id of IDS) t.equal(await readVia((nodes.get(id) as Node).recovery.guarded(), oid), 0x55, `${id} holds what a wrote last`)
 })
+
+t.test('a holder another host fenced off hears ESTALE from a sync of what it wrote, not that it is durable', async t => {
+  const nodes = await makeNodes(t)
+  const oid = dataOid(1, 2)
+  const writer = gatewayOn(nodes, 'a')
+  let takenOver = false
+  const asked: bigint[] = []
+  writer.fenceWith(o => {
+    asked.push(o)
+    return takenOver ? Promise.reject(SheepError.stale('its write token was taken over')) : undefined
+  })
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x44))
+  await writer.sync([oid])
+  t.pass('synced while it holds the token')
+  // The write was made; the sync that would make it durable comes after another host took over
+  // (as when the holder's sync waited out a partition, and the majority moved on without it).
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x45))
+  takenOver = true
+  t.equal((await sheepError(async () => { await writer.sync([oid]) })).code, 'ESTALE', 'the sync after the take-over fails with ESTALE')
+  t.ok(asked.filter(o => o === oid).length >= 4, 'each write and sync asked the fence first')
+})
