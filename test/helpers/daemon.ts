@@ -216,6 +216,9 @@ export function qemuIo (file: string, commands: string[], extra: string[] = []):
  * answered with what qemu-io printed for it. It holds the image open in a process of its own, so
  * that this test process holds no descriptor on a mount whose daemon may be frozen (a child's
  * close-on-exec would wait for that daemon). Ended by its PID when the test ends.
+ * Its `flush` command prints nothing when the flush fails (only qemu-io's exit status says so, at
+ * the end): a write that must be known durable is `write -f` (FUA), which flushes after writing
+ * and prints "write failed" when either fails.
  */
 export class QemuIoSession {
   private readonly proc: ChildProcess
