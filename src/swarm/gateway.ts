@@ -246,6 +246,7 @@ export class Gateway implements ObjectStore {
     const all = [...oids]
     if (all.length === 0) return
     for (;;) {
+      await this.inQuorum()
       // A holder that another host fenced off must not hear that its writes are durable: they
       // may have reached only replicas whose copies the other host's newer ones replaced.
       const epoch = await this.fenced(all)
@@ -387,6 +388,15 @@ export class Gateway implements ObjectStore {
     }
   }
 
+  /**
+   * Waits until this node is a member of its view and reaches a majority of it. A view that still
+   * leaves it out (the majority's, learned as a cut heals) is waited out too: requests sent in it
+   * would be refused with EPERM, which the guest must not see for a node about to rejoin.
+   */
+  private async inQuorum (): Promise<void> {
+    while (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
+  }
+
   /** The current epoch, once the fence lets this host change (or sync) every one of oids in it. */
   private async fenced (oids: ObjectId[]): Promise<number> {
     for (;;) {
@@ -399,7 +409,7 @@ export class Gateway implements ObjectStore {
 
   private async everywhereOnce (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
     for (let attempt = 1; ; attempt++) {
-      if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
+      await this.inQuorum()
       const epoch = await this.fenced([oid])
       const replicas = this.replicasOf(oid)
       const others = replicas.filter(n => n !== this.cluster.id)
@@ -494,7 +504,7 @@ export class Gateway implements ObjectStore {
    */
   private async fromOne<T> (oid: ObjectId, fn: (node: string, epoch: number) => Promise<T>): Promise<T> {
     for (;;) {
-      if (!this.cluster.quorate) await this.cluster.quorum(this.viewWaitMs)
+      await this.inQuorum()
       const epoch = this.cluster.epoch
       const replicas = this.replicasOf(oid)
       const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas
