@@ -212,7 +212,8 @@ export class SheepNode {
       tokenOf: async vid => {
         if (tokens === null) throw SheepError.unreachable('this node is still starting')
         return await tokens.record(vid)
-      }
+      },
+      writers: recovery
     }))
     // A joining node serves nothing until a view lists it; with manual admission it waits for
     // an operator as long as it takes. A removed node never will be listed again.

@@ -268,8 +268,8 @@ export class Image {
     const acknowledged = new Promise<void>(resolve => { answer = () => { answered = true; resolve() } })
     const run = this.serialised(idx, async () => {
       if (t.owner(idx) === this.vid && t.isFull(idx)) { direct = true; return }
-      // A new block: only the allocation waits in the queue; the writes into it run side by side.
-      if (t.owner(idx) === 0) { await this.allocate(idx); direct = true; return }
+      // A new block: its first write makes it, and the writes queued behind it then run side by side.
+      if (t.owner(idx) === 0) { await this.allocate(idx, inObject, data); return }
       if (t.owner(idx) !== this.vid) await this.startCopyUp(idx)
       await this.copyUpWrite(idx, inObject, data, answer)
     })
@@ -378,9 +378,12 @@ export class Image {
     }
   }
 
-  /** A hole becomes an object of this image that reads as zeros. */
-  private async allocate (idx: number): Promise<void> {
-    await this.createObject(idx)
+  /** A hole becomes an object of this image, written with its first bytes (zeros around them). */
+  private async allocate (idx: number, inObject: number, data: Uint8Array): Promise<void> {
+    const oid = dataOid(this.vid, idx)
+    await this.objects.writeFresh(oid, this._header.objectSize, inObject, data)
+    // Its size and name must be durable before the entry that points at it is (sync()).
+    this.dirtyData.add(oid)
     this.table.setFull(idx, this.vid)
     this.saveEntry(idx)
     this.ownedSubblocks += SUBBLOCKS

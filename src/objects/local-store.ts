@@ -21,6 +21,7 @@ import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
 import { nextVersion } from './versions'
+import { writeFreshBySteps } from './write-fresh'
 
 const FORMAT_FILE = 'FORMAT'
 /** Where objects a start-up was in doubt about are kept for an operator (setAside). */
@@ -218,6 +219,10 @@ export class LocalObjectStore implements ObjectStore {
     }
     this.uncertain.delete(oid)
     this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.markWrites, writing: 0, marking: null })
+  }
+
+  async writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void> {
+    await writeFreshBySteps(this, oid, size, offset, data)
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {

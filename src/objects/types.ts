@@ -34,6 +34,12 @@ export interface StoreUsage {
 export interface ObjectStore {
   /** Creates an object of `size` bytes that reads as zeros. EEXIST if it exists. */
   create (oid: ObjectId, size: number): Promise<void>
+  /**
+   * The first write into a new block: makes the object `size` bytes that read as zeros, creating
+   * it or emptying a copy a writer that died before its block was recorded left, then writes
+   * `data` at `offset`. One round trip on a cluster, where create then write took two.
+   */
+  writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void>
   /** Fills target[targetOffset, targetOffset + length) from the object's bytes at `offset`. */
   read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void>
   /** Writes in place; grows the object if the write ends past its size. */

@@ -94,6 +94,16 @@ export class Gateway implements ObjectStore {
     })
   }
 
+  async writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void> {
+    // Again after a view change: the same bytes over what the first try left (nothing else
+    // writes a block before its first write is answered).
+    await this.everywhere(oid, async (target, epoch) => {
+      const first = data.subarray(0, PIECE)
+      await this.send(target, epoch, Op.WriteFresh, { oid, length: size, offset, data: first })
+      if (first.length < data.length) await this.writeTo(target, epoch, oid, offset + first.length, data.subarray(first.length))
+    })
+  }
+
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
     await this.fromOne(oid, async (node, epoch) => {
       if (node === this.cluster.id) return await this.local.read(oid, offset, length, target, targetOffset)
@@ -566,6 +576,7 @@ export class Gateway implements ObjectStore {
     switch (op) {
       case Op.Create: await this.local.create(oid, f.length ?? 0); break
       case Op.Write: await this.local.write(oid, f.offset ?? 0, f.data ?? EMPTY); break
+      case Op.WriteFresh: await this.local.writeFresh(oid, f.length ?? 0, f.offset ?? 0, f.data ?? EMPTY); break
       case Op.Replace: await this.local.replace(oid, f.data ?? EMPTY, f.version === undefined || f.version === 0 ? undefined : f.version); break
       case Op.Truncate: await this.local.truncate(oid, f.length ?? 0); break
       case Op.Remove: await this.local.remove(oid); break

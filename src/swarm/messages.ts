@@ -271,7 +271,9 @@ export enum Op {
    */
   Release = 16,
   /** From a member: a new cluster secret in `data` (secretUpdate); no epoch check. */
-  Secret = 17
+  Secret = 17,
+  /** Make `oid` `length` bytes of zeros (create it, or empty a copy a dead writer left), then write `data` at `offset`. */
+  WriteFresh = 18
 }
 
 export interface Request {

@@ -16,6 +16,12 @@
 // whole copy replaces it: the writer's repair, which it sends once its writes to the object are
 // done (./gateway.ts), or this recovery's copy at the next view. So a replica that missed a
 // change never serves the bytes it missed, nor takes changes on top of them.
+//
+// A writer that leaves the view (it died, or was cut off) with changes it never synced may have
+// left its replicas different at one version: two concurrent writes, each of which reached only
+// one replica, count alike. A replica therefore remembers which member last changed each object
+// since that member synced it, and lists a copy whose writer is no longer a member as uncertain:
+// the plans then agree on one copy of it and the others take that one.
 
 import { isDiskFailure, SheepError, toSheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
@@ -103,6 +109,9 @@ export class Recovery {
 
   /** Replicas of oid for the most copies any image may ask: a superset of its real replicas. */
   private readonly widest: (oid: ObjectId) => string[]
+  /** Object -> the member whose changes to this copy are not synced yet (see the note at the top). */
+  private readonly unsynced = new Map<ObjectId, string>()
+
   /** Resolved once every image's copies are known (the node has loaded its images). */
   private readonly copiesKnown = deferred()
 
@@ -207,6 +216,22 @@ export class Recovery {
     this.missed.set(oid, why)
   }
 
+  /** Member `writer` is about to change oid here. */
+  changedBy (oid: ObjectId, writer: string): void {
+    this.unsynced.set(oid, writer)
+  }
+
+  /** Member `writer` synced oids here: what it changed of them is durable on this copy. */
+  syncedBy (oids: Iterable<ObjectId>, writer: string): void {
+    for (const oid of oids) if (this.unsynced.get(oid) === writer) this.unsynced.delete(oid)
+  }
+
+  /** Whether this copy of oid may differ from the others at its version: its writer left the view unsynced. */
+  inDoubt (oid: ObjectId): boolean {
+    const writer = this.unsynced.get(oid)
+    return writer !== undefined && this.cluster.view?.members.some(m => m.id === writer) !== true
+  }
+
   /** A whole copy replaced oid here: it is current again. */
   private mended (oid: ObjectId): void {
     if (!this.missed.delete(oid)) return
@@ -242,6 +267,7 @@ export class Recovery {
       async create (oid, size) { await change(oid, async () => await raw.create(oid, size)) },
       async read (oid, offset, length, target, targetOffset) { await use(oid); await raw.read(oid, offset, length, target, targetOffset) },
       async write (oid, offset, data) { await change(oid, async () => await raw.write(oid, offset, data)) },
+      async writeFresh (oid, size, offset, data) { await change(oid, async () => await raw.writeFresh(oid, size, offset, data)) },
       async readAll (oid) { await use(oid); return await raw.readAll(oid) },
       replace: async (oid, data, version) => {
         // A whole copy at a replica's version is what repairs a copy that missed a change.
@@ -302,7 +328,8 @@ export class Recovery {
       for (const e of list) consider(node, e)
     }
     const local = new Map<ObjectId, ObjectEntry>()
-    for await (const info of this.raw.list()) {
+    for await (const stored of this.raw.list()) {
+      const info = stored.removed !== true && this.inDoubt(stored.oid) ? { ...stored, uncertain: true } : stored
       local.set(info.oid, info)
       consider(self, info)
     }
@@ -327,6 +354,7 @@ export class Recovery {
           // A copy that cannot be read (its file went) settles nothing: the others' plans find
           // it unreadable and give way to the next copy. It must not hold up every other object.
           await this.raw.settle(oid).catch(err => this.log(`view ${view.epoch}: cannot settle object ${oidToHex(oid)}: ${(err as Error).message}`))
+          this.unsynced.delete(oid)
         }
         continue
       }
@@ -390,6 +418,7 @@ export class Recovery {
         if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
         await this.raw.replace(oid, res.data, res.version)
         this.pending.delete(oid)
+        this.unsynced.delete(oid)
         this.mended(oid)
         this.stats.copied++
         return

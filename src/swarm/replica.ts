@@ -15,6 +15,7 @@ import type { TokenPurpose } from '../cow/tokens'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
 import { short } from './link'
+import type { Recovery } from './recovery'
 import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage } from './messages'
 
 export interface ReplicaContext {
@@ -28,10 +29,14 @@ export interface ReplicaContext {
   isMember: (id: string) => boolean
   /** Image vid's write-token record as the cluster has it now; null when no host took it yet. */
   tokenOf: (vid: number) => Promise<TokenRecord | null>
+  /** Who changes and syncs which objects, and whether a copy is in doubt for it (./recovery.ts). */
+  writers?: Pick<Recovery, 'changedBy' | 'syncedBy' | 'inDoubt'>
 }
 
 /** Requests that change an object. */
-const CHANGES = new Set([Op.Create, Op.Write, Op.Truncate, Op.Remove, Op.Replace])
+const CHANGES = new Set([Op.Create, Op.Write, Op.WriteFresh, Op.Truncate, Op.Remove, Op.Replace])
+/** Changes made in the object's file, not by swapping in a whole new one. */
+const IN_PLACE = new Set([Op.Write, Op.WriteFresh, Op.Truncate])
 /** Holders remembered; past this many images the memory starts over (a lookup is one read). */
 const HOLDERS_KEPT = 4096
 
@@ -55,9 +60,16 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
     const done = (fields: Partial<Response> = {}): Partial<Response> => ({ epoch: mine, ...fields })
     // Sizes are checked before the store sees them: a made-up size of 2^52 must not become a
     // catalog record, a file or an allocation.
-    const end = req.op === Op.Write ? req.offset + req.data.length : req.op === Op.Read ? req.offset + req.length : req.op === Op.Create || req.op === Op.Truncate ? req.length : 0
+    const end = req.op === Op.Write ? req.offset + req.data.length
+      : req.op === Op.Read ? req.offset + req.length
+        : req.op === Op.Create || req.op === Op.Truncate ? req.length
+          : req.op === Op.WriteFresh ? Math.max(req.length, req.offset + req.data.length) : 0
     if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
     if (CHANGES.has(req.op)) await mayChange(req.oid, from, mine)
+    // Changes that go into the file in place: until the writer syncs, a replica's copy may hold
+    // some of them and not others. A remove leaves nothing of the bytes to doubt.
+    if (IN_PLACE.has(req.op)) ctx.writers?.changedBy(req.oid, from)
+    else if (req.op === Op.Remove) ctx.writers?.syncedBy([req.oid], from)
     switch (req.op) {
       case Op.Create:
         await local.create(req.oid, req.length)
@@ -80,6 +92,9 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       case Op.Write:
         await local.write(req.oid, req.offset, req.data)
         return done()
+      case Op.WriteFresh:
+        await local.writeFresh(req.oid, req.length, req.offset, req.data)
+        return done()
       case Op.Truncate:
         await local.truncate(req.oid, req.length)
         return done()
@@ -99,13 +114,16 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         for await (const info of local.list(req.oid)) {
           if (info.oid < req.oid) continue // a store that ignored `from`
           if (page.length === LIST_PAGE) { more = true; break }
-          page.push(info)
+          page.push(info.removed !== true && ctx.writers?.inDoubt(info.oid) === true ? { ...info, uncertain: true } : info)
         }
         return done({ data: encode(objectList, page), size: more ? 1 : 0 })
       }
-      case Op.Sync:
-        await local.sync(decode(oidList, req.data, 'sync list'))
+      case Op.Sync: {
+        const oids = decode(oidList, req.data, 'sync list')
+        await local.sync(oids)
+        ctx.writers?.syncedBy(oids, from)
         return done()
+      }
       case Op.Usage:
         return done({ data: encode(usage, await local.usage()) })
       case Op.Replace:

@@ -62,6 +62,7 @@
 import { SheepError } from '../../src/errors'
 import { type ObjectId, oidToHex, oidVid } from '../../src/objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../../src/objects/types'
+import { writeFreshBySteps } from '../../src/objects/write-fresh'
 import { Rng } from './random'
 
 const PAGE = 4096
@@ -343,6 +344,11 @@ export class PowerCutStore implements ObjectStore {
       }
       this.fileOp(id, { kind: 'size', size })
     })
+  }
+
+  async writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void> {
+    // As the real store: its own create (or truncates), then its write.
+    await writeFreshBySteps(this, oid, size, offset, data)
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {

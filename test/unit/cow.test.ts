@@ -8,7 +8,7 @@
 import t from 'tap'
 import crypto from 'node:crypto'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { inodeOid, type ObjectId, ObjectType, oidIndex, oidType, oidVid } from '../../src/objects/oid'
+import { dataOid, inodeOid, type ObjectId, ObjectType, oidIndex, oidType, oidVid } from '../../src/objects/oid'
 import { ImageStore } from '../../src/cow/image-store'
 import type { Image } from '../../src/cow/image'
 import { DIRECTORY_OID } from '../../src/cow/directory'
@@ -132,6 +132,26 @@ function apply (model: Buffer, pos: number, data: Buffer): Buffer {
 }
 
 // --- snapshot then writes -------------------------------------------------------------------
+
+t.test('a first write into a block whose object a writer that died left (its entry never recorded) reads as zeros around the new bytes', async t => {
+  const env = await Env.open(t, tmpDir(t))
+  const image = await env.images.create('vm', 2 * OS, OPTS)
+  // The dead writer's bytes: the object exists, no entry of the image points at it.
+  const oid = dataOid(image.vid, 1)
+  await env.objects.create(oid, OS)
+  await env.objects.write(oid, 0, pattern(OS, 9))
+  let fresh = 0
+  const writeFresh = env.objects.writeFresh.bind(env.objects)
+  env.objects.writeFresh = async (...args) => { fresh++; await writeFresh(...args) }
+  await image.write(OS + 5 * SUB, pattern(100, 2))
+  const expect = Buffer.alloc(2 * OS)
+  pattern(100, 2).copy(expect, OS + 5 * SUB)
+  t.ok((await readWhole(image)).equals(expect), 'nothing of the dead writer\'s bytes shows')
+  await image.write(10, pattern(10, 3))
+  pattern(10, 3).copy(expect, 10)
+  t.ok((await readWhole(image)).equals(expect), 'and a new block is written the same way')
+  t.equal(fresh, 2, 'each block\'s first write made its object in one call')
+})
 
 t.test('a snapshot keeps the old bytes; small writes into shared blocks change only their bytes', async t => {
   const env = await Env.open(t, tmpDir(t))

@@ -685,6 +685,26 @@ t.test('a replica\'s create is uncertain until a sync; a crash between its recor
   await store.close()
 })
 
+t.test('writeFresh makes a new object with its first bytes, or empties one a dead writer left around them', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(4, 2)
+  await store.writeFresh(oid, 8192, 1024, pattern(512, 1))
+  const expect = Buffer.alloc(8192)
+  pattern(512, 1).copy(expect, 1024)
+  t.ok((await store.readAll(oid)).equals(expect), 'absent: created, zeros around the bytes')
+  await store.write(oid, 4096, pattern(4096, 2))
+  await store.truncate(oid, 6000)
+  await store.writeFresh(oid, 8192, 0, pattern(100, 3))
+  const fresh = Buffer.alloc(8192)
+  pattern(100, 3).copy(fresh, 0)
+  t.ok((await store.readAll(oid)).equals(fresh), 'present: nothing of what was there before shows, at the size given')
+  await store.sync([oid])
+  const reopened = await openStore(t, crashCopy(t, store.dir))
+  t.ok((await reopened.readAll(oid)).equals(fresh), 'and so after a sync and a crash')
+  await reopened.close()
+  await store.close()
+})
+
 t.test('a replica keeps a tombstone of what it removed, above the copy\'s version; a re-create goes above it; one host keeps none', async t => {
   const dir = tmpDir(t)
   const store = await openStore(t, dir)

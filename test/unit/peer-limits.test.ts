@@ -76,7 +76,9 @@ t.test('sizes past the largest object are refused before the store sees them', a
     req({ op: Op.Create, length: MAX_OBJECT_BYTES + 1 }),
     req({ op: Op.Truncate, length: 2 ** 52 }),
     req({ op: Op.Write, offset: Number.MAX_SAFE_INTEGER - 3, data: Buffer.alloc(8) }),
-    req({ op: Op.Read, offset: 2 ** 50, length: 10 })
+    req({ op: Op.Read, offset: 2 ** 50, length: 10 }),
+    req({ op: Op.WriteFresh, length: 2 ** 52, data: Buffer.alloc(8) }),
+    req({ op: Op.WriteFresh, length: 4096, offset: MAX_OBJECT_BYTES, data: Buffer.alloc(8) })
   ]) {
     const err = await sheepError(async () => await serve(r, PEER))
     t.equal(err.code, 'EFBIG', `op ${r.op}: EFBIG (${err.message})`)

@@ -13,13 +13,23 @@ import type { ObjectStore } from '../../src/objects/types'
 import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import type { Link } from '../../src/swarm/link'
-import type { Request, Response } from '../../src/swarm/messages'
+import { Op, type Request, type Response } from '../../src/swarm/messages'
 import { Recovery } from '../../src/swarm/recovery'
 import { replicaHandler } from '../../src/swarm/replica'
 import type { View } from '../../src/swarm/view'
 import { tmpDir } from './tmp'
 
-interface Node { id: string, dir: string, store: LocalObjectStore, up: boolean, epoch: number, serve: ObjectStore }
+interface Node {
+  id: string
+  dir: string
+  store: LocalObjectStore
+  up: boolean
+  epoch: number
+  serve: ObjectStore
+  /** The view its recovery last started on, and that recovery (which hears who writes what). */
+  view?: View
+  recovery?: Recovery
+}
 
 const EMPTY = new Uint8Array(0)
 
@@ -78,7 +88,9 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       asPrimary: async () => { throw new Error('not used') },
       release: async () => {},
       isMember: () => true,
-      tokenOf: async () => null
+      // The images' writer, when a test has one write through the replicas, is node w.
+      tokenOf: async () => ({ holder: 'w', generation: 1, deleted: false }),
+      writers: peer.recovery
     })
     return {
       async call (req: Omit<Request, 'id'>): Promise<Response> {
@@ -93,7 +105,7 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       }
     } as unknown as Link
   }
-  return { id: self, get epoch () { return me.epoch }, link, knownNodes: () => new Set(nodes.keys()) } as unknown as Cluster
+  return { id: self, get epoch () { return me.epoch }, get view () { return me.view ?? null }, link, knownNodes: () => new Set(nodes.keys()) } as unknown as Cluster
 }
 
 function viewOf (epoch: number, ids: string[]): View {
@@ -185,12 +197,16 @@ t.test('every node dies at once while two replicas take different writes: after 
   t.notOk(after.some(i => i?.uncertain === true), 'no copy is uncertain any more')
 })
 
-/** Starts a recovery round on every node up, each serving through its guard from then on. */
-function recoverAll (nodes: Map<string, Node>, view: View, logs: string[] = []): Recovery[] {
-  const ids = view.members.map(m => m.id)
+/**
+ * Starts a recovery round on every node up, each serving through its guard from then on; `ids`
+ * are every object's replicas (by default every member).
+ */
+function recoverAll (nodes: Map<string, Node>, view: View, logs: string[] = [], ids = view.members.map(m => m.id)): Recovery[] {
   return [...nodes.values()].filter(n => n.up).map(n => {
     n.epoch = view.epoch
+    n.view = view
     const r = track(new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => ids, widest: () => ids }, line => logs.push(`${n.id}: ${line}`)))
+    n.recovery = r
     n.serve = r.guarded()
     r.imagesLoaded()
     r.start(view)
@@ -201,6 +217,54 @@ function recoverAll (nodes: Map<string, Node>, view: View, logs: string[] = []):
 async function settled (recoveries: Recovery[]): Promise<void> {
   for (let i = 0; i < 500 && recoveries.some(r => r.status.pending > 0); i++) await new Promise(resolve => setTimeout(resolve, 10))
 }
+
+t.test('a writer that leaves the view with writes it never synced, each of which reached one replica: the replicas end up with one copy', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, [...ids, 'w'])
+  const [a, b, c, w] = [...ids, 'w'].map(id => nodes.get(id) as Node) as [Node, Node, Node, Node]
+  const oid = dataOid(2, 1)
+  for (const n of [a, b, c]) {
+    n.epoch = 4
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
+    await n.store.sync([oid])
+  }
+  // Writer w, a member of view 4 holding no copy: two concurrent writes, one reached a, the other
+  // b, before w died. Neither was answered, and both replicas count one change.
+  const rounds = recoverAll(nodes, viewOf(4, [...ids, 'w']), [], ids)
+  await settled(rounds)
+  const writeAs = async (to: Node, fill: number): Promise<void> => {
+    const link = clusterOf(nodes, 'w').link(to.id) as Link
+    const res = await link.call({ epoch: 4, op: Op.Write, oid, offset: 0, length: 0, version: 0, data: Buffer.alloc(4096, fill) }, 1000)
+    t.equal(res.error, '', `w's write reached ${to.id} ${res.message}`)
+  }
+  await writeAs(a, 0xaa)
+  await writeAs(b, 0xbb)
+  const versions = await Promise.all([a, b].map(async n => (await n.store.stat(oid))?.version))
+  t.equal(versions[0], versions[1], 'a and b give one version for different bytes')
+  // w is gone; each node's recovery (which heard the writes) starts on the view without it.
+  w.up = false
+  const recoveries = rounds.slice(0, 3)
+  const next = (epoch: number): void => {
+    const view = viewOf(epoch, ids)
+    for (const n of [a, b, c]) { n.epoch = epoch; n.view = view }
+    for (const r of recoveries) r.start(view)
+  }
+  next(5)
+  await settled(recoveries)
+  const bytes = await Promise.all([a, b, c].map(async n => (await readBack(n.serve, oid, 4096)).toString('hex')))
+  t.equal(new Set(bytes).size, 1, 'in the view without w every node reads the same bytes')
+  t.ok([0xaa, 0xbb].includes(Buffer.from(bytes[0] as string, 'hex')[0] as number), 'those of one of w\'s writes')
+  const after = await Promise.all([a, b, c].map(async n => await n.store.stat(oid)))
+  t.equal(new Set(after.map(i => i?.version)).size, 1, 'at one version')
+  const copied = (): number => recoveries.reduce((sum, r) => sum + r.status.copied, 0)
+  t.equal(copied(), 2, 'the two others took the chosen copy')
+  // Settled: the next view copies nothing for it.
+  next(6)
+  await settled(recoveries)
+  await Promise.all([a, b, c].map(async n => await readBack(n.serve, oid, 4096)))
+  t.same(recoveries.map(r => r.status.pending), [0, 0, 0], 'nothing is in doubt in the view after')
+})
 
 t.test('a copy whose record outlived its file (a crash between the two) does not hold recovery up: the others keep what they have', async t => {
   const ids = ['a', 'b', 'c']

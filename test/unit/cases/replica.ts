@@ -93,7 +93,8 @@ t.test('changes to an image\'s data and inode objects are taken only from its to
   await serve(req({}), PEER)
   t.equal(lookups, 1, 'the holder is looked up once for its writes in an epoch')
   for (const [what, r] of [['write', req({ data: Buffer.from('evil!') })], ['truncate', req({ op: Op.Truncate, length: 0 })], ['remove', req({ op: Op.Remove })],
-    ['replace', req({ op: Op.Replace, data: Buffer.from('evil!') })], ['inode write', req({ oid: inodeOid(7) })]] as const) {
+    ['replace', req({ op: Op.Replace, data: Buffer.from('evil!') })], ['inode write', req({ oid: inodeOid(7) })],
+    ['first write of a block', req({ op: Op.WriteFresh, length: 4096, data: Buffer.from('evil!') })]] as const) {
     const err = await sheepError(async () => await serve(r, OTHER))
     t.equal(err.code, 'EPERM', `another member's ${what}: EPERM`)
     t.match(err.message, /whose write token node aaaaaaaa/, 'the message names the holder')
