@@ -293,6 +293,9 @@ export class SheepNode {
         this.log(`stopping: writing out images failed: ${(err as Error).message}`)
       }
       this.images = null
+      // A round still copying would go on retrying over links that are closing, on a closed store.
+      this.recovery?.stop()
+      this.recovery = null
       await this.cluster?.close()
       this.cluster = null
       if (this.objects) fs.rmSync(path.join(this.storeDir, 'sheep.pid'), { force: true })

@@ -1,7 +1,9 @@
 // The store's index: one classic-level record per object, keyed by the object id in hex.
 // Record format 2 (compact-encoding): uint 2, uint version, uint size, uint flags (bit 0: dirty,
 // the file may hold writes newer than the version: see LocalObjectStore's markWrites; bit 1:
-// removed, a cluster replica's tombstone of an object removed at that version, with no file).
+// removed, a cluster replica's tombstone of an object removed at that version, with no file;
+// bit 2: missed, a cluster replica's copy that missed a change its disk failed, not current until
+// a whole copy replaces it: src/swarm/recovery.ts).
 // Format 1 (uint 1, version, size) is still read, as clean.
 //
 // Writes are applied in the order they are made, in batches (group commit): classic-level runs
@@ -19,17 +21,18 @@ import type { ObjectInfo } from './types'
 const RECORD_FORMAT = 2
 const DIRTY = 1
 const REMOVED = 2
+const MISSED = 4
 /** Key of the record a sync with nothing else to write writes; outside the range of object keys. */
 const SYNC_KEY = 'sync'
 const FIRST_KEY = '0'.repeat(16)
 const LAST_KEY = 'f'.repeat(16)
 
-/** One object's record; `dirty` and `removed` only when set (a clean record lists as a plain ObjectInfo). */
+/** One object's record; the flags only when set (a clean record lists as a plain ObjectInfo). */
 export interface CatalogRecord extends ObjectInfo { dirty?: boolean }
 
-interface Fields { version: number, size: number, dirty?: boolean, removed?: boolean }
+interface Fields { version: number, size: number, dirty?: boolean, removed?: boolean, missed?: boolean }
 
-const flagsOf = (r: Fields): number => (r.dirty === true ? DIRTY : 0) | (r.removed === true ? REMOVED : 0)
+const flagsOf = (r: Fields): number => (r.dirty === true ? DIRTY : 0) | (r.removed === true ? REMOVED : 0) | (r.missed === true ? MISSED : 0)
 
 const record = {
   preencode (state: c.State, r: Fields) {
@@ -44,9 +47,10 @@ const record = {
     const r: Fields = { version: c.uint.decode(state), size: c.uint.decode(state) }
     if (format !== RECORD_FORMAT) return r
     const flags = c.uint.decode(state)
-    if ((flags & ~(DIRTY | REMOVED)) !== 0) throw new Error(`unknown index record flags ${flags}`)
+    if ((flags & ~(DIRTY | REMOVED | MISSED)) !== 0) throw new Error(`unknown index record flags ${flags}`)
     if ((flags & DIRTY) !== 0) r.dirty = true
     if ((flags & REMOVED) !== 0) r.removed = true
+    if ((flags & MISSED) !== 0) r.missed = true
     return r
   }
 }

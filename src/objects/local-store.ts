@@ -79,6 +79,8 @@ export class LocalObjectStore implements ObjectStore {
   private markWrites = false
   /** Objects whose record a crash left dirty: their version does not say which bytes they hold. */
   private readonly uncertain = new Set<ObjectId>()
+  /** Copies marked missed (markMissed), until a replace or a remove. */
+  private readonly missed = new Set<ObjectId>()
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
@@ -99,6 +101,7 @@ export class LocalObjectStore implements ObjectStore {
     this.markWrites = true
     const gone: CatalogRecord[] = []
     for await (const r of this.catalog.list()) {
+      if (r.missed === true) this.missed.add(r.oid)
       if (r.dirty !== true || r.removed === true) continue
       if (await exists(this.objectPath(r.oid))) this.uncertain.add(r.oid)
       else gone.push(r)
@@ -133,7 +136,22 @@ export class LocalObjectStore implements ObjectStore {
    */
   private recordOf (e: Entry, size: number): CatalogRecord {
     e.dirty = this.markWrites && e.writing > 0
-    return { oid: e.info.oid, version: e.info.version, size, dirty: e.dirty }
+    return { oid: e.info.oid, version: e.info.version, size, dirty: e.dirty, missed: this.missed.has(e.info.oid) }
+  }
+
+  /**
+   * This copy missed a change that the other replicas took (this disk failed it): it says so in
+   * its record, durably, until a replace or a remove, so that a restart does not make it look
+   * current (src/swarm/recovery.ts).
+   */
+  async markMissed (oid: ObjectId): Promise<void> {
+    this.checkOpen()
+    if (this.missed.has(oid)) return
+    const e = this.entries.get(oid)
+    const r = e === undefined ? await this.catalog.get(oid) : { oid, version: e.savedVersion, size: e.savedSize, dirty: e.dirty }
+    if (r === null || r.removed === true) return
+    this.missed.add(oid)
+    await this.catalog.put([{ ...r, missed: true }], true)
   }
 
   /** Before a write or truncate changes e's file: its record says dirty first (asReplica). */
@@ -142,7 +160,7 @@ export class LocalObjectStore implements ObjectStore {
     if (!this.markWrites) return
     if (!e.dirty) {
       e.dirty = true
-      e.marking = this.catalog.put([{ oid: e.info.oid, version: e.savedVersion, size: e.savedSize, dirty: true }]).catch(err => {
+      e.marking = this.catalog.put([{ oid: e.info.oid, version: e.savedVersion, size: e.savedSize, dirty: true, missed: this.missed.has(e.info.oid) }]).catch(err => {
         e.dirty = false
         e.marking = null
         throw err
@@ -318,12 +336,13 @@ export class LocalObjectStore implements ObjectStore {
       // The record's size never exceeds the file's, whichever step a crash interrupts: shrink the
       // record to fit both files, swap the files, then record the new object.
       const fits = Math.min(old?.size ?? 0, data.length)
-      if (old === null || fits < old.size) await this.catalog.put([{ oid, version: known?.version ?? 0, size: fits }], true)
+      if (old === null || fits < old.size) await this.catalog.put([{ oid, version: known?.version ?? 0, size: fits, missed: this.missed.has(oid) }], true)
       await fs.promises.rename(tmp, file)
       // The new name must be on disk before the record that describes the new file.
       await syncDir(path.dirname(file))
       await this.catalog.put([info], true)
       this.uncertain.delete(oid)
+      this.missed.delete(oid)
     } catch (err) {
       throw toSheepError(err)
     }
@@ -405,6 +424,7 @@ export class LocalObjectStore implements ObjectStore {
     if (tombstone) await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
     else await this.catalog.del(oid)
     this.uncertain.delete(oid)
+    this.missed.delete(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
     if (oidType(oid) === ObjectType.Inode || oidType(oid) === ObjectType.Token) {
       this.dirs.delete(path.dirname(file))
@@ -435,6 +455,7 @@ export class LocalObjectStore implements ObjectStore {
     const info: ObjectInfo = { oid: r.oid, version: r.version, size: r.size }
     if (r.removed === true) info.removed = true
     else if (this.uncertain.has(r.oid)) info.uncertain = true
+    if (this.missed.has(r.oid)) info.missed = true
     return info
   }
 

@@ -16,6 +16,11 @@ export interface ObjectInfo {
    * copy of it at a lower version that comes back (from a node that was away) is not current.
    */
   removed?: boolean
+  /**
+   * A cluster replica's copy that missed a change its disk failed (src/swarm/recovery.ts): not
+   * current until a whole copy replaces it, and never a source for the others. Kept across restarts.
+   */
+  missed?: boolean
 }
 
 export interface StoreUsage {

@@ -65,7 +65,7 @@ function settled (): Deferred {
 const EMPTY = new Uint8Array(0)
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
-export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone'>
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'markMissed'>
 
 /** The copy of an object recovery takes as the newest so far. */
 interface Copy { node: string, version: number, uncertain: boolean, removed: boolean }
@@ -210,10 +210,12 @@ export class Recovery {
   }
 
   /** A change of oid failed on this node's disk: its copy is behind the replicas that took it. */
-  private miss (oid: ObjectId, err: unknown): void {
+  private async miss (oid: ObjectId, err: unknown): Promise<void> {
     const why = toSheepError(err).message
     if (!this.missed.has(oid)) this.log(`object ${oidToHex(oid)}: a change failed here (${why}); this copy is not served until a replica's copy replaces it`)
     this.missed.set(oid, why)
+    // Kept in its record too: after a restart the copy must not look current, nor be copied.
+    await this.raw.markMissed(oid).catch(e => this.log(`object ${oidToHex(oid)}: cannot mark the copy missed in the index: ${(e as Error).message}`))
   }
 
   /** Member `writer` is about to change oid here. */
@@ -255,7 +257,7 @@ export class Recovery {
       try {
         return await fn()
       } catch (err) {
-        if (isDiskFailure(err)) this.miss(oid, err)
+        if (isDiskFailure(err)) await this.miss(oid, err)
         throw err
       }
     }
@@ -329,6 +331,11 @@ export class Recovery {
     }
     const local = new Map<ObjectId, ObjectEntry>()
     for await (const stored of this.raw.list()) {
+      if (stored.missed === true) {
+        // Marked before a restart: as if this node held none, until a current copy comes.
+        if (!this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it missed a change before this node restarted')
+        continue
+      }
       const info = stored.removed !== true && this.inDoubt(stored.oid) ? { ...stored, uncertain: true } : stored
       local.set(info.oid, info)
       consider(self, info)

@@ -113,6 +113,7 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         let more = false
         for await (const info of local.list(req.oid)) {
           if (info.oid < req.oid) continue // a store that ignored `from`
+          if (info.missed === true) continue // not current: no member may take it as a copy
           if (page.length === LIST_PAGE) { more = true; break }
           page.push(info.removed !== true && ctx.writers?.inDoubt(info.oid) === true ? { ...info, uncertain: true } : info)
         }

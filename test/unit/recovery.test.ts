@@ -266,6 +266,40 @@ t.test('a writer that leaves the view with writes it never synced, each of which
   t.same(recoveries.map(r => r.status.pending), [0, 0, 0], 'nothing is in doubt in the view after')
 })
 
+t.test('a copy marked missed stays so across a restart: never served nor copied, until a current copy replaces it', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(2, 2)
+  for (const n of [a, b, c]) {
+    n.epoch = 4
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
+  }
+  // c's disk failed the last write, which a and b took; then every node restarted.
+  for (const n of [a, b]) await n.store.write(oid, 0, Buffer.alloc(4096, 0x20))
+  await c.store.markMissed(oid)
+  for (const n of [a, b, c]) await n.store.sync([oid])
+  await crash(t, c)
+  t.equal((await c.store.stat(oid))?.missed, true, 'the mark survived the restart')
+  // c alone (a view of one, as if a and b were gone for good): its copy is not served.
+  a.up = false
+  b.up = false
+  const alone = recoverAll(nodes, viewOf(5, ['c']))
+  await settled(alone)
+  const err = await readBack(c.serve, oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'EIO', `c does not serve the copy that missed a change (${err?.message ?? 'it did'})`)
+  // With a and b back, c takes their copy and serves it.
+  a.up = true
+  b.up = true
+  for (const r of alone) r.stop()
+  const all = recoverAll(nodes, viewOf(6, ids))
+  await settled(all)
+  t.equal((await readBack(c.serve, oid, 4096))[0], 0x20, 'c took the current copy from a or b')
+  t.notOk((await c.store.stat(oid))?.missed, 'and its record is no longer marked')
+  t.same(all.map(r => r.status.copied), [0, 0, 1], 'only c copied (a and b never took c\'s copy as one to copy)')
+})
+
 t.test('a copy whose record outlived its file (a crash between the two) does not hold recovery up: the others keep what they have', async t => {
   const ids = ['a', 'b', 'c']
   const nodes = await makeNodes(t, ids)
