@@ -219,6 +219,32 @@ export class Cluster extends EventEmitter {
     })
   }
 
+  /**
+   * The link to member id of the current view, waiting up to ms for it to open (just after a view
+   * commits, a member's link may still be on its way); null if it does not, or the view moves on.
+   */
+  async linkTo (id: string, ms: number): Promise<Link | null> {
+    const now = this.link(id)
+    if (now !== null || this.view?.members.some(m => m.id === id) !== true) return now
+    const epoch = this.epoch
+    return await new Promise<Link | null>(resolve => {
+      const check = (): void => {
+        const link = this.link(id)
+        if (link === null && this.epoch === epoch) return
+        stop()
+        resolve(link)
+      }
+      const stop = (): void => {
+        clearTimeout(timer)
+        this.mesh.off('peer-up', check)
+        this.off('view', check)
+      }
+      const timer = setTimeout(() => { stop(); resolve(null) }, ms)
+      this.mesh.on('peer-up', check)
+      this.on('view', check)
+    })
+  }
+
   /** Resolves with the first view newer than `epoch` this node learns; ENOTCONN after ms. */
   async nextView (epoch: number, ms: number): Promise<View> {
     const now = this.view

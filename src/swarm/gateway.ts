@@ -48,6 +48,8 @@ const REPAIR_RETRY_MS = 1000
 const REPAIR_RETRY_MAX_MS = 30_000
 
 const EMPTY = new Uint8Array(0)
+/** Requests that go to every replica of an object, all of which must take them. */
+const EVERY_REPLICA = new Set([Op.Create, Op.Write, Op.WriteFresh, Op.Truncate, Op.Remove, Op.Replace, Op.Sync])
 
 type Fields = Partial<Omit<Request, 'id' | 'epoch' | 'op'>>
 
@@ -562,7 +564,12 @@ export class Gateway implements ObjectStore {
   /** One request to one member (this node's own store for it), its error as a SheepError. */
   async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
     if (target === this.cluster.id) return await this.sendLocal(op, fields)
-    const link = this.cluster.link(target)
+    // A member whose link is not up yet (the view just committed): else the call would wait for
+    // the next view, which a settled cluster does not make (a minute, then ENOTCONN).
+    // A change needs every replica: one whose link is not up yet (the view just committed) is
+    // waited for, else the change would wait for the next view, which a settled cluster does not
+    // make (a minute, then ENOTCONN). A read goes on to the next replica instead.
+    const link = this.cluster.link(target) ?? (EVERY_REPLICA.has(op) ? await this.cluster.linkTo(target, this.opts.requestTimeoutMs) : null)
     if (link === null) throw SheepError.unreachable(`replica ${target.slice(0, 8)} is not connected`)
     const res = await link.call({ epoch, op, oid: 0n, offset: 0, length: 0, version: 0, data: EMPTY, ...fields }, this.opts.requestTimeoutMs)
     if (res.error !== '') throw new SheepError(isErrorCode(res.error) ? res.error : 'EIO', `replica ${target.slice(0, 8)}: ${res.message}`)
