@@ -40,6 +40,9 @@ const STALE_WAIT_MS = 20
 /** Looks for copies this node may drop, while replicas are still copying them. */
 const DROP_PASSES = 30
 const DROP_RETRY_MS = 1000
+/** Pauses before copies that failed are tried again: the first, doubling up to the last. */
+const RECOPY_FIRST_MS = 1000
+const RECOPY_MAX_MS = 30_000
 /** How long a round waits for links to every member before it asks them for their lists. */
 const CONNECT_WAIT_MS = 5000
 /** A plan that lacked a member's list is made again after this, doubling up to the most. */
@@ -384,22 +387,30 @@ export class Recovery {
     // Only the wide plan listed these: this node is not one of their replicas after all. (Those
     // of images not known here yet are copied when first used.)
     for (const oid of [...this.pending.keys()]) if (this.replicasOf(oid)?.includes(this.cluster.id) !== true) this.pending.delete(oid)
-    const failed = new Set<ObjectId>()
-    const worker = async (): Promise<void> => {
-      for (;;) {
-        if (round !== this.round) return
-        const next = [...this.pending.keys()].find(oid => !this.copying.has(oid) && !failed.has(oid))
-        if (next === undefined) return
-        try {
-          await this.copy(next)
-        } catch (err) {
-          // Copied before it is used (guard); the others go on.
-          this.log(`recovery: object ${oidToHex(next)}: ${(err as Error).message}`)
-          failed.add(next)
+    // A copy that failed (a source that did not answer, or not in this view yet) is tried again
+    // after the others, then again with backoff while this round lasts: left for its first use,
+    // this copy stayed stale, and the copy placement moved away stayed too (the partition test
+    // saw an object in 4 stores 30 s after a heal).
+    for (let pause = RECOPY_FIRST_MS; ; pause = Math.min(2 * pause, RECOPY_MAX_MS)) {
+      const failed = new Set<ObjectId>()
+      const worker = async (): Promise<void> => {
+        for (;;) {
+          if (round !== this.round) return
+          const next = [...this.pending.keys()].find(oid => !this.copying.has(oid) && !failed.has(oid))
+          if (next === undefined) return
+          try {
+            await this.copy(next)
+          } catch (err) {
+            // Copied before it is used (guard); the others go on.
+            this.log(`recovery: object ${oidToHex(next)}: ${(err as Error).message}`)
+            failed.add(next)
+          }
         }
       }
+      await Promise.all(Array.from({ length: PARALLEL_COPIES }, worker))
+      if (failed.size === 0 || round !== this.round) return
+      await new Promise(resolve => setTimeout(resolve, pause))
     }
-    await Promise.all(Array.from({ length: PARALLEL_COPIES }, worker))
   }
 
   /**

@@ -76,6 +76,16 @@ async function crash (t: Teardownable, n: Node, lost?: (dir: string) => void): P
   await asReplica(n, await openReplica(t, copy))
 }
 
+/** Each of nodes, in epoch 4, holds a 4 KiB copy of oid filled with 0x10, synced. */
+async function holdInEpoch4 (nodes: Node[], oid: ObjectId): Promise<void> {
+  for (const n of nodes) {
+    n.epoch = 4
+    await n.store.create(oid, 4096)
+    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
+    await n.store.sync([oid])
+  }
+}
+
 /** What node `self` sees of the cluster: its epoch, and a link to each other node that is up. */
 function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
   const me = nodes.get(self) as Node
@@ -169,12 +179,7 @@ t.test('every node dies at once while two replicas take different writes: after 
   const nodes = await makeNodes(t, ids)
   const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
   const oid = dataOid(2, 0)
-  for (const n of [a, b, c]) {
-    n.epoch = 4
-    await n.store.create(oid, 4096)
-    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
-    await n.store.sync([oid])
-  }
+  await holdInEpoch4([a, b, c], oid)
   // Two writes a writer had in flight when everything died: one reached a, the other b, none c.
   await a.store.write(oid, 0, Buffer.alloc(4096, 0xaa))
   await b.store.write(oid, 0, Buffer.alloc(4096, 0xbb))
@@ -223,12 +228,7 @@ t.test('a writer that leaves the view with writes it never synced, each of which
   const nodes = await makeNodes(t, [...ids, 'w'])
   const [a, b, c, w] = [...ids, 'w'].map(id => nodes.get(id) as Node) as [Node, Node, Node, Node]
   const oid = dataOid(2, 1)
-  for (const n of [a, b, c]) {
-    n.epoch = 4
-    await n.store.create(oid, 4096)
-    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
-    await n.store.sync([oid])
-  }
+  await holdInEpoch4([a, b, c], oid)
   // Writer w, a member of view 4 holding no copy: two concurrent writes, one reached a, the other
   // b, before w died. Neither was answered, and both replicas count one change.
   const rounds = recoverAll(nodes, viewOf(4, [...ids, 'w']), [], ids)
@@ -271,11 +271,7 @@ t.test('a copy marked missed stays so across a restart: never served nor copied,
   const nodes = await makeNodes(t, ids)
   const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
   const oid = dataOid(2, 2)
-  for (const n of [a, b, c]) {
-    n.epoch = 4
-    await n.store.create(oid, 4096)
-    await n.store.write(oid, 0, Buffer.alloc(4096, 0x10))
-  }
+  await holdInEpoch4([a, b, c], oid)
   // c's disk failed the last write, which a and b took; then every node restarted.
   for (const n of [a, b]) await n.store.write(oid, 0, Buffer.alloc(4096, 0x20))
   await c.store.markMissed(oid)
@@ -298,6 +294,31 @@ t.test('a copy marked missed stays so across a restart: never served nor copied,
   t.equal((await readBack(c.serve, oid, 4096))[0], 0x20, 'c took the current copy from a or b')
   t.notOk((await c.store.stat(oid))?.missed, 'and its record is no longer marked')
   t.same(all.map(r => r.status.copied), [0, 0, 1], 'only c copied (a and b never took c\'s copy as one to copy)')
+})
+
+t.test('a background copy that failed (its source did not answer) is tried again without waiting for a use of the object', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(2, 3)
+  await holdInEpoch4([a, b], oid)
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x30))
+  await b.store.sync([oid])
+  // b's first answer to a whole-copy request is lost (not in this view yet, say).
+  const readAll = b.store.readAll.bind(b.store)
+  let asked = 0
+  b.store.readAll = async (o: ObjectId) => {
+    if (asked++ === 0) throw SheepError.unreachable('b is not there yet')
+    return await readAll(o)
+  }
+  const logs: string[] = []
+  recoverAll(nodes, viewOf(5, ids), logs)
+  const want = (await b.store.stat(oid))?.version
+  const deadline = Date.now() + 5000
+  while ((await a.store.stat(oid))?.version !== want && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal((await a.store.stat(oid))?.version, want, 'a copied b\'s copy in the background, nothing having used it')
+  t.equal(asked, 2, 'on its second try')
+  t.ok(logs.some(l => /^a: recovery: object .*b is not there yet/.test(l)), 'the first failure is logged')
 })
 
 t.test('a copy whose record outlived its file (a crash between the two) does not hold recovery up: the others keep what they have', async t => {
