@@ -191,6 +191,12 @@ export class Gateway implements ObjectStore {
     }
   }
 
+  /** The version of this replica's tombstone of oid; 0 when it holds none. */
+  private async tombstoneVersion (oid: ObjectId): Promise<number> {
+    for await (const info of this.local.list(oid)) return info.oid === oid && info.removed === true ? info.version : 0
+    return 0
+  }
+
   /** The primary's side of compareAndReplace: check its own version, then replace on every replica. */
   async asPrimary (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
     const prev = this.primaryQueue.get(oid) ?? Promise.resolve()
@@ -199,8 +205,10 @@ export class Gateway implements ObjectStore {
       if (current !== expected) throw SheepError.conflict(`object ${oidToHex(oid)} is at version ${current}, not ${expected}`)
       // Every replica records the new version, whatever it counted before: a replica whose count
       // strayed (a replace that reached it and not the others) agrees again. Above every version
-      // of an earlier epoch: a replace an earlier primary got to one replica only is older.
-      const version = nextVersion(current, epochFloor(this.cluster.epoch))
+      // of an earlier epoch: a replace an earlier primary got to one replica only is older. And
+      // above the tombstone of a record removed before (a token record of a reused vid): from 0,
+      // a replica that missed this replace would bury it with its tombstone at the next view.
+      const version = nextVersion(Math.max(current, await this.tombstoneVersion(oid)), epochFloor(this.cluster.epoch))
       await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data, version }) })
       return version
     })

@@ -7,7 +7,7 @@
 import t from 'tap'
 import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid } from '../../src/objects/oid'
+import { dataOid, tokenOid } from '../../src/objects/oid'
 import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import { Gateway } from '../../src/swarm/gateway'
@@ -180,4 +180,18 @@ t.test('a holder another host fenced off hears ESTALE from a sync of what it wro
   takenOver = true
   t.equal((await sheepError(async () => { await writer.sync([oid]) })).code, 'ESTALE', 'the sync after the take-over fails with ESTALE')
   t.ok(asked.filter(o => o === oid).length >= 4, 'each write and sync asked the fence first')
+})
+
+t.test('a compare-and-replace of a record removed before (a reused vid\'s token) goes above its tombstone, on every replica', async t => {
+  const nodes = await makeNodes(t)
+  const oid = tokenOid(5)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.compareAndReplace(oid, Buffer.from('first'), 0)
+  await writer.remove(oid)
+  const tombstones: number[] = []
+  for (const id of IDS) for await (const info of (nodes.get(id) as Node).store.list(oid)) if (info.oid === oid && info.removed === true) tombstones.push(info.version)
+  t.equal(tombstones.length, 3, 'every replica keeps a tombstone')
+  const version = await writer.compareAndReplace(oid, Buffer.from('again'), 0)
+  t.ok(version > Math.max(...tombstones), `the new record's version ${version} is above the tombstones' (${tombstones.join(', ')})`)
+  for (const id of IDS) t.equal((await (nodes.get(id) as Node).store.stat(oid))?.version, version, `${id} holds it at that version`)
 })
