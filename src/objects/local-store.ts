@@ -140,18 +140,24 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   /**
-   * This copy missed a change that the other replicas took (this disk failed it): it says so in
-   * its record, durably, until a replace or a remove, so that a restart does not make it look
-   * current (src/swarm/recovery.ts).
+   * Marks these copies as behind the other replicas' (this disk failed a change they took, or
+   * recovery found a newer copy elsewhere), or no longer so: each says it in its record, durably.
+   * A replace or a remove clears the mark too. So a restart does not make a copy that is behind
+   * look current (src/swarm/recovery.ts).
    */
-  async markMissed (oid: ObjectId): Promise<void> {
+  async setMissed (oids: Iterable<ObjectId>, missed: boolean): Promise<void> {
     this.checkOpen()
-    if (this.missed.has(oid)) return
-    const e = this.entries.get(oid)
-    const r = e === undefined ? await this.catalog.get(oid) : { oid, version: e.savedVersion, size: e.savedSize, dirty: e.dirty }
-    if (r === null || r.removed === true) return
-    this.missed.add(oid)
-    await this.catalog.put([{ ...r, missed: true }], true)
+    const records: CatalogRecord[] = []
+    for (const oid of oids) {
+      if (this.missed.has(oid) === missed) continue
+      const e = this.entries.get(oid)
+      const r = e === undefined ? await this.catalog.get(oid) : { oid, version: e.savedVersion, size: e.savedSize, dirty: e.dirty }
+      if (r === null || r.removed === true) continue
+      if (missed) this.missed.add(oid)
+      else this.missed.delete(oid)
+      records.push({ ...r, missed })
+    }
+    if (records.length > 0) await this.catalog.put(records, true)
   }
 
   /** Before a write or truncate changes e's file: its record says dirty first (asReplica). */

@@ -68,7 +68,7 @@ function settled (): Deferred {
 const EMPTY = new Uint8Array(0)
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
-export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'markMissed'>
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'setMissed'>
 
 /** The copy of an object recovery takes as the newest so far. */
 interface Copy { node: string, version: number, uncertain: boolean, removed: boolean }
@@ -112,6 +112,8 @@ export class Recovery {
 
   /** Replicas of oid for the most copies any image may ask: a superset of its real replicas. */
   private readonly widest: (oid: ObjectId) => string[]
+  /** A plan has listed this node's copies once: marks found after that are this process's own. */
+  private started = false
   /** Object -> the member whose changes to this copy are not synced yet (see the note at the top). */
   private readonly unsynced = new Map<ObjectId, string>()
 
@@ -218,7 +220,7 @@ export class Recovery {
     if (!this.missed.has(oid)) this.log(`object ${oidToHex(oid)}: a change failed here (${why}); this copy is not served until a replica's copy replaces it`)
     this.missed.set(oid, why)
     // Kept in its record too: after a restart the copy must not look current, nor be copied.
-    await this.raw.markMissed(oid).catch(e => this.log(`object ${oidToHex(oid)}: cannot mark the copy missed in the index: ${(e as Error).message}`))
+    await this.raw.setMissed([oid], true).catch(e => this.log(`object ${oidToHex(oid)}: cannot mark the copy missed in the index: ${(e as Error).message}`))
   }
 
   /** Member `writer` is about to change oid here. */
@@ -335,8 +337,9 @@ export class Recovery {
     const local = new Map<ObjectId, ObjectEntry>()
     for await (const stored of this.raw.list()) {
       if (stored.missed === true) {
-        // Marked before a restart: as if this node held none, until a current copy comes.
-        if (!this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it missed a change before this node restarted')
+        // Behind: as if this node held none, until a current copy comes. One marked before this
+        // process started is refused meanwhile; the newer copies it was behind may not be back.
+        if (!this.started && !this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it was behind the other replicas\' copies when this node stopped')
         continue
       }
       const info = stored.removed !== true && this.inDoubt(stored.oid) ? { ...stored, uncertain: true } : stored
@@ -344,6 +347,8 @@ export class Recovery {
       consider(self, info)
     }
     if (round !== this.round) return false
+    this.started = true
+    const behind: ObjectId[] = []
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
@@ -374,8 +379,12 @@ export class Recovery {
         const floor = mine === undefined || mine.removed === true || mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
         const sources = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1)).map(c => c.node)
         this.pending.set(oid, sources)
+        if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
       }
     }
+    // Copies known to be behind stay known so across a crash before they are copied: a restart
+    // of every node must not make them look current where the newer copies do not come back.
+    await this.raw.setMissed(behind, true).catch(err => this.log(`view ${view.epoch}: cannot mark copies behind in the index: ${(err as Error).message}`))
     this.stats.pending = this.pending.size
     if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)
     return true
@@ -443,6 +452,8 @@ export class Recovery {
       }
       this.pending.delete(oid)
       this.log(`recovery: no copy of ${oidToHex(oid)} newer than this node's could be read (${unreadable.join('; ')}); this node keeps what it has`)
+      // And serves it, after a restart too (the plan marked it behind).
+      if (!this.missed.has(oid)) await this.raw.setMissed([oid], false)
     })()
     this.copying.set(oid, run)
     try {

@@ -274,7 +274,7 @@ t.test('a copy marked missed stays so across a restart: never served nor copied,
   await holdInEpoch4([a, b, c], oid)
   // c's disk failed the last write, which a and b took; then every node restarted.
   for (const n of [a, b]) await n.store.write(oid, 0, Buffer.alloc(4096, 0x20))
-  await c.store.markMissed(oid)
+  await c.store.setMissed([oid], true)
   for (const n of [a, b, c]) await n.store.sync([oid])
   await crash(t, c)
   t.equal((await c.store.stat(oid))?.missed, true, 'the mark survived the restart')
@@ -319,6 +319,37 @@ t.test('a background copy that failed (its source did not answer) is tried again
   t.equal((await a.store.stat(oid))?.version, want, 'a copied b\'s copy in the background, nothing having used it')
   t.equal(asked, 2, 'on its second try')
   t.ok(logs.some(l => /^a: recovery: object .*b is not there yet/.test(l)), 'the first failure is logged')
+})
+
+t.test('a copy a plan found behind stays so across a crash before it was copied: alone after the restart it is refused, not served', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(2, 4)
+  await holdInEpoch4([a, b], oid)
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x40))
+  await b.store.sync([oid])
+  // b's whole copy does not come through before a dies.
+  const readAll = b.store.readAll.bind(b.store)
+  let refuse = true
+  b.store.readAll = async (o: ObjectId) => {
+    if (refuse) throw SheepError.unreachable('b is busy')
+    return await readAll(o)
+  }
+  const first = recoverAll(nodes, viewOf(5, ids))
+  const deadline = Date.now() + 5000
+  while ((await a.store.stat(oid))?.missed !== true && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+  t.equal((await a.store.stat(oid))?.missed, true, 'a\'s plan marked its copy behind in its record')
+  for (const r of first) r.stop()
+  await crash(t, a)
+  b.up = false
+  await settled(recoverAll(nodes, viewOf(6, ['a'])))
+  const err = await readBack(a.serve, oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'EIO', `restarted alone, a does not serve the copy it knew was behind (${err?.message ?? 'it did'})`)
+  refuse = false
+  b.up = true
+  await settled(recoverAll(nodes, viewOf(7, ids)))
+  t.equal((await readBack(a.serve, oid, 4096))[0], 0x40, 'with b back, a takes b\'s copy and serves it')
 })
 
 t.test('a copy whose record outlived its file (a crash between the two) does not hold recovery up: the others keep what they have', async t => {
