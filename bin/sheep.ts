@@ -39,6 +39,8 @@ cluster (without these options a node keeps everything in its own store)
   start ... --min-copies N          replicas that must take a write when others' disks fail it (default: a majority of its copies)
   cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
   cluster rotate-secret             a new secret for every member; prints the new token (old tokens stop working)
+  cluster force-start               after a restart, serve copies that were behind newer ones which are not coming
+                                    back, as they are; prints them (what was written to them since is lost)
   node list [--json]                members of the view (id, address, zone, weight, capacity, used, state) and candidates
   node admit ID                     make a candidate a member (clusters founded with --admission manual)
   node remove ID                    take a node out for good: its key is refused from then on
@@ -431,7 +433,18 @@ async function main (argv: string[]): Promise<void> {
     case 'cluster': {
       const { values, positionals } = parse({ ...mountOpt }, 1)
       const sub = positionals[0]
-      if (sub !== 'token' && sub !== 'rotate-secret') usageError(sub === undefined ? 'missing cluster command (token, rotate-secret)' : `unknown cluster command ${JSON.stringify(sub)}`)
+      if (sub !== 'token' && sub !== 'rotate-secret' && sub !== 'force-start') usageError(sub === undefined ? 'missing cluster command (token, rotate-secret, force-start)' : `unknown cluster command ${JSON.stringify(sub)}`)
+      if (sub === 'force-start') {
+        const { nodes, missed } = await request(target(values).mount, 'cluster.forceStart', {})
+        const forced = nodes.filter(n => n.objects.length > 0)
+        if (forced.length === 0) process.stdout.write('no copy was behind: nothing is lost\n')
+        for (const n of forced) {
+          process.stdout.write(`node ${n.node.slice(0, 16)}: ${n.objects.length} cop${n.objects.length === 1 ? 'y' : 'ies'} behind newer ones now served as they are; what was written to these objects since may be lost: ${n.objects.join(' ')}\n`)
+        }
+        for (const id of missed) process.stderr.write(`sheep: member ${id} did not answer: run force-start again once it is reachable\n`)
+        if (missed.length > 0) process.exitCode = 1
+        return
+      }
       if (sub === 'rotate-secret') {
         const { token, missed } = await request(target(values).mount, 'cluster.rotate', {})
         process.stdout.write(token + '\n')

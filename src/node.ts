@@ -10,10 +10,10 @@ import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
 import { type Frontend, Mount } from './fuse/mount'
 import { ControlServer, type Handlers } from './control/server'
 import { controlSocketPath } from './control/paths'
-import type { ClusterStatus, NodeInfo, NodeStatus } from './control/messages'
+import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
-import { type ObjectId, ObjectType, oidType, oidVid } from './objects/oid'
+import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './objects/oid'
 import { epochFloor } from './objects/versions'
 // The cluster's modules load only on a cluster node (joinCluster): Hyperswarm and its stack take
 // most of a one-host daemon's start-up otherwise, and a restart after a crash is on the clock.
@@ -213,7 +213,8 @@ export class SheepNode {
         if (tokens === null) throw SheepError.unreachable('this node is still starting')
         return await tokens.record(vid)
       },
-      writers: recovery
+      writers: recovery,
+      forceStart: async () => await recovery.forceStart()
     }))
     // A joining node serves nothing until a view lists it; with manual admission it waits for
     // an operator as long as it takes. A removed node never will be listed again.
@@ -355,6 +356,30 @@ export class SheepNode {
     return this.cluster
   }
 
+  /**
+   * `sheep cluster force-start`: this node and every other member serve their copies that were
+   * behind as they are (Recovery.forceStart); says which, node by node.
+   */
+  private async forceStart (): Promise<{ nodes: ForcedCopies[], missed: string[] }> {
+    const cluster = this.joinedCluster()
+    if (this.recovery === null || this.gateway === null) throw SheepError.unreachable('this node is still starting')
+    const { decode, Op, oidList } = await import('./swarm/messages')
+    const nodes: ForcedCopies[] = [{ node: cluster.id, objects: (await this.recovery.forceStart()).map(oidToHex) }]
+    const missed: string[] = []
+    const epoch = cluster.epoch
+    for (const m of cluster.view?.members ?? []) {
+      if (m.id === cluster.id) continue
+      try {
+        const res = await this.gateway.send(m.id, epoch, Op.ForceStart, {})
+        nodes.push({ node: m.id, objects: decode(oidList, res.data, 'force-start answer').map(oidToHex) })
+      } catch (err) {
+        this.log(`force-start: member ${m.id.slice(0, 8)} did not answer: ${(err as Error).message}`)
+        missed.push(m.id)
+      }
+    }
+    return { nodes, missed }
+  }
+
   private async nodeList (): Promise<NodeInfo[]> {
     const cluster = this.joinedCluster()
     const gateway = this.gateway as Gateway
@@ -456,6 +481,7 @@ export class SheepNode {
         const { encodeToken } = await import('./swarm/identity')
         return { token: encodeToken(cluster.secret, cluster.bootstrapList), missed }
       },
+      'cluster.forceStart': async () => await this.forceStart(),
       stop: async ({ force }) => {
         // Answer first, then stop: the stop closes this very socket.
         const open = this.imageStore().list().filter(i => i.openCount > 0)

@@ -29,6 +29,15 @@ export interface Requests {
   'node.remove': { args: { id: string }, result: { id: string, epoch: number } }
   /** `missed`: members that did not take the new secret (restart them with the new token). */
   'cluster.rotate': { args: Record<string, never>, result: { token: string, missed: string[] } }
+  /** Every member serves its copies that were behind as they are; `missed`: members that did not answer. */
+  'cluster.forceStart': { args: Record<string, never>, result: { nodes: ForcedCopies[], missed: string[] } }
+}
+
+/** What one member of `sheep cluster force-start` serves as it is now: its copies that were behind newer ones. */
+export interface ForcedCopies {
+  node: string
+  /** Object ids in hex. */
+  objects: string[]
 }
 
 /** A member of the cluster view as `sheep node list` shows it. */
@@ -60,7 +69,7 @@ export interface ClusterStatus {
 export type Op = keyof Requests
 export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename',
   'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop',
-  'cluster.token', 'node.list', 'node.admit', 'node.remove', 'cluster.rotate']
+  'cluster.token', 'node.list', 'node.admit', 'node.remove', 'cluster.rotate', 'cluster.forceStart']
 
 export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
 

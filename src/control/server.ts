@@ -154,6 +154,7 @@ const SHAPES: { [K in Op]: Record<string, (v: unknown) => boolean> } = {
   'node.admit': { id: isString },
   'node.remove': { id: isString },
   'cluster.rotate': {},
+  'cluster.forceStart': {},
   'snapshot.create': { name: isString, tag: isString },
   'snapshot.list': { name: isString },
   'snapshot.delete': { name: isString, tag: isString },

@@ -273,7 +273,9 @@ export enum Op {
   /** From a member: a new cluster secret in `data` (secretUpdate); no epoch check. */
   Secret = 17,
   /** Make `oid` `length` bytes of zeros (create it, or empty a copy a dead writer left), then write `data` at `offset`. */
-  WriteFresh = 18
+  WriteFresh = 18,
+  /** From a member (`sheep cluster force-start`): serve your copies that were behind as they are; answer their ids in `data` (oidList). */
+  ForceStart = 19
 }
 
 export interface Request {

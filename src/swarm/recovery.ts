@@ -233,6 +233,22 @@ export class Recovery {
     for (const oid of oids) if (this.unsynced.get(oid) === writer) this.unsynced.delete(oid)
   }
 
+  /**
+   * The operator's override (`sheep cluster force-start`) when the newer copies will not come back:
+   * this node's copies that were behind (marked missed, by a failed change or by a plan) are
+   * served as they are from now on. Resolves with their ids; what was written to those objects
+   * after they fell behind is lost unless a newer copy comes back after all (recovery takes it).
+   */
+  async forceStart (): Promise<ObjectId[]> {
+    const behind = new Set(this.missed.keys())
+    for await (const info of this.raw.list()) if (info.missed === true) behind.add(info.oid)
+    if (behind.size === 0) return []
+    await this.raw.setMissed(behind, false)
+    this.missed.clear()
+    this.log(`force-start: ${behind.size} copies that were behind newer ones are served as they are: ${[...behind].map(oidToHex).join(', ')}`)
+    return [...behind]
+  }
+
   /** Whether this copy of oid may differ from the others at its version: its writer left the view unsynced. */
   inDoubt (oid: ObjectId): boolean {
     const writer = this.unsynced.get(oid)

@@ -85,6 +85,10 @@ t.test(`3 nodes, copies 3: every daemon killed at once under writes, ${ROUNDS} t
     }
     t.ok(images.every(b => b.equals(images[0] as Buffer)), `round ${round}: every host reads the same bytes`)
     t.same(divergentCopies(nodes, name), [], `round ${round}: the 3 copies of every object are byte-equal`)
+    // Every node came back, and recovery settled: the operator's override has nothing to give up.
+    const asked = nodes[round % nodes.length] as Daemon
+    const forced = asked.sheep(['cluster', 'force-start', '--mount', asked.mount])
+    t.same({ code: forced.code, out: forced.stdout.trim() }, { code: 0, out: 'no copy was behind: nothing is lost' }, `round ${round}: sheep cluster force-start asks every member and finds no copy behind ${forced.stderr}`)
     // What is there now is settled: the next round's model starts from it.
     const now = images[0] as Buffer
     for (let s = 0; s < SIZE; s += 4 * KiB) model.acknowledged(s, 4 * KiB, now[s] as number)

@@ -148,4 +148,5 @@ t.test('bad cluster input: a clear one-line error, a non-zero exit, nothing star
   t.not(r.code, 0, 'cluster token on a one-host node fails')
   t.match(r.stderr, /runs without a cluster/, 'and says why')
   t.match(one.sheep(['node', 'list', '--mount', one.mount]).stderr, /runs without a cluster/, 'so does node list')
+  t.match(one.sheep(['cluster', 'force-start', '--mount', one.mount]).stderr, /runs without a cluster/, 'and cluster force-start')
 })

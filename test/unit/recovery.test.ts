@@ -346,6 +346,10 @@ t.test('a copy a plan found behind stays so across a crash before it was copied:
   await settled(recoverAll(nodes, viewOf(6, ['a'])))
   const err = await readBack(a.serve, oid, 4096).then(() => null, (e: unknown) => e as SheepError)
   t.equal(err?.code, 'EIO', `restarted alone, a does not serve the copy it knew was behind (${err?.message ?? 'it did'})`)
+  // The operator gives b up (sheep cluster force-start): a serves what it has, and says what.
+  t.same(await a.recovery?.forceStart(), [oid], 'force-start names the copy it now serves as it is')
+  t.equal((await readBack(a.serve, oid, 4096))[0], 0x10, 'a serves its copy')
+  t.same(await a.recovery?.forceStart(), [], 'a second force-start has nothing left to name')
   refuse = false
   b.up = true
   await settled(recoverAll(nodes, viewOf(7, ids)))

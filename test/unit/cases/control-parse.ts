@@ -55,7 +55,7 @@ t.test('accepts every well-formed request', async t => {
     'image.clone': { source: 'a', tag: 't', name: 'b' }, 'image.flatten': { name: 'a' }, 'image.tree': {},
     'snapshot.create': { name: 'a', tag: 't' }, 'snapshot.list': { name: 'a' }, 'snapshot.delete': { name: 'a', tag: 't' },
     'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}, 'cluster.token': {}, 'node.list': {},
-    'node.admit': { id: '0123abcd' }, 'node.remove': { id: '0123abcd' }, 'cluster.rotate': {}
+    'node.admit': { id: '0123abcd' }, 'node.remove': { id: '0123abcd' }, 'cluster.rotate': {}, 'cluster.forceStart': {}
   }
   t.same(Object.keys(sample).sort(), [...OPS].sort(), 'the sample covers every op')
   for (const op of OPS) t.equal(parseRequest(j({ op, args: sample[op] })).op, op, `op ${op}`)
