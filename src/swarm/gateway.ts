@@ -71,6 +71,8 @@ export class Gateway implements ObjectStore {
   private stopped = false
   /** Changes of each object under way here, and the waiters for none (see repairLater()). */
   private readonly inFlight = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
+  /** Writes of each object under way here, by byte range (see write()). */
+  private readonly writing = new Map<ObjectId, Array<{ offset: number, end: number, done: Promise<void> }>>()
   /** Objects being repaired: their changes wait. */
   private readonly repairs = new Map<ObjectId, Promise<void>>()
   /** Replicas whose disk failed a change of each object, to repair. */
@@ -120,7 +122,21 @@ export class Gateway implements ObjectStore {
   }
 
   async write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
-    await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data))
+    // Overlapping writes in flight at once (a guest may have them) go one after the other: sent
+    // side by side, two replicas could apply them in opposite orders and keep different bytes
+    // at one version. Others go side by side.
+    const end = offset + data.length
+    const ranges = this.writing.get(oid) ?? []
+    this.writing.set(oid, ranges)
+    const before = ranges.filter(r => r.offset < end && offset < r.end).map(async r => await r.done.catch(() => {}))
+    const mine = { offset, end, done: Promise.all(before).then(async () => { await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data)) }) }
+    ranges.push(mine)
+    try {
+      await mine.done
+    } finally {
+      ranges.splice(ranges.indexOf(mine), 1)
+      if (ranges.length === 0 && this.writing.get(oid) === ranges) this.writing.delete(oid)
+    }
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {

@@ -27,6 +27,8 @@ interface Node {
   store: LocalObjectStore
   /** Its writes fail with ENOSPC while set. */
   full: boolean
+  /** Its next write waits this long first (ms), as a busy disk's does. */
+  slowNext?: number
   recovery: Recovery
   serve: (req: Request, from: string) => Promise<Partial<Response>>
 }
@@ -49,6 +51,9 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
         if (['write', 'create', 'replace'].includes(String(prop))) {
           return async (...args: unknown[]) => {
             if (node.full) throw SheepError.noSpace(`store of ${id}: no space left on device`)
+            const slow = node.slowNext
+            node.slowNext = undefined
+            if (slow !== undefined) await new Promise(resolve => setTimeout(resolve, slow))
             return await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
           }
         }
@@ -194,4 +199,21 @@ t.test('a compare-and-replace of a record removed before (a reused vid\'s token)
   const version = await writer.compareAndReplace(oid, Buffer.from('again'), 0)
   t.ok(version > Math.max(...tombstones), `the new record's version ${version} is above the tombstones' (${tombstones.join(', ')})`)
   for (const id of IDS) t.equal((await (nodes.get(id) as Node).store.stat(oid))?.version, version, `${id} holds it at that version`)
+})
+
+t.test('two overlapping writes in flight at once reach every replica in one order; writes that do not overlap go side by side', async t => {
+  const nodes = await makeNodes(t)
+  const oid = dataOid(1, 3)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 8192)
+  // b's disk is slow for the first write: sent side by side, b would take the second one first.
+  ;(nodes.get('b') as Node).slowNext = 200
+  await Promise.all([writer.write(oid, 0, Buffer.alloc(4096, 0x51)), writer.write(oid, 2048, Buffer.alloc(4096, 0x52))])
+  const copies = await Promise.all(IDS.map(async id => (await (nodes.get(id) as Node).store.readAll(oid)).toString('hex')))
+  t.equal(new Set(copies).size, 1, 'the three copies are byte-equal')
+  t.equal(Buffer.from(copies[0] as string, 'hex')[3000], 0x52, 'with the later write over the earlier one')
+  ;(nodes.get('b') as Node).slowNext = 200
+  const started = Date.now()
+  await Promise.all([writer.write(oid, 0, Buffer.alloc(1024, 0x61)), writer.write(oid, 4096, Buffer.alloc(1024, 0x62))])
+  t.ok(Date.now() - started < 390, `writes to different ranges waited for each other no more than one slow write (${Date.now() - started} ms)`)
 })
