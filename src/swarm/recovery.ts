@@ -518,6 +518,7 @@ export class Recovery {
       const everywhere = replicas.length > 0 && replicas.every(r => (held.get(r)?.get(info.oid)?.version ?? -1) >= info.version)
       if (!everywhere) { left++; continue }
       await this.raw.drop(info.oid)
+      this.unsynced.delete(info.oid)
       this.stats.dropped++
     }
     return left === 0
