@@ -214,7 +214,7 @@ export class SheepNode {
         return await tokens.record(vid)
       },
       writers: recovery,
-      forceStart: async () => await recovery.forceStart()
+      forceStart: async only => await recovery.forceStart(only)
     }))
     // A joining node serves nothing until a view lists it; with manual admission it waits for
     // an operator as long as it takes. A removed node never will be listed again.
@@ -237,7 +237,7 @@ export class SheepNode {
     const copiesOf = (oid: ObjectId): number => oidType(oid) === ObjectType.Data
       ? this.images?.copiesOf(oidVid(oid)) ?? DEFAULT_COPIES
       : METADATA_COPIES
-    gateway = new Gateway(local, cluster, { copiesOf, minCopies: opts.minCopies })
+    gateway = new Gateway(local, cluster, { copiesOf, minCopies: opts.minCopies, serveAsItIs: async oid => { await recovery.forceStart(oid) } })
     this.gateway = gateway
     recovery.start(view)
     cluster.on('view', (next: View) => { if (next.members.some(m => m.id === cluster.id)) recovery.start(next) })

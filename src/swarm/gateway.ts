@@ -34,6 +34,8 @@ export interface GatewayOptions {
    * of the object's copies. Capped by the replicas the view has.
    */
   minCopies?: number
+  /** Makes this node's copy of oid current as it is, though it missed a change (Recovery.forceStart). */
+  serveAsItIs?: (oid: ObjectId) => Promise<void>
 }
 
 export const DEFAULT_REQUEST_TIMEOUT_MS = 10_000
@@ -71,6 +73,8 @@ export class Gateway implements ObjectStore {
   private stopped = false
   /** Changes of each object under way here, and the waiters for none (see repairLater()). */
   private readonly inFlight = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
+  /** Objects whose first change their replicas missed failed on every one of them (see repairNow()). */
+  private readonly failedEverywhere = new Set<ObjectId>()
   /** Writes of each object under way here, by byte range (see write()). */
   private readonly writing = new Map<ObjectId, Array<{ offset: number, end: number, done: Promise<void> }>>()
   /** Objects being repaired: their changes wait. */
@@ -83,7 +87,7 @@ export class Gateway implements ObjectStore {
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
     this.cluster = cluster
-    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, minCopies: 0, ...opts }
+    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, minCopies: 0, serveAsItIs: async () => {}, ...opts }
     this.viewWaitMs = this.opts.viewWaitMs
   }
 
@@ -470,6 +474,7 @@ export class Gateway implements ObjectStore {
       }
       if (failed.size === 0) return
       // Those whose disks failed it refuse the object until a current copy replaces theirs.
+      if (failed.size === replicas.length && !this.missedBy.has(oid)) this.failedEverywhere.add(oid)
       const missed = this.missedBy.get(oid) ?? new Set()
       for (const node of failed.keys()) missed.add(node)
       this.missedBy.set(oid, missed)
@@ -504,6 +509,15 @@ export class Gateway implements ObjectStore {
       const nodes = this.missedBy.get(oid) ?? new Set<string>()
       const epoch = this.cluster.epoch
       const replicas = this.replicasOf(oid)
+      // Every replica failed the first change they missed (a one-copy image on a full disk, say),
+      // and so refused every later one: none holds what another lacks, and none would be a
+      // source. The primary's copy becomes the current one as it is, and the others take it.
+      const primary = replicas[0]
+      if (primary !== undefined && this.failedEverywhere.has(oid) && replicas.every(r => nodes.has(r))) {
+        if (primary === this.cluster.id) await this.opts.serveAsItIs(oid)
+        else await this.send(primary, epoch, Op.ForceStart, { oid, version: 1 })
+        nodes.delete(primary)
+      }
       for (const node of [...nodes]) {
         // A node the view no longer gives the object: recovery drops its copy.
         if (!replicas.includes(node)) { nodes.delete(node); continue }
@@ -525,8 +539,9 @@ export class Gateway implements ObjectStore {
     const again = Math.min(Math.max(ms * 2, REPAIR_RETRY_MS), REPAIR_RETRY_MAX_MS)
     run.then(finished => {
       this.repairs.delete(oid)
-      if (finished) this.missedBy.delete(oid)
-      else this.repairLater(oid, again)
+      if (!finished) return this.repairLater(oid, again)
+      this.missedBy.delete(oid)
+      this.failedEverywhere.delete(oid)
     }, () => {
       this.repairs.delete(oid)
       this.repairLater(oid, again)

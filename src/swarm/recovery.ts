@@ -238,13 +238,17 @@ export class Recovery {
    * this node's copies that were behind (marked missed, by a failed change or by a plan) are
    * served as they are from now on. Resolves with their ids; what was written to those objects
    * after they fell behind is lost unless a newer copy comes back after all (recovery takes it).
+   * With `only`, just that object's copy (a change every replica failed: none is behind another).
    */
-  async forceStart (): Promise<ObjectId[]> {
-    const behind = new Set(this.missed.keys())
-    for await (const info of this.raw.list()) if (info.missed === true) behind.add(info.oid)
+  async forceStart (only?: ObjectId): Promise<ObjectId[]> {
+    const behind = new Set(only === undefined ? this.missed.keys() : this.missed.has(only) ? [only] : [])
+    for await (const info of this.raw.list(only)) {
+      if (only !== undefined && info.oid !== only) break
+      if (info.missed === true) behind.add(info.oid)
+    }
     if (behind.size === 0) return []
     await this.raw.setMissed(behind, false)
-    this.missed.clear()
+    for (const oid of behind) this.missed.delete(oid)
     this.log(`force-start: ${behind.size} copies that were behind newer ones are served as they are: ${[...behind].map(oidToHex).join(', ')}`)
     return [...behind]
   }

@@ -31,8 +31,8 @@ export interface ReplicaContext {
   tokenOf: (vid: number) => Promise<TokenRecord | null>
   /** Who changes and syncs which objects, and whether a copy is in doubt for it (./recovery.ts). */
   writers?: Pick<Recovery, 'changedBy' | 'syncedBy' | 'inDoubt'>
-  /** Serves this node's copies that were behind as they are (Recovery.forceStart); their ids. */
-  forceStart?: () => Promise<ObjectId[]>
+  /** Serves this node's copies that were behind (or only `only`'s) as they are (Recovery.forceStart); their ids. */
+  forceStart?: (only?: ObjectId) => Promise<ObjectId[]>
 }
 
 /** Requests that change an object. */
@@ -135,7 +135,7 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done()
       case Op.ForceStart:
         if (ctx.forceStart === undefined) throw SheepError.unreachable('this node is still starting')
-        return done({ data: encode(oidList, await ctx.forceStart()) })
+        return done({ data: encode(oidList, await ctx.forceStart(req.version === 1 ? req.oid : undefined)) })
       case Op.Release:
         if (oidType(req.oid) !== ObjectType.Token) throw SheepError.invalid(`release of ${oidToHex(req.oid)}, which is not a token object`)
         await ctx.release(oidVid(req.oid), req.version === 1 ? 'change' : 'io')

@@ -69,7 +69,8 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
       release: async () => {},
       isMember: () => true,
       // a writes the image: it holds the token
-      tokenOf: async () => ({ holder: 'a', generation: 1, deleted: false })
+      tokenOf: async () => ({ holder: 'a', generation: 1, deleted: false }),
+      forceStart: async only => await node.recovery.forceStart(only)
     })
   }
   for (const n of nodes.values()) {
@@ -107,7 +108,7 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
 
 function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0): Gateway {
   const node = nodes.get(id) as Node
-  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id), { copiesOf: () => 3, minCopies, viewWaitMs: 1000 })
+  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
 }
 
 async function readVia (store: { read: Gateway['read'] }, oid: bigint): Promise<number> {
@@ -216,4 +217,21 @@ t.test('two overlapping writes in flight at once reach every replica in one orde
   const started = Date.now()
   await Promise.all([writer.write(oid, 0, Buffer.alloc(1024, 0x61)), writer.write(oid, 4096, Buffer.alloc(1024, 0x62))])
   t.ok(Date.now() - started < 390, `writes to different ranges waited for each other no more than one slow write (${Date.now() - started} ms)`)
+})
+
+t.test('a change every replica\'s disk failed leaves no copy behind another: once the disks have room, the primary\'s copy is made current and the others take it', async t => {
+  const nodes = await makeNodes(t)
+  const oid = dataOid(1, 4)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x71))
+  for (const n of nodes.values()) n.full = true
+  t.equal((await sheepError(async () => { await writer.write(oid, 0, Buffer.alloc(4096, 0x72)) })).code, 'ENOSPC', 'the write fails: no replica took it')
+  t.same([...nodes.values()].map(n => n.recovery.status.missed), [1, 1, 1], 'every replica marks its copy missed')
+  for (const n of nodes.values()) n.full = false
+  t.ok(await until(async () => [...nodes.values()].every(n => n.recovery.status.missed === 0), 5000), 'the writer\'s repair clears them all within its retry time (before: refused until an operator forced it)')
+  const copies = await Promise.all(IDS.map(async id => (await (nodes.get(id) as Node).store.readAll(oid)).toString('hex')))
+  t.equal(new Set(copies).size, 1, 'the three copies are byte-equal')
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x73))
+  t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x73, 'and the object takes writes again')
 })
