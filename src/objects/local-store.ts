@@ -79,7 +79,7 @@ export class LocalObjectStore implements ObjectStore {
   private markWrites = false
   /** Objects whose record a crash left dirty: their version does not say which bytes they hold. */
   private readonly uncertain = new Set<ObjectId>()
-  /** Copies marked missed (markMissed), until a replace or a remove. */
+  /** Copies marked missed (setMissed), until a replace, a remove or an unmark. */
   private readonly missed = new Set<ObjectId>()
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {

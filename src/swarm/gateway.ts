@@ -87,7 +87,7 @@ export class Gateway implements ObjectStore {
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
     this.cluster = cluster
-    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, minCopies: 0, serveAsItIs: async () => {}, ...opts }
+    this.opts = { requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS, viewWaitMs: DEFAULT_VIEW_WAIT_MS, minCopies: 0, serveAsItIs: async () => { throw SheepError.unreachable('this node has no recovery to serve a copy as it is') }, ...opts }
     this.viewWaitMs = this.opts.viewWaitMs
   }
 
@@ -603,8 +603,6 @@ export class Gateway implements ObjectStore {
   /** One request to one member (this node's own store for it), its error as a SheepError. */
   async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
     if (target === this.cluster.id) return await this.sendLocal(op, fields)
-    // A member whose link is not up yet (the view just committed): else the call would wait for
-    // the next view, which a settled cluster does not make (a minute, then ENOTCONN).
     // A change needs every replica: one whose link is not up yet (the view just committed) is
     // waited for, else the change would wait for the next view, which a settled cluster does not
     // make (a minute, then ENOTCONN). A read goes on to the next replica instead.
