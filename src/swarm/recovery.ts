@@ -438,7 +438,7 @@ export class Recovery {
       }
       await Promise.all(Array.from({ length: PARALLEL_COPIES }, worker))
       if (failed.size === 0 || round !== this.round) return
-      await new Promise(resolve => setTimeout(resolve, pause))
+      await new Promise(resolve => setTimeout(resolve, pause).unref())
     }
   }
 
