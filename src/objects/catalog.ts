@@ -2,8 +2,9 @@
 // Record format 2 (compact-encoding): uint 2, uint version, uint size, uint flags (bit 0: dirty,
 // the file may hold writes newer than the version: see LocalObjectStore's markWrites; bit 1:
 // removed, a cluster replica's tombstone of an object removed at that version, with no file;
-// bit 2: missed, a cluster replica's copy that missed a change its disk failed, not current until
-// a whole copy replaces it: src/swarm/recovery.ts).
+// bit 2: missed, a cluster replica's copy behind the others' (a change its disk failed, or a newer
+// copy a recovery plan found elsewhere), not current until a whole copy replaces it:
+// src/swarm/recovery.ts).
 // Format 1 (uint 1, version, size) is still read, as clean.
 //
 // Writes are applied in the order they are made, in batches (group commit): classic-level runs

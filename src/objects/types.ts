@@ -17,8 +17,9 @@ export interface ObjectInfo {
    */
   removed?: boolean
   /**
-   * A cluster replica's copy that missed a change its disk failed (src/swarm/recovery.ts): not
-   * current until a whole copy replaces it, and never a source for the others. Kept across restarts.
+   * A cluster replica's copy behind the others' (a change its disk failed, or a newer copy a
+   * recovery plan found elsewhere: src/swarm/recovery.ts): not current until a whole copy
+   * replaces it, and never a source for the others. Kept across restarts.
    */
   missed?: boolean
 }
