@@ -132,8 +132,11 @@ export class Gateway implements ObjectStore {
     const end = offset + data.length
     const ranges = this.writing.get(oid) ?? []
     this.writing.set(oid, ranges)
-    const before = ranges.filter(r => r.offset < end && offset < r.end).map(async r => await r.done.catch(() => {}))
-    const mine = { offset, end, done: Promise.all(before).then(async () => { await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data)) }) }
+    const send = async (): Promise<void> => { await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data)) }
+    const before = ranges.filter(r => r.offset < end && offset < r.end)
+    // The common case, nothing overlapping under way, costs no promise beyond the write's own.
+    const done = before.length === 0 ? send() : Promise.all(before.map(async r => await r.done.catch(() => {}))).then(send)
+    const mine = { offset, end, done }
     ranges.push(mine)
     try {
       await mine.done

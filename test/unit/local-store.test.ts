@@ -496,6 +496,13 @@ t.test('FileIo: inline while calls are quick, the pool for a while after a slow 
   }
 })
 
+/** A store opened as a cluster's replica in `epoch` (LocalObjectStore.asReplica). */
+async function openReplica (t: Teardownable, dir: string, epoch: number): Promise<LocalObjectStore> {
+  const store = await openStore(t, dir)
+  await store.asReplica(() => epochFloor(epoch))
+  return store
+}
+
 /** The store's folder as a SIGKILL would leave it: what was written to files, nothing of memory. */
 function crashCopy (t: Teardownable, dir: string): string {
   const copy = tmpDir(t)
@@ -616,19 +623,16 @@ t.test('versions: every change made in an epoch orders above every version of an
 
 t.test('a replica marks a record dirty before its file changes: a crash leaves the copy uncertain, a sync or a settle makes it certain', async t => {
   const dir = tmpDir(t)
-  const store = await openStore(t, dir)
-  await store.asReplica(() => epochFloor(3))
+  const store = await openReplica(t, dir, 3)
   const oid = dataOid(9, 0)
   await store.create(oid, 4096)
   await store.sync([oid])
-  const clean = await openStore(t, crashCopy(t, dir))
-  await clean.asReplica(() => epochFloor(4))
+  const clean = await openReplica(t, crashCopy(t, dir), 4)
   t.notOk((await clean.stat(oid))?.uncertain, 'created and synced: certain')
   await clean.close()
   // Written, not synced: the bytes changed and the version the record gives does not say so.
   await store.write(oid, 0, pattern(512, 1))
-  const crashed = await openStore(t, crashCopy(t, dir))
-  await crashed.asReplica(() => epochFloor(4))
+  const crashed = await openReplica(t, crashCopy(t, dir), 4)
   const info = await crashed.stat(oid)
   t.equal(info?.uncertain, true, 'written since its last sync: uncertain after the crash')
   t.same((await listAll(crashed)).map(i => i.uncertain), [true], 'and listed so')
@@ -639,14 +643,12 @@ t.test('a replica marks a record dirty before its file changes: a crash leaves t
   await crashed.close()
   // A sync with no write in flight records the version the bytes have, and a clean record.
   await store.sync([oid])
-  const synced = await openStore(t, crashCopy(t, dir))
-  await synced.asReplica(() => epochFloor(4))
+  const synced = await openReplica(t, crashCopy(t, dir), 4)
   t.notOk((await synced.stat(oid))?.uncertain, 'synced after the write: certain again')
   await synced.close()
   // A truncate changes the file too; a store that is no replica marks nothing.
   await store.truncate(oid, 1024)
-  const cut = await openStore(t, crashCopy(t, dir))
-  await cut.asReplica(() => epochFloor(4))
+  const cut = await openReplica(t, crashCopy(t, dir), 4)
   t.equal((await cut.stat(oid))?.uncertain, true, 'truncated since the last sync: uncertain')
   await cut.close()
   await store.close()
@@ -658,28 +660,24 @@ t.test('a replica marks a record dirty before its file changes: a crash leaves t
 
 t.test('a replica\'s create is uncertain until a sync; a crash between its record and its file leaves a tombstone below it, not a copy that cannot be read', async t => {
   const dir = tmpDir(t)
-  const store = await openStore(t, dir)
-  await store.asReplica(() => epochFloor(3))
+  const store = await openReplica(t, dir, 3)
   const oid = dataOid(9, 1)
   await store.create(oid, 4096)
   const created = await store.stat(oid)
-  const whole = await openStore(t, crashCopy(t, dir))
-  await whole.asReplica(() => epochFloor(4))
+  const whole = await openReplica(t, crashCopy(t, dir), 4)
   t.equal((await whole.stat(oid))?.uncertain, true, 'created, not synced: uncertain after a crash')
   await whole.close()
   // As if the crash came after the record and before the file.
   const cut = crashCopy(t, dir)
   fs.rmSync(objectFile(cut, oid))
-  const torn = await openStore(t, cut)
-  await torn.asReplica(() => epochFloor(4))
+  const torn = await openReplica(t, cut, 4)
   t.equal(await torn.stat(oid), null, 'record without a file: no copy')
   t.same((await listAll(torn)).map(i => ({ version: i.version, removed: i.removed })), [{ version: (created?.version as number) - 1, removed: true }], 'listed as a tombstone just below the create\'s version')
   await torn.create(oid, 4096)
   t.ok(((await torn.stat(oid))?.version as number) > (created?.version as number) - 1, 'a create goes above it again')
   await torn.close()
   await store.sync([oid])
-  const synced = await openStore(t, crashCopy(t, dir))
-  await synced.asReplica(() => epochFloor(4))
+  const synced = await openReplica(t, crashCopy(t, dir), 4)
   t.notOk((await synced.stat(oid))?.uncertain, 'synced: certain')
   await synced.close()
   await store.close()
@@ -707,16 +705,14 @@ t.test('writeFresh makes a new object with its first bytes, or empties one a dea
 
 t.test('a copy marked missed says so in its record across a crash, and through writes; a replace or a remove clears it', async t => {
   const dir = tmpDir(t)
-  const store = await openStore(t, dir)
-  await store.asReplica(() => epochFloor(3))
+  const store = await openReplica(t, dir, 3)
   const oid = dataOid(9, 3)
   await store.create(oid, 4096)
   await store.setMissed([oid], true)
   t.equal((await store.stat(oid))?.missed, true, 'marked')
   await store.write(oid, 0, pattern(100, 1))
   await store.sync([oid])
-  const crashed = await openStore(t, crashCopy(t, dir))
-  await crashed.asReplica(() => epochFloor(4))
+  const crashed = await openReplica(t, crashCopy(t, dir), 4)
   t.same((await listAll(crashed)).map(i => i.missed), [true], 'still marked after a write, a sync and a crash')
   await crashed.replace(oid, pattern(4096, 2), 9)
   t.notOk((await crashed.stat(oid))?.missed, 'a replace by a current copy clears it')
@@ -730,8 +726,7 @@ t.test('a copy marked missed says so in its record across a crash, and through w
 
 t.test('a replica keeps a tombstone of what it removed, above the copy\'s version; a re-create goes above it; one host keeps none', async t => {
   const dir = tmpDir(t)
-  const store = await openStore(t, dir)
-  await store.asReplica(() => epochFloor(3))
+  const store = await openReplica(t, dir, 3)
   const oid = dataOid(9, 0)
   const never = dataOid(9, 1)
   await store.create(oid, 4096)
@@ -746,8 +741,7 @@ t.test('a replica keeps a tombstone of what it removed, above the copy\'s versio
   t.ok((listed[0]?.version as number) > before, 'the tombstone is newer than the copy it removed')
   t.same((await store.allocatedBytes()).objects, 0, 'and counts for no object')
   await store.close()
-  const reopened = await openStore(t, dir)
-  await reopened.asReplica(() => epochFloor(3))
+  const reopened = await openReplica(t, dir, 3)
   t.equal((await listAll(reopened)).filter(i => i.removed === true).length, 2, 'tombstones survive a reopen')
   await reopened.create(oid, 4096)
   const again = await reopened.stat(oid)

@@ -86,6 +86,26 @@ async function holdInEpoch4 (nodes: Node[], oid: ObjectId): Promise<void> {
   }
 }
 
+/**
+ * Nodes a and b holding oid (holdInEpoch4), b's copy newer, filled with `fill`; b's whole-copy
+ * reads fail with ENOTCONN and the reason refusal() gives, while it gives one.
+ */
+async function bAheadOfA (t: Teardownable, oid: ObjectId, fill: number, refusal: () => string | null): Promise<{ ids: string[], nodes: Map<string, Node>, a: Node, b: Node }> {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  await holdInEpoch4([a, b], oid)
+  await b.store.write(oid, 0, Buffer.alloc(4096, fill))
+  await b.store.sync([oid])
+  const readAll = b.store.readAll.bind(b.store)
+  b.store.readAll = async (o: ObjectId) => {
+    const why = refusal()
+    if (why !== null) throw SheepError.unreachable(why)
+    return await readAll(o)
+  }
+  return { ids, nodes, a, b }
+}
+
 /** What node `self` sees of the cluster: its epoch, and a link to each other node that is up. */
 function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
   const me = nodes.get(self) as Node
@@ -297,20 +317,10 @@ t.test('a copy marked missed stays so across a restart: never served nor copied,
 })
 
 t.test('a background copy that failed (its source did not answer) is tried again without waiting for a use of the object', async t => {
-  const ids = ['a', 'b']
-  const nodes = await makeNodes(t, ids)
-  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
   const oid = dataOid(2, 3)
-  await holdInEpoch4([a, b], oid)
-  await b.store.write(oid, 0, Buffer.alloc(4096, 0x30))
-  await b.store.sync([oid])
   // b's first answer to a whole-copy request is lost (not in this view yet, say).
-  const readAll = b.store.readAll.bind(b.store)
   let asked = 0
-  b.store.readAll = async (o: ObjectId) => {
-    if (asked++ === 0) throw SheepError.unreachable('b is not there yet')
-    return await readAll(o)
-  }
+  const { ids, nodes, a, b } = await bAheadOfA(t, oid, 0x30, () => asked++ === 0 ? 'b is not there yet' : null)
   const logs: string[] = []
   recoverAll(nodes, viewOf(5, ids), logs)
   const want = (await b.store.stat(oid))?.version
@@ -322,20 +332,10 @@ t.test('a background copy that failed (its source did not answer) is tried again
 })
 
 t.test('a copy a plan found behind stays so across a crash before it was copied: alone after the restart it is refused, not served', async t => {
-  const ids = ['a', 'b']
-  const nodes = await makeNodes(t, ids)
-  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
   const oid = dataOid(2, 4)
-  await holdInEpoch4([a, b], oid)
-  await b.store.write(oid, 0, Buffer.alloc(4096, 0x40))
-  await b.store.sync([oid])
   // b's whole copy does not come through before a dies.
-  const readAll = b.store.readAll.bind(b.store)
   let refuse = true
-  b.store.readAll = async (o: ObjectId) => {
-    if (refuse) throw SheepError.unreachable('b is busy')
-    return await readAll(o)
-  }
+  const { ids, nodes, a, b } = await bAheadOfA(t, oid, 0x40, () => refuse ? 'b is busy' : null)
   const first = recoverAll(nodes, viewOf(5, ids))
   const deadline = Date.now() + 5000
   while ((await a.store.stat(oid))?.missed !== true && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
