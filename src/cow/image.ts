@@ -150,18 +150,32 @@ export class Image {
   }
 
   /**
-   * Unsynced writes past the size may have reached the last block before a crash; bytes past
-   * the end of a file must read as zeros when it grows again.
+   * Bytes past the end of a file must read as zeros when it grows again. A crash can leave other
+   * bytes in the last block past the size: unsynced writes past it that reached the block, or the
+   * owner entry of a copy_file_range that shared the whole block, which reached the inode while
+   * the copy's grow did not (the block then reads the source's bytes).
    */
   async zeroTail (): Promise<void> {
     const os = this._header.objectSize
     const cut = this._header.size % os
     const last = blockCount(this._header.size, os) - 1
-    if (cut === 0 || this.table.owner(last) !== this.vid) return
+    const owner = this.table.owner(last)
+    if (cut === 0 || owner === 0) return
+    if (owner !== this.vid && await this.readsZeros(last, cut, os - cut)) return
     await this.ownWholly(last)
     await this.writeData(last, cut, Buffer.alloc(os - cut))
     // With the entry of a copy-up: until it is on disk the inode reads the block elsewhere.
     await this.sync()
+  }
+
+  /** Whether [inObject, inObject + n) of block idx reads as zeros, past the size or not. */
+  private async readsZeros (idx: number, inObject: number, n: number): Promise<boolean> {
+    const bytes = Buffer.alloc(n)
+    const pending: Promise<void>[] = []
+    if (this.table.isFull(idx)) pending.push(this.objects.read(dataOid(this.table.owner(idx), idx), inObject, n, bytes, 0))
+    else this.readShared(idx, inObject, n, bytes, 0, pending)
+    await Promise.all(pending)
+    return isZero(bytes)
   }
 
   /** Reads up to `length` bytes at `pos` into target; returns how many (0 at or past the end). */
