@@ -801,6 +801,7 @@ export class ImageStore {
     }
     if (fresh.isSnapshot && !image.isSnapshot) throw this.lose(image, `${image.name} was snapshotted on another host while open here: open it again`)
     const dropped = image.adopt(fresh)
+    if (!image.isSnapshot) await image.zeroTail()
     image.token.reloadOwed = false
     if (dropped > 0) this.log(`${image.name}: dropped ${dropped} owner entries not written out before another host took the image's write token`)
     this.inodeVersions.set(vid, (await this.objects.stat(inodeOid(vid)))?.version ?? 0)

@@ -153,15 +153,15 @@ export class Image {
    * Bytes past the end of a file must read as zeros when it grows again. A crash can leave other
    * bytes in the last block past the size: unsynced writes past it that reached the block, or the
    * owner entry of a copy_file_range that shared the whole block, which reached the inode while
-   * the copy's grow did not (the block then reads the source's bytes).
+   * the copy's grow did not (the block then reads the source's bytes). Run by the sole writer at
+   * start, and on a cluster by a host that takes the write token from another (which may have
+   * died): the tail is read, and written only when it is not zeros.
    */
   async zeroTail (): Promise<void> {
     const os = this._header.objectSize
     const cut = this._header.size % os
     const last = blockCount(this._header.size, os) - 1
-    const owner = this.table.owner(last)
-    if (cut === 0 || owner === 0) return
-    if (owner !== this.vid && await this.readsZeros(last, cut, os - cut)) return
+    if (cut === 0 || this.table.owner(last) === 0 || await this.readsZeros(last, cut, os - cut)) return
     await this.ownWholly(last)
     await this.writeData(last, cut, Buffer.alloc(os - cut))
     // With the entry of a copy-up: until it is on disk the inode reads the block elsewhere.

@@ -15,6 +15,8 @@ import { SheepError } from '../../src/errors'
 export class SharedTokens {
   private readonly records = new Map<number, { holder: string, generation: number, deleted: boolean }>()
   readonly takes: string[] = []
+  /** Stores whose host died: a take goes past them without asking, as a new view lets the cluster do. */
+  readonly dead = new Set<string>()
   constructor (private readonly objects: LocalObjectStore, private readonly stores: Map<string, () => ImageStore>) {}
 
   forStore (name: string): WriteTokens {
@@ -26,7 +28,7 @@ export class SharedTokens {
           const current = this.records.get(vid)
           if (current?.deleted === true || (current === undefined && await this.objects.stat(inodeOid(vid)) === null)) throw SheepError.stale(`image ${vid} was deleted`)
           if (current !== undefined && current.holder === name && current.generation === taken.get(vid)) return false
-          if (current !== undefined && current.holder !== name) await (this.stores.get(current.holder) as () => ImageStore)().releaseToken(vid, purpose)
+          if (current !== undefined && current.holder !== name && !this.dead.has(current.holder)) await (this.stores.get(current.holder) as () => ImageStore)().releaseToken(vid, purpose)
           if (this.records.get(vid) !== current) continue // the swap would fail
           const generation = (current?.generation ?? 0) + 1
           this.records.set(vid, { holder: name, generation, deleted: false })
