@@ -197,26 +197,9 @@ export class Cluster extends EventEmitter {
    * without one when this node was only cut off, or frozen, for a moment); ENOTCONN after ms.
    */
   async quorum (ms: number): Promise<void> {
-    if (this.quorate) return
     const epoch = this.epoch
-    await new Promise<void>((resolve, reject) => {
-      const check = (): void => {
-        if (!this.quorate && this.epoch === epoch) return
-        stop()
-        resolve()
-      }
-      const stop = (): void => {
-        clearTimeout(timer)
-        this.mesh.off('peer-up', check)
-        this.off('view', check)
-      }
-      const timer = setTimeout(() => {
-        stop()
-        reject(SheepError.unreachable(`this node cannot reach a majority of its view (epoch ${epoch}), and no new view came within ${ms} ms`))
-      }, ms)
-      this.mesh.on('peer-up', check)
-      this.on('view', check)
-    })
+    if (await this.until(() => this.quorate || this.epoch !== epoch, ms)) return
+    throw SheepError.unreachable(`this node cannot reach a majority of its view (epoch ${epoch}), and no new view came within ${ms} ms`)
   }
 
   /**
@@ -224,22 +207,24 @@ export class Cluster extends EventEmitter {
    * commits, a member's link may still be on its way); null if it does not, or the view moves on.
    */
   async linkTo (id: string, ms: number): Promise<Link | null> {
-    const now = this.link(id)
-    if (now !== null || this.view?.members.some(m => m.id === id) !== true) return now
+    if (this.view?.members.some(m => m.id === id) !== true) return this.link(id)
     const epoch = this.epoch
-    return await new Promise<Link | null>(resolve => {
-      const check = (): void => {
-        const link = this.link(id)
-        if (link === null && this.epoch === epoch) return
-        stop()
-        resolve(link)
-      }
-      const stop = (): void => {
+    await this.until(() => this.link(id) !== null || this.epoch !== epoch, ms)
+    return this.link(id)
+  }
+
+  /** Whether `done` holds now or turns true within ms, asked again at each new link and each view. */
+  private async until (done: () => boolean, ms: number): Promise<boolean> {
+    if (done()) return true
+    return await new Promise<boolean>(resolve => {
+      const check = (): void => { if (done()) finish(true) }
+      const finish = (result: boolean): void => {
         clearTimeout(timer)
         this.mesh.off('peer-up', check)
         this.off('view', check)
+        resolve(result)
       }
-      const timer = setTimeout(() => { stop(); resolve(null) }, ms)
+      const timer = setTimeout(() => finish(false), ms)
       this.mesh.on('peer-up', check)
       this.on('view', check)
     })
