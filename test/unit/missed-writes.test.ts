@@ -12,7 +12,7 @@ import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import { Gateway } from '../../src/swarm/gateway'
 import type { Link } from '../../src/swarm/link'
-import type { Request, Response } from '../../src/swarm/messages'
+import { Op, type Request, type Response } from '../../src/swarm/messages'
 import { Recovery, type RecoveryStore } from '../../src/swarm/recovery'
 import { replicaHandler } from '../../src/swarm/replica'
 import type { View } from '../../src/swarm/view'
@@ -29,6 +29,8 @@ interface Node {
   full: boolean
   /** Its next write waits this long first (ms), as a busy disk's does. */
   slowNext?: number
+  /** The answer to its next write is lost on the way back (it took the write), as when a link goes. */
+  loseNextAnswer?: boolean
   recovery: Recovery
   serve: (req: Request, from: string) => Promise<Partial<Response>>
 }
@@ -85,12 +87,19 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
   const link = (id: string): Link => ({
     async call (req: Omit<Request, 'id'>): Promise<Response> {
       const base: Response = { id: 0, error: '', message: '', epoch: 1, version: 0, size: 0, data: EMPTY }
+      const node = nodes.get(id) as Node
+      let answer: Response
       try {
-        return { ...base, ...await (nodes.get(id) as Node).serve({ ...req, id: 0 }, self) }
+        answer = { ...base, ...await node.serve({ ...req, id: 0 }, self) }
       } catch (err) {
         const e = err as SheepError
-        return { ...base, error: e.code, message: e.message }
+        answer = { ...base, error: e.code, message: e.message }
       }
+      if (node.loseNextAnswer === true && req.op === Op.Write) {
+        node.loseNextAnswer = false
+        throw SheepError.unreachable(`the link to ${id} went`)
+      }
+      return answer
     }
   }) as unknown as Link
   return {
@@ -234,4 +243,23 @@ t.test('a change every replica\'s disk failed leaves no copy behind another: onc
   t.equal(new Set(copies).size, 1, 'the three copies are byte-equal')
   await writer.write(oid, 0, Buffer.alloc(4096, 0x73))
   t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x73, 'and the object takes writes again')
+})
+
+t.test('a write whose answer from one replica was lost leaves copies that may differ: the next write makes them one copy first', async t => {
+  const nodes = await makeNodes(t)
+  const oid = dataOid(1, 5)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 8192)
+  await writer.write(oid, 0, Buffer.alloc(8192, 0x81))
+  // b takes the write, its answer is lost: the writer fails the write (no new view comes) and
+  // has not changed its own copy, while b and c have.
+  ;(nodes.get('b') as Node).loseNextAnswer = true
+  t.equal((await sheepError(async () => { await writer.write(oid, 0, Buffer.alloc(4096, 0x82)) })).code, 'ENOTCONN', 'the write fails')
+  await writer.write(oid, 4096, Buffer.alloc(4096, 0x83))
+  const copies = await Promise.all(IDS.map(async id => (await (nodes.get(id) as Node).store.readAll(oid)).toString('hex')))
+  // Fails while the next write goes on top of copies that differ: a keeps 0x81 where b and c
+  // have 0x82 (a later failure could leave such copies at one version, which recovery cannot order).
+  t.equal(new Set(copies).size, 1, 'after the next write the three copies are byte-equal')
+  const versions = await Promise.all(IDS.map(async id => (await (nodes.get(id) as Node).store.stat(oid))?.version))
+  t.equal(new Set(versions).size, 1, `at one version (${versions.join(', ')})`)
 })
