@@ -10,10 +10,14 @@ export async function writeFreshBySteps (store: ObjectStore, oid: ObjectId, size
     await store.create(oid, size)
   } catch (err) {
     if (!(err instanceof SheepError && err.code === 'EEXIST')) throw err
-    // Bytes a dead writer left must not show around the new ones. Each truncate is recorded
-    // before the file changes, so a crash between them leaves a shorter object, never a torn one.
-    await store.truncate(oid, 0)
-    await store.truncate(oid, size)
+    // Bytes a dead writer left must not show around the new ones: the whole object is replaced
+    // at once. Cut to 0 and grown back in two steps, a crash between left a shorter object at a
+    // newer version, which recovery could take as the newest copy and give every replica (found
+    // by the replication simulator: the block then failed its reads past the short end).
+    const whole = Buffer.alloc(Math.max(size, offset + data.length))
+    whole.set(data, offset)
+    await store.replace(oid, whole)
+    return
   }
   await store.write(oid, offset, data)
 }

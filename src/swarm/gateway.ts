@@ -513,9 +513,10 @@ export class Gateway implements ObjectStore {
    * epoch (see uneven): a replica whose link went may have taken the change or not, and the next
    * change would go on top of either, leaving copies with different bytes at one version, which
    * no recovery can order (found by test/unit/replication-sim.test.ts). The copy at the highest
-   * version replaces the others (what the failed change wrote stays or goes with it: it was
-   * never acknowledged). A copy of an earlier epoch's failure is left to the recovery of the view
-   * that came since: its versions order the copies, since no change went on top in that epoch.
+   * version (the first in placement order among equals) replaces the others (what the failed
+   * change wrote stays or goes with it: it was never acknowledged; every acknowledged one is in
+   * every copy). A copy of an earlier epoch's failure is left to the recovery of the view that
+   * came since, which takes the newest copy in the same way.
    */
   private async evened (oid: ObjectId, epoch: number): Promise<void> {
     const since = this.uneven.get(oid)
@@ -530,9 +531,12 @@ export class Gateway implements ObjectStore {
           throw err
         }
       }))
-      const top = Math.max(...versions)
-      const behind = new Set(replicas.filter((_, i) => versions[i] !== top))
-      for (const node of behind) await this.copyTo(node, epoch, oid, behind)
+      // Every other copy, at that version too: counts are not stamps (a copy recovery made while
+      // a write was on its way counts that write twice), and copies may hold different bytes at
+      // one version (the simulator found both).
+      const source = replicas[versions.indexOf(Math.max(...versions))] as string
+      const others = new Set(replicas.filter(node => node !== source))
+      for (const node of others) await this.copyTo(node, epoch, oid, others)
     }
     if (this.uneven.get(oid) === since) this.uneven.delete(oid)
   }

@@ -97,6 +97,9 @@ export class Recovery {
    */
   private readonly pending = new Map<ObjectId, string[]>()
   private readonly copying = new Map<ObjectId, Promise<void>>()
+  /** Changes under way here, by the round they were let in under, and plans waiting for earlier rounds' to end. */
+  private readonly changesIn = new Map<number, number>()
+  private changeWaiters: Array<() => void> = []
   /**
    * Resolved once the pending set of the current round is known; every access waits for it. A
    * round that finds its view outdated never resolves its own: the next round's start does.
@@ -190,10 +193,11 @@ export class Recovery {
    * ENOTCONN when the plan is not made within GUARD_WAIT_MS (a member does not answer and the
    * view does not drop it): the caller's request fails clearly instead of hanging.
    */
-  async guard (oid: ObjectId): Promise<void> {
+  async guard (oid: ObjectId, round = this.round): Promise<void> {
     // Every I/O of this node's replica comes through here: no timer once the plan is made.
-    if (this.ready.done) {
+    if (this.ready.done && round === this.round) {
       if (this.pending.has(oid)) await this.copy(oid)
+      this.sameRound(oid, round)
       return
     }
     const deadline = Date.now() + GUARD_WAIT_MS
@@ -211,7 +215,45 @@ export class Recovery {
       }
       if (ready === this.ready) break
     }
+    this.sameRound(oid, round)
     if (this.pending.has(oid)) await this.copy(oid)
+    this.sameRound(oid, round)
+  }
+
+  /**
+   * A request let in under one view must not be served under the next: there this node may not
+   * be a replica of the object, and a change would go on top of a copy no plan made current, at a
+   * version of the new epoch that makes it look the newest (found by the replication simulator:
+   * a synced write lost). The sender tries again in the new view.
+   */
+  private sameRound (oid: ObjectId, round: number): void {
+    if (round !== this.round) throw SheepError.stale(`object ${oidToHex(oid)}: the view changed while the request waited for recovery`)
+  }
+
+  /**
+   * Runs a change of this node's copy, let in under the current round (see plan()); one that
+   * repairs a copy that missed a change (`repair`) is let in though the copy is refused.
+   */
+  private async admitted<T> (oid: ObjectId, fn: () => Promise<T>, repair = false): Promise<T> {
+    const round = this.round
+    this.changesIn.set(round, (this.changesIn.get(round) ?? 0) + 1)
+    try {
+      await this.guard(oid, round)
+      if (!repair) this.refuseMissed(oid)
+      return await fn()
+    } finally {
+      const left = (this.changesIn.get(round) ?? 1) - 1
+      if (left > 0) this.changesIn.set(round, left)
+      else {
+        this.changesIn.delete(round)
+        for (const wake of this.changeWaiters.splice(0)) wake()
+      }
+    }
+  }
+
+  /** Resolves once no change let in under a round before `round` is under way. */
+  private async earlierChanges (round: number): Promise<void> {
+    while ([...this.changesIn.keys()].some(r => r < round)) await new Promise<void>(resolve => this.changeWaiters.push(resolve))
   }
 
   /** A change of oid failed on this node's disk: its copy is behind the replicas that took it. */
@@ -276,16 +318,14 @@ export class Recovery {
     const raw = this.raw
     const guard = async (oid: ObjectId): Promise<void> => await this.guard(oid)
     // A change this disk failed leaves the copy behind the replicas that took it.
-    const change = async <T>(oid: ObjectId, fn: () => Promise<T>): Promise<T> => {
-      await guard(oid)
-      this.refuseMissed(oid)
+    const change = async <T>(oid: ObjectId, fn: () => Promise<T>): Promise<T> => await this.admitted(oid, async () => {
       try {
         return await fn()
       } catch (err) {
         if (isDiskFailure(err)) await this.miss(oid, err)
         throw err
       }
-    }
+    })
     const use = async (oid: ObjectId): Promise<void> => {
       await guard(oid)
       this.refuseMissed(oid)
@@ -299,9 +339,10 @@ export class Recovery {
       replace: async (oid, data, version) => {
         // A whole copy at a replica's version is what repairs a copy that missed a change.
         if (version === undefined || !this.missed.has(oid)) return await change(oid, async () => await raw.replace(oid, data, version))
-        await guard(oid)
-        await raw.replace(oid, data, version)
-        this.mended(oid)
+        await this.admitted(oid, async () => {
+          await raw.replace(oid, data, version)
+          this.mended(oid)
+        }, true)
       },
       async compareAndReplace (oid, data, expected) { return await change(oid, async () => await raw.compareAndReplace(oid, data, expected)) },
       async truncate (oid, size) { await change(oid, async () => await raw.truncate(oid, size)) },
@@ -309,9 +350,10 @@ export class Recovery {
         // A remove makes a copy that missed a change agree with the replicas that removed it.
         const missed = this.missed.has(oid)
         if (!missed) return await change(oid, async () => await raw.remove(oid))
-        await guard(oid)
-        await raw.remove(oid)
-        this.mended(oid)
+        await this.admitted(oid, async () => {
+          await raw.remove(oid)
+          this.mended(oid)
+        }, true)
       },
       async stat (oid) { await use(oid); return await raw.stat(oid) },
       list: (): AsyncIterable<ObjectInfo> => raw.list(),
@@ -325,6 +367,10 @@ export class Recovery {
    * answered from a newer epoch: this view is outdated and a round for the newer one will come.
    */
   private async plan (view: View, round: number): Promise<boolean> {
+    // A change let in under an earlier view and still under way would land after this plan
+    // listed the copy it changes.
+    await this.earlierChanges(round)
+    if (round !== this.round) return false
     this.pending.clear()
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()
@@ -462,7 +508,8 @@ export class Recovery {
           unreadable.push(`${source.slice(0, 8)}: ${res.message}`)
           continue
         }
-        if (res.error !== '') throw new SheepError('EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
+        // A source whose view moved on while it waited is asked again, as any request would be.
+        if (res.error !== '') throw new SheepError(res.error === 'ESTALE' ? 'ESTALE' : 'EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
         await this.raw.replace(oid, res.data, res.version)
         this.pending.delete(oid)
         this.unsynced.delete(oid)

@@ -67,7 +67,12 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         : req.op === Op.Create || req.op === Op.Truncate ? req.length
           : req.op === Op.WriteFresh ? Math.max(req.length, req.offset + req.data.length) : 0
     if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
-    if (CHANGES.has(req.op)) await mayChange(req.oid, from, mine)
+    if (CHANGES.has(req.op)) {
+      await mayChange(req.oid, from, mine)
+      // The view may have moved on while the token was read: the change must reach the store
+      // (and recovery's guard, which tells the rounds of views apart) in the epoch it was sent in.
+      if (epoch() !== mine) throw SheepError.stale(`request for epoch ${mine}, this node moved to epoch ${epoch()}`)
+    }
     // Changes that go into the file in place: until the writer syncs, a replica's copy may hold
     // some of them and not others. A remove leaves nothing of the bytes to doubt.
     if (IN_PLACE.has(req.op)) ctx.writers?.changedBy(req.oid, from)
