@@ -84,10 +84,10 @@ export class Gateway implements ObjectStore {
   /** Objects whose repair is to be tried again after a wait. */
   private readonly repairsDue = new Set<ObjectId>()
   /**
-   * Objects a change of which failed on some replica in this epoch (a lost link: it may or may
-   * not have taken it), by epoch: their copies may differ at one version (see even()).
+   * Objects a change of which failed on some replica (a lost link: it may or may not have taken
+   * it): their copies may differ at one version until even() makes them one.
    */
-  private readonly uneven = new Map<ObjectId, number>()
+  private readonly uneven = new Set<ObjectId>()
 
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
@@ -293,18 +293,13 @@ export class Gateway implements ObjectStore {
   async sync (oids: Iterable<ObjectId>): Promise<void> {
     const all = [...oids]
     if (all.length === 0) return
+    // What is durable must be one copy: the one every replica holds.
+    for (const oid of all) await this.even(oid)
     for (;;) {
       await this.inQuorum()
       // A holder that another host fenced off must not hear that its writes are durable: they
       // may have reached only replicas whose copies the other host's newer ones replaced.
       const epoch = await this.fenced(all)
-      // What is durable must be one copy: the one every replica holds.
-      try {
-        for (const oid of all) await this.evened(oid, epoch)
-      } catch (err) {
-        await this.afterFailure(epoch, err)
-        continue
-      }
       const byNode = new Map<string, ObjectId[]>()
       for (const oid of all) {
         for (const node of this.replicasOf(oid)) {
@@ -429,7 +424,7 @@ export class Gateway implements ObjectStore {
    * the same version, which recovery cannot tell).
    */
   private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
-    for (let repair = this.repairs.get(oid); repair !== undefined; repair = this.repairs.get(oid)) await repair
+    await this.even(oid)
     const flight = this.inFlight.get(oid) ?? { count: 0, idle: [] }
     this.inFlight.set(oid, flight)
     flight.count++
@@ -468,18 +463,12 @@ export class Gateway implements ObjectStore {
       const epoch = await this.fenced([oid])
       const replicas = this.replicasOf(oid)
       const others = replicas.filter(n => n !== this.cluster.id)
-      try {
-        await this.evened(oid, epoch)
-      } catch (err) {
-        await this.afterFailure(epoch, err)
-        continue
-      }
       const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))
       const failed = new Map<string, unknown>()
       results.forEach((r, i) => { if (r.status === 'rejected') failed.set(others[i] as string, r.reason) })
       const lost = [...failed.values()].find(err => !isDiskFailure(err))
       if (lost !== undefined) {
-        this.uneven.set(oid, epoch)
+        this.uneven.add(oid)
         await this.afterFailure(epoch, lost)
         continue
       }
@@ -488,7 +477,7 @@ export class Gateway implements ObjectStore {
           await fn(this.cluster.id, epoch, attempt)
         } catch (err) {
           if (!isDiskFailure(err)) {
-            this.uneven.set(oid, epoch)
+            this.uneven.add(oid)
             await this.afterFailure(epoch, err)
             continue
           }
@@ -509,36 +498,60 @@ export class Gateway implements ObjectStore {
   }
 
   /**
-   * Makes the copies of oid equal again after a change of it failed on some replica in this
-   * epoch (see uneven): a replica whose link went may have taken the change or not, and the next
-   * change would go on top of either, leaving copies with different bytes at one version, which
-   * no recovery can order (found by test/unit/replication-sim.test.ts). The copy at the highest
-   * version (the first in placement order among equals) replaces the others (what the failed
-   * change wrote stays or goes with it: it was never acknowledged; every acknowledged one is in
-   * every copy). A copy of an earlier epoch's failure is left to the recovery of the view that
-   * came since, which takes the newest copy in the same way.
+   * Waits for a repair of oid under way, and makes its copies one again after a change of it
+   * failed on some replica (see uneven): a replica whose link went may have taken the change or
+   * not, and the next change would go on top of either, leaving copies that differ in bytes at
+   * one version, which no recovery can order (found by test/unit/replication-sim.test.ts). Once
+   * no change of oid is under way here (new ones wait), the copy at the highest version (the
+   * first in placement order among equals) replaces every other, at its version: counts are not
+   * stamps, a copy recovery made while a write was on its way counts that write twice. What the
+   * failed change wrote stays or goes with it: it was never acknowledged, and every acknowledged
+   * change is in every copy.
    */
-  private async evened (oid: ObjectId, epoch: number): Promise<void> {
-    const since = this.uneven.get(oid)
-    if (since === undefined) return
-    if (since === epoch) {
-      const replicas = this.replicasOf(oid)
-      const versions = await Promise.all(replicas.map(async node => {
-        try {
-          return node === this.cluster.id ? (await this.local.stat(oid))?.version ?? 0 : (await this.send(node, epoch, Op.Stat, { oid })).version
-        } catch (err) {
-          if (err instanceof SheepError && err.code === 'ENOENT') return 0
-          throw err
+  private async even (oid: ObjectId): Promise<void> {
+    for (;;) {
+      const repair = this.repairs.get(oid)
+      if (repair !== undefined) { await repair; continue }
+      if (!this.uneven.has(oid)) return
+      const run = (async () => {
+        const flight = this.inFlight.get(oid)
+        if (flight !== undefined) await new Promise<void>(resolve => flight.idle.push(resolve))
+        for (;;) {
+          await this.inQuorum()
+          const epoch = await this.fenced([oid])
+          try {
+            await this.evenIn(oid, epoch)
+            this.uneven.delete(oid)
+            return
+          } catch (err) {
+            await this.afterFailure(epoch, err)
+          }
         }
-      }))
-      // Every other copy, at that version too: counts are not stamps (a copy recovery made while
-      // a write was on its way counts that write twice), and copies may hold different bytes at
-      // one version (the simulator found both).
-      const source = replicas[versions.indexOf(Math.max(...versions))] as string
-      const others = new Set(replicas.filter(node => node !== source))
-      for (const node of others) await this.copyTo(node, epoch, oid, others)
+      })()
+      this.repairs.set(oid, run.then(() => {}, () => {}))
+      try {
+        await run
+      } finally {
+        this.repairs.delete(oid)
+      }
     }
-    if (this.uneven.get(oid) === since) this.uneven.delete(oid)
+  }
+
+  private async evenIn (oid: ObjectId, epoch: number): Promise<void> {
+    const replicas = this.replicasOf(oid)
+    const versions = await Promise.all(replicas.map(async node => {
+      try {
+        return node === this.cluster.id ? (await this.local.stat(oid))?.version ?? 0 : (await this.send(node, epoch, Op.Stat, { oid })).version
+      } catch (err) {
+        if (err instanceof SheepError && err.code === 'ENOENT') return 0
+        throw err
+      }
+    }))
+    const top = Math.max(...versions)
+    if (top === 0) return
+    const source = replicas[versions.indexOf(top)] as string
+    const others = new Set(replicas.filter(node => node !== source))
+    for (const node of others) await this.copyTo(node, epoch, oid, others)
   }
 
   /**
