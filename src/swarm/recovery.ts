@@ -201,21 +201,21 @@ export class Recovery {
       return
     }
     const deadline = Date.now() + GUARD_WAIT_MS
+    // A newer round ends the wait at once: its plan waits for the changes let in under this one.
     for (;;) {
-      const ready = this.ready
+      this.sameRound(oid, round)
+      if (this.ready.done) break
       const left = deadline - Date.now()
       let timer: NodeJS.Timeout | undefined
-      const timedOut = left > 0 && await Promise.race([
-        ready.promise.then(() => false),
+      const timedOut = left <= 0 || await Promise.race([
+        this.ready.promise.then(() => false),
         new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(true), left) })
       ]).finally(() => clearTimeout(timer))
-      if (left <= 0 || timedOut) {
+      if (timedOut) {
         throw SheepError.unreachable(`object ${oidToHex(oid)}: recovery of view ${this.stats.epoch} cannot tell which copy is the newest yet` +
           (this.waitingFor.length > 0 ? ` (no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')})` : ''))
       }
-      if (ready === this.ready) break
     }
-    this.sameRound(oid, round)
     if (this.pending.has(oid)) await this.copy(oid)
     this.sameRound(oid, round)
   }

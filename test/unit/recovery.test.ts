@@ -452,3 +452,26 @@ t.test('a copy placement moved away is dropped without a tombstone: the replicas
   t.same(left, [], 'and keeps no tombstone, which would be newer than the replicas\' copies (it made every node remove its copy)')
   for (const id of ['a', 'b']) t.equal((await readBack((nodes.get(id) as Node).store, oid, 4096))[0], 0x55, `${id} still has it`)
 })
+
+t.test('a change let in under one view and still waiting for its plan when the next view starts is refused with ESTALE, not applied in that view', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(1, 0)
+  await a.store.create(oid, 4096)
+  b.up = false // a's plan for view 2 waits for b's list
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  recovery.imagesLoaded()
+  recovery.start(viewOf(2, ids))
+  const started = Date.now()
+  const write = recovery.guarded().write(oid, 0, Buffer.alloc(4096, 0x77)).then(() => null, (e: unknown) => e as SheepError)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  // View 3: a alone (its plan needs no list). In it a may not be a replica of the block any more,
+  // and its copy is not one a plan made current for the write.
+  recovery.start(viewOf(3, ['a']))
+  const err = await write
+  // Fails while the change goes on in view 3, on top of the copy, at a version of epoch 3.
+  t.equal(err?.code, 'ESTALE', `the write is refused: ${err?.message ?? 'it was applied'}`)
+  t.ok(Date.now() - started < 2000, `at once (${Date.now() - started} ms), not after the guard's wait: the new round's plan waits for changes let in before it`)
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0, 'the copy did not take it')
+})
