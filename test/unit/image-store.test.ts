@@ -1,6 +1,6 @@
 // Images and the image store over a real LocalObjectStore in a temporary directory.
 
-import t from 'tap'
+import t, { type Test } from 'tap'
 import crypto from 'node:crypto'
 import fs from 'node:fs'
 import path from 'node:path'
@@ -685,7 +685,8 @@ t.test('two image stores over one object store (two hosts of a cluster): what on
   await b.close()
 })
 
-t.test('write tokens: the holder writes out what it kept before another store takes over; changes wait for it to close', async t => {
+/** Two image stores over one object store, as two hosts of a cluster with their write tokens. */
+async function twoHosts (t: Test): Promise<{ shared: SharedTokens, a: ImageStore, b: ImageStore }> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   t.teardown(async () => await objects.close())
@@ -695,6 +696,11 @@ t.test('write tokens: the holder writes out what it kept before another store ta
   const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b') })
   await a.open()
   await b.open()
+  return { shared, a, b }
+}
+
+t.test('write tokens: the holder writes out what it kept before another store takes over; changes wait for it to close', async t => {
+  const { shared, a, b } = await twoHosts(t)
   await a.create('vm', 8 * OS, OPTS)
   await b.refresh()
   const ha = await a.acquire('vm', true)
@@ -770,15 +776,7 @@ t.test('write tokens: the holder writes out what it kept before another store ta
 })
 
 t.test('write tokens: a holder that died after writing past the size; the next holder grows the image and reads zeros there', async t => {
-  const objects = new LocalObjectStore(tmpDir(t))
-  await objects.open()
-  t.teardown(async () => await objects.close())
-  const stores = new Map<string, () => ImageStore>([['a', () => a], ['b', () => b]])
-  const shared = new SharedTokens(objects, stores)
-  const a: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('a') })
-  const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b') })
-  await a.open()
-  await b.open()
+  const { shared, a, b } = await twoHosts(t)
   await a.create('vm', OS + 1000, OPTS)
   await b.refresh()
   const ha = await a.acquire('vm', true)
