@@ -192,6 +192,7 @@ export class Gateway implements ObjectStore {
           const info = await this.local.stat(oid)
           return info === null ? null : { version: info.version, data: await this.local.readAll(oid) }
         }
+        await this.primaryLink(primary)
         const res = await this.send(primary, epoch, Op.ReadAll, { oid })
         return { version: res.version, data: Buffer.from(res.data) }
       } catch (err) {
@@ -201,6 +202,16 @@ export class Gateway implements ObjectStore {
     }
   }
 
+  /**
+   * Waits up to the request timeout for the link to the primary, which alone can answer: just
+   * after a view commits it may still be on its way, and a request sent now would fail and wait
+   * for a next view that a settled cluster does not make (a thawed holder's token read waited a
+   * minute for it, and its late write failed with ENOTCONN instead of ESTALE).
+   */
+  private async primaryLink (primary: string): Promise<void> {
+    if (this.cluster.link(primary) === null) await this.cluster.linkTo(primary, this.opts.requestTimeoutMs)
+  }
+
   /** Runs on the object's primary replica, which serialises these per object and writes every replica. */
   async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
     if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
@@ -208,6 +219,7 @@ export class Gateway implements ObjectStore {
       const epoch = this.cluster.epoch
       const primary = this.replicasOf(oid)[0] as string
       try {
+        if (primary !== this.cluster.id) await this.primaryLink(primary)
         const version = primary === this.cluster.id
           ? await this.asPrimary(oid, data, expected)
           : (await this.send(primary, epoch, Op.CompareReplace, { oid, data, version: expected })).version
