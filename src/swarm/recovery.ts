@@ -97,6 +97,9 @@ export class Recovery {
    */
   private readonly pending = new Map<ObjectId, string[]>()
   private readonly copying = new Map<ObjectId, Promise<void>>()
+  /** Changes under way here, by the round they were let in under, and plans waiting for earlier rounds' to end. */
+  private readonly changesIn = new Map<number, number>()
+  private changeWaiters: Array<() => void> = []
   /**
    * Resolved once the pending set of the current round is known; every access waits for it. A
    * round that finds its view outdated never resolves its own: the next round's start does.
@@ -198,7 +201,7 @@ export class Recovery {
       return
     }
     const deadline = Date.now() + GUARD_WAIT_MS
-    // A newer round ends the wait at once (the sender tries again in its view).
+    // A newer round ends the wait at once: its plan waits for the changes let in under this one.
     for (;;) {
       this.sameRound(oid, round)
       if (this.ready.done) break
@@ -228,13 +231,29 @@ export class Recovery {
   }
 
   /**
-   * Runs a change of this node's copy once its guard lets it (in the round it came in under); one
-   * that repairs a copy that missed a change (`repair`) is let in though the copy is refused.
+   * Runs a change of this node's copy, let in under the current round (see plan()); one that
+   * repairs a copy that missed a change (`repair`) is let in though the copy is refused.
    */
   private async admitted<T> (oid: ObjectId, fn: () => Promise<T>, repair = false): Promise<T> {
-    await this.guard(oid, this.round)
-    if (!repair) this.refuseMissed(oid)
-    return await fn()
+    const round = this.round
+    this.changesIn.set(round, (this.changesIn.get(round) ?? 0) + 1)
+    try {
+      await this.guard(oid, round)
+      if (!repair) this.refuseMissed(oid)
+      return await fn()
+    } finally {
+      const left = (this.changesIn.get(round) ?? 1) - 1
+      if (left > 0) this.changesIn.set(round, left)
+      else {
+        this.changesIn.delete(round)
+        for (const wake of this.changeWaiters.splice(0)) wake()
+      }
+    }
+  }
+
+  /** Resolves once no change let in under a round before `round` is under way. */
+  private async earlierChanges (round: number): Promise<void> {
+    while ([...this.changesIn.keys()].some(r => r < round)) await new Promise<void>(resolve => this.changeWaiters.push(resolve))
   }
 
   /** A change of oid failed on this node's disk: its copy is behind the replicas that took it. */
@@ -348,6 +367,10 @@ export class Recovery {
    * answered from a newer epoch: this view is outdated and a round for the newer one will come.
    */
   private async plan (view: View, round: number): Promise<boolean> {
+    // A change let in under an earlier view and still under way would land after this plan
+    // listed the copy it changes.
+    await this.earlierChanges(round)
+    if (round !== this.round) return false
     this.pending.clear()
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()

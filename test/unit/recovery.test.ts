@@ -472,6 +472,6 @@ t.test('a change let in under one view and still waiting for its plan when the n
   const err = await write
   // Fails while the change goes on in view 3, on top of the copy, at a version of epoch 3.
   t.equal(err?.code, 'ESTALE', `the write is refused: ${err?.message ?? 'it was applied'}`)
-  t.ok(Date.now() - started < 2000, `at once (${Date.now() - started} ms), not after the guard's wait`)
+  t.ok(Date.now() - started < 2000, `at once (${Date.now() - started} ms), not after the guard's wait: the new round's plan waits for changes let in before it`)
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0, 'the copy did not take it')
 })
