@@ -306,7 +306,7 @@ export class Gateway implements ObjectStore {
     const all = [...oids]
     if (all.length === 0) return
     // What is durable must be one copy: the one every replica holds.
-    for (const oid of all) await this.even(oid)
+    for (const oid of all) if (this.repairs.has(oid) || this.uneven.has(oid)) await this.even(oid)
     for (;;) {
       await this.inQuorum()
       // A holder that another host fenced off must not hear that its writes are durable: they
@@ -436,7 +436,8 @@ export class Gateway implements ObjectStore {
    * the same version, which recovery cannot tell).
    */
   private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
-    await this.even(oid)
+    // The common case, no repair and copies even, costs no promise.
+    if (this.repairs.has(oid) || this.uneven.has(oid)) await this.even(oid)
     const flight = this.inFlight.get(oid) ?? { count: 0, idle: [] }
     this.inFlight.set(oid, flight)
     flight.count++

@@ -31,6 +31,8 @@ interface Node {
   slowNext?: number
   /** The answer to its next write is lost on the way back (it took the write), as when a link goes. */
   loseNextAnswer?: boolean
+  /** Links to it are not up before this moment (Date.now()), as just after a view commits. */
+  linkUpAt?: number
   recovery: Recovery
   serve: (req: Request, from: string) => Promise<Partial<Response>>
 }
@@ -84,6 +86,7 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
 
 /** What node `self` sees of the cluster: one view of a, b and c, every link up. */
 function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
+  const up = (id: string): boolean => ((nodes.get(id) as Node).linkUpAt ?? 0) <= Date.now()
   const link = (id: string): Link => ({
     async call (req: Omit<Request, 'id'>): Promise<Response> {
       const base: Response = { id: 0, error: '', message: '', epoch: 1, version: 0, size: 0, data: EMPTY }
@@ -108,7 +111,11 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
     quorate: true,
     view: VIEW,
     placement: { replicas: () => IDS },
-    link,
+    link: (id: string) => up(id) ? link(id) : null,
+    linkTo: async (id: string, ms: number) => {
+      for (const end = Date.now() + ms; !up(id) && Date.now() < end;) await new Promise(resolve => setTimeout(resolve, 10))
+      return up(id) ? link(id) : null
+    },
     notify: () => {},
     quorum: async () => {},
     nextView: async () => { throw SheepError.unreachable('no new view in this test') }
@@ -262,4 +269,16 @@ t.test('a write whose answer from one replica was lost leaves copies that may di
   t.equal(new Set(copies).size, 1, 'after the next write the three copies are byte-equal')
   const versions = await Promise.all(IDS.map(async id => (await (nodes.get(id) as Node).store.stat(oid))?.version))
   t.equal(new Set(versions).size, 1, `at one version (${versions.join(', ')})`)
+})
+
+t.test('a read at an object\'s primary whose link is not up yet (a view just committed) waits for it instead of a next view', async t => {
+  const nodes = await makeNodes(t)
+  const oid = tokenOid(6)
+  await gatewayOn(nodes, 'a').compareAndReplace(oid, Buffer.from('holder'), 0)
+  // a is the primary (first in placement); c asks while c's link to a is on its way.
+  ;(nodes.get('a') as Node).linkUpAt = Date.now() + 300
+  const started = Date.now()
+  const found = await gatewayOn(nodes, 'c').readAtPrimary(oid)
+  // Fails while the read fails at once and waits for a view that does not come (ENOTCONN).
+  t.equal(found?.data.toString(), 'holder', `c reads the record at a once the link is up (${Date.now() - started} ms)`)
 })
