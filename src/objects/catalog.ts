@@ -6,6 +6,10 @@
 // copy a recovery plan found elsewhere), not current until a whole copy replaces it:
 // src/swarm/recovery.ts).
 // Format 1 (uint 1, version, size) is still read, as clean.
+// Each object's chunk checksums (./checksums.ts) are a record of their own, `sum/<id>`: uint 1,
+// uint generation (the store's generation they were computed in: LocalObjectStore.open), then
+// one little-endian uint32 per 4 KiB chunk. Keys outside the object range: a listing never reads them.
+// `meta` holds the store's generation and whether it was closed cleanly (StoreMeta).
 //
 // Writes are applied in the order they are made, in batches (group commit): classic-level runs
 // each call on a pool thread, so two puts of one key made back to back could otherwise land in
@@ -25,6 +29,10 @@ const REMOVED = 2
 const MISSED = 4
 /** Key of the record a sync with nothing else to write writes; outside the range of object keys. */
 const SYNC_KEY = 'sync'
+const META_KEY = 'meta'
+const SUMS_PREFIX = 'sum/'
+const SUMS_FORMAT = 1
+const META_FORMAT = 1
 const FIRST_KEY = '0'.repeat(16)
 const LAST_KEY = 'f'.repeat(16)
 
@@ -53,6 +61,32 @@ const record = {
     if ((flags & REMOVED) !== 0) r.removed = true
     if ((flags & MISSED) !== 0) r.missed = true
     return r
+  }
+}
+
+/** An object's chunk checksums as kept in the index, and the store generation they were computed in. */
+export interface SumsRecord { oid: ObjectId, generation: number, sums: Uint8Array }
+
+/** What the store says of itself across restarts (LocalObjectStore.open). */
+export interface StoreMeta { generation: number, bootId: string, clean: boolean }
+
+const sumsValue = {
+  preencode (state: c.State, r: SumsRecord) { c.uint.preencode(state, SUMS_FORMAT); c.uint.preencode(state, r.generation); c.raw.preencode(state, r.sums) },
+  encode (state: c.State, r: SumsRecord) { c.uint.encode(state, SUMS_FORMAT); c.uint.encode(state, r.generation); c.raw.encode(state, r.sums) },
+  decode (state: c.State): { generation: number, sums: Uint8Array } {
+    const format = c.uint.decode(state)
+    if (format !== SUMS_FORMAT) throw new Error(`unknown checksum record format ${format}`)
+    return { generation: c.uint.decode(state), sums: c.raw.decode(state) }
+  }
+}
+
+const metaValue = {
+  preencode (state: c.State, m: StoreMeta) { c.uint.preencode(state, META_FORMAT); c.uint.preencode(state, m.generation); c.string.preencode(state, m.bootId); c.bool.preencode(state, m.clean) },
+  encode (state: c.State, m: StoreMeta) { c.uint.encode(state, META_FORMAT); c.uint.encode(state, m.generation); c.string.encode(state, m.bootId); c.bool.encode(state, m.clean) },
+  decode (state: c.State): StoreMeta {
+    const format = c.uint.decode(state)
+    if (format !== META_FORMAT) throw new Error(`unknown store meta format ${format}`)
+    return { generation: c.uint.decode(state), bootId: c.string.decode(state), clean: c.bool.decode(state) }
   }
 }
 
@@ -103,13 +137,49 @@ export class Catalog {
     return { oid, ...decodeRecord(oid, value) }
   }
 
-  /** Writes the records after every write made before; with sync, all of them are durable when it resolves. */
-  async put (infos: CatalogRecord[], sync = false): Promise<void> {
-    await this.enqueue(infos.map(i => ({ type: 'put', key: oidToHex(i.oid), value: c.encode(record, i) })), sync)
+  /**
+   * Writes the records, and the checksums with them in one batch, after every write made before;
+   * with sync, all of them are durable when it resolves.
+   */
+  async put (infos: CatalogRecord[], sync = false, sums: SumsRecord[] = []): Promise<void> {
+    const ops: Op[] = sums.map(s => ({ type: 'put', key: SUMS_PREFIX + oidToHex(s.oid), value: c.encode(sumsValue, s) }))
+    for (const i of infos) ops.push({ type: 'put', key: oidToHex(i.oid), value: c.encode(record, i) })
+    await this.enqueue(ops, sync)
   }
 
+  /** Deletes an object's record and checksums. */
   async del (oid: ObjectId): Promise<void> {
-    await this.enqueue([{ type: 'del', key: oidToHex(oid) }], false)
+    await this.enqueue([{ type: 'del', key: oidToHex(oid) }, { type: 'del', key: SUMS_PREFIX + oidToHex(oid) }], false)
+  }
+
+  /** Deletes an object's checksums only: its file is about to change in a way they cannot follow. */
+  async delSums (oid: ObjectId): Promise<void> {
+    await this.enqueue([{ type: 'del', key: SUMS_PREFIX + oidToHex(oid) }], false)
+  }
+
+  /** An object's checksums as last written; null if none are, or they cannot be read. */
+  async getSums (oid: ObjectId): Promise<{ generation: number, sums: Uint8Array } | null> {
+    const value = await this.db.get(SUMS_PREFIX + oidToHex(oid))
+    if (value === undefined) return null
+    try {
+      return c.decode(sumsValue, value)
+    } catch {
+      return null
+    }
+  }
+
+  async getMeta (): Promise<StoreMeta | null> {
+    const value = await this.db.get(META_KEY)
+    if (value === undefined) return null
+    try {
+      return c.decode(metaValue, value)
+    } catch (err) {
+      throw SheepError.corrupt(`the store's meta record is corrupt: ${(err as Error).message}`)
+    }
+  }
+
+  async putMeta (meta: StoreMeta): Promise<void> {
+    await this.enqueue([{ type: 'put', key: META_KEY, value: c.encode(metaValue, meta) }], true)
   }
 
   /** Makes every write made so far durable. */

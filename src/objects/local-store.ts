@@ -10,12 +10,22 @@
 // claims more bytes than its file durably holds, whatever a power cut keeps: an object grows in
 // memory and its larger size is recorded only once its file was synced, and a file found longer
 // than its record (a growth never synced, a shrink whose cut was lost) is cut to it when loaded.
+//
+// Every 4 KiB chunk has a checksum (./checksums.ts), kept in memory while the object is in use
+// and in the index beside its record; every read checks the chunks it reads, and a mismatch is
+// EIO, logged and counted. The checksums are saved with the record that ends a write's dirty
+// mark, in one batch: a record that is not dirty has checksums that match its file, after a
+// process crash too. An object whose record a crash left dirty gets its checksums anew from its
+// bytes when it is loaded, and so does every object after a crash of the machine (a power cut:
+// the dirty marks are not synced, StoreMeta.generation), an object with none (a store from before
+// checksums) and one whose checksums cannot be read.
 
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError, toSheepError } from '../errors'
 import { failpoint } from '../failpoints'
-import { Catalog, type CatalogRecord, type UnreadableRecord } from './catalog'
+import { Catalog, type CatalogRecord, type SumsRecord, type UnreadableRecord } from './catalog'
+import { CHUNK, chunkRange, chunkSum, chunksOf, ObjectSums } from './checksums'
 import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
@@ -34,6 +44,20 @@ export interface LocalStoreOptions {
   maxOpenFiles?: number
   /** When reads and writes run on the event loop's thread (./file-io.ts). */
   io?: FileIoOptions
+  /** This boot of the machine (tests): a store found unclosed by another boot lost its page cache. */
+  bootId?: string
+  /** Where the store says what it found wrong (checksum mismatches) and rebuilt. */
+  log?: (line: string) => void
+}
+
+/** What the checksums found since the store opened. */
+export interface ChecksumStatus {
+  /** Reads that found chunks whose bytes do not match their checksums. */
+  mismatches: number
+  /** Objects whose checksums were computed anew from their bytes (after a crash, or none were kept). */
+  rebuilt: number
+  /** The last mismatches found (object, first bad byte), newest last, at most 20. */
+  recent: Array<{ oid: string, offset: number, at: string }>
 }
 
 interface Entry {
@@ -50,6 +74,14 @@ interface Entry {
   writing: number
   /** The put that marks the record dirty, while it is on its way. */
   marking: Promise<void> | null
+  /** The checksums of the file's chunks (null until loaded). */
+  sums: ObjectSums
+  /** sums.changes when they were last put in the index (-1: never, or they must be put again). */
+  savedSums: number
+  /** Bumped when a write or truncate begins and ends: a read that saw it change may have seen half of one. */
+  writeSeq: number
+  /** Chunks changed while other changes of the object were under way: summed once none is. */
+  stale: Set<number>
 }
 
 export class LocalObjectStore implements ObjectStore {
@@ -75,8 +107,13 @@ export class LocalObjectStore implements ObjectStore {
   private readonly records = new SyncQueue<'catalog'>(async () => { await this.catalog.flush() })
   /** Every change gives a version above this (./versions.ts: the cluster's epoch; 0 on one host). */
   private versionFloor: () => number = () => 0
-  /** A cluster's replica: records are marked dirty before their files change (asReplica). */
-  private markWrites = false
+  /** A cluster's replica (asReplica): dirty records of new objects, tombstones. */
+  private replica = false
+  /** Raised when the machine crashed with the store open (see the note at the top); checksums from before are not trusted. */
+  private generation = 0
+  private readonly bootId: string | undefined
+  private readonly log: (line: string) => void
+  private readonly checksums: ChecksumStatus = { mismatches: 0, rebuilt: 0, recent: [] }
   /** Objects whose record a crash left dirty: their version does not say which bytes they hold. */
   private readonly uncertain = new Set<ObjectId>()
   /** Copies marked missed (setMissed), until a replace, a remove or an unmark. */
@@ -86,6 +123,8 @@ export class LocalObjectStore implements ObjectStore {
     this.dir = path.resolve(dir)
     this.maxOpenFiles = opts.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES
     this.io = new FileIo(opts.io)
+    this.bootId = opts.bootId
+    this.log = opts.log ?? (() => {})
   }
 
   /**
@@ -98,7 +137,7 @@ export class LocalObjectStore implements ObjectStore {
    */
   async asReplica (floor: () => number): Promise<void> {
     this.versionFloor = floor
-    this.markWrites = true
+    this.replica = true
     const gone: CatalogRecord[] = []
     for await (const r of this.catalog.list()) {
       if (r.missed === true) this.missed.add(r.oid)
@@ -122,7 +161,7 @@ export class LocalObjectStore implements ObjectStore {
     const e = await this.acquire(oid)
     try {
       e.info.version = this.bump(e.info.version)
-      await this.catalog.put([this.recordOf(e, Math.min(e.info.size, e.savedSize))])
+      await this.putRecords([{ e, size: Math.min(e.info.size, e.savedSize) }], false)
       e.savedVersion = e.info.version
       this.uncertain.delete(oid)
     } finally {
@@ -135,8 +174,29 @@ export class LocalObjectStore implements ObjectStore {
    * at once: puts land in the order they are made.
    */
   private recordOf (e: Entry, size: number): CatalogRecord {
-    e.dirty = this.markWrites && e.writing > 0
+    e.dirty = e.writing > 0
     return { oid: e.info.oid, version: e.info.version, size, dirty: e.dirty, missed: this.missed.has(e.info.oid) }
+  }
+
+  /**
+   * Puts records of these entries (recordOf) with the checksums of those a record leaves clean and
+   * whose checksums changed since last put: one batch, so that a clean record always has them.
+   */
+  private async putRecords (entries: Array<{ e: Entry, size: number }>, sync: boolean): Promise<CatalogRecord[]> {
+    const records = entries.map(({ e, size }) => this.recordOf(e, size))
+    const sums: SumsRecord[] = []
+    const saved: Array<{ e: Entry, changes: number }> = []
+    for (const [i, { e, size }] of entries.entries()) {
+      if ((records[i] as CatalogRecord).dirty === true || e.savedSums === e.sums.changes) continue
+      // A record short of the object (its growth is not synced yet): a crash cuts the file to it,
+      // and the chunk it ends in changes. Generation 0 has them taken anew from the file then.
+      const short = size < e.info.size
+      sums.push({ oid: e.info.oid, generation: short ? 0 : this.generation, sums: e.sums.encode(e.info.size) })
+      if (!short) saved.push({ e, changes: e.sums.changes })
+    }
+    await this.catalog.put(records, sync, sums)
+    for (const { e, changes } of saved) e.savedSums = changes
+    return records
   }
 
   /**
@@ -160,10 +220,13 @@ export class LocalObjectStore implements ObjectStore {
     if (records.length > 0) await this.catalog.put(records, true)
   }
 
-  /** Before a write or truncate changes e's file: its record says dirty first (asReplica). */
+  /**
+   * Before a write or truncate changes e's file: its record says dirty first, so that a crash
+   * leaves neither a replica's version (asReplica) nor the checksums taken for the bytes' own.
+   */
   private async beginWrite (e: Entry): Promise<void> {
     e.writing++
-    if (!this.markWrites) return
+    e.writeSeq++
     if (!e.dirty) {
       e.dirty = true
       e.marking = this.catalog.put([{ oid: e.info.oid, version: e.savedVersion, size: e.savedSize, dirty: true, missed: this.missed.has(e.info.oid) }]).catch(err => {
@@ -186,6 +249,24 @@ export class LocalObjectStore implements ObjectStore {
     await fs.promises.mkdir(path.join(this.dir, 'objects'), { recursive: true })
     this.catalog = new Catalog(path.join(this.dir, 'index'))
     await this.catalog.open()
+    try {
+      const boot = this.bootId ?? (await readIfExists('/proc/sys/kernel/random/boot_id'))?.trim() ?? ''
+      const meta = await this.catalog.getMeta()
+      this.generation = meta?.generation ?? 1
+      if (meta !== null && !meta.clean && meta.bootId !== boot) {
+        this.generation++
+        this.log(`the machine stopped with the store open (a power cut or a crash): each object's checksums are taken anew from its bytes when it is next used; a chunk damaged before that is not found by them`)
+      }
+      await this.catalog.putMeta({ generation: this.generation, bootId: boot, clean: false })
+    } catch (err) {
+      await this.catalog.close()
+      throw err
+    }
+  }
+
+  /** What the checksums found since the store opened. */
+  checksumStatus (): ChecksumStatus {
+    return { ...this.checksums, recent: [...this.checksums.recent] }
   }
 
   /**
@@ -215,6 +296,7 @@ export class LocalObjectStore implements ObjectStore {
     await this.persistVersions([...this.entries.values()], true)
     for (const e of this.entries.values()) this.closeFd(e)
     this.entries.clear()
+    await this.catalog.putMeta({ generation: this.generation, bootId: this.bootId ?? (await readIfExists('/proc/sys/kernel/random/boot_id'))?.trim() ?? '', clean: true })
     await this.catalog.close()
   }
 
@@ -229,8 +311,9 @@ export class LocalObjectStore implements ObjectStore {
     // Above the tombstone of the copy removed before, if there is one: this one is newer.
     const info: ObjectInfo = { oid, version: this.bump(prior?.version ?? 0), size }
     this.records.add('catalog')
-    // Dirty until a sync: a crash before the file exists must not leave a copy that looks whole.
-    await this.catalog.put([{ ...info, dirty: this.markWrites }])
+    const sums = new ObjectSums()
+    // A replica's is dirty until a sync: a crash before the file exists must not leave a copy that looks whole.
+    await this.catalog.put([{ ...info, dirty: this.replica }], false, this.replica ? [] : [{ oid, generation: this.generation, sums: sums.encode(0) }])
     const file = this.objectPath(oid)
     await this.ensureDir(path.dirname(file))
     this.newNames.add(path.dirname(file))
@@ -242,7 +325,7 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     }
     this.uncertain.delete(oid)
-    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.markWrites, writing: 0, marking: null })
+    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.replica, writing: 0, marking: null, sums, savedSums: this.replica ? -1 : 0, writeSeq: 0, stale: new Set() })
   }
 
   async writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void> {
@@ -258,18 +341,92 @@ export class LocalObjectStore implements ObjectStore {
     }
   }
 
+  /**
+   * Reads the whole chunks the range touches (into target itself when the range is whole chunks)
+   * and checks them against their checksums. A mismatch while a change of the object was under
+   * way may be half of that change, which the reader may see: only one with none is corruption.
+   */
   private async readEntry (e: Entry, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
     const oid = e.info.oid
     try {
       if (offset + length > e.info.size) throw SheepError.invalid(`read past the end of object ${oidToHex(oid)}`)
-      let done = 0
-      while (done < length) {
-        const n = await this.io.read(e.fd, target, targetOffset + done, length - done, offset + done)
-        if (n === 0) throw SheepError.corrupt(`object ${oidToHex(oid)} is truncated: its file ends before byte ${offset + done}`)
-        done += n
-      }
+      const { first, end } = chunkRange(offset, length)
+      const from = first * CHUNK
+      const to = Math.min(end * CHUNK, e.info.size)
+      const whole = from === offset && to === offset + length
+      const buf = whole ? target.subarray(targetOffset, targetOffset + length) : Buffer.allocUnsafe(to - from)
+      const seq = e.writeSeq
+      await this.readFile(e, buf, from)
+      const bad = e.sums.mismatches(first, buf)
+      if (bad.length > 0 && e.writing === 0 && e.writeSeq === seq) throw this.mismatch(e, bad)
+      if (!whole) target.set(buf.subarray(offset - from, offset - from + length), targetOffset)
     } catch (err) {
       throw toSheepError(err)
+    }
+  }
+
+  private async readFile (e: Entry, buf: Uint8Array, position: number): Promise<void> {
+    for (let done = 0; done < buf.length;) {
+      const n = await this.io.read(e.fd, buf, done, buf.length - done, position + done)
+      if (n === 0) throw SheepError.corrupt(`object ${oidToHex(e.info.oid)} is truncated: its file ends before byte ${position + done}`)
+      done += n
+    }
+  }
+
+  private mismatch (e: Entry, bad: number[]): SheepError {
+    const oid = oidToHex(e.info.oid)
+    const offset = (bad[0] as number) * CHUNK
+    this.checksums.mismatches++
+    this.checksums.recent.push({ oid, offset, at: new Date().toISOString() })
+    if (this.checksums.recent.length > 20) this.checksums.recent.shift()
+    const where = bad.length === 1 ? `the 4 KiB at byte ${offset}` : `${bad.length} chunks of 4 KiB from byte ${offset}`
+    this.log(`object ${oid}: ${where} do not match their checksums (the disk changed them)`)
+    return SheepError.corrupt(`object ${oid}: ${where} do not match their checksums`)
+  }
+
+  /** Sets the checksum of chunk c from the file's bytes (it holds no change under way). */
+  private resum (e: Entry, c: number): void {
+    const start = c * CHUNK
+    const n = Math.min(CHUNK, e.info.size - start)
+    if (n <= 0) return
+    const buf = Buffer.allocUnsafe(n)
+    for (let done = 0; done < n;) {
+      const got = fs.readSync(e.fd, buf, done, n - done, start + done)
+      if (got === 0) throw SheepError.corrupt(`object ${oidToHex(e.info.oid)} is truncated: its file ends before byte ${start + done}`)
+      done += got
+    }
+    e.sums.set(c, chunkSum(buf))
+  }
+
+  /**
+   * The checksums of the chunks a write of `data` at `offset` changed, once it is in the file:
+   * whole chunks from data, partial ones from the file. While other changes of the object are
+   * under way the file may hold half of one: the chunks wait until none is (endChange).
+   */
+  private summed (e: Entry, offset: number, data: Uint8Array): void {
+    const { first, end } = chunkRange(offset, data.length)
+    for (let c = first; c < end; c++) {
+      const start = c * CHUNK
+      if (e.writing > 1) e.stale.add(c)
+      else if (start >= offset && start + CHUNK <= offset + data.length) e.sums.set(c, chunkSum(data.subarray(start - offset, start - offset + CHUNK)))
+      else this.resum(e, c)
+    }
+  }
+
+  /** A write or truncate of e is over: the chunks changed meanwhile get their checksums once no other is under way. */
+  private endChange (e: Entry): void {
+    e.writing--
+    e.writeSeq++
+    if (e.writing > 0 || e.stale.size === 0) return
+    const stale = [...e.stale]
+    e.stale.clear()
+    for (const c of stale) {
+      try {
+        this.resum(e, c)
+      } catch (err) {
+        // The file is shorter than the object (reads of it fail) or the disk failed the read.
+        this.log(`object ${oidToHex(e.info.oid)}: cannot take the checksum of the 4 KiB at byte ${c * CHUNK}: ${(err as Error).message}`)
+      }
     }
   }
 
@@ -284,10 +441,14 @@ export class LocalObjectStore implements ObjectStore {
       e.info.version = this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
+      this.summed(e, offset, data)
     } catch (err) {
+      // Some of it may be in the file: its chunks' checksums are taken from what is there.
+      const { first, end } = chunkRange(offset, data.length)
+      for (let c = first; c < end; c++) e.stale.add(c)
       throw toSheepError(err)
     } finally {
-      e.writing--
+      this.endChange(e)
       this.release(e)
     }
   }
@@ -329,6 +490,7 @@ export class LocalObjectStore implements ObjectStore {
     const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     const old = known?.removed === true ? null : known
     const info: ObjectInfo = { oid, version: version ?? this.bump(known?.version ?? 0), size: data.length }
+    const sums = ObjectSums.of(data)
     await this.ensureDir(path.dirname(file))
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
@@ -343,10 +505,12 @@ export class LocalObjectStore implements ObjectStore {
       // record to fit both files, swap the files, then record the new object.
       const fits = Math.min(old?.size ?? 0, data.length)
       if (old === null || fits < old.size) await this.catalog.put([{ oid, version: known?.version ?? 0, size: fits, missed: this.missed.has(oid) }], true)
+      // The old file's checksums go before it does: a crash after the swap finds none, and takes them from the new file.
+      await this.catalog.delSums(oid)
       await fs.promises.rename(tmp, file)
       // The new name must be on disk before the record that describes the new file.
       await syncDir(path.dirname(file))
-      await this.catalog.put([info], true)
+      await this.catalog.put([info], true, [{ oid, generation: this.generation, sums: sums.encode(data.length) }])
       this.uncertain.delete(oid)
       this.missed.delete(oid)
     } catch (err) {
@@ -361,6 +525,9 @@ export class LocalObjectStore implements ObjectStore {
       e.savedVersion = info.version
       e.savedSize = info.size
       e.dirty = false
+      e.sums = sums
+      e.savedSums = sums.changes
+      e.stale.clear()
     }
   }
 
@@ -389,6 +556,7 @@ export class LocalObjectStore implements ObjectStore {
       // a shrink is recorded, durably, before the file is cut.
       e.info.version = this.bump(e.info.version)
       if (size > old) {
+        // The chunks it grows over read as zeros, as their checksums say already.
         await ftruncate(e.fd, size)
         e.info.size = size
         return
@@ -399,10 +567,13 @@ export class LocalObjectStore implements ObjectStore {
       e.info.size = size
       await this.saveInfo(e)
       await ftruncate(e.fd, size)
+      e.sums.cut(chunksOf(size))
+      // The chunk the object now ends in reads zeros past the end.
+      if (size % CHUNK !== 0) e.stale.add(Math.floor(size / CHUNK))
     } catch (err) {
       throw toSheepError(err)
     } finally {
-      if (began) e.writing--
+      if (began) this.endChange(e)
       this.release(e)
     }
   }
@@ -410,7 +581,7 @@ export class LocalObjectStore implements ObjectStore {
   async remove (oid: ObjectId): Promise<void> {
     // A cluster's replica keeps a tombstone, also of an object it did not hold: a copy that comes
     // back from a node that was away is older than the remove, not the newest there is.
-    await this.erase(oid, this.markWrites)
+    await this.erase(oid, this.replica)
   }
 
   /**
@@ -427,8 +598,12 @@ export class LocalObjectStore implements ObjectStore {
     await this.forget(oid)
     const file = this.objectPath(oid)
     await fs.promises.rm(file, { force: true })
-    if (tombstone) await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
-    else await this.catalog.del(oid)
+    if (tombstone) {
+      await this.catalog.delSums(oid)
+      await this.catalog.put([{ oid, version: this.bump(known?.version ?? 0), size: 0, removed: true }])
+    } else {
+      await this.catalog.del(oid)
+    }
     this.uncertain.delete(oid)
     this.missed.delete(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
@@ -548,8 +723,7 @@ export class LocalObjectStore implements ObjectStore {
       // survive a process crash, not a power cut: docs/ARCHITECTURE.md).
       const grown = synced.map((e, i) => ({ e, size: sizes[i] as number })).filter(g => g.size > g.e.savedSize)
       if (grown.length > 0) {
-        const infos = grown.map(({ e, size }) => this.recordOf(e, size))
-        await this.catalog.put(infos, true)
+        const infos = await this.putRecords(grown, true)
         for (const [i, { e }] of grown.entries()) {
           const info = infos[i] as ObjectInfo
           e.savedSize = Math.max(e.savedSize, info.size)
@@ -585,8 +759,7 @@ export class LocalObjectStore implements ObjectStore {
 
   /** Records a shrunk entry durably: its file is cut only after this. */
   private async saveInfo (e: Entry): Promise<void> {
-    const info = this.recordOf(e, e.info.size)
-    await this.catalog.put([info], true)
+    const [info] = await this.putRecords([{ e, size: e.info.size }], true) as [CatalogRecord]
     if (info.version > e.savedVersion) e.savedVersion = info.version
     e.savedSize = info.size
   }
@@ -598,8 +771,7 @@ export class LocalObjectStore implements ObjectStore {
       if (sync) await this.catalog.flush()
       return
     }
-    const infos = changed.map(e => this.recordOf(e, Math.min(e.info.size, e.savedSize)))
-    await this.catalog.put(infos, sync)
+    const infos = await this.putRecords(changed.map(e => ({ e, size: Math.min(e.info.size, e.savedSize) })), sync)
     for (let i = 0; i < changed.length; i++) {
       const e = changed[i] as Entry
       e.savedVersion = Math.max(e.savedVersion, (infos[i] as ObjectInfo).version)
@@ -684,10 +856,54 @@ export class LocalObjectStore implements ObjectStore {
         throw toSheepError(err)
       }
     }
-    const e = known ?? { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size, dirty: record?.dirty === true, writing: 0, marking: null }
+    let e = known
+    if (e === undefined) {
+      let sums: ObjectSums | null
+      try {
+        sums = await this.storedSums(oid, record?.dirty === true)
+        if (sums === null) {
+          sums = await this.sumsFromFile(oid, fd, info.size)
+          // Kept at once, so that a restart need not take them again; a dirty record's are not read.
+          await this.catalog.put([], false, [{ oid, generation: this.generation, sums: sums.encode(info.size) }])
+        }
+      } catch (err) {
+        fs.close(fd, () => {})
+        throw toSheepError(err)
+      }
+      e = { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size, dirty: record?.dirty === true, writing: 0, marking: null, sums, savedSums: sums.changes, writeSeq: 0, stale: new Set() }
+    }
     e.fd = fd
     this.remember(e)
     return e
+  }
+
+  /** An object's checksums from the index, or null where they cannot be trusted (see the note at the top). */
+  private async storedSums (oid: ObjectId, dirty: boolean): Promise<ObjectSums | null> {
+    if (dirty) return null
+    const stored = await this.catalog.getSums(oid)
+    if (stored === null || stored.generation < this.generation) return null
+    try {
+      return ObjectSums.decode(stored.sums)
+    } catch {
+      return null
+    }
+  }
+
+  /** The checksums of what an object's file holds now. */
+  private async sumsFromFile (oid: ObjectId, fd: number, size: number): Promise<ObjectSums> {
+    const sums = new ObjectSums(new Uint32Array(chunksOf(size)))
+    const piece = Buffer.allocUnsafe(Math.min(size, 1024 * 1024))
+    for (let at = 0; at < size; at += piece.length) {
+      const n = Math.min(piece.length, size - at)
+      for (let done = 0; done < n;) {
+        const got = await this.io.read(fd, piece, done, n - done, at + done)
+        if (got === 0) throw SheepError.corrupt(`object ${oidToHex(oid)} is truncated: its file ends before byte ${at + done}`)
+        done += got
+      }
+      sums.setFrom(at / CHUNK, piece.subarray(0, n))
+    }
+    this.checksums.rebuilt++
+    return sums
   }
 
   private remember (e: Entry): void {

@@ -19,6 +19,8 @@ declare module 'compact-encoding' {
     const string: Encoding<string>
     const utf8: Encoding<string>
     const buffer: Encoding<Uint8Array | null>
+    /** The rest of the buffer, unprefixed: only as the last field. */
+    const raw: Encoding<Uint8Array>
     function array<T> (enc: Encoding<T>): Encoding<T[]>
     function state (start?: number, end?: number, buffer?: Uint8Array | null): State
     function encode<T> (enc: Encoding<T>, value: T): Buffer
