@@ -22,6 +22,13 @@
 // one replica, count alike. A replica therefore remembers which member last changed each object
 // since that member synced it, and lists a copy whose writer is no longer a member as uncertain:
 // the plans then agree on one copy of it and the others take that one.
+//
+// A read that finds this node's copy damaged (bytes that do not match their checksums, a file
+// short or gone) marks it missed as a failed change does, and the reader goes to another
+// replica. This node then heals the copy itself (heal()): once no change of the object is under
+// way here, it takes a whole copy from a replica at least as new as its own. A change refused
+// meanwhile may still be on its way to that source: then the copy stays missed, and the writer,
+// which knows it was refused, repairs it.
 
 import { isDiskFailure, SheepError, toSheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
@@ -82,7 +89,21 @@ function newer (node: string, e: ObjectEntry, known: Copy): boolean {
   return e.version > known.version || (e.version === known.version && node < known.node)
 }
 
-export interface RecoveryStatus { epoch: number, pending: number, copied: number, dropped: number, missed: number, repaired: number, buried: number, collected: number }
+export interface RecoveryStatus {
+  epoch: number
+  pending: number
+  copied: number
+  dropped: number
+  missed: number
+  repaired: number
+  buried: number
+  collected: number
+  /** Since the node started: reads that found this node's copy damaged, and copies healed from a replica since. */
+  damaged: number
+  healed: number
+  /** Damaged copies this node is healing now. */
+  healing: number
+}
 
 export class Recovery {
   private readonly raw: RecoveryStore
@@ -108,10 +129,18 @@ export class Recovery {
   /** Members whose list the current round's plan still lacks. */
   private waitingFor: string[] = []
   private round = 0
-  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0 }
+  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0 }
   /** Copies here that missed a change the other replicas took (see the note at the top). */
   private readonly missed = new Map<ObjectId, string>()
   private repairs = 0
+  private damagedCount = 0
+  private healedCount = 0
+  /** Changes of each object under way here. */
+  private readonly changing = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
+  /** Changes of each missed copy refused since it was marked (see heal()). */
+  private readonly refused = new Map<ObjectId, number>()
+  /** Heals running or waiting to run. */
+  private readonly healing = new Set<ObjectId>()
 
   /** Replicas of oid for the most copies any image may ask: a superset of its real replicas. */
   private readonly widest: (oid: ObjectId) => string[]
@@ -141,7 +170,7 @@ export class Recovery {
     this.copiesKnown.resolve()
   }
 
-  get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size, missed: this.missed.size, repaired: this.repairs } }
+  get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size, missed: this.missed.size, repaired: this.repairs, damaged: this.damagedCount, healed: this.healedCount, healing: this.healing.size } }
 
   /** Ends the current round: its plan retries and copies stop (the node, or a test, is done). */
   stop (): void {
@@ -152,7 +181,7 @@ export class Recovery {
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round
-    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0 }
+    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0 }
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
@@ -237,11 +266,21 @@ export class Recovery {
   private async admitted<T> (oid: ObjectId, fn: () => Promise<T>, repair = false): Promise<T> {
     const round = this.round
     this.changesIn.set(round, (this.changesIn.get(round) ?? 0) + 1)
+    const flight = this.changing.get(oid) ?? { count: 0, idle: [] }
+    flight.count++
+    this.changing.set(oid, flight)
     try {
       await this.guard(oid, round)
-      if (!repair) this.refuseMissed(oid)
+      if (!repair) {
+        if (this.missed.has(oid)) this.refused.set(oid, (this.refused.get(oid) ?? 0) + 1)
+        this.refuseMissed(oid)
+      }
       return await fn()
     } finally {
+      if (--flight.count === 0) {
+        this.changing.delete(oid)
+        for (const wake of flight.idle.splice(0)) wake()
+      }
       const left = (this.changesIn.get(round) ?? 1) - 1
       if (left > 0) this.changesIn.set(round, left)
       else {
@@ -257,9 +296,9 @@ export class Recovery {
   }
 
   /** A change of oid failed on this node's disk: its copy is behind the replicas that took it. */
-  private async miss (oid: ObjectId, err: unknown): Promise<void> {
+  private async miss (oid: ObjectId, err: unknown, what = 'a change failed here'): Promise<void> {
     const why = toSheepError(err).message
-    if (!this.missed.has(oid)) this.log(`object ${oidToHex(oid)}: a change failed here (${why}); this copy is not served until a replica's copy replaces it`)
+    if (!this.missed.has(oid)) this.log(`object ${oidToHex(oid)}: ${what} (${why}); this copy is not served until a replica's copy replaces it`)
     this.missed.set(oid, why)
     // Kept in its record too: after a restart the copy must not look current, nor be copied.
     await this.raw.setMissed([oid], true).catch(e => this.log(`object ${oidToHex(oid)}: cannot mark the copy missed in the index: ${(e as Error).message}`))
@@ -301,8 +340,83 @@ export class Recovery {
     return writer !== undefined && this.cluster.view?.members.some(m => m.id === writer) !== true
   }
 
+  /**
+   * A read found this node's copy of oid damaged (err: EIO from the store): it is served no more,
+   * and healed from another replica (see the note at the top).
+   */
+  async damaged (oid: ObjectId, err: unknown): Promise<void> {
+    this.damagedCount++
+    await this.miss(oid, err, 'a read found this copy damaged')
+    this.healLater(oid, 0)
+  }
+
+  private healLater (oid: ObjectId, ms: number): void {
+    if (ms === 0 && this.healing.has(oid)) return
+    this.healing.add(oid)
+    const round = this.round
+    const run = async (): Promise<void> => {
+      let healed = false
+      try {
+        healed = await this.heal(oid)
+      } catch (err) {
+        this.log(`object ${oidToHex(oid)}: cannot heal this node's damaged copy yet: ${(err as Error).message}`)
+      }
+      // Another round's plan copies what is still missed.
+      if (healed || round !== this.round || !this.missed.has(oid)) {
+        this.healing.delete(oid)
+        return
+      }
+      this.healLater(oid, Math.min(Math.max(ms * 2, RECOPY_FIRST_MS), RECOPY_MAX_MS))
+    }
+    if (ms === 0) void run()
+    else setTimeout(() => { void run() }, ms).unref()
+  }
+
+  /**
+   * Replaces this node's missed copy of oid with a replica's at least as new, once no change of
+   * it is under way here. True when done: healed, or repaired by the writer meanwhile, or left to
+   * the writer's repair because a change was refused since (that change may not be in what the
+   * source sent; the writer, which knows it was refused, repairs the copy once it is done).
+   */
+  private async heal (oid: ObjectId): Promise<boolean> {
+    const flight = this.changing.get(oid)
+    if (flight !== undefined) await new Promise<void>(resolve => flight.idle.push(resolve))
+    if (!this.missed.has(oid)) return true
+    const refusedBefore = this.refused.get(oid) ?? 0
+    const own = (await this.raw.stat(oid))?.version ?? 0
+    const sources = (this.replicasOf(oid) ?? []).filter(n => n !== this.cluster.id)
+    const why: string[] = []
+    for (const source of sources) {
+      const link = this.cluster.link(source)
+      if (link === null) { why.push(`${source.slice(0, 8)}: not connected`); continue }
+      const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+      if (res.error !== '') { why.push(`${source.slice(0, 8)}: ${res.message}`); continue }
+      // Older than this copy: a change this node took has not reached it yet.
+      if (res.version < own) { why.push(`${source.slice(0, 8)}: its copy is older (version ${res.version} < ${own})`); continue }
+      let healed = false
+      await this.admitted(oid, async () => {
+        if (!this.missed.has(oid) || (this.refused.get(oid) ?? 0) !== refusedBefore) return
+        await this.raw.replace(oid, res.data, res.version)
+        if ((this.refused.get(oid) ?? 0) !== refusedBefore) {
+          // Refused during the replace: the copy stays missed until the writer's repair lands.
+          await this.raw.setMissed([oid], true)
+          return
+        }
+        this.mended(oid)
+        healed = true
+      }, true)
+      if (healed) {
+        this.healedCount++
+        this.log(`object ${oidToHex(oid)}: this node's damaged copy was healed from ${source.slice(0, 8)}'s`)
+      }
+      return true
+    }
+    throw SheepError.unreachable(`no replica holds a copy to heal it from${why.length > 0 ? ` (${why.join('; ')})` : ''}`)
+  }
+
   /** A whole copy replaced oid here: it is current again. */
   private mended (oid: ObjectId): void {
+    this.refused.delete(oid)
     if (!this.missed.delete(oid)) return
     this.repairs++
     this.log(`object ${oidToHex(oid)}: replaced by a current copy`)
@@ -311,6 +425,12 @@ export class Recovery {
   private refuseMissed (oid: ObjectId): void {
     const why = this.missed.get(oid)
     if (why !== undefined) throw SheepError.corrupt(`object ${oidToHex(oid)}: this replica's copy missed a change (${why}) and is not repaired yet`)
+  }
+
+  /** A read of this node's copy failed: a damaged copy is healed; the error goes to the reader, which tries another replica. */
+  private async readFailed (oid: ObjectId, err: unknown): Promise<never> {
+    if (err instanceof SheepError && err.code === 'EIO' && !this.missed.has(oid)) await this.damaged(oid, err)
+    throw err
   }
 
   /** The store this node's replica serves: every access waits for its object's recovery first. */
@@ -332,10 +452,16 @@ export class Recovery {
     }
     return {
       async create (oid, size) { await change(oid, async () => await raw.create(oid, size)) },
-      async read (oid, offset, length, target, targetOffset) { await use(oid); await raw.read(oid, offset, length, target, targetOffset) },
+      read: async (oid, offset, length, target, targetOffset) => {
+        await use(oid)
+        await raw.read(oid, offset, length, target, targetOffset).catch(async err => await this.readFailed(oid, err))
+      },
       async write (oid, offset, data) { await change(oid, async () => await raw.write(oid, offset, data)) },
       async writeFresh (oid, size, offset, data) { await change(oid, async () => await raw.writeFresh(oid, size, offset, data)) },
-      async readAll (oid) { await use(oid); return await raw.readAll(oid) },
+      readAll: async oid => {
+        await use(oid)
+        return await raw.readAll(oid).catch(async err => await this.readFailed(oid, err))
+      },
       replace: async (oid, data, version) => {
         // A whole copy at a replica's version is what repairs a copy that missed a change.
         if (version === undefined || !this.missed.has(oid)) return await change(oid, async () => await raw.replace(oid, data, version))

@@ -7,7 +7,7 @@
 import t from 'tap'
 import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid, tokenOid } from '../../src/objects/oid'
+import { dataOid, type ObjectId, oidToHex, oidVid, tokenOid } from '../../src/objects/oid'
 import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import { Gateway } from '../../src/swarm/gateway'
@@ -16,6 +16,8 @@ import { Op, type Request, type Response } from '../../src/swarm/messages'
 import { Recovery, type RecoveryStore } from '../../src/swarm/recovery'
 import { replicaHandler } from '../../src/swarm/replica'
 import type { View } from '../../src/swarm/view'
+import fs from 'node:fs'
+import path from 'node:path'
 import { sheepError, tmpDir } from './tmp'
 
 const EMPTY = new Uint8Array(0)
@@ -33,6 +35,8 @@ interface Node {
   loseNextAnswer?: boolean
   /** Links to it are not up before this moment (Date.now()), as just after a view commits. */
   linkUpAt?: number
+  /** Its next answer to this operation is held this long on the way back (it was served at once). */
+  holdNextAnswer?: { op: Op, ms: number }
   recovery: Recovery
   serve: (req: Request, from: string) => Promise<Partial<Response>>
 }
@@ -97,6 +101,11 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       } catch (err) {
         const e = err as SheepError
         answer = { ...base, error: e.code, message: e.message }
+      }
+      const hold = node.holdNextAnswer
+      if (hold !== undefined && hold.op === req.op) {
+        node.holdNextAnswer = undefined
+        await new Promise(resolve => setTimeout(resolve, hold.ms))
       }
       if (node.loseNextAnswer === true && req.op === Op.Write) {
         node.loseNextAnswer = false
@@ -281,4 +290,53 @@ t.test('a read at an object\'s primary whose link is not up yet (a view just com
   const found = await gatewayOn(nodes, 'c').readAtPrimary(oid)
   // Fails while the read fails at once and waits for a view that does not come (ENOTCONN).
   t.equal(found?.data.toString(), 'holder', `c reads the record at a once the link is up (${Date.now() - started} ms)`)
+})
+
+/** Flips bytes of a store's file of oid behind its back, as a failing disk would. */
+function damage (store: LocalObjectStore, oid: ObjectId, offset: number): void {
+  const file = path.join(store.dir, 'objects', oidVid(oid).toString(16).padStart(6, '0'), oidToHex(oid))
+  const fd = fs.openSync(file, 'r+')
+  try {
+    fs.writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, offset)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+t.test('a read that finds this node\'s copy damaged gets the bytes from another replica, and the copy heals itself from one', async t => {
+  const nodes = await makeNodes(t)
+  const [a, c] = [nodes.get('a') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 0)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 64 * 1024)
+  await writer.write(oid, 0, Buffer.alloc(64 * 1024, 0x11))
+  await writer.sync([oid])
+  damage(c.store, oid, 100)
+  t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x11, 'a read on c\'s host returns the good bytes')
+  t.equal(c.recovery.status.damaged, 1, 'c counts its damaged copy')
+  t.ok(await until(async () => c.recovery.status.healed === 1, 5000), 'and heals it from a replica')
+  t.same(await c.store.readAll(oid), await a.store.readAll(oid), 'c\'s copy holds the replicas\' bytes again')
+  t.notOk((await c.store.stat(oid))?.missed, 'and is no longer marked')
+  t.equal(await readVia(c.recovery.guarded(), oid), 0x11, 'c serves it again')
+  t.equal(c.store.checksumStatus().mismatches, 1, 'the store counted the mismatch once')
+})
+
+t.test('a copy healing from a source whose answer is slow: a write the copy refused meanwhile is not lost under the heal', async t => {
+  const nodes = await makeNodes(t)
+  const [a, c] = [nodes.get('a') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 0)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x11))
+  await writer.sync([oid])
+  damage(c.store, oid, 100)
+  // c's heal reads a's copy (0x11) at once, and gets the answer only after the next write went
+  // (c refused it: its copy is marked) and the writer's repair replaced c's copy with 0x22.
+  a.holdNextAnswer = { op: Op.ReadAll, ms: 400 }
+  t.equal(await readVia(gatewayOn(nodes, 'c'), oid), 0x11, 'the damaged copy is read elsewhere')
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x22))
+  t.ok(await until(async () => c.recovery.status.missed === 0, 5000), 'the writer repairs the copy that refused its write')
+  t.ok(await until(async () => c.recovery.status.healing === 0, 5000), 'the heal ends once the slow answer came')
+  t.equal(await readVia(c.recovery.guarded(), oid), 0x22, 'after the slow answer came, c\'s copy still has the last write')
+  t.equal(c.recovery.status.healed, 0, 'the heal gave way to the writer\'s repair')
 })
