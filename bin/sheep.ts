@@ -7,6 +7,7 @@ import { formatSize, parseSize } from '../src/units'
 import { call } from '../src/control/client'
 import { controlSocketPath, sheepMountContaining } from '../src/control/paths'
 import type { NodeStatus } from '../src/control/messages'
+import type { CheckReport } from '../src/swarm/check'
 import type { ImageInfo, TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
 import { FRONTENDS, type Frontend } from '../src/fuse/mount'
@@ -54,6 +55,14 @@ images (NAME is a name, or a path such as ${DEFAULT_MOUNT}/vm1.img)
   image delete NAME            also deletes its snapshots (clones keep what they need)
   image tree [--json]          images, snapshots and clones as a tree
   image flatten NAME           copy what a clone shares, so it no longer needs its snapshot
+
+checks
+  check [NAME] [--repair] [--json]
+                               read every copy of every object (of NAME and its snapshots) and check
+                               it against its checksums; on a cluster, compare the copies: missing,
+                               damaged, behind or divergent ones are listed per image; --repair replaces
+                               them with the copy chosen (the newest whole one). Exit status 1 while
+                               problems remain
 
 snapshots (instant, whatever the size; read-only files in ${DEFAULT_MOUNT}/.snapshots/NAME/TAG)
   snapshot create NAME TAG
@@ -455,6 +464,16 @@ async function main (argv: string[]): Promise<void> {
       process.stdout.write(token + '\n')
       return
     }
+    case 'check': {
+      const { values, positionals } = parse({ ...mountOpt, ...json, repair: { type: 'boolean' } }, 1)
+      const t = target(values, positionals[0])
+      const bar = progressBar(`checking ${t.name ?? 'every image'}`)
+      const report = await request(t.mount, 'check', { name: t.name, repair: values.repair === true }, bar.update)
+      bar.done()
+      process.stdout.write(values.json ? JSON.stringify(report, null, 2) + '\n' : formatCheck(report))
+      if (report.problems > 0) process.exit(1)
+      return
+    }
     case 'node': {
       const { values, positionals } = parse({ ...mountOpt, ...json }, 2)
       const sub = positionals[0]
@@ -479,6 +498,24 @@ async function main (argv: string[]): Promise<void> {
   }
 }
 
+function formatCheck (r: CheckReport): string {
+  const lines = [`checked ${r.objects} object${r.objects === 1 ? '' : 's'}: ${r.problems === 0 ? 'every copy is right' : `${r.problems} cop${r.problems === 1 ? 'y is' : 'ies are'} not right`}` +
+    (r.repaired > 0 ? `, ${r.repaired} repaired` : '')]
+  for (const id of r.unlisted) lines.push(`member ${id.slice(0, 16)} did not list its objects: only what placement gives it was checked there`)
+  for (const image of r.images) {
+    const bad = image.problems.filter(o => o.copies.some(c => c.state !== 'ok')).length
+    lines.push(`${image.image}: ${image.objects} object${image.objects === 1 ? '' : 's'}, ${bad === 0 ? 'all right' : `${bad} with copies not right`}${image.repaired > 0 ? `, ${image.repaired} cop${image.repaired === 1 ? 'y' : 'ies'} repaired` : ''}`)
+    for (const o of image.problems) {
+      for (const c of o.copies) {
+        if (c.state === 'ok' && c.repaired !== true) continue
+        const what = c.repaired === true ? 'repaired' : c.state
+        lines.push(`  object ${o.oid} on ${c.node.slice(0, 16)}: ${what}${c.detail === undefined ? '' : ` (${c.detail})`}`)
+      }
+    }
+  }
+  return lines.join('\n') + '\n'
+}
+
 function formatFuse (f: NonNullable<NodeStatus['fuse']>): string {
   if (f.frontend === 'libfuse2') return 'libfuse 2 (fuse-native)'
   const held = Object.entries(f.inFlight ?? {}).map(([op, n]) => `${op} ${n}`)
@@ -500,6 +537,12 @@ function formatStatus (s: NodeStatus): string {
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
           ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
+    ...(s.checksums.mismatches === 0 && s.checksums.rebuilt === 0
+      ? []
+      : [`checks:   ${s.checksums.mismatches} read${s.checksums.mismatches === 1 ? '' : 's'} found chunks that do not match their checksums${s.checksums.recent.length > 0 ? ` (last: object ${s.checksums.recent[s.checksums.recent.length - 1]?.oid ?? ''})` : ''}; ${s.checksums.rebuilt} object${s.checksums.rebuilt === 1 ? '' : 's'} summed anew after a crash`]),
+    ...(s.cluster === null || (s.cluster.damaged === 0 && s.cluster.healing === 0)
+      ? []
+      : [`healing:  ${s.cluster.damaged} damaged cop${s.cluster.damaged === 1 ? 'y' : 'ies'} found by reads here, ${s.cluster.healed} healed from a replica, ${s.cluster.healing} under way`]),
     ...(s.strays.objects === 0
       ? []
       : [`strays:   ${s.strays.objects} objects (${formatSize(s.strays.bytes)}) set aside in ${s.strays.dir}: blocks no image points at, left by a crash before a sync; delete them once no guest misses data`]),

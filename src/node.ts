@@ -8,7 +8,7 @@ import { slowpoint } from './failpoints'
 import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
 import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
 import { type Frontend, Mount } from './fuse/mount'
-import { ControlServer, type Handlers } from './control/server'
+import { ControlServer, type Handlers, type Progress } from './control/server'
 import { controlSocketPath } from './control/paths'
 import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus } from './control/messages'
 import { VERSION } from './version'
@@ -20,6 +20,7 @@ import { epochFloor } from './objects/versions'
 import type { Cluster } from './swarm/cluster'
 import type { Gateway } from './swarm/gateway'
 import type { Recovery } from './swarm/recovery'
+import type { CheckReport } from './swarm/check'
 import type { View } from './swarm/view'
 import type { ClusterTokens } from './swarm/write-tokens'
 import type { Address } from './swarm/mesh'
@@ -214,6 +215,7 @@ export class SheepNode {
         return await tokens.record(vid)
       },
       writers: recovery,
+      checks: recovery,
       forceStart: async only => await recovery.forceStart(only)
     }))
     // A joining node serves nothing until a view lists it; with manual admission it waits for
@@ -329,6 +331,7 @@ export class SheepNode {
       objects: stored.objects,
       storeBytes: stored.bytes,
       problems: [...images.problems(), ...objects.problems()],
+      checksums: objects.checksumStatus(),
       strays: await objects.strays(),
       fuse: this.mount?.status() ?? null,
       cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
@@ -347,7 +350,10 @@ export class SheepNode {
       reachable: view.members.filter(m => m.id === cluster.id || cluster.link(m.id) !== null).length,
       quorate: cluster.quorate,
       recovering: this.recovery?.status.pending ?? 0,
-      degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`)
+      degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`),
+      damaged: this.recovery?.status.damaged ?? 0,
+      healed: this.recovery?.status.healed ?? 0,
+      healing: this.recovery?.status.healing ?? 0
     }
   }
 
@@ -378,6 +384,46 @@ export class SheepNode {
       }
     }
     return { nodes, missed }
+  }
+
+  /** `sheep check`: this node's copies, and on a cluster every member's, read whole and compared (./swarm/check.ts). */
+  private async check (name: string | undefined, repair: boolean, progress: Progress): Promise<CheckReport> {
+    const images = this.imageStore()
+    const objects = this.objects as LocalObjectStore
+    const { checkCluster, checkLocal, verifyWith } = await import('./swarm/check')
+    const opts = { vids: name === undefined ? undefined : images.vidsOf(name), repair, progress }
+    const describe = (vid: number): string => images.describe(vid)
+    const cluster = this.cluster
+    if (cluster === null) return await checkLocal(objects, describe, opts)
+    const recovery = this.recovery
+    const gateway = this.gateway
+    if (recovery === null || gateway === null) throw SheepError.unreachable('this node is still starting')
+    const [{ decode, encode, healSource, Op, verifyAnswer }, { listAll }] = await Promise.all([import('./swarm/messages'), import('./swarm/replica')])
+    const self = cluster.id
+    return await checkCluster({
+      members: () => cluster.view?.members.map(m => m.id) ?? [self],
+      list: async node => {
+        const held: ObjectId[] = []
+        if (node === self) {
+          for await (const info of objects.list()) if (info.removed !== true) held.push(info.oid)
+          return held
+        }
+        const { entries } = await listAll(async from => await gateway.send(node, cluster.epoch, Op.List, { oid: from }))
+        return entries.filter(e => e.removed !== true).map(e => e.oid)
+      },
+      replicasOf: oid => gateway.replicasOf(oid),
+      verify: async (node, oid) => await verifyWith(async () => {
+        if (node === self) return await recovery.verify(oid)
+        const res = await gateway.send(node, cluster.epoch, Op.Verify, { oid })
+        const answer = decode(verifyAnswer, res.data, 'verify answer')
+        return { behind: answer.behind, version: res.version, digest: answer.digest }
+      }),
+      heal: async (node, oid, source) => {
+        if (node === self) await recovery.repairCopy(oid, source)
+        else await gateway.send(node, cluster.epoch, Op.Heal, { oid, data: encode(healSource, source) })
+      },
+      describe
+    }, opts)
   }
 
   private async nodeList (): Promise<NodeInfo[]> {
@@ -482,6 +528,7 @@ export class SheepNode {
         return { token: encodeToken(cluster.secret, cluster.bootstrapList), missed }
       },
       'cluster.forceStart': async () => await this.forceStart(),
+      check: async ({ name, repair }, progress) => await this.check(name, repair === true, progress),
       stop: async ({ force }) => {
         // Answer first, then stop: the stop closes this very socket.
         const open = this.imageStore().list().filter(i => i.openCount > 0)

@@ -4,6 +4,8 @@
 import type { ErrorCode } from '../errors'
 import type { ImageInfo, SnapshotInfo, TreeNode } from '../cow/image-store'
 import type { FuseStatus } from '../fuse/mount'
+import type { CheckReport } from '../swarm/check'
+import type { ChecksumStatus } from '../objects/local-store'
 
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
@@ -31,6 +33,8 @@ export interface Requests {
   'cluster.rotate': { args: Record<string, never>, result: { token: string, missed: string[] } }
   /** Every member serves its copies that were behind as they are; `missed`: members that did not answer. */
   'cluster.forceStart': { args: Record<string, never>, result: { nodes: ForcedCopies[], missed: string[] } }
+  /** Every copy of every object (of image `name` and its snapshots) read and compared; with repair, bad copies replaced. */
+  check: { args: { name?: string, repair?: boolean }, result: CheckReport }
 }
 
 /** What one member of `sheep cluster force-start` serves as it is now: its copies that were behind newer ones. */
@@ -64,12 +68,16 @@ export interface ClusterStatus {
   recovering: number
   /** Images that ask for more copies than the view has members. */
   degraded: string[]
+  /** Since the node started: reads that found its own copy damaged, copies healed from a replica, heals under way. */
+  damaged: number
+  healed: number
+  healing: number
 }
 
 export type Op = keyof Requests
 export const OPS: readonly Op[] = ['status', 'image.list', 'image.create', 'image.delete', 'image.resize', 'image.rename',
   'image.clone', 'image.flatten', 'image.tree', 'snapshot.create', 'snapshot.list', 'snapshot.delete', 'snapshot.rollback', 'stop',
-  'cluster.token', 'node.list', 'node.admit', 'node.remove', 'cluster.rotate', 'cluster.forceStart']
+  'cluster.token', 'node.list', 'node.admit', 'node.remove', 'cluster.rotate', 'cluster.forceStart', 'check']
 
 export interface Request<K extends Op = Op> { op: K, args: Requests[K]['args'] }
 
@@ -97,6 +105,8 @@ export interface NodeStatus {
   storeBytes: number
   /** Damage found, one line each (unreadable images, unreadable index records). */
   problems: string[]
+  /** What the store's checksums found since the node started (mismatches: reads of damaged chunks). */
+  checksums: ChecksumStatus
   /** Objects a start-up set aside because no image points at them (the store's strays folder). */
   strays: { dir: string, objects: number, bytes: number }
   /** The FUSE session serving the mount (kernel or libfuse2), with the kernel one's requests by operation. */

@@ -155,6 +155,7 @@ const SHAPES: { [K in Op]: Record<string, (v: unknown) => boolean> } = {
   'node.remove': { id: isString },
   'cluster.rotate': {},
   'cluster.forceStart': {},
+  check: { name: optional(isString), repair: optional(isBool) },
   'snapshot.create': { name: isString, tag: isString },
   'snapshot.list': { name: isString },
   'snapshot.delete': { name: isString, tag: isString },

@@ -267,8 +267,23 @@ export class ImageStore {
     return { name: h.name, tag: h.tag, vid: h.vid, size: h.size, pinned: snap.allocatedBytes, snapshotTime: h.snapshotTime }
   }
 
+  /**
+   * The vids whose objects image `name` reads or pins: its own, its snapshots', and those of the
+   * chain it was cloned from (hidden parents too).
+   */
+  vidsOf (name: string): Set<number> {
+    const vids = new Set<number>()
+    for (const image of [this.get(name), ...this.snapshotsOf(name)]) {
+      for (let vid = image.header.vid; vid !== 0 && !vids.has(vid);) {
+        vids.add(vid)
+        vid = this.inodes.get(vid)?.header.parent ?? 0
+      }
+    }
+    return vids
+  }
+
   /** "image@tag" for a snapshot vid, "(deleted) image@tag" for a hidden one, '' for 0. */
-  private describe (vid: number): string {
+  describe (vid: number): string {
     if (vid === 0) return ''
     const e = this.dir.get(vid)
     if (e === undefined) return `(gone ${vid.toString(16)})`

@@ -22,6 +22,7 @@
 
 import fs from 'node:fs'
 import path from 'node:path'
+import zlib from 'node:zlib'
 import { SheepError, toSheepError } from '../errors'
 import { failpoint } from '../failpoints'
 import { Catalog, type CatalogRecord, type SumsRecord, type UnreadableRecord } from './catalog'
@@ -38,6 +39,8 @@ const FORMAT_FILE = 'FORMAT'
 export const STRAYS_DIR = 'strays'
 const FORMAT_LINE = 'sheep-store 1\n'
 export const DEFAULT_MAX_OPEN_FILES = 512
+/** verify() reads an object this much at a time. */
+const VERIFY_PIECE = 1024 * 1024
 
 export interface LocalStoreOptions {
   /** How many object files stay open between I/Os. */
@@ -427,6 +430,23 @@ export class LocalObjectStore implements ObjectStore {
         // The file is shorter than the object (reads of it fail) or the disk failed the read.
         this.log(`object ${oidToHex(e.info.oid)}: cannot take the checksum of the 4 KiB at byte ${c * CHUNK}: ${(err as Error).message}`)
       }
+    }
+  }
+
+  /**
+   * Reads the whole object, checking every chunk (EIO on a mismatch, as a read): its version,
+   * size, and a digest of its bytes (a CRC-32 of its chunks' checksums) to compare copies by.
+   */
+  async verify (oid: ObjectId): Promise<{ version: number, size: number, digest: number }> {
+    const e = await this.acquire(oid)
+    try {
+      const size = e.info.size
+      const version = e.info.version
+      const piece = Buffer.allocUnsafe(Math.min(size, VERIFY_PIECE))
+      for (let at = 0; at < size; at += piece.length) await this.readEntry(e, at, Math.min(piece.length, size - at), piece, 0)
+      return { version, size, digest: zlib.crc32(e.sums.encode(size)) }
+    } finally {
+      this.release(e)
     }
   }
 

@@ -275,7 +275,17 @@ export enum Op {
   /** Make `oid` `length` bytes of zeros (create it, or empty a copy a dead writer left), then write `data` at `offset`. */
   WriteFresh = 18,
   /** From a member (`sheep cluster force-start`): serve your copies that were behind as they are; answer their ids in `data` (oidList). */
-  ForceStart = 19
+  ForceStart = 19,
+  /**
+   * From a member (`sheep check`): read your copy of `oid` whole, checking its checksums; answer
+   * its `version` and `size`, and in `data` a verifyAnswer. EIO if it is damaged, ENOENT if none.
+   */
+  Verify = 20,
+  /**
+   * From a member (`sheep check --repair`): replace your copy of `oid` with a whole copy from the
+   * member whose id is `data` (a string), which must be at least as new as yours; answered once done.
+   */
+  Heal = 21
 }
 
 export interface Request {
@@ -368,6 +378,11 @@ export const oidList: Codec<bigint[]> = boundedArray(c.biguint64, SYNC_BATCH, 8)
  */
 export interface TokenRecord { holder: string, generation: number, deleted: boolean }
 export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nodeId, generation: safeUint, deleted: strictBool })
+
+/** A copy as Verify found it: behind (marked missed, not served until replaced), and a digest of its bytes. */
+export interface VerifyAnswer { behind: boolean, digest: number }
+export const verifyAnswer: Codec<VerifyAnswer> = struct<VerifyAnswer>({ behind: strictBool, digest: c.uint32 })
+export const healSource: Codec<string> = nodeId
 
 export interface Usage { capacity: number, free: number }
 export const usage: Codec<Usage> = struct<Usage>({ capacity: safeUint, free: safeUint })

@@ -75,7 +75,7 @@ function settled (): Deferred {
 const EMPTY = new Uint8Array(0)
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
-export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'setMissed'>
+export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'setMissed' | 'verify'>
 
 /** The copy of an object recovery takes as the newest so far. */
 interface Copy { node: string, version: number, uncertain: boolean, removed: boolean }
@@ -98,7 +98,7 @@ export interface RecoveryStatus {
   repaired: number
   buried: number
   collected: number
-  /** Since the node started: reads that found this node's copy damaged, and copies healed from a replica since. */
+  /** Since the node started: reads that found this node's copy damaged, and those copies healed from a replica since. */
   damaged: number
   healed: number
   /** Damaged copies this node is healing now. */
@@ -350,6 +350,29 @@ export class Recovery {
     this.healLater(oid, 0)
   }
 
+  /**
+   * `sheep check`: this node's copy of oid read whole and checked (EIO if damaged, ENOENT if
+   * none), or found behind. Finding it damaged does not heal it: that is `--repair`'s to do.
+   */
+  async verify (oid: ObjectId): Promise<{ behind: boolean, version: number, size: number, digest: number }> {
+    await this.guard(oid)
+    const info = await this.raw.stat(oid)
+    if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
+    if (this.missed.has(oid)) return { behind: true, version: info.version, size: info.size, digest: 0 }
+    return { behind: false, ...await this.raw.verify(oid) }
+  }
+
+  /**
+   * `sheep check --repair`: replaces this node's copy of oid (damaged, missing, behind, or
+   * different from the others at its version) with `source`'s whole copy, as a heal does.
+   */
+  async repairCopy (oid: ObjectId, source: string): Promise<void> {
+    await this.guard(oid)
+    if (source === this.cluster.id || this.replicasOf(oid)?.includes(source) !== true) throw SheepError.invalid(`object ${oidToHex(oid)}: member ${source.slice(0, 8)} is not another replica of it`)
+    await this.miss(oid, SheepError.corrupt('sheep check found it differs from the copy it chose'), 'an operator\'s repair replaces this copy')
+    if (!await this.heal(oid, [source], true)) throw SheepError.unreachable(`object ${oidToHex(oid)}: no copy to repair it from`)
+  }
+
   private healLater (oid: ObjectId, ms: number): void {
     if (ms === 0 && this.healing.has(oid)) return
     this.healing.add(oid)
@@ -378,13 +401,13 @@ export class Recovery {
    * the writer's repair because a change was refused since (that change may not be in what the
    * source sent; the writer, which knows it was refused, repairs the copy once it is done).
    */
-  private async heal (oid: ObjectId): Promise<boolean> {
+  private async heal (oid: ObjectId, from?: string[], repair = false): Promise<boolean> {
     const flight = this.changing.get(oid)
     if (flight !== undefined) await new Promise<void>(resolve => flight.idle.push(resolve))
     if (!this.missed.has(oid)) return true
     const refusedBefore = this.refused.get(oid) ?? 0
     const own = (await this.raw.stat(oid))?.version ?? 0
-    const sources = (this.replicasOf(oid) ?? []).filter(n => n !== this.cluster.id)
+    const sources = (from ?? this.replicasOf(oid) ?? []).filter(n => n !== this.cluster.id)
     const why: string[] = []
     for (const source of sources) {
       const link = this.cluster.link(source)
@@ -405,7 +428,8 @@ export class Recovery {
         this.mended(oid)
         healed = true
       }, true)
-      if (healed) {
+      if (healed && repair) this.log(`object ${oidToHex(oid)}: this node's copy was replaced by ${source.slice(0, 8)}'s (sheep check --repair)`)
+      else if (healed) {
         this.healedCount++
         this.log(`object ${oidToHex(oid)}: this node's damaged copy was healed from ${source.slice(0, 8)}'s`)
       }

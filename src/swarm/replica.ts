@@ -16,7 +16,7 @@ import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from '../objects
 import type { ObjectStore } from '../objects/types'
 import { short } from './link'
 import type { Recovery } from './recovery'
-import { decode, encode, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage } from './messages'
+import { decode, encode, healSource, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage, verifyAnswer } from './messages'
 
 export interface ReplicaContext {
   epoch: () => number
@@ -33,6 +33,8 @@ export interface ReplicaContext {
   writers?: Pick<Recovery, 'changedBy' | 'syncedBy' | 'inDoubt'>
   /** Serves this node's copies that were behind (or only `only`'s) as they are (Recovery.forceStart); their ids. */
   forceStart?: (only?: ObjectId) => Promise<ObjectId[]>
+  /** Checks and repairs of this node's copies for `sheep check` (./recovery.ts). */
+  checks?: Pick<Recovery, 'verify' | 'repairCopy'>
 }
 
 /** Requests that change an object. */
@@ -141,6 +143,15 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
       case Op.ForceStart:
         if (ctx.forceStart === undefined) throw SheepError.unreachable('this node is still starting')
         return done({ data: encode(oidList, await ctx.forceStart(req.version === 1 ? req.oid : undefined)) })
+      case Op.Verify: {
+        if (ctx.checks === undefined) throw SheepError.unreachable('this node is still starting')
+        const v = await ctx.checks.verify(req.oid)
+        return done({ version: v.version, size: v.size, data: encode(verifyAnswer, { behind: v.behind, digest: v.digest }) })
+      }
+      case Op.Heal:
+        if (ctx.checks === undefined) throw SheepError.unreachable('this node is still starting')
+        await ctx.checks.repairCopy(req.oid, decode(healSource, req.data, 'heal source'))
+        return done()
       case Op.Release:
         if (oidType(req.oid) !== ObjectType.Token) throw SheepError.invalid(`release of ${oidToHex(req.oid)}, which is not a token object`)
         await ctx.release(oidVid(req.oid), req.version === 1 ? 'change' : 'io')
