@@ -9,7 +9,7 @@ import SecretStream from '@hyperswarm/secret-stream'
 import c from 'compact-encoding'
 import { Rng } from './random'
 import type { AgreementMessage } from '../../src/swarm/view-agreement'
-import type { Hello, ObjectEntry, Request, Response, TokenRecord, Usage } from '../../src/swarm/messages'
+import type { Hello, ObjectEntry, Request, Response, TokenRecord, Usage, VerifyAnswer } from '../../src/swarm/messages'
 import { PROTOCOL } from '../../src/swarm/messages'
 import type { Member, View } from '../../src/swarm/view'
 
@@ -76,6 +76,8 @@ export function tokenRecordOf (rng: Rng): TokenRecord {
 }
 
 export function usageOf (rng: Rng): Usage { return { capacity: uintOf(rng), free: uintOf(rng) } }
+
+export function verifyAnswerOf (rng: Rng): VerifyAnswer { return { behind: rng.chance(0.5), digest: rng.int(0, 0xffffffff) } }
 
 export function agreementOf (rng: Rng): AgreementMessage {
   const ballot = { round: rng.int(1, 1000), proposer: nodeId(rng) }

@@ -14,7 +14,7 @@ import c from 'compact-encoding'
 import { isErrorCode, SheepError } from '../../src/errors'
 import {
   agreement, decode, encode, hello, LIST_PAGE, MAX_DATA, MAX_MEMBERS, MAX_MESSAGE, MAX_STRING, member, objectList, oidList,
-  request, response, SYNC_BATCH, tokenRecord, usage, view, viewProblem, wire
+  request, response, SYNC_BATCH, tokenRecord, usage, verifyAnswer, view, viewProblem, wire
 } from '../../src/swarm/messages'
 import { Link } from '../../src/swarm/link'
 import { proofFor } from '../../src/swarm/proof'
@@ -23,7 +23,7 @@ import { type AgreementMessage, type Ballot, MAX_VOTES } from '../../src/swarm/v
 import { Rng } from '../helpers/random'
 import {
   agreementOf, FakeSecureStream, helloOf, HUGE_PREFIXES, memberOf, messageFrame, mutate, objectListOf, oidListOf, openFrame,
-  requestOf, responseOf, tokenRecordOf, usageOf, viewOf
+  requestOf, responseOf, tokenRecordOf, usageOf, verifyAnswerOf, viewOf
 } from '../helpers/hostile'
 
 const SEED = process.env.SHEEP_FUZZ_SEED !== undefined ? Number(process.env.SHEEP_FUZZ_SEED) : crypto.randomInt(2 ** 31)
@@ -59,6 +59,7 @@ const CASES: Array<Case<unknown>> = [
   fuzzCase('oidList', oidList, oidListOf, l => l.length <= SYNC_BATCH && l.every(o => typeof o === 'bigint')),
   fuzzCase('tokenRecord', tokenRecord, tokenRecordOf, r => ID.test(r.holder) && safe(r.generation) && typeof r.deleted === 'boolean'),
   fuzzCase('usage', usage, usageOf, u => safe(u.capacity) && safe(u.free)),
+  fuzzCase('verifyAnswer', verifyAnswer, verifyAnswerOf, v => typeof v.behind === 'boolean' && safe(v.digest) && v.digest <= 0xffffffff),
   fuzzCase('agreement', agreement, agreementOf, (m: AgreementMessage) => {
     switch (m.type) {
       case 'prepare': return safe(m.epoch) && ballotOk(m.ballot)
