@@ -16,16 +16,22 @@ import { parseMode, resolveId } from './owners'
 
 const DEFAULT_MOUNT = '/sheep'
 const DEFAULT_STORE = '/var/lib/sheep'
+/** The background scrub: gentle enough to leave a disk to its guests, a pass a day at most. */
+const DEFAULT_SCRUB_RATE = 4 * 2 ** 20
+const DEFAULT_SCRUB_INTERVAL = 86_400
 
 const USAGE = `usage: sheep <command> [options]
 
 daemon
   start [--store DIR] [--mount DIR] [--detach] [--copies N] [--object-size SIZE] [--io-timeout SECONDS]
-        [--fuse kernel|libfuse2] [--root-mode OCTAL]
+        [--fuse kernel|libfuse2] [--root-mode OCTAL] [--scrub-rate SIZE] [--scrub-interval SECONDS]
                               run the daemon (foreground unless --detach); defaults ${DEFAULT_STORE}, ${DEFAULT_MOUNT};
                               FUSE through the kernel protocol where it works (root), else libfuse 2
                               (default from $SHEEP_FUSE); --root-mode: the mount root's (0755: only root
-                              makes images; 1777: every user may, each deleting only its own)
+                              makes images; 1777: every user may, each deleting only its own);
+                              the background scrub reads every object here against its checksums at
+                              --scrub-rate per second (default 4M; 0: off), a pass every
+                              --scrub-interval seconds (default 86400)
   stop [--mount DIR] [--force]  unmount and stop; refuses while images are open unless --force
   status [--mount DIR] [--json]
 
@@ -231,7 +237,9 @@ async function main (argv: string[]): Promise<void> {
         'no-direct': { type: 'boolean' },
         admission: { type: 'string' },
         'min-copies': { type: 'string' },
-        'root-mode': { type: 'string' }
+        'root-mode': { type: 'string' },
+        'scrub-rate': { type: 'string' },
+        'scrub-interval': { type: 'string' }
       }, 0)
       const { startCommand } = await import('./start')
       const { parseAddress } = await import('../src/swarm/identity')
@@ -260,6 +268,10 @@ async function main (argv: string[]): Promise<void> {
         ioTimeout: count(values['io-timeout'], '--io-timeout'),
         fuse: fuse as Frontend | 'auto',
         rootMode: mode(values['root-mode'], '--root-mode'),
+        scrub: {
+          rate: values['scrub-rate'] === undefined ? DEFAULT_SCRUB_RATE : size(values['scrub-rate'] as string, '--scrub-rate'),
+          interval: count(values['scrub-interval'], '--scrub-interval') ?? DEFAULT_SCRUB_INTERVAL
+        },
         cluster: clustered
           ? {
               host: typeof values.host === 'string' ? values.host : '127.0.0.1',
@@ -540,6 +552,10 @@ function formatStatus (s: NodeStatus): string {
     ...(s.checksums.mismatches === 0 && s.checksums.rebuilt === 0
       ? []
       : [`checks:   ${s.checksums.mismatches} read${s.checksums.mismatches === 1 ? '' : 's'} found chunks that do not match their checksums${s.checksums.recent.length > 0 ? ` (last: object ${s.checksums.recent[s.checksums.recent.length - 1]?.oid ?? ''})` : ''}; ${s.checksums.rebuilt} object${s.checksums.rebuilt === 1 ? '' : 's'} summed anew after a crash`]),
+    ...(s.scrub === null
+      ? []
+      : [`scrub:    ${formatSize(s.scrub.rate)}/s; ${s.scrub.running ? `a pass is under way (${s.scrub.checked} objects so far)` : 'idle'}; last whole pass ${s.scrub.lastPassAt === null ? 'never' : `${when(s.scrub.lastPassAt)}, ${s.scrub.lastPassFound === 0 ? 'nothing damaged' : `${s.scrub.lastPassFound} damaged`}`}`,
+          ...s.scrub.images.map(i => `          ${i.image}: checked ${when(i.checkedAt)}, ${i.found === 0 ? 'whole' : `${i.found} damaged`}`)]),
     ...(s.cluster === null || (s.cluster.damaged === 0 && s.cluster.healing === 0)
       ? []
       : [`healing:  ${s.cluster.damaged} damaged cop${s.cluster.damaged === 1 ? 'y' : 'ies'} found by reads here, ${s.cluster.healed} healed from a replica, ${s.cluster.healing} under way`]),

@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from '../src/errors'
-import { checkStoreFolder, type ClusterNodeOptions, SheepNode } from '../src/node'
+import { checkStoreFolder, type ClusterNodeOptions, type ScrubSettings, SheepNode } from '../src/node'
 import type { Frontend } from '../src/fuse/mount'
 
 export interface StartOptions {
@@ -18,6 +18,7 @@ export interface StartOptions {
   fuse: Frontend | 'auto'
   /** The mount root's mode (default 0755). */
   rootMode?: number
+  scrub?: ScrubSettings
   cluster?: ClusterNodeOptions
   /** The arguments of `start`, to hand to the detached daemon. */
   argv: string[]
@@ -41,6 +42,7 @@ export async function startCommand (opts: StartOptions): Promise<void> {
     ioTimeout: opts.ioTimeout === undefined ? undefined : opts.ioTimeout * 1000,
     fuse: opts.fuse,
     rootMode: opts.rootMode,
+    scrub: opts.scrub,
     cluster: opts.cluster,
     log
   })

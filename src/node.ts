@@ -7,10 +7,11 @@ import { SheepError } from './errors'
 import { slowpoint } from './failpoints'
 import { type CreateOptions, ImageStore, MAX_COPIES } from './cow/image-store'
 import { LocalObjectStore, STRAYS_DIR } from './objects/local-store'
+import { Scrubber } from './objects/scrub'
 import { type Frontend, Mount } from './fuse/mount'
 import { ControlServer, type Handlers, type Progress } from './control/server'
 import { controlSocketPath } from './control/paths'
-import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus } from './control/messages'
+import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus, ScrubReport } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './objects/oid'
@@ -40,7 +41,12 @@ export interface NodeOptions {
   log?: (line: string) => void
   /** Cluster mode: without it the node keeps every object in its own store, with no network. */
   cluster?: ClusterNodeOptions
+  /** The background scrub (./objects/scrub.ts); none without it. */
+  scrub?: ScrubSettings
 }
+
+/** Bytes per second (0: no scrub), and seconds from the end of a pass to the next. */
+export interface ScrubSettings { rate: number, interval: number }
 
 export interface ClusterNodeOptions {
   /** Address to bind and advertise (default 127.0.0.1). */
@@ -76,6 +82,7 @@ export class SheepNode {
   private recovery: Recovery | null = null
   private gateway: Gateway | null = null
   private images: ImageStore | null = null
+  private scrubber: Scrubber | null = null
   private mount: Mount | null = null
   private control: ControlServer | null = null
   private startedAt = 0
@@ -117,7 +124,7 @@ export class SheepNode {
   private async open (): Promise<void> {
     this.startedAt = Date.now()
     await ControlServer.check(controlSocketPath(this.mountDir), this.log)
-    const objects = new LocalObjectStore(this.storeDir)
+    const objects = new LocalObjectStore(this.storeDir, { log: this.log })
     try {
       await objects.open()
     } catch (err) {
@@ -141,6 +148,7 @@ export class SheepNode {
       if (strays > 0) this.log(`set aside ${strays} objects no image points at in ${path.join(this.storeDir, STRAYS_DIR)} (see sheep status)`)
       this.images = images
       this.recovery?.imagesLoaded()
+      this.startScrub(objects)
       if (this.cluster !== null) this.followCluster(this.cluster, images)
       const mount = new Mount(this.mountDir)
       await mount.mount(images, {
@@ -296,6 +304,8 @@ export class SheepNode {
         this.log(`stopping: writing out images failed: ${(err as Error).message}`)
       }
       this.images = null
+      this.scrubber?.stop()
+      this.scrubber = null
       // A round still copying would go on retrying over links that are closing, on a closed store.
       this.recovery?.stop()
       this.recovery = null
@@ -332,9 +342,24 @@ export class SheepNode {
       storeBytes: stored.bytes,
       problems: [...images.problems(), ...objects.problems()],
       checksums: objects.checksumStatus(),
+      scrub: this.scrubStatus(images),
       strays: await objects.strays(),
       fuse: this.mount?.status() ?? null,
       cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
+    }
+  }
+
+  private scrubStatus (images: ImageStore): ScrubReport | null {
+    const s = this.scrubber?.status
+    if (s === undefined) return null
+    return {
+      rate: s.rate,
+      running: s.running,
+      checked: s.checked,
+      bytes: s.bytes,
+      lastPassAt: s.lastPassAt,
+      lastPassFound: s.lastPassFound,
+      images: [...s.images].map(([vid, i]) => ({ image: images.describe(vid) || `(vid ${vid.toString(16)})`, checkedAt: i.checkedAt, found: i.found }))
     }
   }
 
@@ -384,6 +409,19 @@ export class SheepNode {
       }
     }
     return { nodes, missed }
+  }
+
+  /** The background scrub of this node's store: on a cluster, what it finds damaged is healed from a replica. */
+  private startScrub (objects: LocalObjectStore): void {
+    const settings = this.opts.scrub
+    if (settings === undefined || settings.rate <= 0) return
+    const scrubber = new Scrubber(objects, {
+      ...settings,
+      damaged: async (oid, err) => { await this.recovery?.damaged(oid, err) },
+      log: this.log
+    })
+    this.scrubber = scrubber
+    scrubber.start()
   }
 
   /** `sheep check`: this node's copies, and on a cluster every member's, read whole and compared (./swarm/check.ts). */

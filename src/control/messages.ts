@@ -107,12 +107,28 @@ export interface NodeStatus {
   problems: string[]
   /** What the store's checksums found since the node started (mismatches: reads of damaged chunks). */
   checksums: ChecksumStatus
+  /** The background scrub of this node's store; null when it is off. */
+  scrub: ScrubReport | null
   /** Objects a start-up set aside because no image points at them (the store's strays folder). */
   strays: { dir: string, objects: number, bytes: number }
   /** The FUSE session serving the mount (kernel or libfuse2), with the kernel one's requests by operation. */
   fuse: FuseStatus | null
   /** Null for a node running without a cluster. */
   cluster: ClusterStatus | null
+}
+
+export interface ScrubReport {
+  /** Bytes per second at most. */
+  rate: number
+  running: boolean
+  /** Objects and bytes checked in the pass under way (or the last one). */
+  checked: number
+  bytes: number
+  /** When the last whole pass ended (ms since the epoch), and the damaged copies it found. */
+  lastPassAt: number | null
+  lastPassFound: number
+  /** Each image's objects on this node: when a pass last walked them all, and what it found. */
+  images: Array<{ image: string, checkedAt: number, found: number }>
 }
 
 /** Longest request line the daemon reads; anything longer is refused. */

@@ -130,3 +130,19 @@ t.test('one host: check finds a damaged object, names its image, and cannot repa
   t.throws(() => qemuIo(d.image('solo.img'), ['read -P 0x33 4M 4M']), 'a guest read of the damaged chunk fails (EIO), as a disk\'s would')
   t.match(ok(d, ['status']), /checks: +\d+ reads? found chunks that do not match their checksums/, 'sheep status counts it')
 })
+
+t.test('3 nodes scrubbing every 2 s: a copy damaged on one node is found by its scrub and healed, with no read or check', async t => {
+  const nodes = await startCluster(t, 3, ['--scrub-rate', '64M', '--scrub-interval', '2'])
+  const [a, b] = nodes as [Daemon, Daemon, Daemon]
+  ok(a, ['image', 'create', 'vm.img', '32M', '--copies', '3'])
+  qemuIo(a.image('vm.img'), ['write -P 0x11 0 12M', 'write -P 0x22 16M 8M'])
+  await waitForSettled(nodes, 3)
+  const name = storedObjects(b).filter(n => n.startsWith('0'))[2] as string
+  flip(objectPath(b, name), 3 * MiB + 5)
+  const status = (): { scrub: { lastPassFound: number, images: Array<{ image: string, found: number }> }, cluster: { healed: number, healing: number } } => JSON.parse(ok(b, ['status', '--json']))
+  t.ok(await waitFor(() => { const s = status(); return s.cluster.healed === 1 && s.cluster.healing === 0 }, 60_000), 'b\'s scrub found the copy and b healed it from a replica')
+  t.equal(status().scrub.images.find(i => i.image === 'vm.img')?.found, 1, 'status: the pass found one damaged copy of vm.img')
+  t.match(ok(b, ['status']), /scrub: +64 MiB\/s/, 'and says the scrub\'s rate')
+  t.same(divergentCopies(nodes), [], 'the copies are the same bytes again')
+  t.equal(check(a).code, 0, 'a check finds nothing')
+})
