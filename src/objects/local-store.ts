@@ -515,8 +515,11 @@ export class LocalObjectStore implements ObjectStore {
     try {
       const fd = await openFile(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC)
       try {
-        let done = 0
-        while (done < data.length) done += await this.io.write(fd, data, done, data.length - done, done)
+        // Sparse: chunks of zeros stay holes, so a copy (recovery's, a heal's) allocates what its source does.
+        await ftruncate(fd, data.length)
+        for (const [start, end] of dataRuns(data)) {
+          for (let done = start; done < end;) done += await this.io.write(fd, data, done, end - done, done)
+        }
         await fdatasync(fd)
       } finally {
         fs.closeSync(fd)
@@ -964,6 +967,23 @@ export class LocalObjectStore implements ObjectStore {
     e.fd = -1
     this.openFiles--
   }
+}
+
+const ZERO_CHUNK = Buffer.alloc(CHUNK)
+
+/** The byte ranges of data that are not whole chunks of zeros, each [start, end). */
+function dataRuns (data: Uint8Array): Array<[number, number]> {
+  const runs: Array<[number, number]> = []
+  const bytes = Buffer.from(data.buffer, data.byteOffset, data.length)
+  let start = -1
+  for (let at = 0; at < bytes.length; at += CHUNK) {
+    const end = Math.min(at + CHUNK, bytes.length)
+    const zero = ZERO_CHUNK.compare(bytes, at, end, 0, end - at) === 0
+    if (!zero && start < 0) start = at
+    if (zero && start >= 0) { runs.push([start, at]); start = -1 }
+  }
+  if (start >= 0) runs.push([start, bytes.length])
+  return runs
 }
 
 async function exists (file: string): Promise<boolean> {

@@ -772,3 +772,16 @@ t.test('index records of format 1 still load, as clean', async t => {
   await again.asReplica(() => 0)
   t.same(await again.stat(oid), { oid, version: 7, size: 100 })
 })
+
+t.test('a whole-object replace is sparse: chunks of zeros stay holes, and read back as zeros', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oid = dataOid(5, 0)
+  const data = Buffer.alloc(4 * MiB)
+  pattern(8 * KiB, 3).copy(data, 2 * MiB + 100)
+  data[4 * MiB - 1] = 7
+  await store.replace(oid, data)
+  const blocks = fs.statSync(objectFile(dir, oid)).blocks * 512
+  t.ok(blocks <= 64 * KiB, `4 MiB with 12 KiB of data allocates ${blocks} bytes`)
+  t.same(await store.readAll(oid), data, 'and reads back whole')
+})
