@@ -44,6 +44,8 @@ cluster (without these options a node keeps everything in its own store)
   start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
   start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
   start ... --min-copies N          replicas that must take a write when others' disks fail it (default: a majority of its copies)
+  start ... --recovery-rate SIZE    bytes per second that copies to a node catching up keep to (default: no bound);
+                                    an I/O to an object not copied yet copies it at once
   cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
   cluster rotate-secret             a new secret for every member; prints the new token (old tokens stop working)
   cluster force-start               after a restart, serve copies that were behind newer ones which are not coming
@@ -237,6 +239,7 @@ async function main (argv: string[]): Promise<void> {
         'no-direct': { type: 'boolean' },
         admission: { type: 'string' },
         'min-copies': { type: 'string' },
+        'recovery-rate': { type: 'string' },
         'root-mode': { type: 'string' },
         'scrub-rate': { type: 'string' },
         'scrub-interval': { type: 'string' }
@@ -256,6 +259,7 @@ async function main (argv: string[]): Promise<void> {
       const minCopies = count(values['min-copies'], '--min-copies')
       if (minCopies === 0) usageError('bad --min-copies 0: at least 1')
       if (minCopies !== undefined && !clustered) usageError('--min-copies is for a cluster: add --bootstrap-port, --bootstrap or --join')
+      if (values['recovery-rate'] !== undefined && !clustered) usageError('--recovery-rate is for a cluster: add --bootstrap-port, --bootstrap or --join')
       const admission = values.admission ?? 'auto'
       if (admission !== 'auto' && admission !== 'manual') usageError(`bad --admission ${JSON.stringify(admission)}: auto or manual`)
       if (values.admission !== undefined && values['bootstrap-port'] === undefined) usageError('--admission is for founding a cluster: add --bootstrap-port')
@@ -281,7 +285,8 @@ async function main (argv: string[]): Promise<void> {
               join: typeof values.join === 'string' ? values.join : null,
               zone: typeof values.zone === 'string' ? values.zone : '',
               admission,
-              minCopies: minCopies ?? 0
+              minCopies: minCopies ?? 0,
+              recoveryRate: values['recovery-rate'] === undefined ? 0 : size(values['recovery-rate'] as string, '--recovery-rate')
             }
           : undefined,
         argv: rest
@@ -528,6 +533,11 @@ function formatCheck (r: CheckReport): string {
   return lines.join('\n') + '\n'
 }
 
+function formatRecovery (r: NonNullable<NodeStatus['cluster']>['recovery'] & object): string {
+  const eta = r.etaSeconds === null ? '' : `, about ${r.etaSeconds} s left`
+  return ` (${r.images.map(i => `${i.image}: ${i.objects}`).join(', ')}); ${r.copied} copied (${formatSize(r.copiedBytes)}) at ${formatSize(Math.round(r.rate))}/s${eta}`
+}
+
 function formatFuse (f: NonNullable<NodeStatus['fuse']>): string {
   if (f.frontend === 'libfuse2') return 'libfuse 2 (fuse-native)'
   const held = Object.entries(f.inFlight ?? {}).map(([op, n]) => `${op} ${n}`)
@@ -547,7 +557,7 @@ function formatStatus (s: NodeStatus): string {
     ...(s.cluster === null
       ? []
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
-          ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node`] : []),
+          ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node${s.cluster.recovery === null ? '' : formatRecovery(s.cluster.recovery)}`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
     ...(s.checksums.mismatches === 0 && s.checksums.rebuilt === 0
       ? []

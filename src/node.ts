@@ -11,7 +11,7 @@ import { Scrubber } from './objects/scrub'
 import { type Frontend, Mount } from './fuse/mount'
 import { ControlServer, type Handlers, type Progress } from './control/server'
 import { controlSocketPath } from './control/paths'
-import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus, ScrubReport } from './control/messages'
+import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus, RecoveryProgress, ScrubReport } from './control/messages'
 import { VERSION } from './version'
 import type { ObjectStore } from './objects/types'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './objects/oid'
@@ -62,6 +62,8 @@ export interface ClusterNodeOptions {
   admission: 'auto' | 'manual'
   /** Replicas that must take a write when others' disks fail it; 0: a majority of its copies (./swarm/gateway.ts). */
   minCopies: number
+  /** Bytes per second recovery's background copies keep to; 0: no bound (./swarm/recovery.ts). */
+  recoveryRate?: number
 }
 
 /** Copies of inodes and the directory: metadata is kept at least this safe. */
@@ -204,7 +206,7 @@ export class SheepNode {
     const recovery = new Recovery(objects, cluster, {
       replicasOf: oid => oidType(oid) === ObjectType.Data && this.images?.copiesOf(oidVid(oid)) === undefined ? null : (gateway as Gateway).replicasOf(oid),
       widest: oid => cluster.placement.replicas(oid, oidType(oid) === ObjectType.Data ? MAX_COPIES : METADATA_COPIES)
-    }, this.log)
+    }, this.log, opts.recoveryRate ?? 0)
     this.recovery = recovery
     // Everything this node serves, to peers and to itself, waits for its object's recovery first.
     const local = recovery.guarded()
@@ -375,10 +377,34 @@ export class SheepNode {
       reachable: view.members.filter(m => m.id === cluster.id || cluster.link(m.id) !== null).length,
       quorate: cluster.quorate,
       recovering: this.recovery?.status.pending ?? 0,
+      recovery: this.recoveryProgress(),
       degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`),
       damaged: this.recovery?.status.damaged ?? 0,
       healed: this.recovery?.status.healed ?? 0,
       healing: this.recovery?.status.healing ?? 0
+    }
+  }
+
+  /** What recovery still has to copy here, by image, and when it may be done at the rate it keeps. */
+  private recoveryProgress (): RecoveryProgress | null {
+    const recovery = this.recovery
+    if (recovery === null) return null
+    const s = recovery.status
+    const byImage = new Map<string, number>()
+    for (const oid of recovery.pendingObjects) {
+      const name = oidType(oid) === ObjectType.Data || oidType(oid) === ObjectType.Inode ? (this.images?.describe(oidVid(oid)) || `(vid ${oidVid(oid).toString(16)})`) : '(cluster records)'
+      byImage.set(name, (byImage.get(name) ?? 0) + 1)
+    }
+    const seconds = (Date.now() - s.startedAt) / 1000
+    const rate = seconds > 0 ? s.copiedBytes / seconds : 0
+    const perObject = s.copied > 0 ? s.copiedBytes / s.copied : 0
+    return {
+      epoch: s.epoch,
+      copied: s.copied,
+      copiedBytes: s.copiedBytes,
+      rate,
+      images: [...byImage].map(([image, objects]) => ({ image, objects })),
+      etaSeconds: s.pending === 0 ? 0 : rate > 0 && perObject > 0 ? Math.round(s.pending * perObject / rate) : null
     }
   }
 

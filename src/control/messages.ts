@@ -66,6 +66,7 @@ export interface ClusterStatus {
   quorate: boolean
   /** Objects this node still has to copy before its replicas are current (after a view change). */
   recovering: number
+  recovery: RecoveryProgress | null
   /** Images that ask for more copies than the view has members. */
   degraded: string[]
   /** Since the node started: reads that found its own copy damaged, copies healed from a replica, heals under way. */
@@ -115,6 +116,19 @@ export interface NodeStatus {
   fuse: FuseStatus | null
   /** Null for a node running without a cluster. */
   cluster: ClusterStatus | null
+}
+
+/** Recovery on this node in the current view. */
+export interface RecoveryProgress {
+  epoch: number
+  /** Objects and bytes copied to this node in this view so far, and bytes per second since the view began. */
+  copied: number
+  copiedBytes: number
+  rate: number
+  /** Objects still to copy, by image. */
+  images: Array<{ image: string, objects: number }>
+  /** Seconds left at the rate so far; null while nothing has been copied to measure it by. */
+  etaSeconds: number | null
 }
 
 export interface ScrubReport {

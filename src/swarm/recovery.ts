@@ -103,6 +103,9 @@ export interface RecoveryStatus {
   healed: number
   /** Damaged copies this node is healing now. */
   healing: number
+  /** Bytes copied in this round, and when the round started (ms since the epoch). */
+  copiedBytes: number
+  startedAt: number
 }
 
 export class Recovery {
@@ -129,11 +132,15 @@ export class Recovery {
   /** Members whose list the current round's plan still lacks. */
   private waitingFor: string[] = []
   private round = 0
-  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0 }
+  private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes: 0, startedAt: 0 }
   /** Copies here that missed a change the other replicas took (see the note at the top). */
   private readonly missed = new Map<ObjectId, string>()
   private repairs = 0
   private damagedCount = 0
+  /** Bytes per second background copies keep to (0: no bound), and what they copied since throttleFrom. */
+  private readonly rate: number
+  private throttled = 0
+  private throttleFrom = 0
   private healedCount = 0
   /** Changes of each object under way here. */
   private readonly changing = new Map<ObjectId, { count: number, idle: Array<() => void> }>()
@@ -152,8 +159,9 @@ export class Recovery {
   /** Resolved once every image's copies are known (the node has loaded its images). */
   private readonly copiesKnown = deferred()
 
-  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void) {
+  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, rate = 0) {
     this.raw = raw
+    this.rate = rate
     this.cluster = cluster
     this.replicasOf = placement.replicasOf
     this.widest = placement.widest
@@ -170,6 +178,9 @@ export class Recovery {
     this.copiesKnown.resolve()
   }
 
+  /** The objects this node still has to copy in this round. */
+  get pendingObjects (): ObjectId[] { return [...this.pending.keys()] }
+
   get status (): RecoveryStatus { return { ...this.stats, pending: this.pending.size, missed: this.missed.size, repaired: this.repairs, damaged: this.damagedCount, healed: this.healedCount, healing: this.healing.size } }
 
   /** Ends the current round: its plan retries and copies stop (the node, or a test, is done). */
@@ -181,7 +192,7 @@ export class Recovery {
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round
-    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0 }
+    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes: 0, startedAt: Date.now() }
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
@@ -607,7 +618,21 @@ export class Recovery {
   }
 
   /** Copies what is still pending, a few at a time; stops when a newer round starts. */
+  /**
+   * Background copies keep to the recovery rate (bytes per second; 0: none): after each, a
+   * worker waits until the bytes copied so far in this round are what the rate allows. A copy
+   * an access asks for (guard) does not wait.
+   */
+  private async throttle (bytes: number, round: number): Promise<void> {
+    if (this.rate <= 0 || bytes === 0) return
+    this.throttled += bytes
+    const ahead = this.throttled / this.rate * 1000 - (Date.now() - this.throttleFrom)
+    if (ahead > 0 && round === this.round) await new Promise(resolve => setTimeout(resolve, ahead).unref())
+  }
+
   private async drain (round: number): Promise<void> {
+    this.throttled = 0
+    this.throttleFrom = Date.now()
     await this.copiesKnown.promise
     // Only the wide plan listed these: this node is not one of their replicas after all. (Those
     // of images not known here yet are copied when first used.)
@@ -624,7 +649,9 @@ export class Recovery {
           const next = [...this.pending.keys()].find(oid => !this.copying.has(oid) && !failed.has(oid))
           if (next === undefined) return
           try {
+            const before = this.stats.copiedBytes
             await this.copy(next)
+            await this.throttle(this.stats.copiedBytes - before, round)
           } catch (err) {
             // Copied before it is used (guard); the others go on.
             this.log(`recovery: object ${oidToHex(next)}: ${(err as Error).message}`)
@@ -665,6 +692,7 @@ export class Recovery {
         this.unsynced.delete(oid)
         this.mended(oid)
         this.stats.copied++
+        this.stats.copiedBytes += res.data.length
         return
       }
       this.pending.delete(oid)

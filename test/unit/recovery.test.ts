@@ -475,3 +475,36 @@ t.test('a change let in under one view and still waiting for its plan when the n
   t.ok(Date.now() - started < 2000, `at once (${Date.now() - started} ms), not after the guard's wait: the new round's plan waits for changes let in before it`)
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0, 'the copy did not take it')
 })
+
+t.test('background copies keep to the recovery rate; one an access asks for does not wait; status counts the bytes', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oids = Array.from({ length: 8 }, (_, i) => dataOid(3, i))
+  for (const n of [a, b]) n.epoch = 4
+  for (const oid of oids) {
+    // b holds each object newer than a does: a has to copy all eight (256 KiB each).
+    for (const n of [a, b]) await n.store.create(oid, 256 * 1024)
+    await b.store.write(oid, 0, Buffer.alloc(256 * 1024, 0x44))
+  }
+  await b.store.sync(oids)
+  const view = viewOf(5, ids)
+  for (const n of [a, b]) { n.epoch = 5; n.view = view }
+  const rate = 1024 * 1024
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, rate))
+  a.recovery = recovery
+  recovery.imagesLoaded()
+  const started = Date.now()
+  recovery.start(view)
+  // An access to the last object copies it at once, whatever the rate.
+  const last = oids[7] as ObjectId
+  t.same(await readBack(recovery.guarded(), last, 4), Buffer.alloc(4, 0x44), 'an access gets the newer copy')
+  t.ok(Date.now() - started < 1500, `at once (${Date.now() - started} ms), not after the background copies`)
+  for (let i = 0; i < 500 && recovery.status.pending > 0; i++) await new Promise(resolve => setTimeout(resolve, 20))
+  const took = Date.now() - started
+  t.equal(recovery.status.pending, 0)
+  t.equal(recovery.status.copiedBytes, 8 * 256 * 1024, 'every byte copied is counted')
+  // Seven background copies of 256 KiB at 1 MiB/s, two at a time, each worker waiting after its
+  // copy until the bytes so far are what the rate allows: the seventh starts at 1.25 s at least.
+  t.ok(took >= 1200, `the background copies took ${took} ms at 1 MiB/s`)
+})
