@@ -9,6 +9,7 @@
 import c from 'compact-encoding'
 import { SheepError } from '../errors'
 import { metaOid } from '../objects/oid'
+import type { ObjectStore } from '../objects/types'
 import { frame, unframe } from './frame'
 
 export const DIRECTORY_OID = metaOid(1)
@@ -36,6 +37,18 @@ const directoryEncoding: c.Encoding<DirectoryEntry[]> = {
 
 export function encodeDirectory (entries: DirectoryEntry[]): Buffer {
   return frame(c.encode(directoryEncoding, entries))
+}
+
+/** The directory as the store holds it; a read the store fails with EIO (damage its checksums found) says it is the directory. */
+export async function readDirectory (objects: Pick<ObjectStore, 'readAll'>): Promise<DirectoryEntry[]> {
+  let bytes: Buffer
+  try {
+    bytes = await objects.readAll(DIRECTORY_OID)
+  } catch (err) {
+    if (err instanceof SheepError && err.code === 'EIO') throw SheepError.corrupt(`the image directory is corrupt: ${err.message}`)
+    throw err
+  }
+  return decodeDirectory(bytes)
 }
 
 export function decodeDirectory (bytes: Uint8Array): DirectoryEntry[] {

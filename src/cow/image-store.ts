@@ -15,7 +15,7 @@ import { SheepError } from '../errors'
 import { inodeOid, MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore, StoreUsage } from '../objects/types'
 import type { ObjectId } from '../objects/oid'
-import { decodeDirectory, DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN } from './directory'
+import { DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN, readDirectory } from './directory'
 import { checkImageSize, checkObjectSize, DEFAULT_OBJECT_SIZE, Image } from './image'
 import { blockCount, decodeHeader, HEADER_BYTES, type InodeHeader } from './inode'
 import { Mutex } from './lock'
@@ -144,7 +144,7 @@ export class ImageStore {
   async open (): Promise<OpenRepairs> {
     const dirInfo = await this.objects.stat(DIRECTORY_OID)
     this.dirVersion = dirInfo?.version ?? 0
-    const entries = dirInfo === null ? [] : decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
+    const entries = dirInfo === null ? [] : await readDirectory(this.objects)
     for (const e of entries) {
       this.dir.set(e.vid, e)
       let image: Image
@@ -598,7 +598,7 @@ export class ImageStore {
   private async reloadDirectory (): Promise<void> {
     const info = await this.objects.stat(DIRECTORY_OID)
     if (info !== null && info.version !== this.dirVersion) {
-      const entries = decodeDirectory(await this.objects.readAll(DIRECTORY_OID))
+      const entries = await readDirectory(this.objects)
       this.dirVersion = info.version
       const listed = new Set(entries.map(e => e.vid))
       for (const vid of [...this.dir.keys()]) {

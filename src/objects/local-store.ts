@@ -49,7 +49,7 @@ export interface LocalStoreOptions {
   io?: FileIoOptions
   /** This boot of the machine (tests): a store found unclosed by another boot lost its page cache. */
   bootId?: string
-  /** Where the store says what it found wrong (checksum mismatches) and rebuilt. */
+  /** Where the store says that it takes checksums anew after a crash of the machine. */
   log?: (line: string) => void
 }
 
@@ -383,7 +383,7 @@ export class LocalObjectStore implements ObjectStore {
     this.checksums.recent.push({ oid, offset, at: new Date().toISOString() })
     if (this.checksums.recent.length > 20) this.checksums.recent.shift()
     const where = bad.length === 1 ? `the 4 KiB at byte ${offset}` : `${bad.length} chunks of 4 KiB from byte ${offset}`
-    this.log(`object ${oid}: ${where} do not match their checksums (the disk changed them)`)
+    // Logged by whoever gets the EIO: the FUSE layer (src/fuse/errno.ts), recovery's heal.
     return SheepError.corrupt(`object ${oid}: ${where} do not match their checksums`)
   }
 
