@@ -77,7 +77,7 @@ interface Entry {
   writing: number
   /** The put that marks the record dirty, while it is on its way. */
   marking: Promise<void> | null
-  /** The checksums of the file's chunks (null until loaded). */
+  /** The checksums of the file's chunks. */
   sums: ObjectSums
   /** sums.changes when they were last put in the index (-1: never, or they must be put again). */
   savedSums: number

@@ -617,7 +617,6 @@ export class Recovery {
     return true
   }
 
-  /** Copies what is still pending, a few at a time; stops when a newer round starts. */
   /**
    * Background copies keep to the recovery rate (bytes per second; 0: none): after each, a
    * worker waits until the bytes copied so far in this round are what the rate allows. A copy
@@ -630,6 +629,7 @@ export class Recovery {
     if (ahead > 0 && round === this.round) await new Promise(resolve => setTimeout(resolve, ahead).unref())
   }
 
+  /** Copies what is still pending, a few at a time; stops when a newer round starts. */
   private async drain (round: number): Promise<void> {
     this.throttled = 0
     this.throttleFrom = Date.now()
