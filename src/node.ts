@@ -13,7 +13,7 @@ import { ControlServer, type Handlers, type Progress } from './control/server'
 import { controlSocketPath } from './control/paths'
 import type { ClusterStatus, ForcedCopies, NodeInfo, NodeStatus, RecoveryProgress, ScrubReport } from './control/messages'
 import { VERSION } from './version'
-import type { ObjectStore } from './objects/types'
+import type { ObjectStore, StoreUsage } from './objects/types'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './objects/oid'
 import { epochFloor } from './objects/versions'
 // The cluster's modules load only on a cluster node (joinCluster): Hyperswarm and its stack take
@@ -143,7 +143,9 @@ export class SheepNode {
       const { store, tokens } = this.opts.cluster === undefined ? { store: objects, tokens: undefined } : await this.joinCluster(objects, this.opts.cluster)
       const soleWriter = this.cluster === null
       const setAside = soleWriter ? async (oid: ObjectId) => await objects.setAside(oid) : undefined
-      const images = new ImageStore(store, { log: this.log, soleWriter, tokens, setAside })
+      // df on a cluster: what images of the default copies can still hold, not the members' raw sum.
+      const copiesPerByte = (): number => Math.min(this.opts.createOptions?.copies ?? DEFAULT_COPIES, this.cluster?.view?.members.length ?? 1)
+      const images = new ImageStore(store, { log: this.log, soleWriter, tokens, setAside, copiesPerByte })
       this.giveUpIfStopping()
       const { collected, strays } = await images.open()
       if (collected > 0) this.log(`collected ${collected} unreferenced objects`)
@@ -347,7 +349,7 @@ export class SheepNode {
       scrub: this.scrubStatus(images),
       strays: await objects.strays(),
       fuse: this.mount?.status() ?? null,
-      cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })))
+      cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })), await this.gateway?.usage().catch(() => null) ?? null)
     }
   }
 
@@ -365,7 +367,7 @@ export class SheepNode {
     }
   }
 
-  private clusterStatus (images: Array<{ name: string, copies: number }>): ClusterStatus | null {
+  private clusterStatus (images: Array<{ name: string, copies: number }>, raw: StoreUsage | null): ClusterStatus | null {
     const cluster = this.cluster
     const view = cluster?.view
     if (cluster == null || view == null) return null
@@ -378,6 +380,7 @@ export class SheepNode {
       quorate: cluster.quorate,
       recovering: this.recovery?.status.pending ?? 0,
       recovery: this.recoveryProgress(),
+      raw,
       degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`),
       damaged: this.recovery?.status.damaged ?? 0,
       healed: this.recovery?.status.healed ?? 0,

@@ -67,6 +67,8 @@ export interface ClusterStatus {
   /** Objects this node still has to copy before its replicas are current (after a view change). */
   recovering: number
   recovery: RecoveryProgress | null
+  /** Every reachable member's store space summed (df on the mount shows it divided by the default copies); null if unknown. */
+  raw: { capacity: number, free: number } | null
   /** Images that ask for more copies than the view has members. */
   degraded: string[]
   /** Since the node started: reads that found its own copy damaged, copies healed from a replica, heals under way. */

@@ -89,6 +89,11 @@ export interface ImageStoreOptions {
    * object stays where it is, reported in the log.
    */
   setAside?: (oid: ObjectId) => Promise<string>
+  /**
+   * On a cluster, how many copies a byte written takes: statfs (df) shows the members' space
+   * divided by it, what images can still hold, not the raw sum.
+   */
+  copiesPerByte?: () => number
 }
 
 /** What open() did with objects nothing refers to. */
@@ -132,12 +137,15 @@ export class ImageStore {
   /** Images whose objects are being deleted: their token is not given to another host. */
   private readonly dying = new Set<number>()
 
+  private readonly copiesPerByte: () => number
+
   constructor (objects: ObjectStore, opts: ImageStoreOptions = {}) {
     this.objects = objects
     this.log = opts.log ?? (() => {})
     this.soleWriter = opts.soleWriter ?? true
     this.tokens = opts.tokens
     this.setAside = opts.setAside
+    this.copiesPerByte = opts.copiesPerByte ?? (() => 1)
   }
 
   /** Loads the directory and every inode, then deletes what nothing refers to. */
@@ -868,7 +876,9 @@ export class ImageStore {
   }
 
   async usage (): Promise<StoreUsage> {
-    return await this.objects.usage()
+    const raw = await this.objects.usage()
+    const copies = Math.max(1, this.copiesPerByte())
+    return { capacity: Math.floor(raw.capacity / copies), free: Math.floor(raw.free / copies) }
   }
 
   private checkFree (name: string): void {

@@ -67,6 +67,14 @@ t.test('3 nodes, copies 3: one replica\'s bytes flipped, another\'s files delete
   t.equal(clean.code, 0, 'a healthy cluster checks clean')
   t.equal(clean.report.problems, 0)
   t.ok(clean.report.objects >= 5, `every object checked (${clean.report.objects})`)
+  // The three stores share this host's disk: df on the mount shows their space divided by the
+  // three copies an image takes, and sheep status the raw sum.
+  const disk = fs.statfsSync(a.store)
+  const mounted = fs.statfsSync(a.mount)
+  const within = (x: number, y: number): boolean => Math.abs(x - y) <= y * 0.01
+  t.ok(within(mounted.blocks * mounted.bsize, disk.blocks * disk.bsize), `df: ${mounted.blocks * mounted.bsize} bytes, the disk has ${disk.blocks * disk.bsize}`)
+  const raw = (JSON.parse(ok(a, ['status', '--json'])) as { cluster: { raw: { capacity: number } } }).cluster.raw.capacity
+  t.ok(within(raw, 3 * disk.blocks * disk.bsize), `sheep status: raw ${raw} bytes, three times the disk`)
 
   const dataOf = (d: Daemon): string[] => storedObjects(d).filter(n => n.startsWith('0'))
   const objects = dataOf(b)
