@@ -19,7 +19,7 @@ import { type ObjectId, ObjectType, oidToHex, oidType } from '../objects/oid'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import { epochFloor, nextVersion } from '../objects/versions'
 import type { Cluster } from './cluster'
-import { decode, encode, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
+import { decode, encode, healSource, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
 import { listAll } from './replica'
 
 export interface GatewayOptions {
@@ -402,6 +402,12 @@ export class Gateway implements ObjectStore {
       let bytes: Buffer
       let version: number
       try {
+        // Larger than one message: the target takes the copy itself, in pieces (Recovery.repairCopy).
+        const size = source === this.cluster.id ? (await this.local.stat(oid))?.size : (await this.send(source, epoch, Op.Stat, { oid })).size
+        if (size !== undefined && size > MAX_DATA) {
+          await this.send(target, epoch, Op.Heal, { oid, data: encode(healSource, source) })
+          return
+        }
         if (source === this.cluster.id) {
           version = (await this.local.stat(oid))?.version ?? 0
           bytes = await this.local.readAll(oid)

@@ -382,7 +382,8 @@ export const tokenRecord: Codec<TokenRecord> = struct<TokenRecord>({ holder: nod
 /** A copy as Verify found it: behind (marked missed, not served until replaced), and a digest of its bytes. */
 export interface VerifyAnswer { behind: boolean, digest: number }
 export const verifyAnswer: Codec<VerifyAnswer> = struct<VerifyAnswer>({ behind: strictBool, digest: c.uint32 })
-export const healSource: Codec<string> = nodeId
+/** A member's id; whether it names another replica of the object is the healing replica's to check. */
+export const healSource: Codec<string> = bounded(64)
 
 export interface Usage { capacity: number, free: number }
 export const usage: Codec<Usage> = struct<Usage>({ capacity: safeUint, free: safeUint })

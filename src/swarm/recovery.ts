@@ -35,7 +35,8 @@ import { type ObjectId, oidToHex } from '../objects/oid'
 import type { LocalObjectStore } from '../objects/local-store'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import type { Cluster } from './cluster'
-import { Op, type ObjectEntry } from './messages'
+import { Op, type ObjectEntry, type Response } from './messages'
+import type { Link } from './link'
 import { listAll } from './replica'
 import type { View } from './view'
 
@@ -73,6 +74,36 @@ function settled (): Deferred {
   return d
 }
 const EMPTY = new Uint8Array(0)
+
+/** Pieces a copy of an object larger than one message is read in. */
+const COPY_PIECE = 4 * 2 ** 20
+/** A copy read in pieces is read again when the source's version moved meanwhile, this many times at most. */
+const COPY_TRIES = 3
+
+/**
+ * A member's whole copy of oid, and its version: in one answer where it fits (ReadAll, as of one
+ * moment), else in pieces between two Stats that must agree on the version (a change landed
+ * between two pieces could tear the copy). The answer's error, if any, as a Response has it.
+ */
+export async function fetchWhole (link: Link, epoch: number, oid: ObjectId): Promise<Pick<Response, 'error' | 'message' | 'data' | 'version'>> {
+  const ask = async (op: Op, offset = 0, length = 0): Promise<Response> => await link.call({ epoch, op, oid, offset, length, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+  const whole = await ask(Op.ReadAll)
+  if (whole.error !== 'EFBIG') return whole
+  for (let tries = 0; tries < COPY_TRIES; tries++) {
+    const before = await ask(Op.Stat)
+    if (before.error !== '') return before
+    const data = Buffer.alloc(before.size)
+    for (let at = 0; at < before.size; at += COPY_PIECE) {
+      const piece = await ask(Op.Read, at, Math.min(COPY_PIECE, before.size - at))
+      if (piece.error !== '') return piece
+      data.set(piece.data, at)
+    }
+    const after = await ask(Op.Stat)
+    if (after.error !== '') return after
+    if (after.version === before.version && after.size === before.size) return { error: '', message: '', data, version: before.version }
+  }
+  return { error: 'EAGAIN', message: `object ${oidToHex(oid)} kept changing while it was read in pieces`, data: EMPTY, version: 0 }
+}
 
 /** The local store recovery works on: an object store that can settle a copy a crash left in doubt. */
 export type RecoveryStore = ObjectStore & Pick<LocalObjectStore, 'settle' | 'drop' | 'dropTombstone' | 'setMissed' | 'verify'>
@@ -423,7 +454,7 @@ export class Recovery {
     for (const source of sources) {
       const link = this.cluster.link(source)
       if (link === null) { why.push(`${source.slice(0, 8)}: not connected`); continue }
-      const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+      const res = await fetchWhole(link, this.cluster.epoch, oid)
       if (res.error !== '') { why.push(`${source.slice(0, 8)}: ${res.message}`); continue }
       // Older than this copy: a change this node took has not reached it yet.
       if (res.version < own) { why.push(`${source.slice(0, 8)}: its copy is older (version ${res.version} < ${own})`); continue }
@@ -680,7 +711,7 @@ export class Recovery {
       for (const source of sources) {
         const link = this.cluster.link(source)
         if (link === null) throw SheepError.unreachable(`recovery source ${source.slice(0, 8)} for ${oidToHex(oid)} is not connected`)
-        const res = await link.call({ epoch: this.cluster.epoch, op: Op.ReadAll, oid, offset: 0, length: 0, version: 0, data: EMPTY }, REQUEST_TIMEOUT_MS)
+        const res = await fetchWhole(link, this.cluster.epoch, oid)
         if (res.error === 'EIO' || res.error === 'ENOENT') {
           unreadable.push(`${source.slice(0, 8)}: ${res.message}`)
           continue

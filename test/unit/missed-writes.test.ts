@@ -69,7 +69,7 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
       }
     }) as RecoveryStore
     nodes.set(id, node)
-    node.recovery = new Recovery(disk, clusterOf(nodes, id), { replicasOf: () => IDS, widest: () => IDS }, () => {})
+    node.recovery = new Recovery(disk, clusterOf(nodes, id), { replicasOf: () => IDS, widest: () => IDS }, line => { if (process.env.MW_LOG !== undefined) console.error(id, line) })
     node.serve = replicaHandler(node.recovery.guarded(), {
       epoch: () => 1,
       quorate: () => true,
@@ -78,7 +78,8 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
       isMember: () => true,
       // a writes the image: it holds the token
       tokenOf: async () => ({ holder: 'a', generation: 1, deleted: false }),
-      forceStart: async only => await node.recovery.forceStart(only)
+      forceStart: async only => await node.recovery.forceStart(only),
+      checks: node.recovery
     })
   }
   for (const n of nodes.values()) {
@@ -339,4 +340,30 @@ t.test('a copy healing from a source whose answer is slow: a write the copy refu
   t.ok(await until(async () => c.recovery.status.healing === 0, 5000), 'the heal ends once the slow answer came')
   t.equal(await readVia(c.recovery.guarded(), oid), 0x22, 'after the slow answer came, c\'s copy still has the last write')
   t.equal(c.recovery.status.healed, 0, 'the heal gave way to the writer\'s repair')
+})
+
+t.test('objects larger than one message: a damaged copy heals in pieces, and a copy that missed a write is repaired in pieces', async t => {
+  const nodes = await makeNodes(t)
+  const [a, c] = [nodes.get('a') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 0)
+  const size = 12 * 2 ** 20 // past MAX_DATA (8 MiB): no ReadAll or Replace carries it whole
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, size)
+  const data = Buffer.alloc(size)
+  for (let i = 0; i < size; i += 4096) data[i] = (i / 4096) & 0xff
+  await writer.write(oid, 0, data)
+  await writer.sync([oid])
+  damage(c.store, oid, 10 * 2 ** 20 + 5)
+  const out = Buffer.alloc(4096)
+  await gatewayOn(nodes, 'c').read(oid, 10 * 2 ** 20, 4096, out, 0)
+  t.same(out, data.subarray(10 * 2 ** 20, 10 * 2 ** 20 + 4096), 'the damaged chunk is read from another replica')
+  t.ok(await until(async () => c.recovery.status.healed === 1, 10_000), 'c heals its 12 MiB copy')
+  t.ok((await c.store.readAll(oid)).equals(await a.store.readAll(oid)), 'and holds the replicas\' bytes')
+
+  c.full = true
+  await writer.write(oid, 11 * 2 ** 20, Buffer.alloc(4096, 0x77))
+  c.full = false
+  t.ok(await until(async () => c.recovery.status.missed === 0, 10_000), 'the copy that missed a write is repaired: c takes it in pieces')
+  t.ok((await c.store.readAll(oid)).equals(await a.store.readAll(oid)), 'c holds the last write too')
+  t.equal((await c.store.stat(oid))?.version, (await a.store.stat(oid))?.version, 'at a\'s version')
 })

@@ -508,3 +508,19 @@ t.test('background copies keep to the recovery rate; one an access asks for does
   // copy until the bytes so far are what the rate allows: the seventh starts at 1.25 s at least.
   t.ok(took >= 1200, `the background copies took ${took} ms at 1 MiB/s`)
 })
+
+t.test('an object larger than one message (12 MiB) is copied in pieces by a node catching up', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(4, 0)
+  const size = 12 * 2 ** 20
+  for (const n of [a, b]) { n.epoch = 4; await n.store.create(oid, size) }
+  const data = Buffer.alloc(size)
+  for (let i = 0; i < size; i += 4096) data[i + 7] = (i / 4096) & 0xff
+  await b.store.write(oid, 0, data)
+  await b.store.sync([oid])
+  const [ra] = recoverAll(nodes, viewOf(5, ids))
+  t.ok((await readBack((ra as Recovery).guarded(), oid, size)).equals(data), 'a reads b\'s newer 12 MiB copy')
+  t.equal((await a.store.stat(oid))?.version, (await b.store.stat(oid))?.version, 'at b\'s version')
+})
