@@ -352,7 +352,7 @@ export class LocalObjectStore implements ObjectStore {
   private async readEntry (e: Entry, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
     const oid = e.info.oid
     try {
-      if (offset + length > e.info.size) throw SheepError.invalid(`read past the end of object ${oidToHex(oid)}`)
+      if (offset + length > e.info.size) throw SheepError.invalid(`read past the end of object ${oidToHex(oid)}: bytes ${offset} to ${offset + length} of ${e.info.size}`)
       const { first, end } = chunkRange(offset, length)
       const from = first * CHUNK
       const to = Math.min(end * CHUNK, e.info.size)
