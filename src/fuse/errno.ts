@@ -37,7 +37,9 @@ export function errnoOf (err: unknown): number {
 
 /** The errno an operation failed with; logs what an operator must see (I/O errors and bugs). */
 export function failedOp (op: string, path: string, err: unknown, log: (line: string) => void): number {
-  if (err instanceof SheepError && err.code === 'EIO') log(`${op} ${path}: ${err.message}`)
+  // EINVAL on a read or write is Sheep's own inconsistency (an object shorter than its image
+  // expects), never the guest's doing: logged as an I/O error is.
+  if (err instanceof SheepError && (err.code === 'EIO' || (err.code === 'EINVAL' && (op === 'read' || op === 'write')))) log(`${op} ${path}: ${err.message}`)
   else if (!(err instanceof SheepError)) log(`${op} ${path}: unexpected error: ${(err as Error)?.stack ?? String(err)}`)
   return errnoOf(err)
 }
