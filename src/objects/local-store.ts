@@ -734,7 +734,7 @@ export class LocalObjectStore implements ObjectStore {
         work.push(fdatasync(e.fd).finally(() => this.release(e)))
       } else {
         // Closed since it was written: fsync through a new descriptor of the same file.
-        work.push(syncPath(this.objectPath(oid)))
+        work.push(this.syncClosed(oid))
       }
     }
     work.push(this.newNames.sync())
@@ -759,6 +759,22 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     }
     await this.persistVersions(synced, false)
+  }
+
+  /**
+   * Syncs an object whose descriptor was closed since it was written. Its file may be gone with
+   * it: a replica's copy dropped or removed since (placement moved it, the image was deleted), or
+   * one not copied here yet. Nothing of it is here to sync then; a file gone under a live record
+   * is damage (EIO), never "no such object".
+   */
+  private async syncClosed (oid: ObjectId): Promise<void> {
+    try {
+      await syncPath(this.objectPath(oid))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
+      const r = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
+      if (r !== null && r.removed !== true) throw SheepError.corrupt(`object ${oidToHex(oid)} is missing from the store: its file is gone`)
+    }
   }
 
   async usage (): Promise<StoreUsage> {

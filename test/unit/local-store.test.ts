@@ -785,3 +785,24 @@ t.test('a whole-object replace is sparse: chunks of zeros stay holes, and read b
   t.ok(blocks <= 64 * KiB, `4 MiB with 12 KiB of data allocates ${blocks} bytes`)
   t.same(await store.readAll(oid), data, 'and reads back whole')
 })
+
+t.test('a sync of objects whose copies went since they were written (dropped, removed) syncs nothing of them; a file gone under a live record is EIO', async t => {
+  const dir = tmpDir(t)
+  let store = await openReplica(t, dir, 3)
+  const [dropped, removed, lost] = [dataOid(6, 0), dataOid(6, 1), dataOid(6, 2)]
+  for (const oid of [dropped, removed, lost]) {
+    await store.create(oid, 64 * KiB)
+    await store.write(oid, 0, pattern(64 * KiB, 6))
+  }
+  await store.sync([lost])
+  await store.drop(dropped)
+  await store.remove(removed)
+  await store.sync([dropped, removed])
+  t.pass('a writer\'s sync of a copy placement moved away (recovery dropped it) or removed succeeds here: before, ENOENT, which its host took for "the image was deleted"')
+  await store.close()
+  store = await openReplica(t, dir, 3)
+  fs.rmSync(objectFile(dir, lost))
+  const err = await sheepError(() => store.sync([lost]))
+  t.equal(err.code, 'EIO', 'a file gone under its record: EIO')
+  t.match(err.message, /missing from the store/)
+})
