@@ -8,8 +8,9 @@ import path from 'node:path'
 import { Catalog } from '../../src/objects/catalog'
 import { CHUNK, chunkSum, ObjectSums, ZERO_SUM } from '../../src/objects/checksums'
 import { LocalObjectStore, type LocalStoreOptions } from '../../src/objects/local-store'
-import { dataOid, type ObjectId, oidToHex, oidVid } from '../../src/objects/oid'
+import { dataOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import { Rng } from '../helpers/random'
+import { crashCopy, objectFile, pattern, read } from './store-files'
 import { sheepError, tmpDir } from './tmp'
 
 const KiB = 1024
@@ -23,18 +24,6 @@ async function openStore (t: Teardownable, dir: string, opts: LocalStoreOptions 
   return store
 }
 
-/** The store's folder as a SIGKILL would leave it: what was written to files, nothing of memory. */
-function crashCopy (t: Teardownable, dir: string): string {
-  const copy = tmpDir(t)
-  fs.cpSync(dir, copy, { recursive: true })
-  fs.rmSync(path.join(copy, 'index', 'LOCK'), { force: true })
-  return copy
-}
-
-function objectFile (dir: string, oid: ObjectId): string {
-  return path.join(dir, 'objects', oidVid(oid).toString(16).padStart(6, '0'), oidToHex(oid))
-}
-
 /** Changes bytes of an object's file behind the store's back, as a failing disk would. */
 function damage (dir: string, oid: ObjectId, offset: number, length = 16): void {
   const fd = fs.openSync(objectFile(dir, oid), 'r+')
@@ -46,18 +35,6 @@ function damage (dir: string, oid: ObjectId, offset: number, length = 16): void 
   } finally {
     fs.closeSync(fd)
   }
-}
-
-function pattern (length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length)
-  for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + 1) & 0xff
-  return b
-}
-
-async function read (store: LocalObjectStore, oid: ObjectId, offset: number, length: number): Promise<Buffer> {
-  const b = Buffer.alloc(length, 0xaa)
-  await store.read(oid, offset, length, b, 0)
-  return b
 }
 
 t.test('a chunk\'s checksum counts the bytes past an object\'s end as zeros; checksums survive their encoding', async t => {

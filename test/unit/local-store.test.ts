@@ -5,9 +5,10 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { FileIo } from '../../src/objects/file-io'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid, inodeOid, metaOid, type ObjectId, oidToHex } from '../../src/objects/oid'
+import { dataOid, inodeOid, metaOid, oidToHex } from '../../src/objects/oid'
 import type { ObjectInfo } from '../../src/objects/types'
 import { epochFloor, versionEpoch } from '../../src/objects/versions'
+import { crashCopy, objectFile, pattern, read } from './store-files'
 import { sheepError, tmpDir } from './tmp'
 
 const KiB = 1024
@@ -22,27 +23,10 @@ async function openStore (t: Teardownable, dir: string, opts = {}): Promise<Loca
   return store
 }
 
-function pattern (length: number, seed: number): Buffer {
-  const b = Buffer.alloc(length)
-  for (let i = 0; i < length; i++) b[i] = (i * 31 + seed * 7 + 1) & 0xff
-  return b
-}
-
-async function read (store: LocalObjectStore, oid: ObjectId, offset: number, length: number): Promise<Buffer> {
-  const b = Buffer.alloc(length, 0xaa)
-  await store.read(oid, offset, length, b, 0)
-  return b
-}
-
 async function listAll (store: LocalObjectStore): Promise<ObjectInfo[]> {
   const out: ObjectInfo[] = []
   for await (const info of store.list()) out.push(info)
   return out.sort((a, b) => a.oid < b.oid ? -1 : a.oid > b.oid ? 1 : 0)
-}
-
-function objectFile (dir: string, oid: ObjectId): string {
-  const vid = Number((oid >> 32n) & 0xffffffn)
-  return path.join(dir, 'objects', vid.toString(16).padStart(6, '0'), oidToHex(oid))
 }
 
 t.test('open initialises an empty directory, a missing one, and reopens its own', async t => {
@@ -501,14 +485,6 @@ async function openReplica (t: Teardownable, dir: string, epoch: number): Promis
   const store = await openStore(t, dir)
   await store.asReplica(() => epochFloor(epoch))
   return store
-}
-
-/** The store's folder as a SIGKILL would leave it: what was written to files, nothing of memory. */
-function crashCopy (t: Teardownable, dir: string): string {
-  const copy = tmpDir(t)
-  fs.cpSync(dir, copy, { recursive: true })
-  fs.rmSync(path.join(copy, 'index', 'LOCK'), { force: true })
-  return copy
 }
 
 t.test('an object grown by concurrent writes and syncs keeps its largest size in the index, even after a crash', async t => {

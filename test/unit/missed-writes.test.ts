@@ -7,7 +7,7 @@
 import t from 'tap'
 import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid, type ObjectId, oidToHex, oidVid, tokenOid } from '../../src/objects/oid'
+import { dataOid, type ObjectId, tokenOid } from '../../src/objects/oid'
 import { epochFloor } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import { Gateway } from '../../src/swarm/gateway'
@@ -17,7 +17,7 @@ import { Recovery, type RecoveryStore } from '../../src/swarm/recovery'
 import { replicaHandler } from '../../src/swarm/replica'
 import type { View } from '../../src/swarm/view'
 import fs from 'node:fs'
-import path from 'node:path'
+import { objectFile } from './store-files'
 import { sheepError, tmpDir } from './tmp'
 
 const EMPTY = new Uint8Array(0)
@@ -295,8 +295,7 @@ t.test('a read at an object\'s primary whose link is not up yet (a view just com
 
 /** Flips bytes of a store's file of oid behind its back, as a failing disk would. */
 function damage (store: LocalObjectStore, oid: ObjectId, offset: number): void {
-  const file = path.join(store.dir, 'objects', oidVid(oid).toString(16).padStart(6, '0'), oidToHex(oid))
-  const fd = fs.openSync(file, 'r+')
+  const fd = fs.openSync(objectFile(store.dir, oid), 'r+')
   try {
     fs.writeSync(fd, Buffer.alloc(16, 0xee), 0, 16, offset)
   } finally {

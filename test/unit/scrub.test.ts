@@ -3,11 +3,11 @@
 
 import t from 'tap'
 import fs from 'node:fs'
-import path from 'node:path'
 import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
-import { dataOid, inodeOid, type ObjectId, oidToHex, oidVid } from '../../src/objects/oid'
+import { dataOid, inodeOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import { Scrubber } from '../../src/objects/scrub'
+import { objectFile } from './store-files'
 import { tmpDir } from './tmp'
 
 const KiB = 1024
@@ -33,8 +33,7 @@ t.test('a pass finds the damaged object, counts it against its image, and rememb
   const objects = [dataOid(1, 0), dataOid(1, 1), inodeOid(1), dataOid(2, 0), dataOid(2, 1), inodeOid(2)]
   const store = await filled(t, objects, 64 * KiB)
   const bad = dataOid(2, 1)
-  const file = path.join(store.dir, 'objects', oidVid(bad).toString(16).padStart(6, '0'), oidToHex(bad))
-  const fd = fs.openSync(file, 'r+')
+  const fd = fs.openSync(objectFile(store.dir, bad), 'r+')
   fs.writeSync(fd, Buffer.alloc(8, 0xee), 0, 8, 5000)
   fs.closeSync(fd)
   const damaged: string[] = []
