@@ -11,8 +11,10 @@ import path from 'node:path'
 import { SheepError } from '../errors'
 import { type ObjectId, ObjectType, oidType, oidVid } from './oid'
 import type { LocalObjectStore } from './local-store'
+import type { ObjectInfo } from './types'
 
 const STATE_FILE = 'scrub.json'
+const LIST_PAGE = 1000
 
 export interface ScrubOptions {
   /** Bytes read per second at most; 0: no scrub. */
@@ -101,7 +103,7 @@ export class Scrubber {
     const foundIn = new Map<number, number>()
     const leave = (): void => { if (vid !== null) s.images.set(vid, { checkedAt: Date.now(), found: foundIn.get(vid) ?? 0 }) }
     try {
-      for await (const info of this.store.list()) {
+      for await (const info of this.listed()) {
         if (this.stopped) return
         if (info.removed === true || info.missed === true) continue
         const owner = oidType(info.oid) === ObjectType.Data || oidType(info.oid) === ObjectType.Inode ? oidVid(info.oid) : null
@@ -134,6 +136,24 @@ export class Scrubber {
       this.opts.log(`scrub: checked ${s.checked} objects (${s.bytes} bytes) in ${Math.round((ended - started) / 1000)} s; ${found === 0 ? 'all whole' : `${found} damaged`}`)
     } finally {
       s.running = false
+    }
+  }
+
+  /**
+   * The store's objects in id order, a page at a time: a pass takes hours, and an index iterator
+   * held open that long would pin its snapshot of the index.
+   */
+  private async * listed (): AsyncIterable<ObjectInfo> {
+    for (let from: ObjectId | undefined; ;) {
+      const page: ObjectInfo[] = []
+      for await (const info of this.store.list(from)) {
+        page.push(info)
+        if (page.length === LIST_PAGE) break
+      }
+      yield * page
+      const last = page[page.length - 1]
+      if (page.length < LIST_PAGE || last === undefined) return
+      from = last.oid + 1n
     }
   }
 

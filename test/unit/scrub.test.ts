@@ -63,3 +63,13 @@ t.test('a pass keeps to its rate: 1 MiB at 2 MiB/s takes half a second at least'
   t.ok(took >= 450, `took ${took} ms`)
   t.equal(scrub.status.bytes, 1024 * KiB)
 })
+
+t.test('a pass over more objects than one page of the index checks every one of them once', async t => {
+  const objects = Array.from({ length: 1005 }, (_, i) => dataOid(4, i))
+  const store = await filled(t, objects, 4 * KiB)
+  const scrub = new Scrubber(store, { rate: 2 ** 30, interval: 3600, damaged: async () => {}, log: () => {} })
+  t.teardown(() => scrub.stop())
+  scrub.start()
+  t.ok(await until(() => scrub.status.lastPassAt !== null, 30_000))
+  t.equal(scrub.status.checked, 1005)
+})
