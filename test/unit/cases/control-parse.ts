@@ -55,7 +55,7 @@ t.test('accepts every well-formed request', async t => {
     'image.clone': { source: 'a', tag: 't', name: 'b' }, 'image.flatten': { name: 'a' }, 'image.tree': {},
     'snapshot.create': { name: 'a', tag: 't' }, 'snapshot.list': { name: 'a' }, 'snapshot.delete': { name: 'a', tag: 't' },
     'snapshot.rollback': { name: 'a', tag: 't' }, stop: {}, 'cluster.token': {}, 'node.list': {},
-    'node.admit': { id: '0123abcd' }, 'node.remove': { id: '0123abcd' }, 'cluster.rotate': {}, 'cluster.forceStart': {}
+    'node.admit': { id: '0123abcd' }, 'node.remove': { id: '0123abcd' }, 'cluster.rotate': {}, 'cluster.forceStart': {}, check: { name: 'vm1.img', repair: true }
   }
   t.same(Object.keys(sample).sort(), [...OPS].sort(), 'the sample covers every op')
   for (const op of OPS) t.equal(parseRequest(j({ op, args: sample[op] })).op, op, `op ${op}`)
@@ -103,6 +103,9 @@ t.test('refuses unknown arguments', async t => {
   refused(t, j({ op: 'stop', args: { name: 'x' } }), /unknown argument "name"/)
   refused(t, j({ op: 'image.tree', args: { name: 'x' } }), /unknown argument "name"/)
   refused(t, j({ op: 'snapshot.create', args: { name: 'x', tag: 't', force: true } }), /unknown argument "force"/)
+  refused(t, j({ op: 'check', args: { repair: 'yes' } }), /bad or missing argument "repair"/)
+  refused(t, j({ op: 'check', args: { name: 7 } }), /bad or missing argument "name"/)
+  refused(t, j({ op: 'check', args: { deep: true } }), /unknown argument "deep"/)
 })
 
 t.test('refuses argument names inherited from Object.prototype', async t => {
