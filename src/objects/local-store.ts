@@ -22,11 +22,10 @@
 
 import fs from 'node:fs'
 import path from 'node:path'
-import zlib from 'node:zlib'
 import { SheepError, toSheepError } from '../errors'
 import { failpoint } from '../failpoints'
 import { Catalog, type CatalogRecord, type SumsRecord, type UnreadableRecord } from './catalog'
-import { CHUNK, chunkRange, chunkSum, chunksOf, ObjectSums } from './checksums'
+import { CHUNK, chunkRange, chunkSum, chunksOf, crc32, ObjectSums } from './checksums'
 import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, syncPath } from './file-io'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
@@ -444,7 +443,7 @@ export class LocalObjectStore implements ObjectStore {
       const version = e.info.version
       const piece = Buffer.allocUnsafe(Math.min(size, VERIFY_PIECE))
       for (let at = 0; at < size; at += piece.length) await this.readEntry(e, at, Math.min(piece.length, size - at), piece, 0)
-      return { version, size, digest: zlib.crc32(e.sums.encode(size)) }
+      return { version, size, digest: crc32(e.sums.encode(size)) }
     } finally {
       this.release(e)
     }

@@ -5,8 +5,9 @@
 import t from 'tap'
 import fs from 'node:fs'
 import path from 'node:path'
+import zlib from 'node:zlib'
 import { Catalog } from '../../src/objects/catalog'
-import { CHUNK, chunkSum, ObjectSums, ZERO_SUM } from '../../src/objects/checksums'
+import { CHUNK, chunkSum, crc32, ObjectSums, ZERO_SUM } from '../../src/objects/checksums'
 import { LocalObjectStore, type LocalStoreOptions } from '../../src/objects/local-store'
 import { dataOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import { Rng } from '../helpers/random'
@@ -55,6 +56,9 @@ t.test('a chunk\'s checksum counts the bytes past an object\'s end as zeros; che
   sums.cut(1)
   t.equal(sums.get(2), ZERO_SUM, 'a cut forgets the chunks from there')
   t.throws(() => ObjectSums.decode(new Uint8Array(7)))
+  const bytes = pattern(10_000, 9)
+  t.equal(crc32(bytes), zlib.crc32(bytes), 'the CRC-32 in use gives zlib\'s values (its fallback, and the store\'s format)')
+  t.equal(crc32(bytes.subarray(5000), crc32(bytes.subarray(0, 5000))), zlib.crc32(bytes), 'continued from an initial value too')
 })
 
 t.test('bytes a disk changed are EIO on read, through a restart too; the rest of the object reads', async t => {
