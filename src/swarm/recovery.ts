@@ -674,10 +674,19 @@ export class Recovery {
     // saw an object in 4 stores 30 s after a heal).
     for (let pause = RECOPY_FIRST_MS; ; pause = Math.min(2 * pause, RECOPY_MAX_MS)) {
       const failed = new Set<ObjectId>()
+      // One walk of the pending objects shared by the workers (a Map's iterator sees what is added
+      // after it and skips what is deleted): finding each next one from the start cost O(n²).
+      const walk = this.pending.keys()
+      const take = (): ObjectId | undefined => {
+        for (let r = walk.next(); r.done !== true; r = walk.next()) {
+          if (!this.copying.has(r.value) && !failed.has(r.value)) return r.value
+        }
+        return undefined
+      }
       const worker = async (): Promise<void> => {
         for (;;) {
           if (round !== this.round) return
-          const next = [...this.pending.keys()].find(oid => !this.copying.has(oid) && !failed.has(oid))
+          const next = take()
           if (next === undefined) return
           try {
             const before = this.stats.copiedBytes
