@@ -70,6 +70,8 @@ export interface ClusterNodeOptions {
 const METADATA_COPIES = 3
 const DEFAULT_COPIES = 3
 const REFRESH_MS = 1000
+/** How long `sheep status` waits for the members' store space. */
+const RAW_USAGE_WAIT_MS = 1000
 /** How long a joining node waits to be let in before its start fails. */
 const JOIN_WAIT_MS = 60_000
 
@@ -349,7 +351,24 @@ export class SheepNode {
       scrub: this.scrubStatus(images),
       strays: await objects.strays(),
       fuse: this.mount?.status() ?? null,
-      cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })), await this.gateway?.usage().catch(() => null) ?? null)
+      cluster: this.clusterStatus(list.map(i => ({ name: i.name, copies: i.header.copies })), await this.rawUsage())
+    }
+  }
+
+  /**
+   * Every reachable member's store space, for `sheep status`; null when it is not known within a
+   * second (a member cut off but not yet out of the view would hold a status call for its whole
+   * request timeout).
+   */
+  private async rawUsage (): Promise<StoreUsage | null> {
+    const gateway = this.gateway
+    if (gateway === null) return null
+    let timer: NodeJS.Timeout | undefined
+    const late = new Promise<null>(resolve => { timer = setTimeout(() => resolve(null), RAW_USAGE_WAIT_MS) })
+    try {
+      return await Promise.race([gateway.usage().catch(() => null), late])
+    } finally {
+      clearTimeout(timer)
     }
   }
 
