@@ -260,6 +260,8 @@ async function main (argv: string[]): Promise<void> {
       if (minCopies === 0) usageError('bad --min-copies 0: at least 1')
       if (minCopies !== undefined && !clustered) usageError('--min-copies is for a cluster: add --bootstrap-port, --bootstrap or --join')
       if (values['recovery-rate'] !== undefined && !clustered) usageError('--recovery-rate is for a cluster: add --bootstrap-port, --bootstrap or --join')
+      // 0 would start each pass as the last ends: an empty store's scrub would spin.
+      if (count(values['scrub-interval'], '--scrub-interval') === 0) usageError('bad --scrub-interval 0: at least 1 (second); --scrub-rate 0 turns the scrub off')
       const admission = values.admission ?? 'auto'
       if (admission !== 'auto' && admission !== 'manual') usageError(`bad --admission ${JSON.stringify(admission)}: auto or manual`)
       if (values.admission !== undefined && values['bootstrap-port'] === undefined) usageError('--admission is for founding a cluster: add --bootstrap-port')

@@ -126,6 +126,13 @@ t.test('one host: check finds a damaged object, names its image, and cannot repa
   ok(d, ['image', 'create', 'solo.img', '8M'])
   qemuIo(d.image('solo.img'), ['write -P 0x33 0 8M'])
   t.equal(check(d).code, 0, 'clean at first')
+  const none = d.sheep(['check', 'nosuch.img', '--mount', d.mount])
+  t.equal(none.code, 1, 'check of an image that does not exist fails')
+  t.match(none.stderr, /nosuch\.img.*does not exist/, `and says so: ${none.stderr.trim()}`)
+  const spin = d.sheep(['start', '--store', d.store + '-other', '--mount', d.mount + '-other', '--scrub-interval', '0'])
+  t.equal(spin.code, 2, '--scrub-interval 0 is a usage error')
+  t.match(spin.stderr, /--scrub-interval 0/)
+  t.equal(d.sheep(['check', '--repair', 'yes', '--mount', d.mount]).code, 1, 'a stray argument names no image: fails')
   const name = storedObjects(d).filter(n => n.startsWith('0'))[1] as string
   flip(objectPath(d, name), 4096 * 10 + 5)
   const found = check(d)

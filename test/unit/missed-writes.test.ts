@@ -366,3 +366,19 @@ t.test('objects larger than one message: a damaged copy heals in pieces, and a c
   t.ok((await c.store.readAll(oid)).equals(await a.store.readAll(oid)), 'c holds the last write too')
   t.equal((await c.store.stat(oid))?.version, (await a.store.stat(oid))?.version, 'at a\'s version')
 })
+
+t.test('a repair from a member that is not another replica of the object is refused, and the copy is left as it is', async t => {
+  const nodes = await makeNodes(t)
+  const c = nodes.get('c') as Node
+  const oid = dataOid(1, 0)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x11))
+  for (const source of ['c', 'zz']) {
+    const err = await sheepError(async () => await c.recovery.repairCopy(oid, source))
+    t.equal(err.code, 'EINVAL', `source ${source}: EINVAL`)
+    t.match(err.message, /is not another replica/)
+  }
+  t.equal(c.recovery.status.missed, 0, 'c\'s copy was not marked')
+  t.equal(await readVia(c.recovery.guarded(), oid), 0x11, 'and is served as before')
+})
