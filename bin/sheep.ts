@@ -46,6 +46,8 @@ cluster (without these options a node keeps everything in its own store)
   start ... --min-copies N          replicas that must take a write when others' disks fail it (default: a majority of its copies)
   start ... --recovery-rate SIZE    bytes per second that copies to a node catching up keep to (default: no bound);
                                     an I/O to an object not copied yet copies it at once
+  start ... --out-after SECONDS     a member gone this long is out: its objects are copied to others (default 600);
+                                    before that it is down: writes go on without it, and it catches up when back
   cluster token                     one line: the cluster secret and where to bootstrap (keep it secret)
   cluster rotate-secret             a new secret for every member; prints the new token (old tokens stop working)
   cluster force-start               after a restart, serve copies that were behind newer ones which are not coming
@@ -240,6 +242,7 @@ async function main (argv: string[]): Promise<void> {
         admission: { type: 'string' },
         'min-copies': { type: 'string' },
         'recovery-rate': { type: 'string' },
+        'out-after': { type: 'string' },
         'root-mode': { type: 'string' },
         'scrub-rate': { type: 'string' },
         'scrub-interval': { type: 'string' }
@@ -260,6 +263,8 @@ async function main (argv: string[]): Promise<void> {
       if (minCopies === 0) usageError('bad --min-copies 0: at least 1')
       if (minCopies !== undefined && !clustered) usageError('--min-copies is for a cluster: add --bootstrap-port, --bootstrap or --join')
       if (values['recovery-rate'] !== undefined && !clustered) usageError('--recovery-rate is for a cluster: add --bootstrap-port, --bootstrap or --join')
+      const outAfter = count(values['out-after'], '--out-after')
+      if (outAfter !== undefined && !clustered) usageError('--out-after is for a cluster: add --bootstrap-port, --bootstrap or --join')
       // 0 would start each pass as the last ends: an empty store's scrub would spin.
       if (count(values['scrub-interval'], '--scrub-interval') === 0) usageError('bad --scrub-interval 0: at least 1 (second); --scrub-rate 0 turns the scrub off')
       const admission = values.admission ?? 'auto'
@@ -288,7 +293,8 @@ async function main (argv: string[]): Promise<void> {
               zone: typeof values.zone === 'string' ? values.zone : '',
               admission,
               minCopies: minCopies ?? 0,
-              recoveryRate: values['recovery-rate'] === undefined ? 0 : size(values['recovery-rate'] as string, '--recovery-rate')
+              recoveryRate: values['recovery-rate'] === undefined ? 0 : size(values['recovery-rate'] as string, '--recovery-rate'),
+              ...(outAfter === undefined ? {} : { outAfter })
             }
           : undefined,
         argv: rest
@@ -560,6 +566,7 @@ function formatStatus (s: NodeStatus): string {
       ? []
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
           ...(s.cluster.raw === null ? [] : [`raw:      ${formatSize(s.cluster.raw.capacity)}, ${formatSize(s.cluster.raw.free)} free on the reachable members' stores (df shows it divided by the copies of new images)`]),
+          ...s.cluster.down.map(d => `down:     node ${d.node.slice(0, 16)} for ${Math.max(0, Math.round((Date.now() - d.since) / 1000))} s: its objects wait for it, writes go to their other replicas; out after --out-after`),
           ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node${s.cluster.recovery === null ? '' : formatRecovery(s.cluster.recovery)}`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
     ...(s.checksums.mismatches === 0 && s.checksums.rebuilt === 0

@@ -22,7 +22,7 @@ import type { Cluster } from './swarm/cluster'
 import type { Gateway } from './swarm/gateway'
 import type { Recovery } from './swarm/recovery'
 import type { CheckReport } from './swarm/check'
-import type { View } from './swarm/view'
+import { isDown, type View } from './swarm/view'
 import type { ClusterTokens } from './swarm/write-tokens'
 import type { Address } from './swarm/mesh'
 
@@ -64,7 +64,11 @@ export interface ClusterNodeOptions {
   minCopies: number
   /** Bytes per second recovery's background copies keep to; 0: no bound (./swarm/recovery.ts). */
   recoveryRate?: number
+  /** Seconds a member gone from the mesh is down before it is out (./swarm/cluster.ts); 0: out at once. */
+  outAfter?: number
 }
+
+export const DEFAULT_OUT_AFTER = 600
 
 /** Copies of inodes and the directory: metadata is kept at least this safe. */
 const METADATA_COPIES = 3
@@ -198,6 +202,7 @@ export class SheepNode {
       weight: Math.max(1, Math.floor(usage.capacity / 2 ** 30)),
       joining: token !== null,
       manualAdmission: opts.admission === 'manual',
+      outAfterMs: (opts.outAfter ?? DEFAULT_OUT_AFTER) * 1000,
       log: this.log
     })
     this.cluster = cluster
@@ -401,6 +406,7 @@ export class SheepNode {
       recovery: this.recoveryProgress(),
       raw,
       degraded: images.filter(i => i.copies > members).map(i => `${i.name} asks for ${i.copies} copies, the cluster has ${members} node${members === 1 ? '' : 's'}`),
+      down: (view.down ?? []).map(d => ({ node: d.id, since: d.since })),
       damaged: this.recovery?.status.damaged ?? 0,
       healed: this.recovery?.status.healed ?? 0,
       healing: this.recovery?.status.healing ?? 0
@@ -529,7 +535,7 @@ export class SheepNode {
         weight: m.weight,
         capacity: usage?.capacity ?? null,
         used: usage === null ? null : usage.capacity - usage.free,
-        state: self ? 'self' : link === null ? 'down' : `up (${link.kind})`
+        state: self ? 'self' : isDown(cluster.view, m.id) ? 'down (its objects wait for it)' : link === null ? 'unreachable' : `up (${link.kind})`
       }
     }))
     return [...members, ...candidates]

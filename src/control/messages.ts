@@ -71,6 +71,11 @@ export interface ClusterStatus {
   raw: { capacity: number, free: number } | null
   /** Images that ask for more copies than the view has members. */
   degraded: string[]
+  /**
+   * Members that are down (gone, not out yet): they keep their objects, writes go to the other
+   * replicas; since when (ms since the Unix epoch, the coordinator's clock).
+   */
+  down: Array<{ node: string, since: number }>
   /** Since the node started: reads that found its own copy damaged, copies healed from a replica, heals under way. */
   damaged: number
   healed: number

@@ -27,7 +27,7 @@ import { type Identity, saveSecrets, writeDurably } from './identity'
 import { newSecret } from './proof'
 import { Placement } from './placement'
 import { hasMajority, type AgreementMessage, type PersistedState, ViewKeeper } from './view-agreement'
-import { type Member, memberProblem, type View } from './view'
+import { type DownMember, isDown, type Member, memberProblem, type View } from './view'
 import { voteSigner } from './votes'
 
 export interface ClusterTiming extends MeshTiming {
@@ -60,6 +60,11 @@ export interface ClusterOptions {
   joining: boolean
   /** When founding: joiners wait as candidates until an operator admits them (kept in the view). */
   manualAdmission: boolean
+  /**
+   * How long a member gone from the mesh stays down (kept in placement, taking no I/O) before the
+   * coordinator takes it out of the view and its objects are copied elsewhere; 0: out at once.
+   */
+  outAfterMs: number
   log: (line: string) => void
   timing?: Partial<ClusterTiming>
 }
@@ -120,7 +125,8 @@ export class Cluster extends EventEmitter {
       timing: opts.timing
     })
     this.keeper.onChange((view, previous) => {
-      this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})${view.removed === undefined ? '' : `, ${view.removed.length} removed`}`)
+      this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})` +
+        `${view.down === undefined ? '' : `, down: ${view.down.map(d => d.id.slice(0, 8)).join(', ')}`}${view.removed === undefined ? '' : `, ${view.removed.length} removed`}`)
       // The gate refuses a removed key from now on; links it opened before go now.
       for (const id of view.removed ?? []) this.mesh.drop(id, 'removed from the cluster')
       if (view.removed?.includes(this.id) === true) this.opts.log('this node was removed from the cluster: its key is refused by every member')
@@ -166,12 +172,17 @@ export class Cluster extends EventEmitter {
     return this.placementCache.placement
   }
 
-  /** Whether this node reaches a majority of its view: a minority must not accept writes. */
+  /**
+   * Whether this node reaches a majority of its view: a minority must not accept writes. A node
+   * its view lists as down is not either, until a view lists it up again: the others wrote
+   * without it meanwhile, and its copies are current only once that view's recovery made them so.
+   */
   get quorate (): boolean {
     const view = this.view
-    if (view === null || !view.members.some(m => m.id === this.id)) return false
+    if (view === null || !view.members.some(m => m.id === this.id) || isDown(view, this.id)) return false
     return hasMajority(view, [this.id, ...this.mesh.connected.map(p => p.id)])
   }
+
 
   link (id: string): Link | null { return this.mesh.link(id) }
 
@@ -421,11 +432,23 @@ export class Cluster extends EventEmitter {
     // Newcomers: connected nodes that are not members and whose own view does not list them yet
     // (removed keys never get this far: the gate refuses them). With manual admission they wait.
     const joiners = view.manual === true ? [] : peers.filter(p => !view.members.some(m => m.id === p.id)).map(p => p.hello.self)
-    const desired = [...alive.map(m => m.id === this.id ? this.self : (reachable.get(m.id)?.hello.self ?? m)), ...joiners]
-    const same = desired.length === view.members.length && desired.every(d => view.members.some(m => sameMember(m, d)))
+    // A member gone is down (it keeps its place) until out-after has passed since it went; then out.
+    const now = Date.now()
+    const down: DownMember[] = []
+    const gone = view.members.filter(m => !alive.includes(m))
+    for (const m of gone) {
+      const since = view.down?.find(d => d.id === m.id)?.since ?? now
+      if (now - since < this.opts.outAfterMs) down.push({ id: m.id, since })
+    }
+    const kept = view.members.filter(m => alive.includes(m) || down.some(d => d.id === m.id))
+    const desired = [...kept.map(m => m.id === this.id ? this.self : (reachable.get(m.id)?.hello.self ?? m)), ...joiners]
+    const same = desired.length === view.members.length && desired.every(d => view.members.some(m => sameMember(m, d))) &&
+      down.length === (view.down?.length ?? 0) && down.every(d => isDown(view, d.id))
+    // The periodic check (checkMs) sees out-after pass.
     if (same) return
-    this.opts.log(`proposing view ${view.epoch + 1}: ${desired.map(m => m.id.slice(0, 8)).join(', ')}`)
-    await this.keeper.propose({ members: desired })
+    const downNote = down.length === 0 ? '' : ` (down: ${down.map(d => d.id.slice(0, 8)).join(', ')})`
+    this.opts.log(`proposing view ${view.epoch + 1}: ${desired.map(m => m.id.slice(0, 8)).join(', ')}${downNote}`)
+    await this.keeper.propose({ members: desired, down })
   }
 }
 

@@ -21,6 +21,7 @@ import { epochFloor, nextVersion } from '../objects/versions'
 import type { Cluster } from './cluster'
 import { decode, encode, healSource, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
 import { listAll } from './replica'
+import { isDown, liveMembers, type Member } from './view'
 
 export interface GatewayOptions {
   /** Copies an object should have (capped by the view's size). */
@@ -186,8 +187,9 @@ export class Gateway implements ObjectStore {
   async readAtPrimary (oid: ObjectId): Promise<{ version: number, data: Buffer } | null> {
     for (;;) {
       const epoch = this.cluster.epoch
-      const primary = this.replicasOf(oid)[0] as string
+      const primary = this.primaryOf(oid)
       try {
+        if (primary === null) throw SheepError.unreachable(`object ${oidToHex(oid)}: every replica is down`)
         if (primary === this.cluster.id) {
           const info = await this.local.stat(oid)
           return info === null ? null : { version: info.version, data: await this.local.readAll(oid) }
@@ -217,8 +219,9 @@ export class Gateway implements ObjectStore {
     if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
     for (;;) {
       const epoch = this.cluster.epoch
-      const primary = this.replicasOf(oid)[0] as string
+      const primary = this.primaryOf(oid)
       try {
+        if (primary === null) throw SheepError.unreachable(`object ${oidToHex(oid)}: every replica is down`)
         if (primary !== this.cluster.id) await this.primaryLink(primary)
         const version = primary === this.cluster.id
           ? await this.asPrimary(oid, data, expected)
@@ -291,7 +294,7 @@ export class Gateway implements ObjectStore {
     const seen = new Map<ObjectId, ObjectInfo>()
     for await (const info of this.local.list()) seen.set(info.oid, info)
     const epoch = this.cluster.epoch
-    const others = (this.cluster.view?.members ?? []).filter(m => m.id !== this.cluster.id)
+    const others = this.liveMembers().filter(m => m.id !== this.cluster.id)
     const lists = await Promise.all(others.map(async m => (await listAll(async from => await this.send(m.id, epoch, Op.List, { oid: from }))).entries))
     for (const list of lists) {
       for (const info of list) {
@@ -314,7 +317,7 @@ export class Gateway implements ObjectStore {
       const epoch = await this.fenced(all)
       const byNode = new Map<string, ObjectId[]>()
       for (const oid of all) {
-        for (const node of this.replicasOf(oid)) {
+        for (const node of this.liveOf(this.replicasOf(oid))) {
           const list = byNode.get(node) ?? []
           list.push(oid)
           byNode.set(node, list)
@@ -337,7 +340,7 @@ export class Gateway implements ObjectStore {
   async usage (): Promise<StoreUsage> {
     const total = await this.local.usage()
     const epoch = this.cluster.epoch
-    const others = (this.cluster.view?.members ?? []).filter(m => m.id !== this.cluster.id)
+    const others = this.liveMembers().filter(m => m.id !== this.cluster.id)
     const answers = await Promise.allSettled(others.map(async m => decode(usageCodec, (await this.send(m.id, epoch, Op.Usage, {})).data)))
     for (const a of answers) {
       if (a.status === 'fulfilled') {
@@ -373,9 +376,33 @@ export class Gateway implements ObjectStore {
     this.fence = fence
   }
 
-  /** The replicas of oid in the current view, primary first. */
+  /** The replicas of oid in the current view, primary first; some may be down (see liveOf). */
   replicasOf (oid: ObjectId): string[] {
     return this.cluster.placement.replicas(oid, this.opts.copiesOf(oid))
+  }
+
+  /** Those of replicas that are not down: the ones I/O goes to. */
+  private liveOf (replicas: string[]): string[] {
+    const view = this.cluster.view
+    return view?.down === undefined ? replicas : replicas.filter(n => !isDown(view, n))
+  }
+
+  private liveMembers (): Member[] {
+    const view = this.cluster.view
+    return view === null ? [] : liveMembers(view)
+  }
+
+  /** The replica that serialises oid's compare-and-replace calls: its first that is not down; null when all are. */
+  private primaryOf (oid: ObjectId): string | null {
+    return this.liveOf(this.replicasOf(oid))[0] ?? null
+  }
+
+  /**
+   * Replicas that must take a change of oid (others down, or their disks failing it): --min-copies,
+   * else a majority of its copies; at most the replicas the view has.
+   */
+  private needed (oid: ObjectId, replicas: number): number {
+    return Math.min(replicas, this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(this.opts.copiesOf(oid) / 2) + 1)
   }
 
   private async writeTo (target: string, epoch: number, oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
@@ -396,8 +423,10 @@ export class Gateway implements ObjectStore {
 
   /** Gives `target` a whole copy of oid, at its version, from another replica that holds it (none of `exclude`). */
   private async copyTo (target: string, epoch: number, oid: ObjectId, exclude: ReadonlySet<string> = new Set()): Promise<void> {
-    const sources = this.replicasOf(oid).filter(n => n !== target && !exclude.has(n))
-    let failure: unknown = sources.length === 0 ? SheepError.unreachable(`object ${oidToHex(oid)}: no current replica to copy it from`) : null
+    const candidates = this.replicasOf(oid).filter(n => n !== target && !exclude.has(n))
+    const sources = this.liveOf(candidates)
+    // A replica that is down may hold the only other copy: that is not "no replica holds it".
+    let failure: unknown = sources.length < candidates.length || sources.length === 0 ? SheepError.unreachable(`object ${oidToHex(oid)}: no current replica to copy it from is up`) : null
     for (const source of sources) {
       let bytes: Buffer
       let version: number
@@ -481,7 +510,14 @@ export class Gateway implements ObjectStore {
       await this.inQuorum()
       const epoch = await this.fenced([oid])
       const replicas = this.replicasOf(oid)
-      const others = replicas.filter(n => n !== this.cluster.id)
+      // Down replicas take no change: they catch up when a view lists them up again (./recovery.ts).
+      const live = this.liveOf(replicas)
+      const needed = this.needed(oid, replicas.length)
+      if (live.length < needed) {
+        await this.afterFailure(epoch, SheepError.unreachable(`object ${oidToHex(oid)}: ${live.length} of its ${replicas.length} replicas are up, and a change needs ${needed}`))
+        continue
+      }
+      const others = live.filter(n => n !== this.cluster.id)
       const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))
       const failed = new Map<string, unknown>()
       results.forEach((r, i) => { if (r.status === 'rejected') failed.set(others[i] as string, r.reason) })
@@ -491,7 +527,7 @@ export class Gateway implements ObjectStore {
         await this.afterFailure(epoch, lost)
         continue
       }
-      if (others.length < replicas.length) {
+      if (others.length < live.length) {
         try {
           await fn(this.cluster.id, epoch, attempt)
         } catch (err) {
@@ -510,8 +546,7 @@ export class Gateway implements ObjectStore {
       for (const node of failed.keys()) missed.add(node)
       this.missedBy.set(oid, missed)
       this.repairLater(oid, 0)
-      const needed = Math.min(replicas.length, this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(this.opts.copiesOf(oid) / 2) + 1)
-      if (replicas.length - failed.size < needed) throw toSheepError(failed.values().next().value)
+      if (live.length - failed.size < needed) throw toSheepError(failed.values().next().value)
       return
     }
   }
@@ -557,7 +592,7 @@ export class Gateway implements ObjectStore {
   }
 
   private async evenIn (oid: ObjectId, epoch: number): Promise<void> {
-    const replicas = this.replicasOf(oid)
+    const replicas = this.liveOf(this.replicasOf(oid))
     const versions = await Promise.all(replicas.map(async node => {
       try {
         return node === this.cluster.id ? (await this.local.stat(oid))?.version ?? 0 : (await this.send(node, epoch, Op.Stat, { oid })).version
@@ -607,8 +642,9 @@ export class Gateway implements ObjectStore {
         nodes.delete(primary)
       }
       for (const node of [...nodes]) {
-        // A node the view no longer gives the object: recovery drops its copy.
-        if (!replicas.includes(node)) { nodes.delete(node); continue }
+        // A node the view no longer gives the object: recovery drops its copy. One that is down
+        // catches up when it is back (its copy stays marked missed until then).
+        if (!replicas.includes(node) || isDown(this.cluster.view, node)) { nodes.delete(node); continue }
         try {
           await this.copyTo(node, epoch, oid, nodes)
           nodes.delete(node)
@@ -645,10 +681,12 @@ export class Gateway implements ObjectStore {
     for (;;) {
       await this.inQuorum()
       const epoch = this.cluster.epoch
-      const replicas = this.replicasOf(oid)
+      const all = this.replicasOf(oid)
+      const replicas = this.liveOf(all)
       const order = replicas.includes(this.cluster.id) ? [this.cluster.id, ...replicas.filter(n => n !== this.cluster.id)] : replicas
       let absent: unknown = null
-      let lost: unknown = null
+      // Every replica down: it is served again when one comes back, or once they are out.
+      let lost: unknown = replicas.length === 0 ? SheepError.unreachable(`object ${oidToHex(oid)}: every replica is down`) : null
       let failed: unknown = null
       for (const node of order) {
         try {

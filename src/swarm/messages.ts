@@ -5,7 +5,7 @@
 import c from 'compact-encoding'
 import { isErrorCode, SheepError } from '../errors'
 import { type AgreementMessage, type Ballot, type Certificate, MAX_VOTES, type Vote } from './view-agreement'
-import { MAX_REMOVED, type Member, memberProblem, type View } from './view'
+import { type DownMember, MAX_REMOVED, type Member, memberProblem, type View } from './view'
 
 export const PROTOCOL = 'sheep/1'
 
@@ -173,10 +173,11 @@ const MIN_MEMBER_BYTES = 1 + 1 + 1 + 1 + 8
 
 /**
  * Epoch 0 (no view yet) has no members and nothing else; any other lists members sorted by id,
- * without duplicates, and removed ids sorted, none of them a member.
+ * without duplicates, removed ids sorted, none of them a member, and down members sorted, each
+ * of them a member.
  */
 export function viewProblem (v: View): string | null {
-  if (v.epoch === 0) return v.members.length === 0 && v.removed === undefined && v.manual === undefined ? null : 'a view of epoch 0 lists members or settings'
+  if (v.epoch === 0) return v.members.length === 0 && v.removed === undefined && v.manual === undefined && v.down === undefined ? null : 'a view of epoch 0 lists members or settings'
   if (v.members.length === 0) return `view ${v.epoch} has no members`
   for (let i = 1; i < v.members.length; i++) {
     if (!((v.members[i - 1]?.id ?? '') < (v.members[i]?.id ?? ''))) return `view ${v.epoch}: members not sorted by id, or listed twice`
@@ -186,27 +187,36 @@ export function viewProblem (v: View): string | null {
     if (!((removed[i - 1] ?? '') < (removed[i] ?? ''))) return `view ${v.epoch}: removed ids not sorted, or listed twice`
   }
   if (removed.some(id => v.members.some(m => m.id === id))) return `view ${v.epoch} lists a removed id as a member`
+  const down = v.down ?? []
+  for (let i = 1; i < down.length; i++) {
+    if (!((down[i - 1]?.id ?? '') < (down[i]?.id ?? ''))) return `view ${v.epoch}: down members not sorted, or listed twice`
+  }
+  if (down.some(d => !v.members.some(m => m.id === d.id))) return `view ${v.epoch} lists as down a node that is not a member`
+  if (down.length === v.members.length) return `view ${v.epoch} has every member down`
   return null
 }
 
 const members = boundedArray(member, MAX_MEMBERS, MIN_MEMBER_BYTES)
 const removedIds = boundedArray(nodeId, MAX_REMOVED, 65)
+const downMembers = boundedArray(struct<DownMember>({ id: nodeId, since: safeUint }), MAX_MEMBERS, 66)
 /** View flags: bit 0, manual admission. */
 const MANUAL = 1
 
-/** Epoch, members, flags, removed ids; the optional fields are absent when empty (one value, one encoding). */
+/** Epoch, members, flags, removed ids, down members; the optional fields are absent when empty (one value, one encoding). */
 export const view: Codec<View> = checked<View>({
   preencode (state, v) {
     safeUint.preencode(state, v.epoch)
     members.preencode(state, v.members)
     c.uint.preencode(state, v.manual === true ? MANUAL : 0)
     removedIds.preencode(state, v.removed ?? [])
+    downMembers.preencode(state, v.down ?? [])
   },
   encode (state, v) {
     safeUint.encode(state, v.epoch)
     members.encode(state, v.members)
     c.uint.encode(state, v.manual === true ? MANUAL : 0)
     removedIds.encode(state, v.removed ?? [])
+    downMembers.encode(state, v.down ?? [])
   },
   decode (state) {
     const v: View = { epoch: safeUint.decode(state), members: members.decode(state) }
@@ -215,6 +225,8 @@ export const view: Codec<View> = checked<View>({
     const removed = removedIds.decode(state)
     if (removed.length > 0) v.removed = removed
     if (flags === MANUAL) v.manual = true
+    const down = downMembers.decode(state)
+    if (down.length > 0) v.down = down
     return v
   }
 }, v => {

@@ -38,7 +38,7 @@ import type { Cluster } from './cluster'
 import { Op, type ObjectEntry, type Response } from './messages'
 import type { Link } from './link'
 import { listAll } from './replica'
-import type { View } from './view'
+import { isDown, liveMembers, type View } from './view'
 
 /** Background copies in flight at once: recovery must leave the disk and network to guests. */
 const PARALLEL_COPIES = 2
@@ -238,6 +238,9 @@ export class Recovery {
    * copy is the newest could serve, and then write on top of, a stale one.
    */
   private async run (view: View, round: number, ready: Deferred): Promise<void> {
+    // Down in this view: the others move on without this node, which serves nothing (it is not
+    // quorate) until a view lists it up again, and plans then.
+    if (isDown(view, this.cluster.id)) return
     for (let wait = PLAN_RETRY_MS; round === this.round; wait = Math.min(wait * 2, PLAN_RETRY_MAX_MS)) {
       try {
         if (!await this.plan(view, round)) return
@@ -376,10 +379,10 @@ export class Recovery {
     return [...behind]
   }
 
-  /** Whether this copy of oid may differ from the others at its version: its writer left the view unsynced. */
+  /** Whether this copy of oid may differ from the others at its version: its writer left the view, or went down, unsynced. */
   inDoubt (oid: ObjectId): boolean {
     const writer = this.unsynced.get(oid)
-    return writer !== undefined && this.cluster.view?.members.some(m => m.id === writer) !== true
+    return writer !== undefined && (this.cluster.view?.members.some(m => m.id === writer) !== true || isDown(this.cluster.view, writer))
   }
 
   /**
@@ -567,7 +570,9 @@ export class Recovery {
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()
     const copies = new Map<ObjectId, Copy[]>()
-    const others = view.members.filter(m => m.id !== self)
+    // Down members answer nothing; what they hold is older than what the others took meanwhile,
+    // and they catch up when a view lists them up again.
+    const others = liveMembers(view).filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
     const deadline = Date.now() + CONNECT_WAIT_MS
     while (others.some(m => this.cluster.link(m.id) === null) && Date.now() < deadline && round === this.round) {
@@ -772,7 +777,8 @@ export class Recovery {
     }
     if (moved.length === 0 && !this.mayCollect(view, tombstones)) return true
     const held = new Map<string, Map<ObjectId, ObjectEntry>>()
-    for (const m of view.members) {
+    // A replica that is down holds nothing countable: its copies stay where they are until it is back.
+    for (const m of liveMembers(view)) {
       if (m.id === self) continue
       const list = await this.listOf(m.id, view.epoch)
       if (list === 'newer') return true

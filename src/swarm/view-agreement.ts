@@ -18,7 +18,7 @@
 
 import { Mutex } from '../cow/lock'
 import { SheepError } from '../errors'
-import { MAX_REMOVED, type Member, memberProblem, type View, sortMembers } from './view'
+import { type DownMember, MAX_REMOVED, type Member, memberProblem, type View, sortMembers } from './view'
 
 /** How long a proposer waits for one answer before counting the member as silent. */
 export const DEFAULT_REQUEST_TIMEOUT_MS = 1000
@@ -258,17 +258,20 @@ export class ViewKeeper {
    * decision came within proposeTimeoutMs (for example in a minority partition) or when another
    * proposal of this node is running, ESHUTDOWN when closed.
    */
-  async propose (candidate: { members: Member[], removed?: string[] }): Promise<View> {
+  async propose (candidate: { members: Member[], removed?: string[], down?: DownMember[] }): Promise<View> {
     this.mustBeOpen()
     const base = this.view
     if (!base) throw SheepError.invalid('this node has no view yet: found a cluster or join one first')
     if (this.proposal) throw SheepError.busy('a view change is already being proposed on this node')
     const removed = [...new Set(candidate.removed ?? base.removed ?? [])].sort()
+    // Down members that are still members, unless the candidate says which are down.
+    const down = (candidate.down ?? base.down ?? []).filter(d => candidate.members.some(m => m.id === d.id)).sort((a, b) => a.id < b.id ? -1 : 1)
     const view = parseView({
       epoch: base.epoch + 1,
       members: sortMembers(candidate.members),
       ...(removed.length > 0 ? { removed } : {}),
-      ...(base.manual === true ? { manual: true } : {})
+      ...(base.manual === true ? { manual: true } : {}),
+      ...(down.length > 0 ? { down } : {})
     }, 'candidate')
     this.proposal = this.runProposal(base, view)
     try {
@@ -670,6 +673,16 @@ export function parseView (x: unknown, what = 'view'): View {
   if (f.manual !== undefined) {
     if (f.manual !== true) throw SheepError.invalid(`${what}.manual must be true or absent`)
     view.manual = true
+  }
+  if (f.down !== undefined) {
+    if (!Array.isArray(f.down) || f.down.length === 0 || f.down.length >= members.length) throw SheepError.invalid(`${what}.down must be a non-empty array of fewer members than the view has, or absent`)
+    const down = f.down.map((d, i) => {
+      const g = fields(d, `${what}.down[${i}]`)
+      return Object.freeze({ id: str(g.id, `${what}.down[${i}].id`, true), since: int(g.since, 0, Number.MAX_SAFE_INTEGER, `${what}.down[${i}].since`) })
+    })
+    if (!ascendingIds(down.map(d => d.id))) throw SheepError.invalid(`${what}.down must be sorted by id without duplicates`)
+    if (down.some(d => !members.some(m => m.id === d.id))) throw SheepError.invalid(`${what} lists as down a node that is not a member`)
+    view.down = Object.freeze(down) as DownMember[]
   }
   return Object.freeze(view)
 }

@@ -26,6 +26,29 @@ export interface View {
   removed?: string[]
   /** True when the cluster was founded with `--admission manual`: joiners wait as candidates for `sheep node admit`. Absent: automatic. */
   manual?: boolean
+  /**
+   * Members that are down, sorted by id: gone from the mesh for less than the cluster's out-after
+   * time. They keep their place in placement (their objects do not move) but take no I/O; when
+   * one comes back it catches up on what changed, and past out-after it leaves the members.
+   * Absent when none.
+   */
+  down?: DownMember[]
+}
+
+export interface DownMember {
+  id: string
+  /** When the coordinator found it gone, in ms since the Unix epoch: the clock out-after counts from. */
+  since: number
+}
+
+/** Whether member id of view is down (see View.down). */
+export function isDown (view: View | null, id: string): boolean {
+  return view?.down?.some(d => d.id === id) === true
+}
+
+/** The members of view that are not down. */
+export function liveMembers (view: View): Member[] {
+  return view.down === undefined ? view.members : view.members.filter(m => !isDown(view, m.id))
 }
 
 /** The most removed ids a view carries (a bound for decoding; removals are rare). */

@@ -2,8 +2,8 @@
 // token is a record in its token object (ObjectType.Token, METADATA copies): the holder's node id,
 // a generation and a deleted mark. A host takes it by compare-and-replace on that object, after
 // asking the holder, if it is a member of the view, to write out what it kept of the image and
-// let go (Op.Release). A holder that is no longer a member is not asked: like a crashed host, it
-// loses what it had not written out. A holder that is a member but does not answer is waited
+// let go (Op.Release). A holder that is no longer a member, or is down, is not asked: like a
+// crashed host, it loses what it had not written out. A holder that is a member but does not answer is waited
 // out: the next view drops it, or it answers then.
 //
 // Fencing: a host that held a token and was out of the view while another host took it without
@@ -21,6 +21,7 @@ import type { Cluster } from './cluster'
 import type { Gateway } from './gateway'
 import { short } from './link'
 import { decode, encode, Op, type TokenRecord, tokenRecord } from './messages'
+import { isDown } from './view'
 
 export class ClusterTokens implements WriteTokens {
   private readonly gateway: Gateway
@@ -172,7 +173,8 @@ export class ClusterTokens implements WriteTokens {
   private async release (holder: string, vid: number, purpose: TokenPurpose): Promise<boolean> {
     const epoch = this.cluster.epoch
     const member = this.cluster.view?.members.find(m => m.id === holder)
-    if (member === undefined) return true
+    // Like a holder out of the view, one that is down is not asked: it is fenced when it is back.
+    if (member === undefined || isDown(this.cluster.view, holder)) return true
     try {
       await this.gateway.send(holder, epoch, Op.Release, { oid: tokenOid(vid), version: purpose === 'change' ? 1 : 0 })
       return true

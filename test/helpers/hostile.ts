@@ -34,6 +34,8 @@ export function viewOf (rng: Rng): View {
   const v: View = { epoch: rng.int(1, 2 ** 32), members }
   if (rng.chance(0.3)) v.removed = Array.from({ length: rng.int(1, 3) }, () => nodeId(rng)).sort()
   if (rng.chance(0.3)) v.manual = true
+  // Down members: some of the members, never all of them.
+  if (members.length > 1 && rng.chance(0.3)) v.down = members.slice(0, rng.int(1, members.length - 1)).map(m => ({ id: m.id, since: rng.int(0, 2 ** 42) }))
   return v
 }
 

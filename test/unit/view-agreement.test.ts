@@ -903,6 +903,24 @@ t.test('7. join from a single-member view; leave with a dead member', async t =>
   t.same(c.problems, [])
 })
 
+t.test('7b. down members: a view keeps them as members; proposals carry them on until told otherwise', async t => {
+  const c = new Cluster(8, ['A', 'B', 'C'])
+  await c.startAll()
+  await drive(c.sim, c.keeper('A').found(member('A')))
+  await drive(c.sim, c.keeper('A').propose({ members: [member('A'), member('B'), member('C')] }))
+  await c.sim.run(() => false, 100)
+  c.crash('C')
+  const down = [{ id: 'C', since: 1234 }]
+  const v3 = await drive(c.sim, c.keeper('A').propose({ members: [member('A'), member('B'), member('C')], down }))
+  t.same(v3, { ...view(3, ['A', 'B', 'C']), down }, 'C is down and still a member: A and B are 2 of 3')
+  const v4 = await drive(c.sim, c.keeper('B').propose({ members: [member('A'), member('B'), member('C')] }))
+  t.same(v4.down, down, 'a proposal that does not say which are down keeps the current view\'s')
+  await c.sim.run(() => false, 100)
+  const v5 = await drive(c.sim, c.keeper('A').propose({ members: [member('A'), member('B')] }))
+  t.same(v5, view(5, ['A', 'B']), 'out: C leaves the members, and the down list with it')
+  t.same(c.problems, [])
+})
+
 // ---------------------------------------------------------------------------------------------
 // 8. Malformed input
 
@@ -961,6 +979,11 @@ t.test('8. malformed messages: EINVAL, no state change, no crash', async t => {
     ['a view whose removed ids are unsorted', { type: 'decided', view: { ...v3, removed: ['Y', 'X'] }, certificate: null }],
     ['a view that lists a removed id as a member', { type: 'decided', view: { ...v3, removed: ['A'] }, certificate: null }],
     ['a view whose manual flag is false', { type: 'decided', view: { ...v3, manual: false }, certificate: null }],
+    ['a view that lists as down a node that is not a member', { type: 'decided', view: { ...v3, down: [{ id: 'Z', since: 1 }] }, certificate: null }],
+    ['a view whose down members are unsorted', { type: 'decided', view: { ...v3, down: [{ id: 'B', since: 1 }, { id: 'A', since: 1 }] }, certificate: null }],
+    ['a view with every member down', { type: 'decided', view: { ...v3, down: v3.members.map(m => ({ id: m.id, since: 1 })) }, certificate: null }],
+    ['a view whose down member has no time', { type: 'decided', view: { ...v3, down: [{ id: 'A' }] }, certificate: null }],
+    ['a view whose down list is empty', { type: 'decided', view: { ...v3, down: [] }, certificate: null }],
     ['query without epoch', { type: 'query' }],
     ['nack sent as a request', { type: 'nack', epoch: 3, ballot, promised: ballot }]
   ]
