@@ -43,7 +43,7 @@ cluster (without these options a node keeps everything in its own store)
   start ... --bootstrap HOST:PORT   a DHT bootstrap node to use (repeatable)
   start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
   start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
-  start ... --min-copies N          replicas that must take a write when others' disks fail it (default: a majority of its copies)
+  start ... --min-copies N          replicas that must take a write when others are down or their disks fail it (default: a majority of its copies)
   start ... --recovery-rate SIZE    bytes per second that copies to a node catching up keep to (default: no bound);
                                     an I/O to an object not copied yet copies it at once
   start ... --out-after SECONDS     a member gone this long is out: its objects are copied to others (default 600);

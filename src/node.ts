@@ -60,7 +60,7 @@ export interface ClusterNodeOptions {
   zone: string
   /** When founding: joiners wait as candidates until `sheep node admit` (the view keeps it). */
   admission: 'auto' | 'manual'
-  /** Replicas that must take a write when others' disks fail it; 0: a majority of its copies (./swarm/gateway.ts). */
+  /** Replicas that must take a write when others are down or their disks fail it; 0: a majority of its copies (./swarm/gateway.ts). */
   minCopies: number
   /** Bytes per second recovery's background copies keep to; 0: no bound (./swarm/recovery.ts). */
   recoveryRate?: number

@@ -223,6 +223,9 @@ t.test('mistakes: exit codes and one-line messages, and nothing changes', async 
   usageError(t, d.sheep(['start', '--min-copies', '0', '--join', 'x', ...M]), /^sheep: bad --min-copies 0: at least 1/, '--min-copies 0')
   usageError(t, d.sheep(['start', '--min-copies', 'two', '--join', 'x', ...M]), /^sheep: bad --min-copies "two"/, '--min-copies two')
   usageError(t, d.sheep(['start', '--min-copies', '2', ...M]), /^sheep: --min-copies is for a cluster/, '--min-copies without a cluster')
+  usageError(t, d.sheep(['start', '--out-after', '1.5', '--join', 'x', ...M]), /^sheep: bad --out-after "1.5"/, '--out-after 1.5')
+  usageError(t, d.sheep(['start', '--out-after', '10m', '--join', 'x', ...M]), /^sheep: bad --out-after "10m"/, '--out-after 10m')
+  usageError(t, d.sheep(['start', '--out-after', '60', ...M]), /^sheep: --out-after is for a cluster/, '--out-after without a cluster')
 
   // Unknown commands and options, missing and extra arguments.
   usageError(t, d.sheep(['frobnicate']), /^sheep: unknown command "frobnicate"$/, 'unknown command')
