@@ -6,9 +6,9 @@ import { SheepError } from '../src/errors'
 import { formatSize, parseSize } from '../src/units'
 import { call } from '../src/control/client'
 import { controlSocketPath, sheepMountContaining } from '../src/control/paths'
-import type { NodeStatus } from '../src/control/messages'
+import type { ImageListEntry, NodeStatus } from '../src/control/messages'
 import type { CheckReport } from '../src/swarm/check'
-import type { ImageInfo, TreeNode } from '../src/cow/image-store'
+import type { TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
 import { FRONTENDS, type Frontend } from '../src/fuse/mount'
 import { table, progressBar } from './output'
@@ -159,9 +159,10 @@ async function request<K extends Parameters<typeof call>[1]> (mount: string, op:
 
 const when = (ms: number): string => new Date(ms).toISOString().replace('T', ' ').slice(0, 19)
 
-function imageRow (i: ImageInfo): string[] {
+function imageRow (i: ImageListEntry): string[] {
+  const recovering = i.recovering === undefined ? [] : [`recovering ${i.recovering.objects} object${i.recovering.objects === 1 ? '' : 's'}${i.recovering.etaSeconds === null ? '' : ` (~${i.recovering.etaSeconds} s)`}`]
   return [i.name, formatSize(i.size), formatSize(i.allocated), String(i.copies), formatSize(i.objectSize),
-    when(i.ctime), String(i.snapshots), i.parent, i.openHandles > 0 ? 'open' : '']
+    when(i.ctime), String(i.snapshots), i.parent, [...i.openHandles > 0 ? ['open'] : [], ...recovering].join(', ')]
 }
 const IMAGE_HEADER = ['NAME', 'SIZE', 'USED', 'COPIES', 'OBJECT', 'CREATED', 'SNAPSHOTS', 'PARENT', 'STATE']
 

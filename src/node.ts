@@ -426,13 +426,14 @@ export class SheepNode {
     const seconds = (Date.now() - s.startedAt) / 1000
     const rate = seconds > 0 ? s.copiedBytes / seconds : 0
     const perObject = s.copied > 0 ? s.copiedBytes / s.copied : 0
+    const eta = (objects: number): number | null => objects === 0 ? 0 : rate > 0 && perObject > 0 ? Math.round(objects * perObject / rate) : null
     return {
       epoch: s.epoch,
       copied: s.copied,
       copiedBytes: s.copiedBytes,
       rate,
-      images: [...byImage].map(([image, objects]) => ({ image, objects })),
-      etaSeconds: s.pending === 0 ? 0 : rate > 0 && perObject > 0 ? Math.round(s.pending * perObject / rate) : null
+      images: [...byImage].map(([image, objects]) => ({ image, objects, etaSeconds: eta(objects) })),
+      etaSeconds: eta(s.pending)
     }
   }
 
@@ -549,7 +550,14 @@ export class SheepNode {
   private handlers (): Handlers {
     return {
       status: async () => await this.status(),
-      'image.list': async () => this.imageStore().list().map(i => this.imageStore().info(i)),
+      'image.list': async () => {
+        const recovering = new Map((this.recoveryProgress()?.images ?? []).map(i => [i.image, i]))
+        return this.imageStore().list().map(i => {
+          const info = this.imageStore().info(i)
+          const r = recovering.get(info.name)
+          return r === undefined ? info : { ...info, recovering: { objects: r.objects, etaSeconds: r.etaSeconds } }
+        })
+      },
       'image.create': async ({ name, size, objectSize, copies, uid, gid, mode }) => {
         const images = this.imageStore()
         const defaults = this.opts.createOptions

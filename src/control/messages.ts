@@ -9,7 +9,7 @@ import type { ChecksumStatus } from '../objects/local-store'
 
 export interface Requests {
   status: { args: Record<string, never>, result: NodeStatus }
-  'image.list': { args: Record<string, never>, result: ImageInfo[] }
+  'image.list': { args: Record<string, never>, result: ImageListEntry[] }
   /** uid, gid, mode: the file's (default 0, 0, 0600). */
   'image.create': { args: { name: string, size: number, objectSize?: number, copies?: number, uid?: number, gid?: number, mode?: number }, result: ImageInfo }
   'image.delete': { args: { name: string }, result: null }
@@ -36,6 +36,9 @@ export interface Requests {
   /** Every copy of every object (of image `name` and its snapshots) read and compared; with repair, bad copies replaced. */
   check: { args: { name?: string, repair?: boolean }, result: CheckReport }
 }
+
+/** An image as `sheep image list` shows it: with what recovery still has to copy of it to this node, if anything. */
+export type ImageListEntry = ImageInfo & { recovering?: { objects: number, etaSeconds: number | null } }
 
 /** What one member of `sheep cluster force-start` serves as it is now: its copies that were behind newer ones. */
 export interface ForcedCopies {
@@ -132,8 +135,8 @@ export interface RecoveryProgress {
   copied: number
   copiedBytes: number
   rate: number
-  /** Objects still to copy, by image. */
-  images: Array<{ image: string, objects: number }>
+  /** Objects still to copy, by image, and the seconds each may take at the rate so far (null: not known yet). */
+  images: Array<{ image: string, objects: number, etaSeconds: number | null }>
   /** Seconds left at the rate so far; null while nothing has been copied to measure it by. */
   etaSeconds: number | null
 }

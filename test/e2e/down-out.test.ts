@@ -130,3 +130,43 @@ t.test('a member gone for longer than --out-after is out: its objects are copied
   qemuIo(n2.image('sparse.img'), Array.from({ length: 24 }, (_, i) => `read -P ${0x40 + i} ${i * 10 + 1}M 64K`).concat(['read -P 0 0 1M', 'read -P 0 250M 6M']))
   t.pass('the image reads back right without n3')
 })
+
+/** The rate qemu-io reports for its one command, in MiB/s ("(37.5 MiB/sec and ...)"). */
+function rateOf (out: string): number {
+  const m = /\(([\d.]+) (KiB|MiB|GiB)\/sec/.exec(out)
+  if (m === null) throw new Error(`no rate in qemu-io's output: ${out}`)
+  return Number(m[1]) * { KiB: 1 / 1024, MiB: 1, GiB: 1024 }[m[2] as 'KiB' | 'MiB' | 'GiB']
+}
+
+t.test('--recovery-rate: a returning member copies at that rate, shows its progress, and a guest writing another image goes on', async t => {
+  const RATE = 4 * MiB
+  const nodes = await startCluster(t, 3, ['--out-after', '600', '--recovery-rate', '4M'])
+  const [n1, n2, n3] = nodes as [Daemon, Daemon, Daemon]
+  ok(n1, ['image', 'create', 'a.img', '96M', '--copies', '3'])
+  ok(n1, ['image', 'create', 'b.img', '32M', '--copies', '3'])
+  qemuIo(n1.image('b.img'), ['write -P 0x51 0 32M'])
+  const quiet = rateOf(qemuIo(n1.image('b.img'), ['write -P 0x52 0 32M'], ['-t', 'none']))
+  await n3.kill('SIGKILL')
+  await waitForStatus([n1, n2], 'n3 down', states => states.every(s => (s as unknown as Status | null)?.down.length === 1), 30_000)
+  qemuIo(n1.image('a.img'), ['write -P 0x61 0 96M'])
+
+  await n3.start()
+  const started = Date.now()
+  // n3 copies a.img's 24 objects back; b.img did not change while it was down.
+  const during = rateOf(qemuIo(n1.image('b.img'), ['write -P 0x53 0 32M'], ['-t', 'none']))
+  const list = JSON.parse(ok(n3, ['image', 'list', '--json'])) as Array<{ name: string, recovering?: { objects: number } }>
+  const listed = list.find(i => i.name === 'a.img')?.recovering?.objects ?? 0
+  t.ok(listed > 0, `sheep image list on n3 shows a.img recovering (${listed} objects left)`)
+  t.match(ok(n3, ['image', 'list']), /a\.img .*recovering \d+ objects?/, 'in its table too')
+  t.equal(list.find(i => i.name === 'b.img')?.recovering, undefined, 'and b.img not')
+  await waitForStatus([n3], 'n3 has nothing left to copy', states => states[0]?.recovering === 0 && (states[0] as unknown as Status).down.length === 0, 120_000)
+  const took = (Date.now() - started) / 1000
+  const copied = status(n3).recovery?.copiedBytes ?? 0
+  t.comment(`n3 copied ${(copied / MiB).toFixed(1)} MiB in ${took.toFixed(1)} s at --recovery-rate 4M; a guest's 32 MiB O_DIRECT write to another image ran at ${during.toFixed(1)} MiB/s during it, ${quiet.toFixed(1)} MiB/s before (${(during / quiet).toFixed(2)}x)`)
+  t.ok(copied >= 96 * MiB, 'n3 copied a.img back')
+  // Two copies start at once, then each waits until the bytes copied so far fit the rate.
+  t.ok(took >= (copied - 2 * 4 * MiB) / RATE * 0.9, `the copies kept to the rate: ${took.toFixed(1)} s for ${(copied / MiB).toFixed(1)} MiB`)
+  qemuIo(n3.image('a.img'), ['read -P 0x61 0 96M'])
+  qemuIo(n3.image('b.img'), ['read -P 0x53 0 32M'])
+  t.same(divergentCopies(nodes), [], 'every copy holds the same bytes')
+})
