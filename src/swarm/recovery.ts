@@ -120,6 +120,17 @@ function newer (node: string, e: ObjectEntry, known: Copy): boolean {
   return e.version > known.version || (e.version === known.version && node < known.node)
 }
 
+/**
+ * Sources of oid, newest first, with those at the newest version taken in a turn that moves with
+ * the object: a node catching up copies from every replica that has the newest copies, not all
+ * from the one with the lowest id. (Copies in doubt keep the one order every plan agrees on.)
+ */
+function spread (oid: ObjectId, sorted: Copy[]): string[] {
+  const top = sorted.filter(c => c.version === sorted[0]?.version).length
+  const turn = top > 1 ? Number(oid % BigInt(top)) : 0
+  return [...sorted.slice(turn, top), ...sorted.slice(0, turn), ...sorted.slice(top)].map(c => c.node)
+}
+
 export interface RecoveryStatus {
   epoch: number
   pending: number
@@ -640,8 +651,10 @@ export class Recovery {
         // Copies that would be an improvement: newer than this node's, or as new when a crash left
         // either in doubt (all must then take the one the plans agree on, first in this order).
         const floor = mine === undefined || mine.removed === true || mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
-        const sources = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1)).map(c => c.node)
-        this.pending.set(oid, sources)
+        const sorted = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1))
+        const doubt = best.uncertain || sorted.some(c => c.uncertain) || mine?.uncertain === true
+        this.pending.set(oid, doubt ? sorted.map(c => c.node) : spread(oid, sorted))
+        if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
         if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
       }
     }

@@ -177,6 +177,31 @@ t.test('a member that does not answer its list is not taken to hold nothing: I/O
   t.equal((await a.store.stat(oid))?.version, (await c.store.stat(oid))?.version, 'a holds it at c\'s version')
 })
 
+t.test('a node catching up copies from every replica that holds the newest copies, not from one alone', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oids = Array.from({ length: 16 }, (_, i) => dataOid(1, i))
+  for (const n of [b, c]) {
+    n.epoch = 3
+    for (const oid of oids) await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11))
+  }
+  const served = new Map<string, number>()
+  for (const n of [b, c]) {
+    const readAll = n.store.readAll.bind(n.store)
+    n.serve = Object.assign(Object.create(n.store) as ObjectStore, {
+      readAll: async (oid: ObjectId) => { served.set(n.id, (served.get(n.id) ?? 0) + 1); return await readAll(oid) }
+    })
+  }
+  for (const n of [a, b, c]) n.epoch = 4
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  recovery.imagesLoaded()
+  recovery.start(viewOf(4, ids))
+  for (const oid of oids) t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x11)
+  t.equal([...served.values()].reduce((x, y) => x + y, 0), oids.length, 'each object copied once')
+  t.ok((served.get('b') ?? 0) >= 4 && (served.get('c') ?? 0) >= 4, `from both b and c (${served.get('b') ?? 0} and ${served.get('c') ?? 0})`)
+})
+
 t.test('an access to a block whose plan cannot be made fails with ENOTCONN, naming the silent member', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
