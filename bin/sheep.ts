@@ -567,7 +567,7 @@ function formatStatus (s: NodeStatus): string {
       ? []
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
           ...(s.cluster.raw === null ? [] : [`raw:      ${formatSize(s.cluster.raw.capacity)}, ${formatSize(s.cluster.raw.free)} free on the reachable members' stores (df shows it divided by the copies of new images)`]),
-          ...s.cluster.down.map(d => `down:     node ${d.node.slice(0, 16)} for ${Math.max(0, Math.round((Date.now() - d.since) / 1000))} s: its objects wait for it, writes go to their other replicas; out after --out-after`),
+          ...s.cluster.down.map(d => `down:     node ${d.node.slice(0, 16)} for ${Math.max(0, Math.round((Date.now() - d.since) / 1000))} s: its objects stay placed on it and writes go to their other replicas; out after --out-after`),
           ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node${s.cluster.recovery === null ? '' : formatRecovery(s.cluster.recovery)}`] : []),
           s.cluster.degraded.length === 0 ? 'copies:   satisfied' : `copies:   degraded: ${s.cluster.degraded.join('; ')}`]),
     ...(s.checksums.mismatches === 0 && s.checksums.rebuilt === 0

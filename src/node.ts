@@ -536,7 +536,7 @@ export class SheepNode {
         weight: m.weight,
         capacity: usage?.capacity ?? null,
         used: usage === null ? null : usage.capacity - usage.free,
-        state: self ? 'self' : isDown(cluster.view, m.id) ? 'down (its objects wait for it)' : link === null ? 'unreachable' : `up (${link.kind})`
+        state: self ? 'self' : isDown(cluster.view, m.id) ? 'down (its objects stay placed on it)' : link === null ? 'unreachable' : `up (${link.kind})`
       }
     }))
     return [...members, ...candidates]

@@ -62,7 +62,7 @@ t.test('a member down for less than --out-after: writes go on without it, it kee
     return c != null && c.members === 3 && c.quorate && c.down.length === 1 && c.down[0]?.node === gone
   }), 30_000)
   t.pass(`n3 is down ${Date.now() - killedAt} ms after its kill, and still one of 3 members`)
-  t.match(ok(n1, ['status']), /^down: {5}node [0-9a-f]{16} for \d+ s: its objects wait for it/m, 'sheep status says which member is down')
+  t.match(ok(n1, ['status']), /^down: {5}node [0-9a-f]{16} for \d+ s: its objects stay placed on it/m, 'sheep status says which member is down')
   const list = JSON.parse(ok(n1, ['node', 'list', '--json'])) as Array<{ id: string, state: string }>
   t.match(list.find(n => n.id === gone)?.state, /^down/, 'sheep node list shows it down')
 
