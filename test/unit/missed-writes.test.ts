@@ -90,7 +90,7 @@ async function makeNodes (t: Teardownable): Promise<Map<string, Node>> {
 }
 
 /** What node `self` sees of the cluster: one view of a, b and c, every link up. */
-function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
+function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW): Cluster {
   const up = (id: string): boolean => ((nodes.get(id) as Node).linkUpAt ?? 0) <= Date.now()
   const link = (id: string): Link => ({
     async call (req: Omit<Request, 'id'>): Promise<Response> {
@@ -119,7 +119,7 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
     id: self,
     epoch: 1,
     quorate: true,
-    view: VIEW,
+    view,
     placement: { replicas: () => IDS },
     link: (id: string) => up(id) ? link(id) : null,
     linkTo: async (id: string, ms: number) => {
@@ -132,9 +132,9 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
   } as unknown as Cluster
 }
 
-function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0): Gateway {
+function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0, view = VIEW): Gateway {
   const node = nodes.get(id) as Node
-  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
+  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id, view), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
 }
 
 async function readVia (store: { read: Gateway['read'] }, oid: bigint): Promise<number> {
@@ -173,6 +173,28 @@ t.test('a write one replica\'s disk fails succeeds on the other two; that replic
   t.notOk((await c.store.stat(oid))?.missed, 'its record is no longer marked')
   t.equal((await c.store.stat(oid))?.version, (await a.store.stat(oid))?.version, 'at a\'s version')
   t.equal(c.recovery.status.repaired, 1)
+})
+
+t.test('down replicas take no I/O: a change goes to the others while --min-copies of them are up, and waits otherwise', async t => {
+  const nodes = await makeNodes(t)
+  const [a, b, c] = IDS.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 3)
+  const cDown: View = { ...VIEW, down: [{ id: 'c', since: 1 }] }
+  const writer = gatewayOn(nodes, 'a', 0, cDown)
+  await writer.create(oid, 4096)
+  await writer.write(oid, 0, Buffer.alloc(4096, 0x61))
+  await writer.sync([oid])
+  t.pass('with c down, a create, a write and a sync succeed on a and b')
+  t.equal(await c.store.stat(oid), null, 'c, down, was sent none of them')
+  t.equal((await b.store.stat(oid))?.version, (await a.store.stat(oid))?.version, 'a and b hold it at one version')
+  t.equal(await readVia(gatewayOn(nodes, 'b', 0, cDown), oid), 0x61, 'reads go to the live replicas')
+  const twoDown: View = { ...VIEW, down: [{ id: 'b', since: 1 }, { id: 'c', since: 1 }] }
+  const err = await sheepError(async () => await gatewayOn(nodes, 'a', 0, twoDown).write(oid, 0, Buffer.alloc(4096, 0x62)))
+  t.equal(err.code, 'ENOTCONN', 'with b and c down, one live replica is below the majority of 3: the write waits for a view, then fails')
+  t.match(err.message, /1 of its 3 replicas are up, and a change needs 2/, 'saying why')
+  t.equal(await readVia(a.recovery.guarded(), oid), 0x61, 'and nothing of it was written')
+  await gatewayOn(nodes, 'a', 1, twoDown).write(oid, 0, Buffer.alloc(4096, 0x63))
+  t.equal(await readVia(a.recovery.guarded(), oid), 0x63, '--min-copies 1: the live replica alone takes it')
 })
 
 t.test('below --min-copies acknowledgements a write fails, and the copies that missed it are still repaired', async t => {
