@@ -7,7 +7,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import zlib from 'node:zlib'
 import { Catalog } from '../../src/objects/catalog'
-import { CHUNK, chunkSum, crc32, ObjectSums, ZERO_SUM } from '../../src/objects/checksums'
+import { CHUNK, chunkSum, combineChunk, crc32, ObjectSums, ZERO_SUM } from '../../src/objects/checksums'
 import { LocalObjectStore, type LocalStoreOptions } from '../../src/objects/local-store'
 import { dataOid, type ObjectId, oidToHex } from '../../src/objects/oid'
 import { Rng } from '../helpers/random'
@@ -59,6 +59,29 @@ t.test('a chunk\'s checksum counts the bytes past an object\'s end as zeros; che
   const bytes = pattern(10_000, 9)
   t.equal(crc32(bytes), zlib.crc32(bytes), 'the CRC-32 in use gives zlib\'s values (its fallback, and the store\'s format)')
   t.equal(crc32(bytes.subarray(5000), crc32(bytes.subarray(0, 5000))), zlib.crc32(bytes), 'continued from an initial value too')
+})
+
+t.test('a read checks its whole chunks with one CRC against their checksums combined, and still names each damaged chunk', async t => {
+  const rng = new Rng(0x5eed)
+  for (const n of [2, 3, 17, 256]) {
+    const data = pattern(n * CHUNK, n)
+    let combined = crc32(data.subarray(0, CHUNK))
+    for (let k = 1; k < n; k++) combined = combineChunk(combined, crc32(data.subarray(k * CHUNK, (k + 1) * CHUNK)))
+    t.equal(combined, crc32(data), `${n} chunks: their checksums combined are the CRC of all of them`)
+  }
+  const data = pattern(64 * CHUNK + 1000, 7)
+  const sums = ObjectSums.of(data)
+  t.same(sums.mismatches(0, data), [], 'whole chunks and a short last one: all match')
+  t.same(sums.mismatches(5, data.subarray(5 * CHUNK)), [], 'from a later chunk too')
+  for (let round = 0; round < 20; round++) {
+    const bent = Buffer.from(data)
+    const chunks = [...new Set(Array.from({ length: rng.int(1, 4) }, () => rng.int(0, 64)))].sort((a, b) => a - b)
+    for (const c of chunks) {
+      const at = c * CHUNK + rng.int(0, c === 64 ? 999 : CHUNK - 1)
+      bent[at] = (bent[at] as number) ^ (1 << rng.int(0, 7))
+    }
+    t.same(sums.mismatches(0, bent), chunks, `damage in chunks ${chunks.join(', ')}: exactly those named`)
+  }
 })
 
 t.test('bytes a disk changed are EIO on read, through a restart too; the rest of the object reads', async t => {
