@@ -183,7 +183,6 @@ export class Cluster extends EventEmitter {
     return hasMajority(view, [this.id, ...this.mesh.connected.map(p => p.id)])
   }
 
-
   link (id: string): Link | null { return this.mesh.link(id) }
 
   setObjectHandler (handler: ObjectHandler): void { this.objectHandler = handler }

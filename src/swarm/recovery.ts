@@ -581,8 +581,9 @@ export class Recovery {
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()
     const copies = new Map<ObjectId, Copy[]>()
-    // Down members answer nothing; what they hold is older than what the others took meanwhile,
-    // and they catch up when a view lists them up again.
+    // Down members are not asked: they took no change since they went down, and catch up when a
+    // view lists them up again. (A copy that only down members hold at its newest version is not
+    // waited for: docs/ARCHITECTURE.md, "Not built yet".)
     const others = liveMembers(view).filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
     const deadline = Date.now() + CONNECT_WAIT_MS
@@ -654,7 +655,6 @@ export class Recovery {
         const sorted = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1))
         const doubt = best.uncertain || sorted.some(c => c.uncertain) || mine?.uncertain === true
         this.pending.set(oid, doubt ? sorted.map(c => c.node) : spread(oid, sorted))
-        if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
         if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
       }
     }
