@@ -41,7 +41,7 @@ import { Op, type Request, type Response } from '../../src/swarm/messages'
 import { Placement } from '../../src/swarm/placement'
 import { Recovery } from '../../src/swarm/recovery'
 import { replicaHandler } from '../../src/swarm/replica'
-import type { Member, View } from '../../src/swarm/view'
+import { type DownMember, isDown, type Member, type View } from '../../src/swarm/view'
 import { Rng } from '../helpers/random'
 import { tmpDir } from './tmp'
 
@@ -116,6 +116,12 @@ class Sim {
   unsynced: Array<{ o: number, first: number, last: number, id: number }> = []
   nextWrite = 1
   readonly writing = new Set<number>()
+  /**
+   * Whether members gone stay in the views as down (docs/ARCHITECTURE.md, "Down and out") and
+   * are taken out only at some later view, or leave at once; and the latest view made.
+   */
+  readonly downs: boolean
+  current: View
   failures: string[] = []
   /** Replicas left with different bytes once settled (known: see the todo in the test). */
   readonly diverged: string[] = []
@@ -126,13 +132,15 @@ class Sim {
 
   constructor (readonly t: Teardownable, seed: number) {
     this.rng = new Rng(seed)
+    this.downs = this.rng.chance(0.5)
+    this.current = this.viewOf(IDS)
   }
 
   note (line: string): void { this.log.push(line) }
 
-  viewOf (ids: string[]): View {
+  viewOf (ids: string[], down: DownMember[] = []): View {
     const members: Member[] = ids.map(id => ({ id, host: '127.0.0.1', port: 1, zone: '', weight: 1 })).sort((a, b) => a.id < b.id ? -1 : 1)
-    return { epoch: this.epoch, members }
+    return down.length === 0 ? { epoch: this.epoch, members } : { epoch: this.epoch, members, down: [...down].sort((a, b) => a.id < b.id ? -1 : 1) }
   }
 
   async start (): Promise<void> {
@@ -200,7 +208,7 @@ class Sim {
 
   /** Whether n reaches a majority of its view. */
   quorate (n: SimNode): boolean {
-    if (!n.up || n.run === null || !n.view.members.some(m => m.id === n.id)) return false
+    if (!n.up || n.run === null || !n.view.members.some(m => m.id === n.id) || isDown(n.view, n.id)) return false
     const reach = n.view.members.filter(m => m.id === n.id || this.connected(n, this.node(m.id))).length
     return 2 * reach > n.view.members.length
   }
@@ -288,7 +296,17 @@ class Sim {
     const last = this.nodes.find(n => n.up && !n.cut)?.view
     if (last === undefined || 2 * ids.filter(id => last.members.some(m => m.id === id)).length <= last.members.length) return
     this.epoch++
-    const view = this.viewOf(ids)
+    // Members gone stay as down, each taken out at some later view.
+    const down: DownMember[] = []
+    if (this.downs) {
+      for (const m of this.current.members) {
+        if (ids.includes(m.id)) continue
+        const was = this.current.down?.find(d => d.id === m.id)
+        if (was === undefined || this.rng.chance(0.7)) down.push({ id: m.id, since: was?.since ?? this.epoch })
+      }
+    }
+    const view = this.viewOf([...ids, ...down.map(d => d.id)], down)
+    this.current = view
     if (!ids.includes(this.holder)) {
       this.holder = this.rng.pick(ids)
       this.generation++
@@ -298,7 +316,7 @@ class Sim {
       this.unsynced = []
       this.note(`  write token taken over by ${this.holder.slice(0, 4)} (generation ${this.generation})`)
     }
-    this.note(`view ${view.epoch}: ${ids.map(id => id.slice(0, 4)).join(' ')}`)
+    this.note(`view ${view.epoch}: ${ids.map(id => id.slice(0, 4)).join(' ')}${down.length === 0 ? '' : `, down ${down.map(d => d.id.slice(0, 4)).join(' ')}`}`)
     await Promise.all(this.nodes.filter(n => ids.includes(n.id)).map(async n => {
       await this.ticks(this.rng.int(0, 6))
       if (n.view.epoch >= view.epoch || !n.up || n.cut) return
@@ -444,7 +462,7 @@ class Sim {
     this.faults = false
     for (const n of this.nodes) n.cut = false
     for (const n of this.nodes) if (!n.up) await this.restart(n)
-    if (this.nodes.some(n => n.view.epoch !== this.epoch || n.view.members.length < IDS.length)) await this.changeView()
+    if (this.nodes.some(n => n.view.epoch !== this.epoch || n.view.members.length < IDS.length || n.view.down !== undefined)) await this.changeView()
     for (const n of this.nodes) {
       for (let o = 0; o < OBJECTS; o++) {
         try {
