@@ -507,6 +507,8 @@ export class SheepNode {
       replicasOf: oid => gateway.replicasOf(oid),
       verify: async (node, oid) => await verifyWith(async () => {
         if (node === self) return await recovery.verify(oid)
+        const down = cluster.view?.down?.find(d => d.id === node)
+        if (down !== undefined) throw SheepError.unreachable(`its member is down (for ${Math.round((Date.now() - down.since) / 1000)} s): the copy is checked once it is back`)
         const res = await gateway.send(node, cluster.epoch, Op.Verify, { oid })
         const answer = decode(verifyAnswer, res.data, 'verify answer')
         return { behind: answer.behind, version: res.version, digest: answer.digest }

@@ -77,6 +77,11 @@ t.test('a member down for less than --out-after: writes go on without it, it kee
   qemuIo(n2.image('vm.img'), ['read -P 0x22 8M 4M', 'read -P 0x23 100M 64K', 'read -P 0x11 0 8M'])
   t.pass('the writes were acknowledged with n3 down, and read back through another host')
   t.equal(status(n1).members, 3, 'n3 is still a member: nothing moved')
+  const checked = n1.sheep(['check', 'vm.img', '--json', '--mount', n1.mount])
+  t.equal(checked.code, 1, 'sheep check exits 1 while a replica is down')
+  const onN3 = (JSON.parse(checked.stdout) as { images: Array<{ problems: Array<{ copies: Array<{ node: string, state: string, detail?: string }> }> }> })
+    .images.flatMap(i => i.problems.flatMap(p => p.copies)).filter(c => c.node === gone)
+  t.ok(onN3.length > 0 && onN3.every(c => c.state === 'unreachable' && /is down/.test(c.detail ?? '')), 'and names n3\'s copies as on a member that is down')
 
   await n3.start()
   const settled = await waitForStatus(nodes, 'one view of 3 members, none down, nothing left to recover', states => {
