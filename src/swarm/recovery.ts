@@ -610,11 +610,13 @@ export class Recovery {
       for (const e of list) consider(node, e)
     }
     const local = new Map<ObjectId, ObjectEntry>()
+    const knownBehind: ObjectId[] = []
     for await (const stored of this.raw.list()) {
       if (stored.missed === true) {
         // Behind: as if this node held none, until a current copy comes. One marked before this
         // process started is refused meanwhile; the newer copies it was behind may not be back.
         if (!this.started && !this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it was behind the other replicas\' copies when this node stopped')
+        knownBehind.push(stored.oid)
         continue
       }
       const info = stored.removed !== true && this.inDoubt(stored.oid) ? { ...stored, uncertain: true } : stored
@@ -657,6 +659,15 @@ export class Recovery {
         this.pending.set(oid, doubt ? sorted.map(c => c.node) : spread(oid, sorted))
         if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
       }
+    }
+    // A copy known to be behind whose newer copies no member answering now lists (they are on a
+    // member that is down, or gone) is refused, not served as current: found by the replication
+    // simulator, a copy that missed two synced writes was read after the member holding the newest
+    // copy went down and the only other one was itself marked behind. It is served again once a
+    // newer copy comes (or `sheep cluster force-start`).
+    for (const oid of knownBehind) {
+      if (this.pending.has(oid) || this.missed.has(oid) || newest.get(oid)?.removed === true) continue
+      this.missed.set(oid, 'it is behind a newer copy that no member answering now holds')
     }
     // Copies known to be behind stay known so across a crash before they are copied: a restart
     // of every node must not make them look current where the newer copies do not come back.

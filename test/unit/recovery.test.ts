@@ -202,6 +202,37 @@ t.test('a node catching up copies from every replica that holds the newest copie
   t.ok((served.get('b') ?? 0) >= 4 && (served.get('c') ?? 0) >= 4, `from both b and c (${served.get('b') ?? 0} and ${served.get('c') ?? 0})`)
 })
 
+t.test('a copy known to be behind is refused while the newer copies are on a member that is down, not served as current', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [a, b, c]) { n.epoch = 3; await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)) }
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  recovery.imagesLoaded()
+  for (const n of [a, b, c]) n.epoch = 4
+  recovery.start(viewOf(4, ids))
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x11, 'view 4: every copy current')
+  // Then c and b took a newer write and b a newer one still; a plan made while b was up marked
+  // a's and c's copies behind b's.
+  for (const n of [b, c]) { n.epoch = 5; await n.store.write(oid, 0, Buffer.alloc(4096, 0x22)) }
+  b.epoch = 6
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x33))
+  for (const n of [a, c]) await n.store.setMissed([oid], true)
+  // View 7: b is down.
+  const view: View = { ...viewOf(7, ids), down: [{ id: 'b', since: 1 }] }
+  for (const n of [a, b, c]) { n.epoch = 7; n.view = view }
+  b.up = false
+  recovery.start(view)
+  const err = await readBack(recovery.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'EIO', 'a refuses its copy: the newer ones are on b, which is down, and c\'s is behind too')
+  t.match(err?.message ?? '', /behind a newer copy that no member answering now holds/, 'saying why')
+  b.up = true
+  for (const n of [a, b, c]) { n.epoch = 8; n.view = viewOf(8, ids) }
+  recovery.start(viewOf(8, ids))
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x33, 'once b is back, a copies b\'s newest copy and serves it')
+})
+
 t.test('an access to a block whose plan cannot be made fails with ENOTCONN, naming the silent member', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
