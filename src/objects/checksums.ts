@@ -39,7 +39,7 @@ export function chunkSum (bytes: Uint8Array): number {
  * for one length). A read checks its chunks with one CRC call over all of them against the
  * combination of their checksums, instead of a call per chunk.
  */
-const AFTER_4K = afterZeros(CHUNK)
+const [AFTER_4K_0, AFTER_4K_1, AFTER_4K_2, AFTER_4K_3] = afterZeros(CHUNK) as [Uint32Array, Uint32Array, Uint32Array, Uint32Array]
 
 function afterZeros (bytes: number): Uint32Array[] {
   const table = new Uint32Array(256)
@@ -67,8 +67,8 @@ function afterZeros (bytes: number): Uint32Array[] {
 
 /** The CRC-32 of `a || b` where b is one whole chunk: from a's CRC and b's. */
 export function combineChunk (crcA: number, crcB: number): number {
-  const [t0, t1, t2, t3] = AFTER_4K as [Uint32Array, Uint32Array, Uint32Array, Uint32Array]
-  return ((t0[crcA & 0xff] as number) ^ (t1[(crcA >>> 8) & 0xff] as number) ^ (t2[(crcA >>> 16) & 0xff] as number) ^ (t3[crcA >>> 24] as number) ^ crcB) >>> 0
+  return ((AFTER_4K_0[crcA & 0xff] as number) ^ (AFTER_4K_1[(crcA >>> 8) & 0xff] as number) ^ (AFTER_4K_2[(crcA >>> 16) & 0xff] as number) ^
+    (AFTER_4K_3[crcA >>> 24] as number) ^ crcB) >>> 0
 }
 
 /** How many chunks an object of `size` bytes has. */
