@@ -4,8 +4,8 @@
 
 import c from 'compact-encoding'
 import { isErrorCode, SheepError } from '../errors'
-import { type AgreementMessage, type Ballot, type Certificate, MAX_VOTES, type Vote } from './view-agreement'
-import { type DownMember, MAX_REMOVED, type Member, memberProblem, type View } from './view'
+import type { AgreementMessage, Ballot, Certificate, Vote } from './view-agreement'
+import { type DownMember, MAX_REMOVED, MAX_VOTES, type Member, memberProblem, type View } from './view'
 
 export const PROTOCOL = 'sheep/1'
 

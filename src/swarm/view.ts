@@ -54,6 +54,9 @@ export function liveMembers (view: View): Member[] {
 /** The most removed ids a view carries (a bound for decoding; removals are rare). */
 export const MAX_REMOVED = 4096
 
+/** The most votes a view's certificate carries (one per member of a view, at most). */
+export const MAX_VOTES = 1024
+
 export function sortMembers (members: Member[]): Member[] {
   return [...members].sort((a, b) => a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
 }

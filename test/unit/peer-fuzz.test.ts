@@ -18,8 +18,8 @@ import {
 } from '../../src/swarm/messages'
 import { Link } from '../../src/swarm/link'
 import { proofFor } from '../../src/swarm/proof'
-import { memberProblem, type Member, type View } from '../../src/swarm/view'
-import { type AgreementMessage, type Ballot, MAX_VOTES } from '../../src/swarm/view-agreement'
+import { MAX_VOTES, memberProblem, type Member, type View } from '../../src/swarm/view'
+import type { AgreementMessage, Ballot } from '../../src/swarm/view-agreement'
 import { Rng } from '../helpers/random'
 import {
   agreementOf, FakeSecureStream, helloOf, HUGE_PREFIXES, memberOf, messageFrame, mutate, objectListOf, oidListOf, openFrame,

@@ -14,8 +14,9 @@ import type { SheepError } from '../../src/errors'
 import type { Member, View } from '../../src/swarm/view'
 import {
   type AgreementMessage, type AgreementStorage, type AgreementTransport, type Ballot, type Certificate, type Clock,
-  type PersistedState, STATE_FORMAT, type VoteSigner, ViewKeeper, certificateProblem, compareBallots, hasMajority, majority, parseMessage
+  type PersistedState, type VoteSigner, ViewKeeper, certificateProblem, compareBallots, hasMajority, majority
 } from '../../src/swarm/view-agreement'
+import { parseMessage, STATE_FORMAT } from '../../src/swarm/view-agreement-input'
 import { voteIsValid, voteSigner } from '../../src/swarm/votes'
 import { settle, sheepError } from './tmp'
 import { mulberry32 } from '../helpers/random'
