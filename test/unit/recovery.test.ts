@@ -233,6 +233,24 @@ t.test('a copy known to be behind is refused while the newer copies are on a mem
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x33, 'once b is back, a copies b\'s newest copy and serves it')
 })
 
+t.test('a copy whose unsynced writer is down is in doubt, as one whose writer left the view', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const a = nodes.get('a') as Node
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  const oid = dataOid(1, 0)
+  a.view = viewOf(2, ['a', 'b', 'w'])
+  recovery.changedBy(oid, 'w')
+  t.notOk(recovery.inDoubt(oid), 'its writer w is up: not in doubt')
+  a.view = { ...viewOf(3, ['a', 'b', 'w']), down: [{ id: 'w', since: 1 }] }
+  t.ok(recovery.inDoubt(oid), 'w is down with changes of it unsynced: in doubt')
+  a.view = viewOf(4, ['a', 'b', 'w'])
+  t.notOk(recovery.inDoubt(oid), 'w is up again')
+  recovery.syncedBy([oid], 'w')
+  a.view = { ...viewOf(5, ['a', 'b', 'w']), down: [{ id: 'w', since: 1 }] }
+  t.notOk(recovery.inDoubt(oid), 'once w synced it, w going down leaves no doubt')
+})
+
 t.test('an access to a block whose plan cannot be made fails with ENOTCONN, naming the silent member', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
