@@ -30,6 +30,7 @@ import { fdatasync, FileIo, type FileIoOptions, ftruncate, openFile, syncDir, sy
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from './oid'
 import { SyncQueue } from './sync-queue'
 import type { ObjectInfo, ObjectStore, StoreUsage } from './types'
+import { VersionChains } from './version-chain'
 import { nextVersion } from './versions'
 import { writeFreshBySteps } from './write-fresh'
 
@@ -50,6 +51,8 @@ export interface LocalStoreOptions {
   bootId?: string
   /** Where the store says that it takes checksums anew after a crash of the machine. */
   log?: (line: string) => void
+  /** How long a writer's change waits for the one it was made on (./version-chain.ts): the writers' request timeout. */
+  chainWaitMs?: number
 }
 
 /** What the checksums found since the store opened. */
@@ -120,6 +123,8 @@ export class LocalObjectStore implements ObjectStore {
   private readonly uncertain = new Set<ObjectId>()
   /** Copies marked missed (setMissed), until a replace, a remove or an unmark. */
   private readonly missed = new Set<ObjectId>()
+  /** Writers' changes made on a version, applied in the order of their versions (./version-chain.ts). */
+  private readonly chains: VersionChains
 
   constructor (dir: string, opts: LocalStoreOptions = {}) {
     this.dir = path.resolve(dir)
@@ -127,6 +132,7 @@ export class LocalObjectStore implements ObjectStore {
     this.io = new FileIo(opts.io)
     this.bootId = opts.bootId
     this.log = opts.log ?? (() => {})
+    this.chains = new VersionChains(opts.chainWaitMs)
   }
 
   /**
@@ -168,6 +174,7 @@ export class LocalObjectStore implements ObjectStore {
       this.uncertain.delete(oid)
     } finally {
       this.release(e)
+      this.chains.wake(oid)
     }
   }
 
@@ -328,6 +335,7 @@ export class LocalObjectStore implements ObjectStore {
     }
     this.uncertain.delete(oid)
     this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.replica, writing: 0, marking: null, sums, savedSums: this.replica ? -1 : 0, writeSeq: 0, stale: new Set() })
+    this.chains.wake(oid)
   }
 
   async writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void> {
@@ -449,15 +457,24 @@ export class LocalObjectStore implements ObjectStore {
     }
   }
 
-  async write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
-    const e = await this.acquire(oid)
+  async write (oid: ObjectId, offset: number, data: Uint8Array, base = 0): Promise<void> {
+    const version = await this.chained(oid, base)
+    if (version === null) return
+    let e: Entry
     try {
+      e = await this.acquire(oid)
+    } catch (err) {
+      this.unchain(oid, base)
+      throw err
+    }
+    try {
+      this.onChain(e, base)
       await this.beginWrite(e)
       let done = 0
       while (done < data.length) {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
-      e.info.version = this.bump(e.info.version)
+      e.info.version = version ?? this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
       this.summed(e, offset, data)
@@ -469,7 +486,34 @@ export class LocalObjectStore implements ObjectStore {
     } finally {
       this.endChange(e)
       this.release(e)
+      this.unchain(oid, base)
     }
+  }
+
+  /**
+   * For a change made on version `base` (a writer's, ./version-chain.ts; 0: any, counted here):
+   * the version it gives the object, undefined to count it, null when the copy holds it already.
+   */
+  private async chained (oid: ObjectId, base: number): Promise<number | null | undefined> {
+    if (base === 0) return undefined
+    const version = nextVersion(base, this.versionFloor())
+    const current = async (): Promise<number | null> => {
+      this.checkOpen()
+      const r = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
+      return r === null || r.removed === true ? null : r.version
+    }
+    return await this.chains.admit(oid, base, version, current) ? version : null
+  }
+
+  /** A chained change let in must still find the copy at its base (a replace may have come between). */
+  private onChain (e: Entry, base: number): void {
+    if (base !== 0 && e.info.version !== base) throw SheepError.corrupt(`object ${oidToHex(e.info.oid)}: this copy moved to version ${e.info.version} before a change made on version ${base}: it missed a change`)
+  }
+
+  /** A change of oid is over: changes made on its version go on. */
+  private unchain (oid: ObjectId, base: number): void {
+    if (base !== 0) this.chains.done(oid)
+    else this.chains.wake(oid)
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
@@ -551,6 +595,7 @@ export class LocalObjectStore implements ObjectStore {
       e.savedSums = sums.changes
       e.stale.clear()
     }
+    this.chains.wake(oid)
   }
 
   async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
@@ -566,17 +611,30 @@ export class LocalObjectStore implements ObjectStore {
     return await run
   }
 
-  async truncate (oid: ObjectId, size: number): Promise<void> {
-    const e = await this.acquire(oid)
+  async truncate (oid: ObjectId, size: number, base = 0): Promise<void> {
+    const version = await this.chained(oid, base)
+    if (version === null) return
+    let e: Entry
+    try {
+      e = await this.acquire(oid)
+    } catch (err) {
+      this.unchain(oid, base)
+      throw err
+    }
     let began = false
     try {
+      this.onChain(e, base)
       const old = e.info.size
-      if (size === old) return
+      // A writer's change takes its version though it changes nothing: the next is made on it.
+      if (size === old) {
+        if (version !== undefined) e.info.version = version
+        return
+      }
       began = true
       await this.beginWrite(e)
       // The record never claims more than the file holds: a growth is recorded by the next sync;
       // a shrink is recorded, durably, before the file is cut.
-      e.info.version = this.bump(e.info.version)
+      e.info.version = version ?? this.bump(e.info.version)
       if (size > old) {
         // The chunks it grows over read as zeros, as their checksums say already.
         await ftruncate(e.fd, size)
@@ -597,6 +655,7 @@ export class LocalObjectStore implements ObjectStore {
     } finally {
       if (began) this.endChange(e)
       this.release(e)
+      this.unchain(oid, base)
     }
   }
 
@@ -628,6 +687,7 @@ export class LocalObjectStore implements ObjectStore {
     }
     this.uncertain.delete(oid)
     this.missed.delete(oid)
+    this.chains.wake(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
     if (oidType(oid) === ObjectType.Inode || oidType(oid) === ObjectType.Token) {
       this.dirs.delete(path.dirname(file))

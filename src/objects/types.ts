@@ -48,8 +48,12 @@ export interface ObjectStore {
   writeFresh (oid: ObjectId, size: number, offset: number, data: Uint8Array): Promise<void>
   /** Fills target[targetOffset, targetOffset + length) from the object's bytes at `offset`. */
   read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void>
-  /** Writes in place; grows the object if the write ends past its size. */
-  write (oid: ObjectId, offset: number, data: Uint8Array): Promise<void>
+  /**
+   * Writes in place; grows the object if the write ends past its size. `base` (a cluster replica,
+   * from the image's writer): the change was made on the copy at that version and gives it the
+   * next one in this epoch (./version-chain.ts); 0 or none: any version, the store counts one up.
+   */
+  write (oid: ObjectId, offset: number, data: Uint8Array, base?: number): Promise<void>
   /** The whole object. */
   readAll (oid: ObjectId): Promise<Buffer>
   /**
@@ -63,8 +67,8 @@ export interface ObjectStore {
    * several hosts make them at once.
    */
   compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number>
-  /** Sets the object's size; bytes past a shrink are gone, bytes past a grow read as zeros. */
-  truncate (oid: ObjectId, size: number): Promise<void>
+  /** Sets the object's size; bytes past a shrink are gone, bytes past a grow read as zeros. `base` as for write. */
+  truncate (oid: ObjectId, size: number, base?: number): Promise<void>
   /** Deletes the object; a missing object is not an error. */
   remove (oid: ObjectId): Promise<void>
   stat (oid: ObjectId): Promise<ObjectInfo | null>

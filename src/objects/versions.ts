@@ -30,3 +30,11 @@ export function nextVersion (current: number, floor: number): number {
 export function versionEpoch (version: number): number {
   return Math.floor(version / COUNT_RANGE)
 }
+
+/**
+ * The version a writer's change made on version `base` gives a copy in `epoch`
+ * (./version-chain.ts): every replica computes the same, so equal versions mean equal bytes.
+ */
+export function chainVersion (base: number, epoch: number): number {
+  return nextVersion(base, epochFloor(epoch))
+}

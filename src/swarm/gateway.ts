@@ -20,7 +20,8 @@ import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
 import { epochFloor, nextVersion } from '../objects/versions'
 import type { Cluster } from './cluster'
 import { decode, encode, healSource, MAX_DATA, Op, oidList, type Request, type Response, SYNC_BATCH, usage as usageCodec } from './messages'
-import { listAll } from './replica'
+import { changedTo, listAll } from './replica'
+import { type ChainLink, WriteChains } from './write-chains'
 import { isDown, liveMembers, type Member } from './view'
 
 export interface GatewayOptions {
@@ -56,6 +57,17 @@ const EVERY_REPLICA = new Set([Op.Create, Op.Write, Op.WriteFresh, Op.Truncate, 
 
 type Fields = Partial<Omit<Request, 'id' | 'epoch' | 'op'>>
 
+/** A change sent to one replica in one attempt, made on version `base` (0: any); resolves with the version it gave the copy. */
+type Change = (target: string, epoch: number, attempt: number, base: number) => Promise<number | void>
+
+/**
+ * How a change is ordered among the writer's (./write-chains.ts): made on the tip, in `steps`
+ * requests (a write in pieces); a learner of the tip (a first write); or outside any chain.
+ */
+type Chaining = { steps: number } | 'learn' | null
+
+const UNCHAINED: ChainLink = { base: 0, settle: () => {} }
+
 /**
  * Asked before every write of an object in an epoch: undefined to go on, or a promise to wait for
  * first (ESTALE: this host must not write it). Write tokens fence a holder this way (./write-tokens.ts).
@@ -89,6 +101,8 @@ export class Gateway implements ObjectStore {
    * it): their copies may differ at one version until even() makes them one.
    */
   private readonly uneven = new Set<ObjectId>()
+  /** What every replica's copy of each object this host writes is at (writer-stamped versions). */
+  private readonly chains = new WriteChains()
 
   constructor (local: ObjectStore, cluster: Cluster, opts: GatewayOptions) {
     this.local = local
@@ -98,6 +112,7 @@ export class Gateway implements ObjectStore {
   }
 
   async create (oid: ObjectId, size: number): Promise<void> {
+    this.chains.forget(oid)
     await this.everywhere(oid, async (target, epoch, attempt) => {
       try {
         await this.send(target, epoch, Op.Create, { oid, length: size })
@@ -113,9 +128,10 @@ export class Gateway implements ObjectStore {
     // writes a block before its first write is answered).
     await this.everywhere(oid, async (target, epoch) => {
       const first = data.subarray(0, PIECE)
-      await this.send(target, epoch, Op.WriteFresh, { oid, length: size, offset, data: first })
-      if (first.length < data.length) await this.writeTo(target, epoch, oid, offset + first.length, data.subarray(first.length))
-    })
+      const version = (await this.send(target, epoch, Op.WriteFresh, { oid, length: size, offset, data: first })).version
+      if (first.length === data.length) return version
+      return await this.writeTo(target, epoch, oid, offset + first.length, data.subarray(first.length), version)
+    }, WriteChains.chained(oid) ? 'learn' : null)
   }
 
   async read (oid: ObjectId, offset: number, length: number, target: Uint8Array, targetOffset: number): Promise<void> {
@@ -138,7 +154,8 @@ export class Gateway implements ObjectStore {
     const end = offset + data.length
     const ranges = this.writing.get(oid) ?? []
     this.writing.set(oid, ranges)
-    const send = async (): Promise<void> => { await this.everywhere(oid, async (target, epoch) => await this.writeTo(target, epoch, oid, offset, data)) }
+    const chaining = WriteChains.chained(oid) ? { steps: Math.max(1, Math.ceil(data.length / PIECE)) } : null
+    const send = async (): Promise<void> => { await this.everywhere(oid, async (target, epoch, _attempt, base) => await this.writeTo(target, epoch, oid, offset, data, base), chaining) }
     const before = ranges.filter(r => r.offset < end && offset < r.end)
     // The common case, nothing overlapping under way, costs no promise beyond the write's own.
     const done = before.length === 0 ? send() : Promise.all(before.map(async r => await r.done.catch(() => {}))).then(send)
@@ -174,6 +191,7 @@ export class Gateway implements ObjectStore {
 
   async replace (oid: ObjectId, data: Uint8Array): Promise<void> {
     if (data.length > MAX_DATA) throw SheepError.tooBig(`object ${oidToHex(oid)}: a whole-object replace of ${data.length} bytes is more than ${MAX_DATA}`)
+    this.chains.forget(oid)
     await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Replace, { oid, data }) })
     // Records such as the image directory: the other hosts look at once instead of at their next poll.
     if (oidType(oid) === ObjectType.Meta) this.cluster.notify(oid)
@@ -265,10 +283,12 @@ export class Gateway implements ObjectStore {
   }
 
   async truncate (oid: ObjectId, size: number): Promise<void> {
-    await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Truncate, { oid, length: size }) })
+    await this.everywhere(oid, async (target, epoch, _attempt, base) => (await this.send(target, epoch, Op.Truncate, { oid, length: size, version: base })).version,
+      WriteChains.chained(oid) ? { steps: 1 } : null)
   }
 
   async remove (oid: ObjectId): Promise<void> {
+    this.chains.forget(oid)
     await this.everywhere(oid, async (target, epoch) => { await this.send(target, epoch, Op.Remove, { oid }) })
   }
 
@@ -372,6 +392,11 @@ export class Gateway implements ObjectStore {
   }
 
   /** Sets what every write asks before it goes out in an epoch. */
+  /** This host took or let go image vid's write token: what it knew of the image's copies may be out of date. */
+  forgetImage (vid: number): void {
+    this.chains.forgetImage(vid)
+  }
+
   fenceWith (fence: WriteFence): void {
     this.fence = fence
   }
@@ -405,19 +430,21 @@ export class Gateway implements ObjectStore {
     return Math.min(replicas, this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(this.opts.copiesOf(oid) / 2) + 1)
   }
 
-  private async writeTo (target: string, epoch: number, oid: ObjectId, offset: number, data: Uint8Array): Promise<void> {
+  /** Writes data in pieces, each made on the version the one before gave the copy (the first on `base`); the version the last gave. */
+  private async writeTo (target: string, epoch: number, oid: ObjectId, offset: number, data: Uint8Array, base: number): Promise<number> {
     for (let done = 0; ;) {
       const piece = data.subarray(done, done + PIECE)
+      const fields = { oid, offset: offset + done, data: piece, version: base }
       try {
-        await this.send(target, epoch, Op.Write, { oid, offset: offset + done, data: piece })
+        base = (await this.send(target, epoch, Op.Write, fields)).version
       } catch (err) {
         if (!(err instanceof SheepError && err.code === 'ENOENT')) throw err
         // A replica this view added does not hold the object yet: copy it over, then write.
         await this.copyTo(target, epoch, oid)
-        await this.send(target, epoch, Op.Write, { oid, offset: offset + done, data: piece })
+        base = (await this.send(target, epoch, Op.Write, fields)).version
       }
       done += piece.length
-      if (done >= data.length) return
+      if (done >= data.length) return base
     }
   }
 
@@ -470,14 +497,14 @@ export class Gateway implements ObjectStore {
    * not change its copy with what the others refuse (its copy would then differ from theirs at
    * the same version, which recovery cannot tell).
    */
-  private async everywhere (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
+  private async everywhere (oid: ObjectId, fn: Change, chaining: Chaining = null): Promise<void> {
     // The common case, no repair and copies even, costs no promise.
     if (this.repairs.has(oid) || this.uneven.has(oid)) await this.even(oid)
     const flight = this.inFlight.get(oid) ?? { count: 0, idle: [] }
     this.inFlight.set(oid, flight)
     flight.count++
     try {
-      await this.everywhereOnce(oid, fn)
+      await this.everywhereOnce(oid, fn, chaining)
     } finally {
       if (--flight.count === 0) {
         this.inFlight.delete(oid)
@@ -505,7 +532,7 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  private async everywhereOnce (oid: ObjectId, fn: (target: string, epoch: number, attempt: number) => Promise<void>): Promise<void> {
+  private async everywhereOnce (oid: ObjectId, fn: Change, chaining: Chaining): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       await this.inQuorum()
       const epoch = await this.fenced([oid])
@@ -517,37 +544,57 @@ export class Gateway implements ObjectStore {
         await this.afterFailure(epoch, SheepError.unreachable(`object ${oidToHex(oid)}: ${live.length} of its ${replicas.length} replicas are up, and a change needs ${needed}`))
         continue
       }
-      const others = live.filter(n => n !== this.cluster.id)
-      const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt)))
-      const failed = new Map<string, unknown>()
-      results.forEach((r, i) => { if (r.status === 'rejected') failed.set(others[i] as string, r.reason) })
-      const lost = [...failed.values()].find(err => !isDiskFailure(err))
-      if (lost !== undefined) {
-        this.uneven.add(oid)
-        await this.afterFailure(epoch, lost)
-        continue
-      }
-      if (others.length < live.length) {
-        try {
-          await fn(this.cluster.id, epoch, attempt)
-        } catch (err) {
-          if (!isDiskFailure(err)) {
-            this.uneven.add(oid)
-            await this.afterFailure(epoch, err)
-            continue
-          }
-          failed.set(this.cluster.id, err)
+      // Sent again after a view change, a change is made on any version: recovery may have moved the copies.
+      const link = chaining === null ? UNCHAINED
+        : chaining === 'learn' || attempt > 1 ? await this.chains.learn(oid, epoch) : await this.chains.next(oid, epoch, chaining.steps)
+      let versions: number[] | null = null
+      try {
+        const others = live.filter(n => n !== this.cluster.id)
+        const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt, link.base)))
+        const answered: number[] = []
+        const failed = new Map<string, unknown>()
+        results.forEach((r, i) => {
+          if (r.status === 'rejected') failed.set(others[i] as string, r.reason)
+          else if (r.value !== undefined) answered.push(r.value)
+        })
+        const lost = [...failed.values()].find(err => !isDiskFailure(err))
+        if (lost !== undefined) {
+          this.uneven.add(oid)
+          await this.afterFailure(epoch, lost)
+          continue
         }
+        if (others.length < live.length) {
+          try {
+            const version = await fn(this.cluster.id, epoch, attempt, link.base)
+            if (version !== undefined) answered.push(version)
+          } catch (err) {
+            if (!isDiskFailure(err)) {
+              this.uneven.add(oid)
+              await this.afterFailure(epoch, err)
+              continue
+            }
+            failed.set(this.cluster.id, err)
+          }
+        }
+        // Copies counted up from versions that differed: they may differ in bytes too.
+        if (link.base === 0 && chaining !== null && answered.some(v => v !== answered[0])) this.uneven.add(oid)
+        if (failed.size === 0) {
+          versions = answered
+          return
+        }
+        // The copies that missed it are repaired (below) from one that may be at another version
+        // (failedEverywhere: the primary's as it is): the tip is learned again after.
+        // Those whose disks failed it refuse the object until a current copy replaces theirs.
+        if (failed.size === replicas.length && !this.missedBy.has(oid)) this.failedEverywhere.add(oid)
+        const missed = this.missedBy.get(oid) ?? new Set()
+        for (const node of failed.keys()) missed.add(node)
+        this.missedBy.set(oid, missed)
+        this.repairLater(oid, 0)
+        if (live.length - failed.size < needed) throw toSheepError(failed.values().next().value)
+        return
+      } finally {
+        link.settle(versions)
       }
-      if (failed.size === 0) return
-      // Those whose disks failed it refuse the object until a current copy replaces theirs.
-      if (failed.size === replicas.length && !this.missedBy.has(oid)) this.failedEverywhere.add(oid)
-      const missed = this.missedBy.get(oid) ?? new Set()
-      for (const node of failed.keys()) missed.add(node)
-      this.missedBy.set(oid, missed)
-      this.repairLater(oid, 0)
-      if (live.length - failed.size < needed) throw toSheepError(failed.values().next().value)
-      return
     }
   }
 
@@ -606,6 +653,7 @@ export class Gateway implements ObjectStore {
     const source = replicas[versions.indexOf(top)] as string
     const others = new Set(replicas.filter(node => node !== source))
     for (const node of others) await this.copyTo(node, epoch, oid, others)
+    this.chains.set(oid, epoch, top)
   }
 
   /**
@@ -742,13 +790,24 @@ export class Gateway implements ObjectStore {
   /** This node's own replica, without a round trip through the codec. */
   private async sendLocal (op: Op, f: Fields): Promise<Response> {
     const oid = f.oid ?? 0n
-    const res: Response = { id: 0, error: '', message: '', epoch: this.cluster.epoch, version: 0, size: 0, data: EMPTY }
+    const epoch = this.cluster.epoch
+    const res: Response = { id: 0, error: '', message: '', epoch, version: 0, size: 0, data: EMPTY }
+    const base = f.version ?? 0
     switch (op) {
       case Op.Create: await this.local.create(oid, f.length ?? 0); break
-      case Op.Write: await this.local.write(oid, f.offset ?? 0, f.data ?? EMPTY); break
-      case Op.WriteFresh: await this.local.writeFresh(oid, f.length ?? 0, f.offset ?? 0, f.data ?? EMPTY); break
+      case Op.Write:
+        await this.local.write(oid, f.offset ?? 0, f.data ?? EMPTY, base)
+        res.version = await changedTo(this.local, oid, base, epoch)
+        break
+      case Op.WriteFresh:
+        await this.local.writeFresh(oid, f.length ?? 0, f.offset ?? 0, f.data ?? EMPTY)
+        res.version = await changedTo(this.local, oid, 0, epoch)
+        break
       case Op.Replace: await this.local.replace(oid, f.data ?? EMPTY, f.version === undefined || f.version === 0 ? undefined : f.version); break
-      case Op.Truncate: await this.local.truncate(oid, f.length ?? 0); break
+      case Op.Truncate:
+        await this.local.truncate(oid, f.length ?? 0, base)
+        res.version = await changedTo(this.local, oid, base, epoch)
+        break
       case Op.Remove: await this.local.remove(oid); break
       default: throw new Error(`no local path for operation ${op}`)
     }

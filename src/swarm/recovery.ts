@@ -536,7 +536,7 @@ export class Recovery {
         await use(oid)
         await raw.read(oid, offset, length, target, targetOffset).catch(async err => await this.readFailed(oid, err))
       },
-      async write (oid, offset, data) { await change(oid, async () => await raw.write(oid, offset, data)) },
+      async write (oid, offset, data, base) { await change(oid, async () => await raw.write(oid, offset, data, base)) },
       async writeFresh (oid, size, offset, data) { await change(oid, async () => await raw.writeFresh(oid, size, offset, data)) },
       readAll: async oid => {
         await use(oid)
@@ -551,7 +551,7 @@ export class Recovery {
         }, true)
       },
       async compareAndReplace (oid, data, expected) { return await change(oid, async () => await raw.compareAndReplace(oid, data, expected)) },
-      async truncate (oid, size) { await change(oid, async () => await raw.truncate(oid, size)) },
+      async truncate (oid, size, base) { await change(oid, async () => await raw.truncate(oid, size, base)) },
       remove: async oid => {
         // A remove makes a copy that missed a change agree with the replicas that removed it.
         const missed = this.missed.has(oid)

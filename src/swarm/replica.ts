@@ -14,6 +14,7 @@ import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
+import { chainVersion } from '../objects/versions'
 import { short } from './link'
 import type { Recovery } from './recovery'
 import { decode, encode, healSource, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage, verifyAnswer } from './messages'
@@ -99,14 +100,14 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         return done({ data, size: data.length, version: info.version })
       }
       case Op.Write:
-        await local.write(req.oid, req.offset, req.data)
-        return done()
+        await local.write(req.oid, req.offset, req.data, req.version)
+        return done({ version: await changedTo(local, req.oid, req.version, mine) })
       case Op.WriteFresh:
         await local.writeFresh(req.oid, req.length, req.offset, req.data)
-        return done()
+        return done({ version: await changedTo(local, req.oid, 0, mine) })
       case Op.Truncate:
-        await local.truncate(req.oid, req.length)
-        return done()
+        await local.truncate(req.oid, req.length, req.version)
+        return done({ version: await changedTo(local, req.oid, req.version, mine) })
       case Op.Remove:
         await local.remove(req.oid)
         return done()
@@ -189,6 +190,15 @@ function writeGate (ctx: ReplicaContext): (oid: ObjectId, from: string, epoch: n
     holders.set(vid, { epoch, holder: record.holder })
     if (record.holder !== from) throw new SheepError('EPERM', `node ${short(from)} changed object ${oidToHex(oid)} of image ${vid.toString(16)}, whose write token node ${short(record.holder)} holds`)
   }
+}
+
+/**
+ * The version a change made on version `base` (0: any) gave oid's copy, which the writer compares
+ * across replicas (./write-chains.ts): every replica computes it alike for a change made on a
+ * version; one counted here is read back.
+ */
+export async function changedTo (local: ObjectStore, oid: ObjectId, base: number, epoch: number): Promise<number> {
+  return base > 0 ? chainVersion(base, epoch) : (await local.stat(oid))?.version ?? 0
 }
 
 /**

@@ -58,6 +58,7 @@ export class ClusterTokens implements WriteTokens {
   released (vid: number): void {
     this.taken.delete(vid)
     this.confirmed.delete(vid)
+    this.gateway.forgetImage(vid)
   }
 
   /**
@@ -157,6 +158,8 @@ export class ClusterTokens implements WriteTokens {
       await this.gateway.compareAndReplace(tokenOid(vid), encode(tokenRecord, record), version)
       if (!record.deleted) {
         this.taken.add(vid)
+        // Another host may have changed the image's objects since this one last wrote them.
+        this.gateway.forgetImage(vid)
         if (epoch === this.cluster.epoch) this.confirmed.set(vid, epoch)
       }
       return true
