@@ -1,0 +1,118 @@
+// Writer-stamped versions (issue 11; src/objects/version-chain.ts, src/swarm/write-chains.ts): a
+// writer sends each change of an object as made on the version every replica's copy is at, and
+// every replica gives it the same next version. Before, each replica counted the changes it took:
+// two replicas that each took a different one of two writes counted alike, and held different
+// bytes at one version, which no recovery can order.
+
+import t from 'tap'
+import { LocalObjectStore } from '../../src/objects/local-store'
+import { dataOid, type ObjectId } from '../../src/objects/oid'
+import { chainVersion, epochFloor } from '../../src/objects/versions'
+import { gatewayOn, IDS, makeNodes, type Node } from './three-replicas'
+import { sheepError, tmpDir } from './tmp'
+
+interface Teardownable { teardown (fn: () => unknown): void }
+
+const CHAIN_WAIT_MS = 300
+
+async function replicaStore (t: Teardownable): Promise<LocalObjectStore> {
+  const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: CHAIN_WAIT_MS })
+  await store.open()
+  t.teardown(async () => await store.close())
+  await store.asReplica(() => epochFloor(1))
+  return store
+}
+
+async function versionOf (store: LocalObjectStore, oid: ObjectId): Promise<number> {
+  return (await store.stat(oid))?.version ?? 0
+}
+
+/** The version a change made on `base` gives a copy in epoch 1. */
+const after = (base: number): number => chainVersion(base, 1)
+
+t.test('a replica applies a writer\'s changes in the order of their versions, whatever order they arrive in', async t => {
+  const store = await replicaStore(t)
+  const oid = dataOid(1, 0)
+  await store.create(oid, 8192)
+  const v0 = await versionOf(store, oid)
+  const v1 = after(v0)
+  const v2 = after(v1)
+  // Three overlapping writes, made on v0, v1 and v2, arrive last first.
+  const third = store.write(oid, 0, Buffer.alloc(4096, 3), v2)
+  const second = store.write(oid, 0, Buffer.alloc(4096, 2), v1)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(await versionOf(store, oid), v0, 'the later two wait for the first')
+  await store.write(oid, 0, Buffer.alloc(4096, 1), v0)
+  await Promise.all([second, third])
+  t.equal(await versionOf(store, oid), after(v2), 'the copy is at the version of the last')
+  t.equal((await store.readAll(oid))[0], 3, 'and holds its bytes (counted in arrival order, the first write\'s bytes were left)')
+})
+
+t.test('a change the copy holds already (a whole copy brought it before the request came) is not applied again', async t => {
+  const store = await replicaStore(t)
+  const oid = dataOid(1, 1)
+  await store.create(oid, 4096)
+  const v0 = await versionOf(store, oid)
+  const withIt = Buffer.alloc(4096, 0x5a)
+  await store.replace(oid, withIt, after(v0))
+  await store.write(oid, 0, Buffer.alloc(4096, 0x5a), v0)
+  t.equal(await versionOf(store, oid), after(v0), 'the copy keeps the version of the copy it took (counted again, it looked newer than the others)')
+})
+
+t.test('a copy at another version than a change was made on refuses it with EIO: it missed a change', async t => {
+  const store = await replicaStore(t)
+  const oid = dataOid(1, 2)
+  await store.create(oid, 4096)
+  const v0 = await versionOf(store, oid)
+  let started = Date.now()
+  const ahead = await sheepError(async () => { await store.write(oid, 0, Buffer.alloc(16, 1), after(after(v0))) })
+  t.equal(ahead.code, 'EIO', 'made on a version the copy never reaches')
+  t.match(ahead.message, /missed a change/)
+  t.ok(Date.now() - started >= CHAIN_WAIT_MS - 10, `after waiting for the change before it (${Date.now() - started} ms)`)
+  await store.write(oid, 0, Buffer.alloc(16, 2), v0)
+  started = Date.now()
+  // (Made on v0 again, it would be the change the copy holds: a writer makes one change on each version.)
+  const behind = await sheepError(async () => { await store.write(oid, 0, Buffer.alloc(16, 3), v0 - 1) })
+  t.equal(behind.code, 'EIO', 'made on a version the copy has moved past, and not one it holds')
+  t.ok(Date.now() - started < CHAIN_WAIT_MS, 'at once: nothing to wait for')
+  t.equal((await store.readAll(oid))[0], 2, 'neither was applied')
+  t.equal((await sheepError(async () => { await store.write(dataOid(1, 3), 0, Buffer.alloc(16, 1), v0) })).code, 'ENOENT', 'no copy: ENOENT, at once')
+})
+
+async function copies (nodes: Map<string, Node>, oid: ObjectId): Promise<Array<{ id: string, version: number, bytes: string }>> {
+  return await Promise.all(IDS.map(async id => {
+    const store = (nodes.get(id) as Node).store
+    return { id, version: await versionOf(store, oid), bytes: (await store.readAll(oid)).toString('hex') }
+  }))
+}
+
+t.test('writes of one object in flight at once reach every replica in one order: equal versions and bytes, though one replica took them late', async t => {
+  const nodes = await makeNodes(t, { chainWaitMs: 2000 })
+  const oid = dataOid(1, 4)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.writeFresh(oid, 65536, 0, Buffer.alloc(4096, 1))
+  ;(nodes.get('b') as Node).slowNext = 100
+  await Promise.all(Array.from({ length: 8 }, async (_, i) => { await writer.write(oid, i * 8192, Buffer.alloc(8192, 0x10 + i)) }))
+  const all = await copies(nodes, oid)
+  t.equal(new Set(all.map(c => c.version)).size, 1, `one version (${all.map(c => c.version).join(', ')})`)
+  t.equal(new Set(all.map(c => c.bytes)).size, 1, 'the same bytes')
+  t.same(IDS.map(id => (nodes.get(id) as Node).recovery.status.missed), [0, 0, 0], 'no copy missed one')
+})
+
+t.test('two writes in flight, each lost on its way to a different replica, the writer gives up: no two copies are left at one version with different bytes', async t => {
+  const nodes = await makeNodes(t, { chainWaitMs: CHAIN_WAIT_MS })
+  const [b, c] = [nodes.get('b') as Node, nodes.get('c') as Node]
+  const oid = dataOid(1, 5)
+  const writer = gatewayOn(nodes, 'a')
+  await writer.writeFresh(oid, 8192, 0, Buffer.alloc(8192, 0))
+  // b never sees the first write, c never sees the second.
+  b.dropWrite = req => req.data[0] === 1
+  c.dropWrite = req => req.data[0] === 2
+  const results = await Promise.allSettled([writer.write(oid, 0, Buffer.alloc(4096, 1)), writer.write(oid, 4096, Buffer.alloc(4096, 2))])
+  t.same(results.map(r => r.status), ['rejected', 'rejected'], 'both writes fail (a link went, and no new view comes)')
+  const all = await copies(nodes, oid)
+  t.comment(all.map(x => `${x.id}: version ${x.version}, ${x.bytes.slice(0, 2)}..${x.bytes.slice(8192, 8194)}`).join('; '))
+  const clash = all.flatMap(x => all.filter(y => y.id > x.id && y.version === x.version && y.bytes !== x.bytes).map(y => `${x.id} and ${y.id}`))
+  t.same(clash, [], 'copies at one version hold the same bytes (counted, b and c each took one write and both stood at the next count)')
+  t.equal(b.recovery.status.missed, 1, 'b, which got the second write without the first, refuses its copy until it is repaired')
+})
