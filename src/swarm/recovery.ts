@@ -200,10 +200,17 @@ export class Recovery {
 
   /** Resolved once every image's copies are known (the node has loaded its images). */
   private readonly copiesKnown = deferred()
+  /** The writers' --min-copies (0: a majority of an object's copies): how many down replicas may hold a write the others lack. */
+  private readonly minCopies: number
+  /** The epoch in which an operator forced this node to serve objects whose newest copy may be on down members (forceStart). */
+  private forcedEpoch = -1
+  /** Objects refused in this epoch because too many of their replicas are down, for force-start to name. */
+  private readonly waitedDown = new Set<ObjectId>()
 
-  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, rate = 0) {
+  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, rate = 0, minCopies = 0) {
     this.raw = raw
     this.rate = rate
+    this.minCopies = minCopies
     this.cluster = cluster
     this.replicasOf = placement.replicasOf
     this.widest = placement.widest
@@ -235,6 +242,7 @@ export class Recovery {
   start (view: View): void {
     const round = ++this.round
     this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes: 0, startedAt: Date.now() }
+    this.waitedDown.clear()
     const previous = this.ready
     const ready = deferred()
     this.ready = ready
@@ -283,6 +291,7 @@ export class Recovery {
     if (this.ready.done && round === this.round) {
       if (this.pending.has(oid)) await this.copy(oid)
       this.sameRound(oid, round)
+      this.refuseDownHeld(oid)
       return
     }
     const deadline = Date.now() + GUARD_WAIT_MS
@@ -303,6 +312,28 @@ export class Recovery {
     }
     if (this.pending.has(oid)) await this.copy(oid)
     this.sameRound(oid, round)
+    this.refuseDownHeld(oid)
+  }
+
+  /**
+   * Peering with down members (docs/ARCHITECTURE.md, "Down and out"): a change is acknowledged
+   * once `needed` of an object's replicas took it, so the newest acknowledged change is on any
+   * replicas - needed + 1 of them. With fewer of them up (the others down: a restart of the whole
+   * cluster, two nodes lost at once), the newest copy may be on one that is down, and this
+   * node's may be one that missed it (it was down itself then): no I/O until enough are back or
+   * out, or an operator forces it (forceStart). ENOTCONN: the requester waits for the next view.
+   */
+  private refuseDownHeld (oid: ObjectId): void {
+    const view = this.cluster.view
+    if (view?.down === undefined || view.down.length === 0 || this.forcedEpoch === view.epoch) return
+    const replicas = this.replicasOf(oid) ?? this.widest(oid)
+    const down = replicas.filter(id => isDown(view, id))
+    if (down.length === 0) return
+    const needed = Math.min(replicas.length, this.minCopies > 0 ? this.minCopies : Math.floor(replicas.length / 2) + 1)
+    if (replicas.length - down.length >= replicas.length - needed + 1) return
+    if (!this.waitedDown.has(oid)) this.log(`object ${oidToHex(oid)}: ${down.length} of its ${replicas.length} replicas are down (${down.map(id => id.slice(0, 8)).join(', ')}), and its newest copy may be on them: no I/O to it until they are back or out, or \`sheep cluster force-start\``)
+    this.waitedDown.add(oid)
+    throw SheepError.unreachable(`object ${oidToHex(oid)}: ${down.length} of its ${replicas.length} replicas are down (${down.map(id => id.slice(0, 8)).join(', ')}), and its newest copy may be on them`)
   }
 
   /**
@@ -378,16 +409,23 @@ export class Recovery {
    * With `only`, just that object's copy (a change every replica failed: none is behind another).
    */
   async forceStart (only?: ObjectId): Promise<ObjectId[]> {
+    const waited = only === undefined ? [...this.waitedDown] : []
+    if (only === undefined && this.cluster.view !== null) {
+      // Objects whose newest copy may be on down members are served as they are here, in this view.
+      this.forcedEpoch = this.cluster.view.epoch
+      this.waitedDown.clear()
+      if (waited.length > 0) this.log(`force-start: ${waited.length} objects whose newest copy may be on down members are served as they are: ${waited.map(oidToHex).join(', ')}`)
+    }
     const behind = new Set(only === undefined ? this.missed.keys() : this.missed.has(only) ? [only] : [])
     for await (const info of this.raw.list(only)) {
       if (only !== undefined && info.oid !== only) break
       if (info.missed === true) behind.add(info.oid)
     }
-    if (behind.size === 0) return []
+    if (behind.size === 0) return waited
     await this.raw.setMissed(behind, false)
     for (const oid of behind) this.missed.delete(oid)
     this.log(`force-start: ${behind.size} copies that were behind newer ones are served as they are: ${[...behind].map(oidToHex).join(', ')}`)
-    return [...behind]
+    return [...new Set([...behind, ...waited])]
   }
 
   /** Whether this copy of oid may differ from the others at its version: its writer left the view, or went down, unsynced. */

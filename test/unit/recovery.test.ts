@@ -233,6 +233,38 @@ t.test('a copy known to be behind is refused while the newer copies are on a mem
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x33, 'once b is back, a copies b\'s newest copy and serves it')
 })
 
+t.test('an object most of whose replicas are down is not served from a copy that may have missed their newest writes, until enough are back or an operator forces it', async t => {
+  // 5 members, the object's replicas a, b and c (the example of issue 11): a was away while b and
+  // c took a write, then b and c go down and a comes back.
+  const ids = ['a', 'b', 'c', 'd', 'e']
+  const replicas = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = replicas.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [a, b, c]) { n.epoch = 3; await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)); await n.store.sync([oid]) }
+  for (const n of [b, c]) { n.epoch = 5; await n.store.write(oid, 0, Buffer.alloc(4096, 0x22)); await n.store.sync([oid]) }
+  const logs: string[] = []
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => replicas, widest: () => replicas }, line => logs.push(line)))
+  recovery.imagesLoaded()
+  const down7: View = { ...viewOf(7, ids), down: [{ id: 'b', since: 1 }, { id: 'c', since: 1 }] }
+  for (const n of nodes.values()) { n.epoch = 7; n.view = down7 }
+  b.up = false
+  c.up = false
+  recovery.start(down7)
+  const err = await readBack(recovery.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'ENOTCONN', 'a does not serve its copy (before: it served 0x11, older than the write b and c took)')
+  t.match(err?.message ?? '', /2 of its 3 replicas are down \(b, c\), and its newest copy may be on them/, 'saying why')
+  t.ok(logs.some(l => /force-start/.test(l)), 'the log names the way out')
+  t.same(await recovery.forceStart(), [oid], 'force-start names the object')
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x11, 'forced: a serves its copy as it is')
+  // View 8: c is back, b still down. Two of three replicas up hold any acknowledged write.
+  const down8: View = { ...viewOf(8, ids), down: [{ id: 'b', since: 1 }] }
+  c.up = true
+  for (const n of nodes.values()) { n.epoch = 8; n.view = down8 }
+  recovery.start(down8)
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x22, 'with c back, a copies c\'s newer copy and serves it')
+})
+
 t.test('a copy whose unsynced writer is down is in doubt, as one whose writer left the view', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
