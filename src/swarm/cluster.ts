@@ -21,13 +21,14 @@ import path from 'node:path'
 import { SheepError } from '../errors'
 import { agreement, decode, encode, Op, type Request, type Response, secretUpdate } from './messages'
 import { admissionProblem, listenedSecrets, type Secrets } from './admission'
-import { type Address, Mesh, type MeshTiming, type Peer } from './mesh'
+import { type Address, Mesh, type MeshTiming } from './mesh'
 import type { Link } from './link'
 import { type Identity, saveSecrets, writeDurably } from './identity'
 import { newSecret } from './proof'
 import { Placement } from './placement'
 import { hasMajority, type AgreementMessage, type PersistedState, ViewKeeper } from './view-agreement'
-import { type DownMember, isDown, type Member, memberProblem, type View } from './view'
+import { nextView } from './next-view'
+import { isDown, type Member, memberProblem, type View } from './view'
 import { voteSigner } from './votes'
 
 export interface ClusterTiming extends MeshTiming {
@@ -422,40 +423,17 @@ export class Cluster extends EventEmitter {
     const newer = peers.filter(p => p.hello.view.epoch > this.epoch).map(p => p.id)
     if (newer.length > 0) await this.keeper.refresh(newer)
     const view = this.view
-    if (view === null || !view.members.some(m => m.id === this.id)) return
-    const reachable = new Map<string, Peer>(peers.map(p => [p.id, p]))
-    const alive = view.members.filter(m => m.id === this.id || reachable.has(m.id))
-    if (!hasMajority(view, alive.map(m => m.id))) return
-    const coordinator = alive.map(m => m.id).sort()[0]
-    if (coordinator !== this.id) return
-    // Newcomers: connected nodes that are not members and whose own view does not list them yet
-    // (removed keys never get this far: the gate refuses them). With manual admission they wait.
-    const joiners = view.manual === true ? [] : peers.filter(p => !view.members.some(m => m.id === p.id)).map(p => p.hello.self)
-    // A member gone is down (it keeps its place) until out-after has passed since it went; then out.
-    const now = Date.now()
-    const down: DownMember[] = []
-    const gone = view.members.filter(m => !alive.includes(m))
-    for (const m of gone) {
-      const since = view.down?.find(d => d.id === m.id)?.since ?? now
-      if (now - since < this.opts.outAfterMs) down.push({ id: m.id, since })
-    }
-    const kept = view.members.filter(m => alive.includes(m) || down.some(d => d.id === m.id))
-    const desired = [...kept.map(m => m.id === this.id ? this.self : (reachable.get(m.id)?.hello.self ?? m)), ...joiners]
-    const same = desired.length === view.members.length && desired.every(d => view.members.some(m => sameMember(m, d))) &&
-      down.length === (view.down?.length ?? 0) && down.every(d => isDown(view, d.id))
+    if (view === null) return
     // The periodic check (checkMs) sees out-after pass.
-    if (same) return
-    const downNote = down.length === 0 ? '' : ` (down: ${down.map(d => d.id.slice(0, 8)).join(', ')})`
-    this.opts.log(`proposing view ${view.epoch + 1}: ${desired.map(m => m.id.slice(0, 8)).join(', ')}${downNote}`)
-    await this.keeper.propose({ members: desired, down })
+    const next = nextView(view, { self: this.self, peers: peers.map(p => p.hello.self), now: Date.now(), outAfterMs: this.opts.outAfterMs })
+    if (next === null) return
+    const downNote = next.down.length === 0 ? '' : ` (down: ${next.down.map(d => d.id.slice(0, 8)).join(', ')})`
+    this.opts.log(`proposing view ${view.epoch + 1}: ${next.members.map(m => m.id.slice(0, 8)).join(', ')}${downNote}`)
+    await this.keeper.propose(next)
   }
 }
 
 const EMPTY = new Uint8Array(0)
-
-function sameMember (a: Member, b: Member): boolean {
-  return a.id === b.id && a.host === b.host && a.port === b.port && a.zone === b.zone && a.weight === b.weight
-}
 
 async function readJson (file: string): Promise<PersistedState | null> {
   try {
