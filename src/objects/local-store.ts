@@ -458,23 +458,22 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async write (oid: ObjectId, offset: number, data: Uint8Array, base = 0): Promise<void> {
-    const version = await this.chained(oid, base)
+    const version = await this.chained(oid, base, false)
     if (version === null) return
     let e: Entry
     try {
       e = await this.acquire(oid)
     } catch (err) {
-      this.unchain(oid, base)
+      this.unchain(oid, version)
       throw err
     }
     try {
-      this.onChain(e, base)
       await this.beginWrite(e)
       let done = 0
       while (done < data.length) {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
       }
-      e.info.version = version ?? this.bump(e.info.version)
+      if (version === undefined) e.info.version = this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
       this.summed(e, offset, data)
@@ -485,8 +484,8 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     } finally {
       this.endChange(e)
+      this.unchain(oid, version, e)
       this.release(e)
-      this.unchain(oid, base)
     }
   }
 
@@ -494,26 +493,23 @@ export class LocalObjectStore implements ObjectStore {
    * For a change made on version `base` (a writer's, ./version-chain.ts; 0: any, counted here):
    * the version it gives the object, undefined to count it, null when the copy holds it already.
    */
-  private async chained (oid: ObjectId, base: number): Promise<number | null | undefined> {
+  private async chained (oid: ObjectId, base: number, alone: boolean): Promise<number | null | undefined> {
     if (base === 0) return undefined
     const version = nextVersion(base, this.versionFloor())
-    const current = async (): Promise<number | null> => {
+    const current = (): number | null | Promise<number | null> => {
       this.checkOpen()
-      const r = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
-      return r === null || r.removed === true ? null : r.version
+      const e = this.entries.get(oid)
+      if (e !== undefined) return e.info.version
+      return this.catalog.get(oid).then(r => r === null || r.removed === true ? null : r.version)
     }
-    return await this.chains.admit(oid, base, version, current) ? version : null
+    return await this.chains.admit(oid, base, version, alone, current) ? version : null
   }
 
-  /** A chained change let in must still find the copy at its base (a replace may have come between). */
-  private onChain (e: Entry, base: number): void {
-    if (base !== 0 && e.info.version !== base) throw SheepError.corrupt(`object ${oidToHex(e.info.oid)}: this copy moved to version ${e.info.version} before a change made on version ${base}: it missed a change`)
-  }
-
-  /** A change of oid is over: changes made on its version go on. */
-  private unchain (oid: ObjectId, base: number): void {
-    if (base !== 0) this.chains.done(oid)
-    else this.chains.wake(oid)
+  /** A change of oid is over: a writer's moves the copy's version once those before it are done too. */
+  private unchain (oid: ObjectId, version: number | undefined, e?: Entry): void {
+    if (version === undefined) return this.chains.wake(oid)
+    const reached = this.chains.finish(oid, version)
+    if (e !== undefined && reached !== null && reached > e.info.version) e.info.version = reached
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
@@ -595,7 +591,7 @@ export class LocalObjectStore implements ObjectStore {
       e.savedSums = sums.changes
       e.stale.clear()
     }
-    this.chains.wake(oid)
+    this.chains.reset(oid)
   }
 
   async compareAndReplace (oid: ObjectId, data: Uint8Array, expected: number): Promise<number> {
@@ -612,28 +608,25 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async truncate (oid: ObjectId, size: number, base = 0): Promise<void> {
-    const version = await this.chained(oid, base)
+    const version = await this.chained(oid, base, true)
     if (version === null) return
     let e: Entry
     try {
       e = await this.acquire(oid)
     } catch (err) {
-      this.unchain(oid, base)
+      this.unchain(oid, version)
       throw err
     }
     let began = false
     try {
-      this.onChain(e, base)
       const old = e.info.size
-      // A writer's change takes its version though it changes nothing: the next is made on it.
-      if (size === old) {
-        if (version !== undefined) e.info.version = version
-        return
-      }
+      // A writer's change takes its version though it changes nothing (unchain): the next is made on it.
+      if (size === old) return
       began = true
       await this.beginWrite(e)
       // The record never claims more than the file holds: a growth is recorded by the next sync;
-      // a shrink is recorded, durably, before the file is cut.
+      // a shrink is recorded, durably, before the file is cut. (A truncate goes alone: its
+      // version is the copy's from here on.)
       e.info.version = version ?? this.bump(e.info.version)
       if (size > old) {
         // The chunks it grows over read as zeros, as their checksums say already.
@@ -654,8 +647,8 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     } finally {
       if (began) this.endChange(e)
+      this.unchain(oid, version, e)
       this.release(e)
-      this.unchain(oid, base)
     }
   }
 
@@ -687,7 +680,7 @@ export class LocalObjectStore implements ObjectStore {
     }
     this.uncertain.delete(oid)
     this.missed.delete(oid)
-    this.chains.wake(oid)
+    this.chains.reset(oid)
     // An image's folder goes with its inode, or with its token record, the last objects of it to be deleted.
     if (oidType(oid) === ObjectType.Inode || oidType(oid) === ObjectType.Token) {
       this.dirs.delete(path.dirname(file))

@@ -36,16 +36,23 @@ t.test('a replica applies a writer\'s changes in the order of their versions, wh
   await store.create(oid, 8192)
   const v0 = await versionOf(store, oid)
   const v1 = after(v0)
-  const v2 = after(v1)
-  // Three overlapping writes, made on v0, v1 and v2, arrive last first.
-  const third = store.write(oid, 0, Buffer.alloc(4096, 3), v2)
-  const second = store.write(oid, 0, Buffer.alloc(4096, 2), v1)
+  // A write into the second 4 KiB made on v0, then a truncate to 4 KiB made on v1: the truncate
+  // arrives first.
+  const truncate = store.truncate(oid, 4096, v1)
   await new Promise(resolve => setTimeout(resolve, 50))
-  t.equal(await versionOf(store, oid), v0, 'the later two wait for the first')
-  await store.write(oid, 0, Buffer.alloc(4096, 1), v0)
-  await Promise.all([second, third])
-  t.equal(await versionOf(store, oid), after(v2), 'the copy is at the version of the last')
-  t.equal((await store.readAll(oid))[0], 3, 'and holds its bytes (counted in arrival order, the first write\'s bytes were left)')
+  t.equal((await store.stat(oid))?.size, 8192, 'the truncate waits for the write it was made after')
+  await store.write(oid, 4096, Buffer.alloc(4096, 2), v0)
+  await truncate
+  const info = await store.stat(oid)
+  t.equal(info?.version, after(v1), 'the copy is at the truncate\'s version')
+  t.equal(info?.size, 4096, 'and its size (in arrival order, the write grew it back to 8 KiB)')
+  // Writes that do not overlap go side by side; the version moves once all before are done.
+  const v2 = after(v1)
+  const third = store.write(oid, 2048, Buffer.alloc(1024, 5), after(after(v2)))
+  const second = store.write(oid, 1024, Buffer.alloc(1024, 4), after(v2))
+  await Promise.all([store.write(oid, 0, Buffer.alloc(1024, 3), v2), second, third])
+  t.equal(await versionOf(store, oid), after(after(after(v2))), 'three writes arriving last first: the copy is at the last one\'s version')
+  t.same([...(await store.readAll(oid)).subarray(0, 3072).filter((_, i) => i % 1024 === 0)], [3, 4, 5], 'holding all three')
 })
 
 t.test('a change the copy holds already (a whole copy brought it before the request came) is not applied again', async t => {
