@@ -87,7 +87,14 @@ interface Entry {
   writeSeq: number
   /** Chunks changed while other changes of the object were under way: summed once none is. */
   stale: Set<number>
+  /** The chunks each change under way is changing (a truncate: all of them). */
+  changing: ChunkSpan[]
 }
+
+/** Chunks [first, end) of an object. */
+interface ChunkSpan { first: number, end: number }
+/** What a truncate changes: whatever a write beside it touches. */
+const EVERY_CHUNK: ChunkSpan = { first: 0, end: Infinity }
 
 export class LocalObjectStore implements ObjectStore {
   readonly dir: string
@@ -233,7 +240,8 @@ export class LocalObjectStore implements ObjectStore {
    * Before a write or truncate changes e's file: its record says dirty first, so that a crash
    * leaves neither a replica's version (asReplica) nor the checksums taken for the bytes' own.
    */
-  private async beginWrite (e: Entry): Promise<void> {
+  private async beginWrite (e: Entry, span: ChunkSpan): Promise<void> {
+    e.changing.push(span)
     e.writing++
     e.writeSeq++
     if (!e.dirty) {
@@ -334,7 +342,7 @@ export class LocalObjectStore implements ObjectStore {
       throw toSheepError(err)
     }
     this.uncertain.delete(oid)
-    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.replica, writing: 0, marking: null, sums, savedSums: this.replica ? -1 : 0, writeSeq: 0, stale: new Set() })
+    this.remember({ info, fd, inflight: 0, savedVersion: info.version, savedSize: size, dirty: this.replica, writing: 0, marking: null, sums, savedSums: this.replica ? -1 : 0, writeSeq: 0, stale: new Set(), changing: [] })
     this.chains.wake(oid)
   }
 
@@ -409,22 +417,25 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   /**
-   * The checksums of the chunks a write of `data` at `offset` changed, once it is in the file:
-   * whole chunks from data, partial ones from the file. While other changes of the object are
-   * under way the file may hold half of one: the chunks wait until none is (endChange).
+   * The checksums of the chunks a write of `data` at `offset` (span `mine`) changed, once it is
+   * in the file: whole chunks from data, partial ones from the file. A chunk another change under
+   * way is changing too may hold half of it in the file: such chunks wait until none is
+   * (endChange). Writes beside each other into other chunks (a guest's queue) do not wait.
    */
-  private summed (e: Entry, offset: number, data: Uint8Array): void {
+  private summed (e: Entry, offset: number, data: Uint8Array, mine: ChunkSpan): void {
     const { first, end } = chunkRange(offset, data.length)
+    const others = e.changing.length > 1 ? e.changing.filter(s => s !== mine && s.first < end && first < s.end) : []
     for (let c = first; c < end; c++) {
       const start = c * CHUNK
-      if (e.writing > 1) e.stale.add(c)
+      if (others.some(s => s.first <= c && c < s.end)) e.stale.add(c)
       else if (start >= offset && start + CHUNK <= offset + data.length) e.sums.set(c, chunkSum(data.subarray(start - offset, start - offset + CHUNK)))
       else this.resum(e, c)
     }
   }
 
   /** A write or truncate of e is over: the chunks changed meanwhile get their checksums once no other is under way. */
-  private endChange (e: Entry): void {
+  private endChange (e: Entry, span: ChunkSpan): void {
+    e.changing.splice(e.changing.indexOf(span), 1)
     e.writing--
     e.writeSeq++
     if (e.writing > 0 || e.stale.size === 0) return
@@ -467,8 +478,9 @@ export class LocalObjectStore implements ObjectStore {
       this.unchain(oid, version)
       throw err
     }
+    const span = chunkRange(offset, data.length)
     try {
-      await this.beginWrite(e)
+      await this.beginWrite(e, span)
       let done = 0
       while (done < data.length) {
         done += await this.io.write(e.fd, data, done, data.length - done, offset + done)
@@ -476,14 +488,14 @@ export class LocalObjectStore implements ObjectStore {
       if (version === undefined) e.info.version = this.bump(e.info.version)
       // Recorded by the next sync, after the file's growth is on disk.
       if (offset + data.length > e.info.size) e.info.size = offset + data.length
-      this.summed(e, offset, data)
+      this.summed(e, offset, data, span)
     } catch (err) {
       // Some of it may be in the file: its chunks' checksums are taken from what is there.
       const { first, end } = chunkRange(offset, data.length)
       for (let c = first; c < end; c++) e.stale.add(c)
       throw toSheepError(err)
     } finally {
-      this.endChange(e)
+      this.endChange(e, span)
       this.unchain(oid, version, e)
       this.release(e)
     }
@@ -623,7 +635,7 @@ export class LocalObjectStore implements ObjectStore {
       // A writer's change takes its version though it changes nothing (unchain): the next is made on it.
       if (size === old) return
       began = true
-      await this.beginWrite(e)
+      await this.beginWrite(e, EVERY_CHUNK)
       // The record never claims more than the file holds: a growth is recorded by the next sync;
       // a shrink is recorded, durably, before the file is cut. (A truncate goes alone: its
       // version is the copy's from here on.)
@@ -646,7 +658,7 @@ export class LocalObjectStore implements ObjectStore {
     } catch (err) {
       throw toSheepError(err)
     } finally {
-      if (began) this.endChange(e)
+      if (began) this.endChange(e, EVERY_CHUNK)
       this.unchain(oid, version, e)
       this.release(e)
     }
@@ -961,7 +973,7 @@ export class LocalObjectStore implements ObjectStore {
         fs.close(fd, () => {})
         throw toSheepError(err)
       }
-      e = { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size, dirty: record?.dirty === true, writing: 0, marking: null, sums, savedSums: sums.changes, writeSeq: 0, stale: new Set() }
+      e = { info, fd: -1, inflight: 0, savedVersion: info.version, savedSize: info.size, dirty: record?.dirty === true, writing: 0, marking: null, sums, savedSums: sums.changes, writeSeq: 0, stale: new Set(), changing: [] }
     }
     e.fd = fd
     this.remember(e)
