@@ -514,7 +514,8 @@ export class LocalObjectStore implements ObjectStore {
       if (e !== undefined) return e.info.version
       return this.catalog.get(oid).then(r => r === null || r.removed === true ? null : r.version)
     }
-    return await this.chains.admit(oid, base, version, alone, current) ? version : null
+    const floor = this.versionFloor()
+    return await this.chains.admit(oid, base, version, alone, current, () => this.versionFloor() === floor) ? version : null
   }
 
   /** A change of oid is over: a writer's moves the copy's version once those before it are done too. */

@@ -22,6 +22,8 @@ import { type ObjectId, oidToHex } from './oid'
  * change it waits for is not coming: the copy missed it.
  */
 export const CHAIN_WAIT_MS = 10_000
+/** How often a waiting change looks whether the view moved on (then it gives way at once). */
+const VIEW_LOOK_MS = 100
 
 /** A change let in and not yet done, in the order of their versions. */
 interface Under { version: number, alone: boolean, done: boolean }
@@ -38,11 +40,15 @@ export class VersionChains {
   /**
    * Lets in a change of oid made on version `base` that gives it `version` (`alone`: a truncate):
    * resolves true when it is to be applied (then call finish() once it is over), false when the
-   * copy holds it already. `current()` is the copy's version now, null when it holds no copy.
+   * copy holds it already. `current()` is the copy's version now, null when it holds no copy;
+   * `sameView()` false once the view the change came in has ended: a waiting change is then
+   * refused with ESTALE (the writer sends it again in the new view), so that it does not hold up
+   * the new view's recovery, which waits for the changes let in before it.
    */
-  async admit (oid: ObjectId, base: number, version: number, alone: boolean, current: () => number | null | Promise<number | null>): Promise<boolean> {
+  async admit (oid: ObjectId, base: number, version: number, alone: boolean, current: () => number | null | Promise<number | null>, sameView: () => boolean): Promise<boolean> {
     const deadline = Date.now() + this.waitMs
     for (;;) {
+      if (!sameView()) throw SheepError.stale(`object ${oidToHex(oid)}: the view changed while a change waited for the one it was made after`)
       const at = await current()
       if (at === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
       const list = this.under.get(oid)
@@ -101,7 +107,7 @@ export class VersionChains {
 
   private async moved (oid: ObjectId, deadline: number): Promise<void> {
     await new Promise<void>(resolve => {
-      const timer = setTimeout(resolve, Math.max(0, deadline - Date.now()))
+      const timer = setTimeout(resolve, Math.max(0, Math.min(VIEW_LOOK_MS, deadline - Date.now())))
       const list = this.waiters.get(oid) ?? []
       list.push(() => { clearTimeout(timer); resolve() })
       this.waiters.set(oid, list)

@@ -86,6 +86,24 @@ t.test('a copy at another version than a change was made on refuses it with EIO:
   t.equal((await sheepError(async () => { await store.write(dataOid(1, 3), 0, Buffer.alloc(16, 1), v0) })).code, 'ENOENT', 'no copy: ENOENT, at once')
 })
 
+t.test('a change waiting for the one it was made after gives way with ESTALE when the view changes, not after the whole wait', async t => {
+  let epoch = 1
+  const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: 5000 })
+  await store.open()
+  t.teardown(async () => await store.close())
+  await store.asReplica(() => epochFloor(epoch))
+  const oid = dataOid(1, 6)
+  await store.create(oid, 4096)
+  const v0 = await versionOf(store, oid)
+  const started = Date.now()
+  const waiting = sheepError(async () => { await store.write(oid, 0, Buffer.alloc(16, 1), after(v0)) })
+  await new Promise(resolve => setTimeout(resolve, 50))
+  epoch = 2
+  const err = await waiting
+  t.equal(err.code, 'ESTALE', 'refused for the writer to send it again in the new view')
+  t.ok(Date.now() - started < 1000, `within ${Date.now() - started} ms (a new view's recovery waits for changes let in before it)`)
+})
+
 async function copies (nodes: Map<string, Node>, oid: ObjectId): Promise<Array<{ id: string, version: number, bytes: string }>> {
   return await Promise.all(IDS.map(async id => {
     const store = (nodes.get(id) as Node).store
