@@ -12,7 +12,7 @@
 
 import crypto from 'node:crypto'
 import { SheepError } from '../errors'
-import { inodeOid, MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
+import { dataOid, inodeOid, MAX_VID, ObjectType, oidIndex, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore, StoreUsage } from '../objects/types'
 import type { ObjectId } from '../objects/oid'
 import { DIRECTORY_OID, type DirectoryEntry, encodeDirectory, HIDDEN, readDirectory } from './directory'
@@ -824,10 +824,32 @@ export class ImageStore {
     }
     if (fresh.isSnapshot && !image.isSnapshot) throw this.lose(image, `${image.name} was snapshotted on another host while open here: open it again`)
     const dropped = image.adopt(fresh)
-    if (!image.isSnapshot) await image.zeroTail()
+    if (!image.isSnapshot) {
+      await image.zeroTail()
+      await this.collectOrphans(image)
+    }
     image.token.reloadOwed = false
     if (dropped > 0) this.log(`${image.name}: dropped ${dropped} owner entries not written out before another host took the image's write token`)
     this.inodeVersions.set(vid, (await this.objects.stat(inodeOid(vid)))?.version ?? 0)
+  }
+
+  /**
+   * After this host took an image's write token from another: the image's data objects that its
+   * owner table does not point at are that host's orphans. It made them (a block's first write)
+   * and died, or was cut off, before it recorded them; it can no longer record them (its writes
+   * are refused once the token moved), and nothing in them was acknowledged as synced. Before,
+   * they were left until the next first write of their block emptied them.
+   */
+  private async collectOrphans (image: Image): Promise<void> {
+    const vid = image.vid
+    const owned = new Set(image.owners.ownedBy(vid))
+    const first = dataOid(vid, 0)
+    const orphans: ObjectId[] = []
+    for await (const info of this.objects.list(first, first + 2n ** 32n)) {
+      if (oidType(info.oid) === ObjectType.Data && oidVid(info.oid) === vid && !owned.has(oidIndex(info.oid))) orphans.push(info.oid)
+    }
+    for (const oid of orphans) await this.objects.remove(oid)
+    if (orphans.length > 0) this.log(`${image.name}: removed ${orphans.length} objects that the last holder of its write token wrote and never recorded`)
   }
 
   /** This instance of an image can no longer do I/O here: every later try is ESTALE too. */

@@ -189,11 +189,12 @@ export class Catalog {
   }
 
   /**
-   * Every object's record in id order (keys are fixed-width hex), from `from` on when given;
-   * undecodable ones go to `unreadable` instead, never throw.
+   * Every object's record in id order (keys are fixed-width hex), from `from` on when given and
+   * below `until`; undecodable ones go to `unreadable` instead, never throw.
    */
-  async * list (from?: ObjectId, unreadable?: UnreadableRecord[]): AsyncIterable<CatalogRecord> {
-    for await (const [key, value] of this.db.iterator({ gte: from === undefined ? FIRST_KEY : oidToHex(from), lte: LAST_KEY })) {
+  async * list (from?: ObjectId, unreadable?: UnreadableRecord[], until?: ObjectId): AsyncIterable<CatalogRecord> {
+    const range = until === undefined ? { lte: LAST_KEY } : { lt: oidToHex(until) }
+    for await (const [key, value] of this.db.iterator({ gte: from === undefined ? FIRST_KEY : oidToHex(from), ...range })) {
       const oid = oidFromHex(key)
       if (oid === null) {
         unreadable?.push({ key, reason: 'malformed key' })

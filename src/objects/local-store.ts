@@ -728,14 +728,14 @@ export class LocalObjectStore implements ObjectStore {
     return info
   }
 
-  async * list (from?: ObjectId): AsyncIterable<ObjectInfo> {
+  async * list (from?: ObjectId, until?: ObjectId): AsyncIterable<ObjectInfo> {
     this.checkOpen()
     const unreadable: UnreadableRecord[] = []
-    for await (const info of this.catalog.list(from, unreadable)) {
+    for await (const info of this.catalog.list(from, unreadable, until)) {
       yield this.infoOf(this.entries.get(info.oid)?.info ?? info)
     }
     // Only a listing of the whole store says what is unreadable in it.
-    if (from === undefined) this.unreadable = unreadable
+    if (from === undefined && until === undefined) this.unreadable = unreadable
   }
 
   /** Damage the last listing found: index records that cannot be read (their objects are left alone). */

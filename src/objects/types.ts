@@ -72,8 +72,11 @@ export interface ObjectStore {
   /** Deletes the object; a missing object is not an error. */
   remove (oid: ObjectId): Promise<void>
   stat (oid: ObjectId): Promise<ObjectInfo | null>
-  /** Every object; with `from`, only those whose id is at least `from` (one page of a long listing). */
-  list (from?: ObjectId): AsyncIterable<ObjectInfo>
+  /**
+   * Every object; with `from`, only those whose id is at least `from` (one page of a long
+   * listing), and with `until` only those whose id is below it (one image's data objects).
+   */
+  list (from?: ObjectId, until?: ObjectId): AsyncIterable<ObjectInfo>
   /** Makes everything written to these objects durable. */
   sync (oids: Iterable<ObjectId>): Promise<void>
   usage (): Promise<StoreUsage>

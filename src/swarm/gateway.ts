@@ -310,19 +310,19 @@ export class Gateway implements ObjectStore {
   }
 
   /** Every object of the cluster, once, at its newest version among the members that answer; none whose newest is a tombstone. */
-  async * list (from = 0n): AsyncIterable<ObjectInfo> {
+  async * list (from = 0n, until?: ObjectId): AsyncIterable<ObjectInfo> {
     const seen = new Map<ObjectId, ObjectInfo>()
-    for await (const info of this.local.list()) seen.set(info.oid, info)
+    for await (const info of this.local.list(from, until)) seen.set(info.oid, info)
     const epoch = this.cluster.epoch
     const others = this.liveMembers().filter(m => m.id !== this.cluster.id)
-    const lists = await Promise.all(others.map(async m => (await listAll(async from => await this.send(m.id, epoch, Op.List, { oid: from }))).entries))
+    const lists = await Promise.all(others.map(async m => (await listAll(async at => await this.send(m.id, epoch, Op.List, { oid: at }), from, until)).entries))
     for (const list of lists) {
       for (const info of list) {
         const known = seen.get(info.oid)
         if (known === undefined || known.version < info.version) seen.set(info.oid, info)
       }
     }
-    for (const info of seen.values()) if (info.oid >= from && info.removed !== true) yield info
+    for (const info of seen.values()) if (info.oid >= from && (until === undefined || info.oid < until) && info.removed !== true) yield info
   }
 
   async sync (oids: Iterable<ObjectId>): Promise<void> {

@@ -600,7 +600,7 @@ export class Recovery {
         }, true)
       },
       async stat (oid) { await use(oid); return await raw.stat(oid) },
-      list: (): AsyncIterable<ObjectInfo> => raw.list(),
+      list: (from, until): AsyncIterable<ObjectInfo> => raw.list(from, until),
       async sync (oids) { await raw.sync(oids) },
       async usage (): Promise<StoreUsage> { return await raw.usage() }
     }

@@ -204,18 +204,19 @@ export async function changedTo (local: ObjectStore, oid: ObjectId, base: number
 /**
  * Every object a replica lists, page by page (Op.List): ask(from) sends a List request for the
  * objects from oid `from` on. A page answered with an error ends the listing with that answer
- * as `refused`. A replica that answers one page with everything (size 0) ends it too.
+ * as `refused`. A replica that answers one page with everything (size 0) ends it too. With
+ * `start` and `until`, the objects from `start` and below `until` (the pages stop past it).
  */
-export async function listAll (ask: (from: bigint) => Promise<Response>): Promise<{ entries: ObjectEntry[], refused: Response | null }> {
+export async function listAll (ask: (from: bigint) => Promise<Response>, start = 0n, until?: bigint): Promise<{ entries: ObjectEntry[], refused: Response | null }> {
   const entries: ObjectEntry[] = []
-  let from = 0n
+  let from = start
   for (;;) {
     const res = await ask(from)
     if (res.error !== '') return { entries, refused: res }
     const page = decode(objectList, res.data, 'object list')
-    entries.push(...page)
+    entries.push(...(until === undefined ? page : page.filter(e => e.oid < until)))
     const last = page[page.length - 1]
-    if (res.size !== 1 || last === undefined) return { entries, refused: null }
+    if (res.size !== 1 || last === undefined || (until !== undefined && last.oid >= until - 1n)) return { entries, refused: null }
     // A page must move on, or a hostile or broken replica would keep us asking for ever.
     if (last.oid < from) throw SheepError.protocol('a List page went backwards')
     from = last.oid + 1n

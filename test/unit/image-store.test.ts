@@ -686,7 +686,7 @@ t.test('two image stores over one object store (two hosts of a cluster): what on
 })
 
 /** Two image stores over one object store, as two hosts of a cluster with their write tokens. */
-async function twoHosts (t: Test): Promise<{ shared: SharedTokens, a: ImageStore, b: ImageStore }> {
+async function twoHosts (t: Test): Promise<{ shared: SharedTokens, a: ImageStore, b: ImageStore, objects: LocalObjectStore }> {
   const objects = new LocalObjectStore(tmpDir(t))
   await objects.open()
   t.teardown(async () => await objects.close())
@@ -696,7 +696,7 @@ async function twoHosts (t: Test): Promise<{ shared: SharedTokens, a: ImageStore
   const b: ImageStore = new ImageStore(objects, { soleWriter: false, tokens: shared.forStore('b') })
   await a.open()
   await b.open()
-  return { shared, a, b }
+  return { shared, a, b, objects }
 }
 
 t.test('write tokens: the holder writes out what it kept before another store takes over; changes wait for it to close', async t => {
@@ -772,6 +772,28 @@ t.test('write tokens: the holder writes out what it kept before another store ta
   t.equal(err.code, 'ESTALE', `I/O on a handle of an image deleted elsewhere: ${err.message}`)
   await a.closeImage(ha2, true)
   await a.close()
+  await b.close()
+})
+
+t.test('write tokens: objects a holder made (first writes of blocks) and died before recording are removed when another host takes the token', async t => {
+  const { shared, a, b, objects } = await twoHosts(t)
+  await a.create('vm', 8 * OS, OPTS)
+  await b.refresh()
+  const ha = await a.acquire('vm', true)
+  await a.io(ha, true, async () => await ha.write(0, pattern(OS, 1)))
+  await a.io(ha, true, async () => await ha.sync())
+  const vid = (lookup(a, 'vm') as Image).vid
+  // a's first write of block 3 made its object; a died before the owner entry was written.
+  await objects.writeFresh(dataOid(vid, 3), OS, 0, pattern(OS, 2))
+  shared.dead.add('a')
+  const hb = await b.acquire('vm', true)
+  const back = Buffer.alloc(4 * OS)
+  await b.io(hb, true, async () => await hb.read(0, back.length, back))
+  t.equal(await objects.stat(dataOid(vid, 3)), null, 'the object no entry points at is gone (before: kept until the next first write of block 3)')
+  t.not(await objects.stat(dataOid(vid, 0)), null, 'the recorded block stays')
+  t.ok(back.equals(Buffer.concat([pattern(OS, 1), Buffer.alloc(3 * OS)])), 'the image reads as a synced it')
+  await b.io(hb, true, async () => await hb.write(3 * OS, pattern(OS, 3)))
+  await b.closeImage(hb, true)
   await b.close()
 })
 
