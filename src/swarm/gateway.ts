@@ -391,12 +391,12 @@ export class Gateway implements ObjectStore {
     }
   }
 
-  /** Sets what every write asks before it goes out in an epoch. */
   /** This host took or let go image vid's write token: what it knew of the image's copies may be out of date. */
   forgetImage (vid: number): void {
     this.chains.forgetImage(vid)
   }
 
+  /** Sets what every write asks before it goes out in an epoch. */
   fenceWith (fence: WriteFence): void {
     this.fence = fence
   }
@@ -547,7 +547,13 @@ export class Gateway implements ObjectStore {
       // Sent again after a view change, a change is made on any version: recovery may have moved the copies.
       const link = chaining === null ? UNCHAINED
         : chaining === 'learn' || attempt > 1 ? await this.chains.learn(oid, epoch) : await this.chains.next(oid, epoch, chaining.steps)
-      let versions: number[] | null = null
+      // Settled before a wait for the next view: the object's other changes must not wait behind it.
+      let settled = false
+      const settle = (versions: number[] | null): void => {
+        if (settled) return
+        settled = true
+        link.settle(versions)
+      }
       try {
         const others = live.filter(n => n !== this.cluster.id)
         const results = await Promise.allSettled(others.map(async target => await fn(target, epoch, attempt, link.base)))
@@ -560,6 +566,7 @@ export class Gateway implements ObjectStore {
         const lost = [...failed.values()].find(err => !isDiskFailure(err))
         if (lost !== undefined) {
           this.uneven.add(oid)
+          settle(null)
           await this.afterFailure(epoch, lost)
           continue
         }
@@ -570,6 +577,7 @@ export class Gateway implements ObjectStore {
           } catch (err) {
             if (!isDiskFailure(err)) {
               this.uneven.add(oid)
+              settle(null)
               await this.afterFailure(epoch, err)
               continue
             }
@@ -579,7 +587,7 @@ export class Gateway implements ObjectStore {
         // Copies counted up from versions that differed: they may differ in bytes too.
         if (link.base === 0 && chaining !== null && answered.some(v => v !== answered[0])) this.uneven.add(oid)
         if (failed.size === 0) {
-          versions = answered
+          settle(answered)
           return
         }
         // The copies that missed it are repaired (below) from one that may be at another version
@@ -593,7 +601,7 @@ export class Gateway implements ObjectStore {
         if (live.length - failed.size < needed) throw toSheepError(failed.values().next().value)
         return
       } finally {
-        link.settle(versions)
+        settle(null)
       }
     }
   }
