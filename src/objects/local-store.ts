@@ -469,15 +469,9 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async write (oid: ObjectId, offset: number, data: Uint8Array, base = 0): Promise<void> {
-    const version = await this.chained(oid, base, false)
-    if (version === null) return
-    let e: Entry
-    try {
-      e = await this.acquire(oid)
-    } catch (err) {
-      this.unchain(oid, version)
-      throw err
-    }
+    const entered = await this.enter(oid, base, false)
+    if (entered === null) return
+    const { e, version } = entered
     const span = chunkRange(offset, data.length)
     try {
       await this.beginWrite(e, span)
@@ -516,6 +510,21 @@ export class LocalObjectStore implements ObjectStore {
     }
     const floor = this.versionFloor()
     return await this.chains.admit(oid, base, version, alone, current, () => this.versionFloor() === floor) ? version : null
+  }
+
+  /**
+   * A write or truncate made on `base` let in (chained) and its entry pinned; null when the copy
+   * holds the change already. `version`: what it gives the object, undefined to count it.
+   */
+  private async enter (oid: ObjectId, base: number, alone: boolean): Promise<{ e: Entry, version: number | undefined } | null> {
+    const version = await this.chained(oid, base, alone)
+    if (version === null) return null
+    try {
+      return { e: await this.acquire(oid), version }
+    } catch (err) {
+      this.unchain(oid, version)
+      throw err
+    }
   }
 
   /** A change of oid is over: a writer's moves the copy's version once those before it are done too. */
@@ -621,15 +630,9 @@ export class LocalObjectStore implements ObjectStore {
   }
 
   async truncate (oid: ObjectId, size: number, base = 0): Promise<void> {
-    const version = await this.chained(oid, base, true)
-    if (version === null) return
-    let e: Entry
-    try {
-      e = await this.acquire(oid)
-    } catch (err) {
-      this.unchain(oid, version)
-      throw err
-    }
+    const entered = await this.enter(oid, base, true)
+    if (entered === null) return
+    const { e, version } = entered
     let began = false
     try {
       const old = e.info.size

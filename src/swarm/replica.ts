@@ -14,7 +14,7 @@ import { SheepError } from '../errors'
 import type { TokenPurpose } from '../cow/tokens'
 import { type ObjectId, ObjectType, oidToHex, oidType, oidVid } from '../objects/oid'
 import type { ObjectStore } from '../objects/types'
-import { chainVersion } from '../objects/versions'
+import { chainVersion, versionEpoch } from '../objects/versions'
 import { short } from './link'
 import type { Recovery } from './recovery'
 import { decode, encode, healSource, LIST_PAGE, MAX_DATA, objectList, type ObjectEntry, Op, oidList, type Request, type Response, type TokenRecord, usage, verifyAnswer } from './messages'
@@ -70,6 +70,9 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         : req.op === Op.Create || req.op === Op.Truncate ? req.length
           : req.op === Op.WriteFresh ? Math.max(req.length, req.offset + req.data.length) : 0
     if (end > MAX_OBJECT_BYTES) throw SheepError.tooBig(`object range ends at ${end}, past the largest object (${MAX_OBJECT_BYTES} bytes)`)
+    // A change made on a version of a later epoch than this one was never made: refused, not
+    // waited for (which would end with this copy marked missed).
+    if ((req.op === Op.Write || req.op === Op.Truncate) && req.version > 0 && versionEpoch(req.version) > mine) throw SheepError.invalid(`a change made on version ${req.version}, of epoch ${versionEpoch(req.version)}, in epoch ${mine}`)
     if (CHANGES.has(req.op)) {
       await mayChange(req.oid, from, mine)
       // The view may have moved on while the token was read: the change must reach the store

@@ -8,6 +8,7 @@ import t from 'tap'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, type ObjectId } from '../../src/objects/oid'
 import { chainVersion, epochFloor } from '../../src/objects/versions'
+import { Op } from '../../src/swarm/messages'
 import { gatewayOn, IDS, makeNodes, type Node } from './three-replicas'
 import { sheepError, tmpDir } from './tmp'
 
@@ -140,4 +141,17 @@ t.test('two writes in flight, each lost on its way to a different replica, the w
   const clash = all.flatMap(x => all.filter(y => y.id > x.id && y.version === x.version && y.bytes !== x.bytes).map(y => `${x.id} and ${y.id}`))
   t.same(clash, [], 'copies at one version hold the same bytes (counted, b and c each took one write and both stood at the next count)')
   t.equal(b.recovery.status.missed, 1, 'b, which got the second write without the first, refuses its copy until it is repaired')
+})
+
+t.test('a write made on a version of a later epoch (bad input from a peer) is refused with EINVAL at once, and the copy is not marked missed', async t => {
+  const nodes = await makeNodes(t, { chainWaitMs: 2000 })
+  const b = nodes.get('b') as Node
+  const oid = dataOid(1, 7)
+  await gatewayOn(nodes, 'a').writeFresh(oid, 4096, 0, Buffer.alloc(4096, 1))
+  const started = Date.now()
+  const err = await sheepError(async () => await b.serve({ id: 0, epoch: 1, op: Op.Write, oid, offset: 0, length: 0, version: epochFloor(5) + 1, data: Buffer.alloc(16, 9) }, 'a'))
+  t.equal(err.code, 'EINVAL', err.message)
+  t.ok(Date.now() - started < 1000, 'not after waiting for a change that cannot come')
+  t.equal(b.recovery.status.missed, 0, 'b\'s copy is still served')
+  t.equal((await b.store.readAll(oid))[0], 1, 'and unchanged')
 })
