@@ -1,23 +1,24 @@
 // The far end of the transport floor (floor.ts): a child process that listens on 127.0.0.1, takes
-// each connection as a Sheep node takes a direct TCP one (src/swarm/mesh.ts: Noise secret-stream
-// with its key pair, then a Link proving the cluster secret) and answers every Write at once,
+// each connection as a Sheep node takes a direct TCP one (src/swarm/mesh.ts: Noise handshake with
+// its key pair, frames, then a Link proving the cluster secret) and answers every Write at once,
 // without touching a disk. What the parent times against it is network, crypto and protocol only.
 //
 // Also here, for both ends: securing a TCP socket the way the mesh does.
 
 import net from 'node:net'
-import SecretStream from '@hyperswarm/secret-stream'
-import type DHT from 'hyperdht'
+import DHT from 'hyperdht'
 import { SheepError } from '../src/errors'
-import { Link, type RequestHandler, type SecureStream } from '../src/swarm/link'
-import { secretStreamOver } from '../src/swarm/mesh'
+import { directCarrier } from '../src/swarm/direct'
+import type { WireMode } from '../src/swarm/frames'
+import { Link, type RequestHandler } from '../src/swarm/link'
+import { DEFAULT_MESH_TIMING } from '../src/swarm/mesh'
 import { Op } from '../src/swarm/messages'
 import type { Member } from '../src/swarm/view'
 
 /** What the parent sends a peer it has forked. */
 export interface PeerStart { secret: string }
-/** What the peer answers once it listens: its port and its node id (public key, hex). */
-export interface PeerReady { port: number, id: string }
+/** What the peer answers once it listens: its ports (Sheep's direct path, raw TCP) and its node id (public key, hex). */
+export interface PeerReady { port: number, rawPort: number, id: string }
 
 export interface LinkSetup {
   keyPair: DHT.KeyPair
@@ -28,6 +29,7 @@ export interface LinkSetup {
   /** The node id the other end must have (the dialling side knows it); null: any. */
   expected: string | null
   log: (line: string) => void
+  wire: WireMode
 }
 
 export function memberOf (keyPair: DHT.KeyPair, port: number): Member {
@@ -35,40 +37,28 @@ export function memberOf (keyPair: DHT.KeyPair, port: number): Member {
 }
 
 /**
- * Secures a TCP socket as Mesh.accept and Mesh.dial do (no Nagle, Noise secret-stream, the mesh's
+ * Secures a TCP socket as Mesh.accept and Mesh.dial do (no Nagle, Noise, frames, the mesh's
  * keep-alive and dead-connection timeout) and resolves with the Link once both proofs checked out.
  */
 export async function linkOver (socket: net.Socket, initiator: boolean, setup: LinkSetup): Promise<Link> {
-  const stream = secretStreamOver(socket, initiator, setup.keyPair)
+  const carrier = await directCarrier(socket, initiator, setup.keyPair, setup.wire, DEFAULT_MESH_TIMING).catch((err: Error) => {
+    throw SheepError.unreachable(`no link over TCP: ${err.message}`)
+  })
+  if (setup.expected !== null && carrier.remoteId !== setup.expected) {
+    carrier.destroy()
+    throw SheepError.unreachable(`expected ${setup.expected}, the peer answered as ${carrier.remoteId}`)
+  }
+  const link = new Link(carrier, {
+    kind: 'tcp',
+    secret: () => setup.secret,
+    gate: (_id, proves) => proves(setup.secret) ? null : 'it did not prove it holds the cluster secret',
+    self: () => ({ member: setup.self, view: { epoch: 0, members: [] } }),
+    onRequest: setup.onRequest,
+    log: setup.log
+  })
   return await new Promise<Link>((resolve, reject) => {
-    const failed = (err?: Error): void => reject(SheepError.unreachable(`no link over TCP: ${err?.message ?? 'the connection closed during the handshake'}`))
-    stream.once('error', failed)
-    stream.once('close', failed)
-    stream.once('connect', () => {
-      stream.off('error', failed)
-      stream.off('close', failed)
-      const remote = stream.remotePublicKey?.toString('hex') ?? ''
-      if (setup.expected !== null && remote !== setup.expected) {
-        stream.destroy()
-        reject(SheepError.unreachable(`expected ${setup.expected}, the peer answered as ${remote}`))
-        return
-      }
-      let link: Link
-      try {
-        link = new Link(stream as unknown as SecureStream, {
-          kind: 'tcp',
-          secret: () => setup.secret,
-          gate: (_id, proves) => proves(setup.secret) ? null : 'it did not prove it holds the cluster secret',
-          self: () => ({ member: setup.self, view: { epoch: 0, members: [] } }), onRequest: setup.onRequest, log: setup.log
-        })
-      } catch (err) {
-        stream.destroy()
-        reject(err)
-        return
-      }
-      link.once('open', () => resolve(link))
-      link.once('close', (why: string) => reject(SheepError.unreachable(`the link closed before it opened: ${why}`)))
-    })
+    link.once('open', () => resolve(link))
+    link.once('close', (why: string) => reject(SheepError.unreachable(`the link closed before it opened: ${why}`)))
   })
 }
 
@@ -78,20 +68,78 @@ const answerAtOnce: RequestHandler = async req => {
   return { epoch: req.epoch }
 }
 
-async function serve (secret: Buffer, send: (ready: PeerReady) => void): Promise<void> {
-  const keyPair = SecretStream.keyPair()
-  const log = (line: string): void => { process.stderr.write(`floor peer: ${line}\n`) }
+/**
+ * The floor's limit: the same bytes over TCP with nothing but a u32le length in front, answered
+ * with 4 bytes; no crypto, no codec, no ids. One request at a time.
+ */
+export class RawEnd {
+  private readonly socket: net.Socket
+  private pending: Buffer = Buffer.alloc(0)
+  private waiting: (() => void) | null = null
+
+  constructor (socket: net.Socket, answering: boolean) {
+    this.socket = socket
+    socket.setNoDelay(true)
+    socket.on('error', () => {})
+    socket.on('data', (chunk: Buffer) => answering ? this.answer(chunk) : this.answered(chunk))
+  }
+
+  async send (data: Buffer): Promise<void> {
+    const length = Buffer.allocUnsafe(4)
+    length.writeUInt32LE(data.length, 0)
+    await new Promise<void>(resolve => {
+      this.waiting = resolve
+      this.socket.cork()
+      this.socket.write(length)
+      if (data.length > 0) this.socket.write(data)
+      this.socket.uncork()
+    })
+  }
+
+  close (): void { this.socket.destroy() }
+
+  private answered (chunk: Buffer): void {
+    this.pending = Buffer.concat([this.pending, chunk])
+    while (this.pending.length >= 4) {
+      this.pending = this.pending.subarray(4)
+      const w = this.waiting
+      this.waiting = null
+      w?.()
+    }
+  }
+
+  private answer (chunk: Buffer): void {
+    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
+    while (this.pending.length >= 4) {
+      const n = this.pending.readUInt32LE(0)
+      if (this.pending.length < 4 + n) return
+      this.pending = this.pending.subarray(4 + n)
+      this.socket.write(Buffer.alloc(4))
+    }
+  }
+}
+
+async function listening (): Promise<net.Server> {
   const server = net.createServer()
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(0, '127.0.0.1', () => resolve())
   })
+  return server
+}
+
+async function serve (secret: Buffer, send: (ready: PeerReady) => void): Promise<void> {
+  const keyPair = DHT.keyPair()
+  const log = (line: string): void => { process.stderr.write(`floor peer: ${line}\n`) }
+  const server = await listening()
+  const raw = await listening()
+  raw.on('connection', socket => new RawEnd(socket, true))
   // The hello names the port, so connections are taken only once it is known (none come before `send`).
   const self = memberOf(keyPair, (server.address() as net.AddressInfo).port)
   server.on('connection', socket => {
-    linkOver(socket, false, { keyPair, secret, self, onRequest: answerAtOnce, expected: null, log }).catch((err: Error) => log(err.message))
+    linkOver(socket, false, { keyPair, secret, self, onRequest: answerAtOnce, expected: null, log, wire: 'plain-authenticated' }).catch((err: Error) => log(err.message))
   })
-  send({ port: self.port, id: self.id })
+  send({ port: self.port, rawPort: (raw.address() as net.AddressInfo).port, id: self.id })
 }
 
 function main (): void {

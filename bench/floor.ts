@@ -13,18 +13,18 @@ import { type ChildProcess, fork } from 'node:child_process'
 import crypto from 'node:crypto'
 import net from 'node:net'
 import path from 'node:path'
-import SecretStream from '@hyperswarm/secret-stream'
-import type DHT from 'hyperdht'
+import DHT from 'hyperdht'
 import { isErrorCode, SheepError } from '../src/errors'
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../src/swarm/gateway'
 import { type Link, type RequestHandler, short } from '../src/swarm/link'
 import { Op, type Request } from '../src/swarm/messages'
+import type { WireMode } from '../src/swarm/frames'
 import { newSecret } from '../src/swarm/proof'
 import type { Member } from '../src/swarm/view'
 import * as cleanup from './cleanup'
-import { linkOver, memberOf, type PeerReady, type PeerStart } from './floor-peer'
+import { linkOver, memberOf, type PeerReady, type PeerStart, RawEnd } from './floor-peer'
 import { median } from './report'
-import { FLOOR_BYTES, FLOOR_IDS, type FloorId } from './rows'
+import { FLOOR_BYTES, FLOOR_IDS, FLOOR_PATH, type FloorId } from './rows'
 
 export interface FloorStats {
   meanUs: number
@@ -51,22 +51,36 @@ interface Peer {
   output: () => string
 }
 
-/** Starts both peers, times the three figures, and stops the peers whatever happens. */
+/** One way to send a Write's bytes to a peer and wait for its answer. */
+type Send = (data: Buffer) => Promise<void>
+
+/** Starts both peers, times every figure, and stops the peers whatever happens. */
 export async function measureFloor (): Promise<FloorResult> {
   const secret = newSecret()
   const peers = Array.from({ length: PEERS }, forkPeer)
-  const links: Link[] = []
+  const closers: Array<() => void> = []
   try {
-    const keyPair = SecretStream.keyPair()
+    const keyPair = DHT.keyPair()
     const self = memberOf(keyPair, 0)
-    await Promise.all(peers.map(async p => { links.push(await connect(p, secret, keyPair, self)) }))
-    return {
-      rtt2_128k: await timeBoth(links, FLOOR_BYTES.rtt2_128k),
-      rtt2_4k: await timeBoth(links, FLOOR_BYTES.rtt2_4k),
-      rtt2_small: await timeBoth(links, FLOOR_BYTES.rtt2_small)
-    }
+    const readies = await Promise.all(peers.map(async p => await whenReady(p, secret)))
+    const ends = async (path: 'encrypted' | 'plain-authenticated' | 'raw'): Promise<Send[]> => await Promise.all(readies.map(async ready => {
+      if (path === 'raw') {
+        const socket = net.connect({ host: '127.0.0.1', port: ready.rawPort })
+        await new Promise(resolve => socket.once('connect', resolve))
+        const raw = new RawEnd(socket, false)
+        closers.push(() => raw.close())
+        return async (data: Buffer) => await raw.send(data)
+      }
+      const link = await connect(ready, secret, keyPair, self, path)
+      closers.push(() => link.close('the floor is measured'))
+      return async (data: Buffer) => await write(link, data)
+    }))
+    const paths = { encrypted: await ends('encrypted'), 'plain-authenticated': await ends('plain-authenticated'), raw: await ends('raw') }
+    const result: Partial<FloorResult> = {}
+    for (const id of FLOOR_IDS) result[id] = await timeBoth(paths[FLOOR_PATH[id]], FLOOR_BYTES[id])
+    return result as FloorResult
   } finally {
-    for (const link of links) link.close('the floor is measured')
+    for (const close of closers) close()
     await Promise.all(peers.map(async p => await cleanup.stopChild(p.child, 1000)))
   }
 }
@@ -115,19 +129,18 @@ async function whenReady (peer: Peer, secret: Buffer): Promise<PeerReady> {
 /** Nothing asks this end anything; a peer that does is broken. */
 const refuse: RequestHandler = async req => { throw SheepError.invalid(`the floor's parent takes no requests (op ${req.op})`) }
 
-async function connect (peer: Peer, secret: Buffer, keyPair: DHT.KeyPair, self: Member): Promise<Link> {
-  const ready = await whenReady(peer, secret)
+async function connect (ready: PeerReady, secret: Buffer, keyPair: DHT.KeyPair, self: Member, wire: WireMode): Promise<Link> {
   const socket = net.connect({ host: '127.0.0.1', port: ready.port })
   const log = (line: string): void => { process.stderr.write(`floor: ${line}\n`) }
-  return await linkOver(socket, true, { keyPair, secret, self, onRequest: refuse, expected: ready.id, log })
+  return await linkOver(socket, true, { keyPair, secret, self, onRequest: refuse, expected: ready.id, log, wire })
 }
 
-/** Times one Write of `bytes` to every link at once, answered by all, again and again after a warm-up. */
-async function timeBoth (links: Link[], bytes: number): Promise<FloorStats> {
-  const req: Omit<Request, 'id'> = { epoch: 1, op: Op.Write, oid: 1n, offset: 0, length: 0, version: 0, data: crypto.randomBytes(bytes) }
+/** Times one Write of `bytes` to every peer at once, answered by all, again and again after a warm-up. */
+async function timeBoth (ends: Send[], bytes: number): Promise<FloorStats> {
+  const data = crypto.randomBytes(bytes)
   const once = async (): Promise<number> => {
     const start = process.hrtime.bigint()
-    await Promise.all(links.map(async link => await write(link, req)))
+    await Promise.all(ends.map(async send => await send(data)))
     return Number(process.hrtime.bigint() - start) / 1000
   }
   await repeat(once, WARMUP)
@@ -145,8 +158,9 @@ async function repeat (fn: () => Promise<number>, limit: { requests: number, ms:
   return out
 }
 
-/** As the gateway sends a request to a replica: its error answer is an error here too. */
-async function write (link: Link, req: Omit<Request, 'id'>): Promise<void> {
+/** As the gateway sends a Write to a replica: its error answer is an error here too. */
+async function write (link: Link, data: Buffer): Promise<void> {
+  const req: Omit<Request, 'id'> = { epoch: 1, op: Op.Write, oid: 1n, offset: 0, length: 0, version: 0, data }
   const res = await link.call(req, DEFAULT_REQUEST_TIMEOUT_MS)
   if (res.error !== '') throw new SheepError(isErrorCode(res.error) ? res.error : 'EIO', `floor peer ${short(link.remoteId)}: ${res.message}`)
 }

@@ -388,9 +388,15 @@ export function cowTable (results: Results): string {
 }
 
 const FLOOR_LABELS: Record<FloorId, string> = {
-  rtt2_128k: 'a 128 KiB Write to both (what each 128 KiB FUSE request of a three-copy write adds)',
+  rtt2_1m: 'a 1 MiB Write to both (what each 1 MiB FUSE request of a three-copy write adds)',
+  rtt2_128k: 'a 128 KiB Write to both (libfuse 2\'s largest request)',
   rtt2_4k: 'a 4 KiB Write to both (a 4 KiB write)',
-  rtt2_small: 'an empty Write to both (a sync, beyond its fdatasync)'
+  rtt2_small: 'an empty Write to both (a sync, beyond its fdatasync)',
+  plain_1m: 'a 1 MiB Write to both, plain-authenticated frames (--wire plain-authenticated)',
+  plain_4k: 'a 4 KiB Write to both, plain-authenticated frames',
+  raw_1m: '1 MiB to both over raw TCP (a length in front, a 4-byte answer: the limit)',
+  raw_4k: '4 KiB to both over raw TCP',
+  raw_small: 'nothing but the length to both over raw TCP'
 }
 
 interface FloorRow {
@@ -402,8 +408,8 @@ interface FloorRow {
 }
 
 const FLOOR_ROWS: FloorRow[] = [
-  // libfuse 2 sends a 1 MiB O_DIRECT write as eight 128 KiB requests, one after the other.
-  { row: 'seq-write', perRequest: mibps => 2 ** 17 / (mibps * 2 ** 20 / 1e6), adds: ['rtt2_128k'] },
+  // The kernel-protocol frontend takes a 1 MiB O_DIRECT write as one request.
+  { row: 'seq-write', perRequest: mibps => 2 ** 20 / (mibps * 2 ** 20 / 1e6), adds: ['rtt2_1m'] },
   { row: 'randwrite-qd1', perRequest: iops => 1e6 / iops, adds: ['rtt2_4k'] },
   { row: 'fdatasync', perRequest: us => us, adds: ['rtt2_4k', 'rtt2_small'] }
 ]
@@ -439,16 +445,22 @@ function floorLine (results: Results, f: FloorRow): string[] {
 export function floorSection (results: Results, runs: number): string {
   if (results.floor.length === 0 && results.floorErrors.length === 0) return ''
   const intro = `Transport floor of a three-copy write (bench/floor.ts${runs > 1 ? `; medians over the ${runs} runs` : ''}): two child Node ` +
-    'processes on 127.0.0.1 play the remote replicas, each reached over TCP (no Nagle) through the Noise secret-stream, Link and codecs ' +
-    "Sheep's nodes use, and answer each Write at once without touching a disk. One request at a time goes to both; the next once both have answered."
+    'processes on 127.0.0.1 play the remote replicas, each reached over TCP (no Nagle) through the Noise handshake, frames, Link and codecs ' +
+    "Sheep's nodes use, and answer each Write at once without touching a disk. One request at a time goes to both; the next once both have answered. " +
+    'The raw figures send the same bytes over plain TCP with nothing but a length in front: what the transport costs is the difference.'
   if (results.floor.length === 0) return intro + ' It failed (see Failures).\n'
   const figures = FLOOR_IDS.map(id => `- \`${id}\`, ${FLOOR_LABELS[id]}: mean **${Math.round(floorMean(results, id))} µs**, ` +
     `median ${Math.round(results.floorMedian(id, 'medianUs') ?? NaN)} µs (${results.floor.reduce((n, r) => n + r[id].requests, 0)} requests)`)
   const table = markdownTable(
     ['job', results.targets[0]?.name ?? 'baseline', 'its time per request, µs', 'transport adds (means), µs', 'best ratio', 'three-copy target', 'reachable'],
     FLOOR_ROWS.map(f => floorLine(results, f)), [false, true, true, true, true, false, false])
-  return intro + '\n\n' + figures.join('\n') + '\n\n' + table + '\n' +
-    'Best ratio: the passthrough\'s time per request with the round trips added: t / (t + rtt2_128k) per 128 KiB request of a seq write, ' +
+  const mean = (id: FloorId): number => floorMean(results, id)
+  const goals = [
+    `- 4 KiB to both against raw TCP: **${(mean('rtt2_4k') / mean('raw_4k')).toFixed(2)}×** (target ≤ 1.5×); plain-authenticated ${(mean('plain_4k') / mean('raw_4k')).toFixed(2)}×`,
+    `- 1 MiB to both, one at a time: **${(2 ** 20 / mean('rtt2_1m') * 1e6 / 2 ** 30).toFixed(2)} GiB/s** (target ≥ 1); plain-authenticated ${(2 ** 20 / mean('plain_1m') * 1e6 / 2 ** 30).toFixed(2)}, raw TCP ${(2 ** 20 / mean('raw_1m') * 1e6 / 2 ** 30).toFixed(2)}`
+  ]
+  return intro + '\n\n' + figures.join('\n') + '\n\n' + goals.join('\n') + '\n\n' + table + '\n' +
+    'Best ratio: the passthrough\'s time per request with the round trips added: t / (t + rtt2_1m) per 1 MiB request of a seq write, ' +
     'L / (L + rtt2_4k) with L = 1 / IOPS for randwrite qd1, (F + rtt2_4k + rtt2_small) / F for write + fdatasync. ' +
     'These assume Sheep costs nothing beyond the transport and the passthrough\'s own work.\n'
 }

@@ -80,10 +80,22 @@ export function formatGoal (goal: Goal, row: Row): string {
 }
 
 // The transport floor under a three-copy write (floor.ts): one Write to both remote replicas at
-// once, by its payload: a 128 KiB FUSE request, a 4 KiB one, and nothing (as small as a sync).
-export type FloorId = 'rtt2_128k' | 'rtt2_4k' | 'rtt2_small'
-export const FLOOR_IDS: readonly FloorId[] = ['rtt2_128k', 'rtt2_4k', 'rtt2_small']
-export const FLOOR_BYTES: Record<FloorId, number> = { rtt2_128k: 128 * 2 ** 10, rtt2_4k: 4 * 2 ** 10, rtt2_small: 0 }
+// once, by its payload: a 1 MiB FUSE request, a 128 KiB one (libfuse 2's largest), a 4 KiB one,
+// and nothing (as small as a sync); the same over plain-authenticated frames; and, as the limit,
+// the same bytes over raw TCP with nothing but a length in front.
+export type FloorId = 'rtt2_1m' | 'rtt2_128k' | 'rtt2_4k' | 'rtt2_small' | 'plain_1m' | 'plain_4k' | 'raw_1m' | 'raw_4k' | 'raw_small'
+export const FLOOR_IDS: readonly FloorId[] = ['rtt2_1m', 'rtt2_128k', 'rtt2_4k', 'rtt2_small', 'plain_1m', 'plain_4k', 'raw_1m', 'raw_4k', 'raw_small']
+export const FLOOR_BYTES: Record<FloorId, number> = {
+  rtt2_1m: 2 ** 20, rtt2_128k: 128 * 2 ** 10, rtt2_4k: 4 * 2 ** 10, rtt2_small: 0,
+  plain_1m: 2 ** 20, plain_4k: 4 * 2 ** 10,
+  raw_1m: 2 ** 20, raw_4k: 4 * 2 ** 10, raw_small: 0
+}
+/** How each floor figure reaches the peers. */
+export const FLOOR_PATH: Record<FloorId, 'encrypted' | 'plain-authenticated' | 'raw'> = {
+  rtt2_1m: 'encrypted', rtt2_128k: 'encrypted', rtt2_4k: 'encrypted', rtt2_small: 'encrypted',
+  plain_1m: 'plain-authenticated', plain_4k: 'plain-authenticated',
+  raw_1m: 'raw', raw_4k: 'raw', raw_small: 'raw'
+}
 
 // The copy-on-write table (Sheep targets only: the passthrough has no snapshots). Its targets are
 // absolute, not ratios against the baseline. Each row belongs to a section, which is what --only

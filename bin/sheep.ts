@@ -11,6 +11,7 @@ import type { CheckReport } from '../src/swarm/check'
 import type { TreeNode } from '../src/cow/image-store'
 import { VERSION } from '../src/version'
 import { FRONTENDS, type Frontend } from '../src/fuse/mount'
+import { WIRE_MODES, type WireMode } from '../src/swarm/frames'
 import { table, progressBar } from './output'
 import { parseMode, resolveId } from './owners'
 
@@ -43,6 +44,9 @@ cluster (without these options a node keeps everything in its own store)
   start ... --bootstrap HOST:PORT   a DHT bootstrap node to use (repeatable)
   start ... [--host ADDR] [--port PORT] [--zone ZONE]   address to bind and advertise (127.0.0.1), object port, failure zone
   start ... --no-direct             object traffic over Hyperswarm only (slower; for hosts TCP cannot reach)
+  start ... --wire MODE             encrypted (default) or plain-authenticated: the direct path's data is not
+                                    encrypted, only authenticated (a trusted storage network), with members that
+                                    ask for it too
   start ... --min-copies N          replicas that must take a write when others are down or their disks fail it (default: a majority of its copies)
   start ... --recovery-rate SIZE    bytes per second that copies to a node catching up keep to (default: no bound);
                                     an I/O to an object not copied yet copies it at once
@@ -240,6 +244,7 @@ async function main (argv: string[]): Promise<void> {
         host: { type: 'string' },
         port: { type: 'string' },
         'no-direct': { type: 'boolean' },
+        wire: { type: 'string' },
         admission: { type: 'string' },
         'min-copies': { type: 'string' },
         'recovery-rate': { type: 'string' },
@@ -260,6 +265,9 @@ async function main (argv: string[]): Promise<void> {
         usageError('--zone, --host, --port and --no-direct are for a cluster: add --bootstrap-port, --bootstrap or --join')
       }
       if (values['no-direct'] === true && values.port !== undefined) usageError('--port is the direct path\'s port: not with --no-direct')
+      const wire = values.wire ?? 'encrypted'
+      if (!WIRE_MODES.includes(wire as WireMode)) usageError(`bad --wire ${JSON.stringify(wire)}: ${WIRE_MODES.join(' or ')}`)
+      if (values.wire !== undefined && (!clustered || values['no-direct'] === true)) usageError('--wire is for the direct path of a cluster: add --bootstrap-port, --bootstrap or --join, without --no-direct')
       const minCopies = count(values['min-copies'], '--min-copies')
       if (minCopies === 0) usageError('bad --min-copies 0: at least 1')
       if (minCopies !== undefined && !clustered) usageError('--min-copies is for a cluster: add --bootstrap-port, --bootstrap or --join')
@@ -288,6 +296,7 @@ async function main (argv: string[]): Promise<void> {
           ? {
               host: typeof values.host === 'string' ? values.host : '127.0.0.1',
               tcpPort: values['no-direct'] === true ? null : portNumber(values.port, '--port') ?? 0,
+              wire: wire as WireMode,
               bootstrapPort: portNumber(values['bootstrap-port'], '--bootstrap-port') ?? null,
               bootstrap,
               join: typeof values.join === 'string' ? values.join : null,
@@ -566,6 +575,7 @@ function formatStatus (s: NodeStatus): string {
     ...(s.cluster === null
       ? []
       : [`cluster:  epoch ${s.cluster.epoch}, ${s.cluster.members} members, ${s.cluster.reachable} reachable${s.cluster.quorate ? '' : ' - NO MAJORITY: writes wait'}; node ${s.cluster.node.slice(0, 16)}`,
+          `links:    ${s.cluster.links.direct} direct (TCP${s.cluster.links.plain > 0 ? `; ${s.cluster.links.plain} plain-authenticated, the others encrypted` : ', encrypted'}), ${s.cluster.links.swarm} over Hyperswarm only`,
           ...(s.cluster.raw === null ? [] : [`raw:      ${formatSize(s.cluster.raw.capacity)}, ${formatSize(s.cluster.raw.free)} free on the reachable members' stores (df shows it divided by the copies of new images)`]),
           ...s.cluster.down.map(d => `down:     node ${d.node.slice(0, 16)} for ${Math.max(0, Math.round((Date.now() - d.since) / 1000))} s: its objects stay placed on it and writes go to their other replicas; out after --out-after`),
           ...(s.cluster.recovering > 0 ? [`recovery: ${s.cluster.recovering} objects still to copy to this node${s.cluster.recovery === null ? '' : formatRecovery(s.cluster.recovery)}`] : []),

@@ -24,7 +24,8 @@ import type { Recovery } from './swarm/recovery'
 import type { CheckReport } from './swarm/check'
 import { isDown, type View } from './swarm/view'
 import type { ClusterTokens } from './swarm/write-tokens'
-import type { Address } from './swarm/mesh'
+import type { Address, Peer } from './swarm/mesh'
+import type { WireMode } from './swarm/frames'
 
 export const DEFAULT_IO_TIMEOUT_MS = 120_000
 
@@ -53,6 +54,8 @@ export interface ClusterNodeOptions {
   host: string
   /** Null: no direct TCP path, object traffic over Hyperswarm only (hosts that TCP cannot reach). */
   tcpPort: number | null
+  /** plain-authenticated: the direct path's frames are authenticated, not encrypted, where both ends ask for it. */
+  wire?: WireMode
   bootstrapPort: number | null
   bootstrap: Address[]
   /** A join token from `sheep cluster token` on a member. */
@@ -196,6 +199,7 @@ export class SheepNode {
       identity,
       host: opts.host,
       tcpPort: opts.tcpPort,
+      wire: opts.wire,
       bootstrapPort: opts.bootstrapPort,
       zone: opts.zone,
       // Whole GiB, so that free space moving does not change the member record (and the view).
@@ -401,6 +405,7 @@ export class SheepNode {
       epoch: view.epoch,
       members,
       reachable: view.members.filter(m => m.id === cluster.id || cluster.link(m.id) !== null).length,
+      links: linkCounts(cluster.mesh.connected),
       quorate: cluster.quorate,
       recovering: this.recovery?.status.pending ?? 0,
       recovery: this.recoveryProgress(),
@@ -656,4 +661,10 @@ function readPid (storeDir: string): number | null {
   } catch {
     return null
   }
+}
+
+/** How the peers are reached: a direct link if there is one, else Hyperswarm's. */
+function linkCounts (peers: Peer[]): ClusterStatus['links'] {
+  const direct = peers.filter(p => p.tcp?.isOpen === true)
+  return { direct: direct.length, plain: direct.filter(p => p.tcp?.plain === true).length, swarm: peers.length - direct.length }
 }

@@ -65,6 +65,8 @@ export interface ClusterStatus {
   epoch: number
   members: number
   reachable: number
+  /** How this node reaches the others: direct TCP links (of them plain-authenticated), Hyperswarm only. */
+  links: { direct: number, plain: number, swarm: number }
   /** Whether this node reaches a majority of its view (writes stop without one). */
   quorate: boolean
   /** Objects this node still has to copy before its replicas are current (after a view change). */

@@ -19,6 +19,7 @@ import { EventEmitter } from 'node:events'
 import fs from 'node:fs'
 import path from 'node:path'
 import { SheepError } from '../errors'
+import type { WireMode } from './frames'
 import { agreement, decode, encode, Op, type Request, type Response, secretUpdate } from './messages'
 import { admissionProblem, listenedSecrets, type Secrets } from './admission'
 import { type Address, Mesh, type MeshTiming } from './mesh'
@@ -53,6 +54,8 @@ export interface ClusterOptions {
   host: string
   /** Null: no direct TCP path (objects over Hyperswarm only). */
   tcpPort: number | null
+  /** What the direct path's frames hide (./frames.ts); default encrypted. */
+  wire?: WireMode
   bootstrapPort: number | null
   zone: string
   /** Capacity this node contributes, in whole GiB (>= 1): its share of objects. */
@@ -117,6 +120,7 @@ export class Cluster extends EventEmitter {
       gate: (id, proves) => admissionProblem(this.secrets, this.view, id, proves),
       host: opts.host,
       tcpPort: opts.tcpPort,
+      wire: opts.wire,
       bootstrap: opts.identity.bootstrap,
       bootstrapPort: opts.bootstrapPort,
       self: () => ({ member: this.self, view: this.view ?? { epoch: 0, members: [] } }),

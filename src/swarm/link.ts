@@ -1,25 +1,15 @@
-// One authenticated connection to a peer, over either path (Hyperswarm or direct TCP): a protomux
-// channel whose opening handshake carries the cluster-secret proof, then requests and responses
-// matched by id. Anything malformed, and a wrong proof, closes the connection: this connection
-// only, never the node. Protomux runs our decoders and callbacks inside its own handlers and
-// hands what they throw to safety-catch, which rethrows a RangeError or TypeError as an uncaught
-// exception; so nothing here may throw into protomux (codecs are wrapped by wire(), callbacks
-// catch everything), and an error ends in closing the stream with a log line naming the peer.
+// One authenticated connection to a peer, over either path (Hyperswarm or direct TCP) and its
+// carrier (./carrier.ts): the hello carries the cluster-secret proof, then requests and responses
+// are matched by id. Anything malformed, and a wrong proof, closes the connection: this
+// connection only, never the node. The carrier's callbacks here catch everything (protomux must
+// never see a throw), and an error ends in closing the connection with a log line naming the peer.
 
 import { EventEmitter } from 'node:events'
-import type { Duplex } from 'node:stream'
-import Protomux from 'protomux'
+import type { Carrier } from './carrier'
 import { SheepError, toSheepError } from '../errors'
-import { type Hello, hello as helloCodec, MAX_DATA, MAX_MESSAGE, PROTOCOL, type Request, request as requestCodec, type Response, response as responseCodec, wire } from './messages'
+import { type Hello, MAX_DATA, MAX_MESSAGE, type Request, type Response } from './messages'
 import { proofFor, proofIsValid } from './proof'
 import type { Member, View } from './view'
-
-/** A Noise secret-stream after its handshake (a Hyperswarm connection, or ours over TCP). */
-export interface SecureStream extends Duplex {
-  remotePublicKey: Buffer | null
-  handshakeHash: Buffer | null
-  isInitiator: boolean
-}
 
 export type LinkKind = 'swarm' | 'tcp'
 
@@ -63,9 +53,10 @@ export const MAX_UNSENT = 256 * 2 ** 20
 
 /**
  * What protomux, compact-encoding and the secret-stream say when the peer's bytes are malformed
- * (framing, a bad header or message, a failed decryption). Anything else, such as Hyperswarm
- * closing the second of two connections between the same nodes ("Duplicate connection", routine
- * when a restarted node reconnects), a timeout or a destroyed stream, happens to good members too.
+ * (framing, a bad header or message, a failed decryption); the direct path's frames say EPROTO.
+ * Anything else, such as Hyperswarm closing the second of two connections between the same nodes
+ * ("Duplicate connection", routine when a restarted node reconnects), a timeout or a destroyed
+ * stream, happens to good members too.
  */
 const MALFORMED = /^(Out of bounds|Array is too big|Incorrect buffer size|uint must be |Invalid (open|reject) message|Invalid (header|header message|message) received|Remote exceeded backlog)/
 
@@ -84,7 +75,7 @@ export class Link extends EventEmitter {
   readonly remoteId: string
   /** The peer's hello, once its proof checked out. */
   peer: Hello | null = null
-  private readonly stream: SecureStream
+  private readonly carrier: Carrier
   private readonly opts: LinkOptions
   private readonly pending = new Map<number, { resolve: (r: Response) => void, reject: (e: Error) => void, timer: NodeJS.Timeout }>()
   private nextId = 1
@@ -93,37 +84,14 @@ export class Link extends EventEmitter {
   private paused = false
   private unsent = 0
   private readonly helloTimer: NodeJS.Timeout
-  private readonly sendRequest
-  private readonly sendResponse
 
-  /** Call once the stream's handshake is done (remotePublicKey and handshakeHash are set). */
-  constructor (stream: SecureStream, opts: LinkOptions) {
+  /** Call once the carrier's handshake is done. */
+  constructor (carrier: Carrier, opts: LinkOptions) {
     super()
-    this.stream = stream
+    this.carrier = carrier
     this.opts = opts
     this.kind = opts.kind
-    this.remoteId = stream.remotePublicKey?.toString('hex') ?? ''
-    const handshakeHash = stream.handshakeHash
-    if (handshakeHash === null || this.remoteId === '') throw new Error('a link needs a stream whose handshake is done')
-    stream.on('error', (err: Error) => {
-      // A malformed or oversized message ends up here too: protomux destroys the stream with it.
-      if (this.closed) return
-      opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${err.message}`)
-      if (isMisbehaviour(err)) this.emit('misbehaved', err.message)
-      this.shut(`connection error: ${err.message}`)
-    })
-    stream.on('close', () => this.shut('connection closed'))
-    stream.on('drain', () => { this.unsent = 0 })
-    const mux = Protomux.from(stream)
-    const channel = mux.createChannel<Hello>({
-      protocol: PROTOCOL,
-      handshake: wire(helloCodec, 'hello'),
-      onopen: h => this.opened(h, handshakeHash),
-      onclose: () => this.shut('channel closed')
-    })
-    if (channel === null) throw new Error(`a ${PROTOCOL} channel is already open on this connection`)
-    this.sendRequest = channel.addMessage({ encoding: wire(requestCodec, 'request'), onmessage: req => this.serve(req) })
-    this.sendResponse = channel.addMessage({ encoding: wire(responseCodec, 'response'), onmessage: res => this.answered(res) })
+    this.remoteId = carrier.remoteId
     // A peer that completes Noise (any key does) and then sends nothing, or never a valid
     // hello, must not hold the connection open for ever.
     this.helloTimer = setTimeout(() => {
@@ -133,10 +101,25 @@ export class Link extends EventEmitter {
     }, opts.helloTimeoutMs ?? HELLO_TIMEOUT_MS)
     this.helloTimer.unref()
     const { member, view } = opts.self()
-    channel.open({ proof: proofFor(opts.secret(), handshakeHash, stream.isInitiator), self: member, view })
+    carrier.open({ proof: proofFor(opts.secret(), carrier.handshakeHash, carrier.isInitiator), self: member, view }, {
+      hello: h => this.opened(h),
+      request: req => { void this.serve(req) },
+      response: res => this.answered(res),
+      drain: () => { this.unsent = 0 },
+      error: err => {
+        if (this.closed) return
+        opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${err.message}`)
+        if (isMisbehaviour(err)) this.emit('misbehaved', err.message)
+        this.shut(`connection error: ${err.message}`)
+      },
+      close: why => this.shut(why)
+    })
   }
 
   get isOpen (): boolean { return this.peer !== null && !this.closed }
+
+  /** Whether this link's data goes authenticated only, not encrypted (./frames.ts). */
+  get plain (): boolean { return this.carrier.plain }
 
   /** Sends a request and waits for its response; ENOTCONN if the link closes or time runs out first. */
   async call (req: Omit<Request, 'id'>, timeoutMs: number): Promise<Response> {
@@ -150,7 +133,7 @@ export class Link extends EventEmitter {
         reject(SheepError.unreachable(`${short(this.remoteId)} did not answer within ${timeoutMs} ms (${this.kind})`))
       }, timeoutMs)
       this.pending.set(id, { resolve, reject, timer })
-      this.sendRequest.send({ ...req, id })
+      this.carrier.sendRequest({ ...req, id })
     })
   }
 
@@ -158,20 +141,20 @@ export class Link extends EventEmitter {
     this.shut(why)
   }
 
-  /** Protomux's onopen: must not throw (see the note at the top). */
-  private opened (h: Hello, handshakeHash: Buffer): void {
+  /** The carrier's hello: must not throw (see the note at the top). */
+  private opened (h: Hello): void {
     try {
-      this.checkHello(h, handshakeHash)
+      this.checkHello(h)
     } catch (err) {
       this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: ${(err as Error).message}`)
       this.shut('failed to open')
     }
   }
 
-  private checkHello (h: Hello, handshakeHash: Buffer): void {
+  private checkHello (h: Hello): void {
     clearTimeout(this.helloTimer)
     // The remote's proof was made for its role, which is the opposite of ours.
-    const refused = this.opts.gate(this.remoteId, secret => proofIsValid(secret, handshakeHash, !this.stream.isInitiator, h.proof))
+    const refused = this.opts.gate(this.remoteId, secret => proofIsValid(secret, this.carrier.handshakeHash, !this.carrier.isInitiator, h.proof))
     if (refused !== null) {
       this.opts.log(`dropped ${this.kind} connection from ${this.remoteId}: ${refused}`)
       this.emit('rejected', refused)
@@ -191,13 +174,13 @@ export class Link extends EventEmitter {
     this.emit('open', h)
   }
 
-  /** Protomux's onmessage for a request: its promise must never reject (see the note at the top). */
+  /** The carrier's request: its promise must never reject (see the note at the top). */
   private async serve (req: Request): Promise<void> {
     if (this.peer === null) return this.shut('a request before the proof')
     this.serving++
     if (this.serving >= MAX_SERVING && !this.paused) {
       this.paused = true
-      this.stream.pause()
+      this.carrier.pause()
     }
     try {
       let res: Partial<Response>
@@ -215,7 +198,7 @@ export class Link extends EventEmitter {
         answer = { ...answer, error: 'EFBIG', message: `the answer has ${answer.data.length} bytes, more than the ${MAX_DATA} a message carries`, data: EMPTY }
       }
       if (answer.message.length > MAX_MESSAGE / 4) answer.message = answer.message.slice(0, MAX_MESSAGE / 4 - 3) + '...'
-      if (!this.sendResponse.send(answer)) {
+      if (!this.carrier.sendResponse(answer)) {
         this.unsent += answer.data.length + 64
         if (this.unsent > MAX_UNSENT) {
           this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: it does not read its answers (${this.unsent} bytes waiting)`)
@@ -230,7 +213,7 @@ export class Link extends EventEmitter {
       this.serving--
       if (this.paused && this.serving <= MAX_SERVING / 2) {
         this.paused = false
-        if (!this.closed) this.stream.resume()
+        if (!this.closed) this.carrier.resume()
       }
     }
   }
@@ -254,10 +237,10 @@ export class Link extends EventEmitter {
     }
     this.pending.clear()
     if (flush) {
-      this.stream.end()
-      setTimeout(() => this.stream.destroy(), FLUSH_MS).unref()
+      this.carrier.end()
+      setTimeout(() => this.carrier.destroy(), FLUSH_MS).unref()
     } else {
-      this.stream.destroy()
+      this.carrier.destroy()
     }
     this.emit('close', why)
   }

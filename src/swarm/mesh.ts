@@ -1,8 +1,8 @@
 // The connections between nodes. Hyperswarm finds the cluster's nodes on the topic derived from the
 // secret and gives each its identity (Noise key pair); object traffic then moves to a direct TCP
-// connection wrapped in the same Noise secret-stream with the same proof, because UDX is an order
-// of magnitude slower for bulk data (../../docs/ARCHITECTURE.md, "Transport"). The Hyperswarm link
-// stays as the fallback. Settings that Hyperswarm needs without internet: our own bootstrap node,
+// connection with the same Noise handshake and proof, carrying frames (./direct.ts), because UDX
+// and a secret-stream cost far more for bulk data (../../docs/ARCHITECTURE.md, "Transport"). The
+// Hyperswarm link stays as the fallback. Settings that Hyperswarm needs without internet: our own bootstrap node,
 // an explicit bind address, nodes declared reachable, frequent refresh while members are missing.
 
 import { EventEmitter } from 'node:events'
@@ -10,9 +10,11 @@ import dgram from 'node:dgram'
 import net from 'node:net'
 import DHT from 'hyperdht'
 import Hyperswarm from 'hyperswarm'
-import SecretStream from '@hyperswarm/secret-stream'
 import { BanTable, type BanOptions } from './bans'
-import { type Gate, Link, type LinkKind, type RequestHandler, type SecureStream, short } from './link'
+import { muxCarrier, type Carrier, type SecureStream } from './carrier'
+import { directCarrier } from './direct'
+import type { WireMode } from './frames'
+import { type Gate, Link, type LinkKind, type RequestHandler, short } from './link'
 import { topicOf } from './proof'
 import type { Member, View } from './view'
 
@@ -53,6 +55,8 @@ export interface MeshOptions {
   host: string
   /** TCP port of the object path; 0 picks one; null: no direct path, objects go over Hyperswarm. */
   tcpPort: number | null
+  /** What the direct path's frames hide: plain-authenticated only where both ends ask for it. */
+  wire?: WireMode
   /** DHT bootstrap nodes to use (besides our own, if any). */
   bootstrap: Address[]
   /** Run a DHT bootstrap node on host:port (0 picks a port) for clusters without internet. */
@@ -224,7 +228,15 @@ export class Mesh extends EventEmitter {
   private swarmConnection (conn: Hyperswarm.Connection, info: Hyperswarm.PeerInfo): void {
     conn.on('error', () => {}) // reported by the link; an unhandled ECONNRESET would kill the node
     conn.setTimeout(this.timing.deadAfterMs)
-    this.adopt(conn, 'swarm', () => info.ban(true))
+    let carrier: Carrier
+    try {
+      carrier = muxCarrier(conn as unknown as SecureStream)
+    } catch (err) {
+      this.opts.log(`dropped a swarm connection: ${(err as Error).message}`)
+      conn.destroy()
+      return
+    }
+    this.adopt(carrier, 'swarm', () => info.ban(true))
   }
 
   private accept (socket: net.Socket): void {
@@ -248,7 +260,7 @@ export class Mesh extends EventEmitter {
       this.tcpSockets.delete(socket)
       settle()
     })
-    this.secure(secretStreamOver(socket, false, this.opts.keyPair, this.timing), null, settle)
+    this.secure(socket, false, null, settle)
   }
 
   private dial (peer: Peer): void {
@@ -269,43 +281,42 @@ export class Mesh extends EventEmitter {
     socket.on('error', () => {})
     this.tcpSockets.add(socket)
     socket.on('close', () => this.tcpSockets.delete(socket))
-    this.secure(secretStreamOver(socket, true, this.opts.keyPair, this.timing), id)
+    this.secure(socket, true, id)
   }
 
-  /** A TCP secret-stream: once its Noise handshake is done, it becomes a link like any other. */
-  private secure (stream: SecretStream, expected: string | null, proven: () => void = () => {}): void {
-    stream.on('error', () => {})
+  /** A TCP connection: once its Noise handshake is done, it becomes a link like any other. */
+  private secure (socket: net.Socket, initiator: boolean, expected: string | null, proven: () => void = () => {}): void {
     const done = (): void => { if (expected !== null) this.dialling.delete(expected) }
-    stream.on('close', () => {
+    socket.on('close', () => {
       done()
       const p = expected === null ? undefined : this.peers.get(expected)
       // The TCP path failed while the peer is still there: try it again later.
       if (p !== undefined && p.tcp === null && !this.closing) setTimeout(() => this.dial(p), this.timing.redialMs).unref()
     })
-    stream.once('connect', () => {
+    directCarrier(socket, initiator, this.opts.keyPair, this.opts.wire ?? 'encrypted', this.timing).then(carrier => {
       done()
-      const remote = stream.remotePublicKey?.toString('hex')
-      if (remote !== undefined && this.banned.has(remote)) {
-        stream.destroy()
+      const remote = carrier.remoteId
+      if (this.banned.has(remote)) {
+        carrier.destroy()
         return
       }
       if (expected !== null && remote !== expected) {
-        this.opts.log(`dropped TCP connection to ${expected}: it answered as ${remote ?? 'nobody'}`)
-        stream.destroy()
+        this.opts.log(`dropped TCP connection to ${expected}: it answered as ${remote}`)
+        carrier.destroy()
         return
       }
-      this.adopt(stream as unknown as SecureStream, 'tcp', null, proven)
-    })
+      this.adopt(carrier, 'tcp', null, proven)
+    }, () => done()) // the socket is destroyed: its close redials
   }
 
-  private adopt (stream: SecureStream, kind: LinkKind, ban: (() => void) | null, proven: () => void = () => {}): void {
-    if (this.closing) { stream.destroy(); return }
+  private adopt (carrier: Carrier, kind: LinkKind, ban: (() => void) | null, proven: () => void = () => {}): void {
+    if (this.closing) { carrier.destroy(); return }
     let link: Link
     try {
-      link = new Link(stream, { kind, secret: this.opts.secret, gate: this.opts.gate, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log, helloTimeoutMs: this.opts.helloTimeoutMs })
+      link = new Link(carrier, { kind, secret: this.opts.secret, gate: this.opts.gate, self: this.opts.self, onRequest: this.opts.onRequest, log: this.opts.log, helloTimeoutMs: this.opts.helloTimeoutMs })
     } catch (err) {
       this.opts.log(`dropped a ${kind} connection: ${(err as Error).message}`)
-      stream.destroy()
+      carrier.destroy()
       return
     }
     link.once('rejected', (why: string) => {
@@ -353,18 +364,6 @@ async function freeUdpPort (host: string): Promise<number> {
   const { port } = socket.address()
   await new Promise<void>(resolve => socket.close(() => resolve()))
   return port
-}
-
-/**
- * A TCP socket as the direct path carries it: no Nagle, the Noise secret-stream with this node's
- * key pair, keep-alive and the dead-connection timeout (the bench's transport floor uses it too).
- */
-export function secretStreamOver (socket: net.Socket, initiator: boolean, keyPair: DHT.KeyPair, timing: MeshTiming = DEFAULT_MESH_TIMING): SecretStream {
-  socket.setNoDelay(true)
-  const stream = new SecretStream(initiator, socket, { keyPair })
-  stream.setKeepAlive(timing.keepAliveMs)
-  stream.setTimeout(timing.deadAfterMs)
-  return stream
 }
 
 async function listen (server: net.Server, port: number, host: string): Promise<void> {

@@ -313,16 +313,19 @@ export interface Request {
   data: Uint8Array
 }
 
-export const request: Codec<Request> = struct<Request>({
+const requestFields = {
   id: safeUint,
   epoch: safeUint,
   op: safeUint,
   oid: c.biguint64,
   offset: safeUint,
   length: safeUint,
-  version: safeUint,
-  data
-})
+  version: safeUint
+}
+
+export const request: Codec<Request> = struct<Request>({ ...requestFields, data })
+/** A request without its data, which a frame of the direct path carries beside it (./frames.ts). */
+export const requestHead: Codec<Omit<Request, 'data'>> = struct<Omit<Request, 'data'>>(requestFields)
 
 export interface Response {
   id: number
@@ -339,17 +342,22 @@ export interface Response {
 /** The longest error message a response carries; a longer one is cut before sending (./link.ts). */
 export const MAX_MESSAGE = 4 * MAX_STRING
 
-export const response: Codec<Response> = checked(struct<Response>({
+const responseFields = {
   id: safeUint,
   error: shortString,
   message: bounded(MAX_MESSAGE),
   epoch: safeUint,
   version: safeUint,
-  size: safeUint,
-  data
-}), r => {
+  size: safeUint
+}
+
+function knownError (r: { error: string }): void {
   if (r.error !== '' && !isErrorCode(r.error)) throw bad(`unknown error code ${JSON.stringify(r.error.slice(0, 32))}`)
-})
+}
+
+export const response: Codec<Response> = checked(struct<Response>({ ...responseFields, data }), knownError)
+/** A response without its data (see requestHead). */
+export const responseHead: Codec<Omit<Response, 'data'>> = checked(struct<Omit<Response, 'data'>>(responseFields), knownError)
 
 export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean, removed?: boolean }
 

@@ -63,22 +63,6 @@ declare module 'hyperswarm' {
   export = Hyperswarm
 }
 
-declare module '@hyperswarm/secret-stream' {
-  import { Duplex } from 'node:stream'
-  import type DHT from 'hyperdht'
-  class SecretStream extends Duplex {
-    constructor (isInitiator: boolean, rawStream: Duplex, opts?: { keyPair?: DHT.KeyPair })
-    remotePublicKey: Buffer | null
-    publicKey: Buffer
-    handshakeHash: Buffer | null
-    isInitiator: boolean
-    setTimeout (ms: number): void
-    setKeepAlive (ms: number): void
-    static keyPair (seed?: Buffer): DHT.KeyPair
-  }
-  export = SecretStream
-}
-
 declare module 'protomux' {
   import type { Duplex } from 'node:stream'
   import type c from 'compact-encoding'
@@ -125,4 +109,24 @@ declare module '@hyperswarm/testnet' {
   interface Testnet { bootstrap: DHT.Address[], nodes: DHT[], destroy (): Promise<void> }
   function createTestnet (size?: number, opts?: { host?: string, port?: number }): Promise<Testnet>
   export = createTestnet
+}
+
+declare module 'noise-handshake' {
+  class Noise {
+    constructor (pattern: 'XX', initiator: boolean, keyPair: { publicKey: Buffer, secretKey: Buffer }, opts: { curve: unknown })
+    initialise (prologue: Uint8Array, remoteStatic?: Uint8Array): void
+    send (payload?: Uint8Array): Uint8Array
+    recv (message: Uint8Array): Uint8Array
+    complete: boolean
+    tx: Uint8Array | null
+    rx: Uint8Array | null
+    hash: Uint8Array | null
+    rs: Uint8Array | null
+  }
+  export = Noise
+}
+
+declare module 'noise-curve-ed' {
+  const curve: unknown
+  export = curve
 }

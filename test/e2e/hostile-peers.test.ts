@@ -12,11 +12,12 @@ import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
 import DHT from 'hyperdht'
-import { encode, hello, request, Op } from '../../src/swarm/messages'
+import { FrameType } from '../../src/swarm/frames'
+import { encode, hello, requestHead, Op } from '../../src/swarm/messages'
 import { proofFor } from '../../src/swarm/proof'
 import type { Member } from '../../src/swarm/view'
 import { clusterState, type Daemon, QemuIoSession, qemuIo, startCluster, waitFor } from '../helpers/daemon'
-import { HUGE_PREFIXES, helloOf, hostileConnection, memberOf, messageFrame, mutate, openFrame } from '../helpers/hostile'
+import { helloFrame, HUGE_PREFIXES, helloOf, hostileConnection, memberOf, mutate, requestFrame, type Sealed } from '../helpers/hostile'
 import { Rng } from '../helpers/random'
 
 const TOTAL = 2000
@@ -57,26 +58,26 @@ async function rawGarbage (port: number, bytes: Buffer): Promise<void> {
 }
 
 /** What one hostile connection sends; 'logged': its key must appear in the node's log. */
-type Attack = (rng: Rng, key: string) => { frames: Buffer[], logged: boolean }
-const ATTACK_NAMES = ['a mutated hello', 'a hello cut short', 'a view of 2^30 members', 'a request of 2^30 bytes', 'random bytes']
+type Attack = (rng: Rng, key: string) => { frames: Array<Buffer | Sealed>, logged: boolean }
+const ATTACK_NAMES = ['a mutated hello', 'a hello cut short', 'a view of 2^30 members', 'a request frame of 2^30 bytes', 'random bytes']
 
 const ATTACKS: Attack[] = [
   // a mutated hello (it either fails to decode or fails the proof)
-  (rng, key) => ({ frames: [openFrame(mutate(rng, encode(hello, { ...helloOf(rng), self: memberOf(rng, key) })))], logged: true }),
+  (rng, key) => ({ frames: [helloFrame(mutate(rng, encode(hello, { ...helloOf(rng), self: memberOf(rng, key) })))], logged: true }),
   // a hello cut short
-  (rng, key) => { const h = encode(hello, { ...helloOf(rng), self: memberOf(rng, key) }); return { frames: [openFrame(h.subarray(0, rng.int(0, h.length - 1)))], logged: true } },
+  (rng, key) => { const h = encode(hello, { ...helloOf(rng), self: memberOf(rng, key) }); return { frames: [helloFrame(h.subarray(0, rng.int(0, h.length - 1)))], logged: true } },
   // a valid-looking hello whose view claims 2^30 members (or more)
   (rng, key) => {
     const h = encode(hello, { proof: rng.bytes(32), self: memberOf(rng, key), view: { epoch: 0, members: [] } })
-    return { frames: [openFrame(Buffer.concat([h.subarray(0, -2), Buffer.from([0x07]), rng.pick(HUGE_PREFIXES.slice(0, 5)), rng.bytes(8)]))], logged: true }
+    return { frames: [helloFrame(Buffer.concat([h.subarray(0, -2), Buffer.from([0x07]), rng.pick(HUGE_PREFIXES.slice(0, 5)), rng.bytes(8)]))], logged: true }
   },
-  // an open frame, then a request whose data claims 2^30 bytes
+  // a hello, then a request frame whose length claims 2^30 bytes
   (rng, key) => ({
-    frames: [openFrame(encode(hello, { proof: rng.bytes(32), self: memberOf(rng, key), view: { epoch: 0, members: [] } })),
-      messageFrame(0, Buffer.concat([Buffer.from([1, 1, 2]), Buffer.alloc(8), Buffer.from([0, 0, 0]), Buffer.from([0xfe, 0, 0, 0, 0x40])]))],
+    frames: [helloFrame(encode(hello, { proof: rng.bytes(32), self: memberOf(rng, key), view: { epoch: 0, members: [] } })),
+      Buffer.from([0, 0, 0, 0x40, FrameType.Request, 0, 0])],
     logged: true
   }),
-  // random bytes after Noise (protomux may ignore them: then the node's timeouts end it)
+  // random bytes after Noise (a frame prefix that may wait for more: then the node's timeouts end it)
   rng => ({ frames: [rng.bytes(rng.int(1, 300))], logged: false })
 ]
 
@@ -175,8 +176,8 @@ async function weightZero (t: Test, nodes: Daemon[], ports: number[]): Promise<v
     await hostileConnection(ports[0] as number, kp, s => {
       const self = { id: key, host: '127.0.0.1', port: 0, zone: '', weight: 1, ...change }
       // Encoded past the codec's checks where it would refuse (port): written field by field.
-      s.write(openFrame(looseHello(proofFor(secret, s.handshakeHash as Buffer, true), self)))
-      s.write(messageFrame(0, encode(request, { id: 1, epoch: 1, op: Op.Stat, oid: 1n, offset: 0, length: 0, version: 0, data: new Uint8Array(0) })))
+      s.write(helloFrame(looseHello(proofFor(secret, s.handshakeHash, true), self)))
+      s.write(requestFrame(encode(requestHead, { id: 1, epoch: 1, op: Op.Stat, oid: 1n, offset: 0, length: 0, version: 0 })))
     }, 3000)
     t.ok(await waitFor(() => n1.log.includes(`closed tcp connection to ${key}`) && n1.log.includes(`banned ${key}`), 5000), `${what}: refused with a log line naming the peer, and banned`)
   }

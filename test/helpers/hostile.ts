@@ -1,12 +1,14 @@
 // What a hostile peer sends, for the fuzzing and hostile-peer tests: valid peer messages made up
 // from a seeded generator, a mutator that breaks them in the ways a decoder must survive (bit
 // flips, truncation, extension, huge length and count prefixes, random bytes), the protomux
-// frames that carry them, and an in-memory stream a Link can run on.
+// frames that carry them on the Hyperswarm path and an in-memory stream a Link can run on, and a
+// connection to a node's direct (TCP) port that sends what a test makes up, sealed or not.
 
 import { EventEmitter } from 'node:events'
 import net from 'node:net'
-import SecretStream from '@hyperswarm/secret-stream'
 import c from 'compact-encoding'
+import { FrameSealer, frameKeys, FrameType } from '../../src/swarm/frames'
+import { noiseHandshake } from '../../src/swarm/noise'
 import { Rng } from './random'
 import type { AgreementMessage } from '../../src/swarm/view-agreement'
 import type { Hello, ObjectEntry, Request, Response, TokenRecord, Usage, VerifyAnswer } from '../../src/swarm/messages'
@@ -217,29 +219,66 @@ export class FakeSecureStream extends EventEmitter {
   }
 }
 
+/** A frame of the direct path, sealed with the connection's keys when it is written. */
+export interface Sealed { type: FrameType, head: Uint8Array, data?: Uint8Array, flags?: number }
+
+/** A hello frame with this payload (the hello's encoding, or anything else). */
+export function helloFrame (payload: Uint8Array): Sealed { return { type: FrameType.Hello, head: payload } }
+/** A request frame: its head (requestHead's encoding, or anything else) and data. */
+export function requestFrame (head: Uint8Array, data: Uint8Array = Buffer.alloc(0)): Sealed { return { type: FrameType.Request, head, data } }
+export function responseFrame (head: Uint8Array, data: Uint8Array = Buffer.alloc(0)): Sealed { return { type: FrameType.Response, head, data } }
+
+/** A hostile peer's end of a direct connection, after the Noise handshake. */
+export interface HostileConnection {
+  handshakeHash: Buffer
+  /** Raw bytes as they are, or a frame sealed as a member would seal it (then `tamper` may change its bytes). */
+  write: (what: Buffer | Sealed, tamper?: (sealed: Buffer) => void) => void
+  /** Keep-alive frames every ms, as a member idle on the connection sends them. */
+  keepAlive: (ms: number) => void
+  destroy: () => void
+}
+
 /**
  * A TCP connection to a node's object port that completes the Noise handshake with keyPair (any
- * key is accepted at that stage), then runs act on the secret-stream; resolves when the
- * connection is closed (by either side) or after ms. Loopback only.
+ * key is accepted at that stage), then runs act on it; resolves when the connection is closed (by
+ * either side) or after ms. Loopback only.
  */
-export async function hostileConnection (port: number, keyPair: { publicKey: Buffer, secretKey: Buffer }, act: (stream: SecretStream) => void, ms = 5000): Promise<{ connected: boolean, closedByPeer: boolean }> {
+export async function hostileConnection (port: number, keyPair: { publicKey: Buffer, secretKey: Buffer }, act: (conn: HostileConnection) => void, ms = 5000): Promise<{ connected: boolean, closedByPeer: boolean }> {
   const socket = net.connect({ host: '127.0.0.1', port })
   socket.on('error', () => {})
-  const stream = new SecretStream(true, socket, { keyPair })
-  stream.on('error', () => {})
   let connected = false
   let closedByPeer = false
-  return await new Promise(resolve => {
-    const timer = setTimeout(() => stream.destroy(), ms)
-    stream.once('connect', () => {
-      connected = true
-      try { act(stream) } catch { stream.destroy() }
-    })
-    stream.on('end', () => { closedByPeer = true })
-    socket.once('close', () => {
-      clearTimeout(timer)
-      resolve({ connected, closedByPeer })
-    })
-    stream.on('data', () => {})
-  })
+  let ticker: NodeJS.Timeout | null = null
+  const closed = new Promise<void>(resolve => socket.once('close', () => resolve()))
+  const timer = setTimeout(() => socket.destroy(), ms)
+  socket.on('end', () => { closedByPeer = true })
+  try {
+    await new Promise((resolve, reject) => { socket.once('connect', resolve); socket.once('close', reject) })
+    const session = await noiseHandshake(socket, true, keyPair, ms)
+    connected = true
+    const sealer = new FrameSealer(frameKeys(session.tx, session.rx).send)
+    const conn: HostileConnection = {
+      handshakeHash: session.hash,
+      write (what, tamper) {
+        if (socket.destroyed) return
+        if (Buffer.isBuffer(what)) { socket.write(what); return }
+        const sealed = Buffer.concat(sealer.seal(what.type, what.head, what.data, what.flags))
+        tamper?.(sealed)
+        socket.write(sealed)
+      },
+      keepAlive (every) {
+        ticker = setInterval(() => conn.write({ type: FrameType.KeepAlive, head: Buffer.alloc(0) }), every)
+      },
+      destroy: () => { socket.destroy() }
+    }
+    socket.on('data', () => {})
+    socket.resume()
+    try { act(conn) } catch { socket.destroy() }
+  } catch {
+    socket.destroy()
+  }
+  await closed
+  clearTimeout(timer)
+  if (ticker !== null) clearInterval(ticker)
+  return { connected, closedByPeer }
 }

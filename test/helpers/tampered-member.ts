@@ -16,8 +16,9 @@ import crypto from 'node:crypto'
 import net from 'node:net'
 import readline from 'node:readline'
 import DHT from 'hyperdht'
-import { Link, type SecureStream } from '../../src/swarm/link'
-import { secretStreamOver } from '../../src/swarm/mesh'
+import { directCarrier } from '../../src/swarm/direct'
+import { Link } from '../../src/swarm/link'
+import { DEFAULT_MESH_TIMING } from '../../src/swarm/mesh'
 import { agreement, encode, objectList, Op, type Request } from '../../src/swarm/messages'
 import type { View } from '../../src/swarm/view'
 import { voteSigner } from '../../src/swarm/votes'
@@ -29,10 +30,10 @@ async function main (): Promise<void> {
   const key = kp.publicKey.toString('hex')
   const self = { id: key, host: '127.0.0.1', port: 0, zone: '', weight: 1 }
   const links = await Promise.all(ports.map(async port => {
-    const stream = secretStreamOver(net.connect({ host: '127.0.0.1', port }).on('error', () => {}), true, kp)
-    stream.on('error', () => {})
-    await new Promise(resolve => stream.once('connect', resolve))
-    const link = new Link(stream as unknown as SecureStream, {
+    const socket = net.connect({ host: '127.0.0.1', port }).on('error', () => {})
+    await new Promise(resolve => socket.once('connect', resolve))
+    const carrier = await directCarrier(socket, true, kp, 'encrypted', DEFAULT_MESH_TIMING)
+    const link = new Link(carrier, {
       kind: 'tcp',
       secret: () => secret,
       gate: (_id, proves) => proves(secret) ? null : 'bad proof',

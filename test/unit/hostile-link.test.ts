@@ -12,11 +12,12 @@ import { SheepError } from '../../src/errors'
 import { BanTable } from '../../src/swarm/bans'
 import { isMisbehaviour } from '../../src/swarm/link'
 import { Mesh } from '../../src/swarm/mesh'
-import { encode, hello, Op, type Request } from '../../src/swarm/messages'
+import { FrameType, PREFIX } from '../../src/swarm/frames'
+import { encode, hello, Op, type Request, requestHead } from '../../src/swarm/messages'
 import { proofFor, newSecret } from '../../src/swarm/proof'
 import type { Member } from '../../src/swarm/view'
 import { waitFor } from '../helpers/daemon'
-import { hostileConnection, memberOf, messageFrame, openFrame } from '../helpers/hostile'
+import { helloFrame, hostileConnection, memberOf, requestFrame, responseFrame, type Sealed } from '../helpers/hostile'
 import { Rng } from '../helpers/random'
 
 interface Teardownable { teardown (fn: () => unknown): void }
@@ -100,24 +101,24 @@ t.test('hostile channel opens before the proof: each closes its own connection, 
   const { a, serves } = await pair(t, 60_000)
   const rng = new Rng(crypto.randomInt(2 ** 31))
   const anyHello = (self: Member): Buffer => encode(hello, { proof: rng.bytes(32), self, view: { epoch: 0, members: [] } })
-  // Each a way to break the channel open: its hello, or protomux's own framing.
-  const opens: Array<[string, (key: string) => Buffer]> = [
-    ['a truncated hello', key => openFrame(anyHello(memberOf(rng, key)).subarray(0, 40))],
-    ['a hello advertising port 70000', key => openFrame(encodeLoose({ ...memberOf(rng, key), port: 70000 }, rng))],
-    ['a hello advertising weight 0', key => openFrame(anyHello({ ...memberOf(rng, key), weight: 0 }))],
-    ['a hello advertising a weight of 1.5', key => openFrame(anyHello({ ...memberOf(rng, key), weight: 1.5 }))],
-    ['a hello with a host that is no address', key => openFrame(anyHello({ ...memberOf(rng, key), host: 'not a host' }))],
-    ['a hello whose view claims 2^30 members', key => openFrame(Buffer.concat([anyHello(memberOf(rng, key)).subarray(0, -2), Buffer.from([0x05, 0xfe, 0, 0, 0, 0x40])]))],
-    ['an open whose channel id is absurd', () => Buffer.from([0x00, 0x01, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])],
-    ['a batch whose length prefix is cut short', () => Buffer.from([0x00, 0x00, 0x01, 0xfe, 0xff])]
+  // Each a way to break the opening: its hello, or the direct path's framing.
+  const opens: Array<[string, (key: string) => Buffer | Sealed, ((sealed: Buffer) => void)?]> = [
+    ['a truncated hello', key => helloFrame(anyHello(memberOf(rng, key)).subarray(0, 40))],
+    ['a hello advertising port 70000', key => helloFrame(encodeLoose({ ...memberOf(rng, key), port: 70000 }, rng))],
+    ['a hello advertising weight 0', key => helloFrame(anyHello({ ...memberOf(rng, key), weight: 0 }))],
+    ['a hello advertising a weight of 1.5', key => helloFrame(anyHello({ ...memberOf(rng, key), weight: 1.5 }))],
+    ['a hello with a host that is no address', key => helloFrame(anyHello({ ...memberOf(rng, key), host: 'not a host' }))],
+    ['a hello whose view claims 2^30 members', key => helloFrame(Buffer.concat([anyHello(memberOf(rng, key)).subarray(0, -2), Buffer.from([0x05, 0xfe, 0, 0, 0, 0x40])]))],
+    ['a frame whose length claims 4 GiB', () => Buffer.from([0xff, 0xff, 0xff, 0xff, FrameType.Hello, 0, 0])],
+    ['a hello with one bit flipped on the way (it fails its authentication check)', key => helloFrame(anyHello(memberOf(rng, key))), sealed => { sealed[PREFIX + 3] = (sealed[PREFIX + 3] as number) ^ 0x10 }]
   ]
   const offenders: string[] = []
   for (let round = 0; round < 2; round++) {
-    for (const [what, frame] of opens) {
+    for (const [what, frame, tamper] of opens) {
       const kp = keyPair()
       const key = kp.publicKey.toString('hex')
       offenders.push(key)
-      const r = await hostileConnection(a.mesh.tcpPort, kp, s => s.write(frame(key)))
+      const r = await hostileConnection(a.mesh.tcpPort, kp, s => s.write(frame(key), tamper))
       t.ok(r.connected, `${what}: Noise completed (any key is accepted there)`)
       t.ok(await waitFor(() => linesAbout(a, key) >= 2, 3000), `${what}: logged with the offender's key, and banned (${a.logs.filter(l => l.includes(key)).join(' | ')})`)
     }
@@ -132,14 +133,14 @@ t.test('a banned key is dropped right after Noise; its ban expires', async t => 
   const { a, serves } = await pair(t)
   const kp = keyPair()
   const key = kp.publicKey.toString('hex')
-  await hostileConnection(a.mesh.tcpPort, kp, s => s.write(openFrame(Buffer.from([1, 2, 3]))))
+  await hostileConnection(a.mesh.tcpPort, kp, s => s.write(helloFrame(Buffer.from([1, 2, 3]))))
   t.ok(await waitFor(() => a.mesh.banned.has(key), 3000), 'a new offender is banned')
   const before = linesAbout(a, key)
   const again = await hostileConnection(a.mesh.tcpPort, kp, () => {}, 3000)
   t.ok(again.connected, 'the banned key completes Noise')
   t.equal(linesAbout(a, key), before, 'and is dropped at once, without reading its hello')
   t.ok(await waitFor(() => !a.mesh.banned.has(key), BAN_MS + 2000), 'the ban expires')
-  await hostileConnection(a.mesh.tcpPort, kp, s => s.write(openFrame(Buffer.from([1, 2, 3]))))
+  await hostileConnection(a.mesh.tcpPort, kp, s => s.write(helloFrame(Buffer.from([1, 2, 3]))))
   t.ok(await waitFor(() => linesAbout(a, key) > before, 3000), 'after it, its hello is read (and it is banned again)')
   t.ok(await serves(), 'the node still answers its member')
 })
@@ -147,12 +148,15 @@ t.test('a banned key is dropped right after Noise; its ban expires', async t => 
 t.test('hostile messages after a valid proof: the insider\'s link is closed, logged and banned; the node serves on', async t => {
   const { secret, a, serves } = await pair(t)
   const rng = new Rng(crypto.randomInt(2 ** 31))
-  const messages: Array<[string, Buffer]> = [
-    ['a request whose data claims 2^30 bytes', messageFrame(0, Buffer.concat([Buffer.from([1, 1, 2]), Buffer.alloc(8), Buffer.from([0, 0, 0, 0xfe, 0, 0, 0, 0x40])]))],
-    ['a request cut short', messageFrame(0, Buffer.from([1, 1]))],
-    ['a request with a 2^64 id', messageFrame(0, Buffer.concat([Buffer.from([0xff]), Buffer.alloc(8, 0xff), Buffer.from([1, 2]), Buffer.alloc(8), Buffer.from([0, 0, 0, 0])]))],
-    ['a response with an unknown error code', messageFrame(1, Buffer.concat([Buffer.from([1, 5]), Buffer.from('EVIL!'), Buffer.from([0, 0, 0, 0, 0])]))],
-    ['a response of random bytes', messageFrame(1, rng.bytes(64))]
+  const messages: Array<[string, Buffer | Sealed]> = [
+    ['a request frame whose length claims 2^30 bytes', Buffer.from([0, 0, 0, 0x40, FrameType.Request, 0, 0])],
+    ['a request cut short', requestFrame(Buffer.from([1, 1]))],
+    ['a request with a 2^64 id', requestFrame(Buffer.concat([Buffer.from([0xff]), Buffer.alloc(8, 0xff), Buffer.from([1, 2]), Buffer.alloc(8), Buffer.from([0, 0, 0])]))],
+    ['a request with a head longer than its frame', Buffer.from([4, 0, 0, 0, FrameType.Request, 0xff, 0])],
+    ['a response with an unknown error code', responseFrame(Buffer.concat([Buffer.from([1, 5]), Buffer.from('EVIL!'), Buffer.from([0, 0, 0, 0])]))],
+    ['a response of random bytes', responseFrame(rng.bytes(64))],
+    ['a frame of an unknown type', { type: 9 as FrameType, head: Buffer.alloc(4) }],
+    ['a second hello', helloFrame(encode(hello, { proof: rng.bytes(32), self: memberOf(rng), view: { epoch: 0, members: [] } }))]
   ]
   for (const [what, frame] of messages) {
     const kp = keyPair()
@@ -160,10 +164,10 @@ t.test('hostile messages after a valid proof: the insider\'s link is closed, log
     let opened = false
     await hostileConnection(a.mesh.tcpPort, kp, s => {
       const proof = proofFor(secret, s.handshakeHash as Buffer, true)
-      s.write(openFrame(encode(hello, { proof, self: memberOf(rng, key), view: { epoch: 0, members: [] } })))
+      s.write(helloFrame(encode(hello, { proof, self: memberOf(rng, key), view: { epoch: 0, members: [] } })))
       opened = true
       // A well-formed request first: it is served, so the proof held.
-      s.write(messageFrame(0, Buffer.concat([Buffer.from([9, 1, 2]), Buffer.alloc(8), Buffer.from([5, 0, 0, 0])])))
+      s.write(requestFrame(encode(requestHead, { id: 9, epoch: 1, op: 2, oid: 0n, offset: 5, length: 0, version: 0 })))
       s.write(frame)
     })
     t.ok(opened, `${what}: sent after a valid hello`)
@@ -178,7 +182,7 @@ t.test('a flood of unproven connections: past the limit new ones are refused at 
   const { a, serves } = await pair(t)
   // 200 connections that complete Noise and then say nothing (each would wait for its hello).
   // They keep the connection alive, so only the hello deadline ends them.
-  const silent = Array.from({ length: 200 }, () => hostileConnection(a.mesh.tcpPort, keyPair(), s => s.setKeepAlive(500), 8000))
+  const silent = Array.from({ length: 200 }, () => hostileConnection(a.mesh.tcpPort, keyPair(), s => s.keepAlive(500), 8000))
   t.ok(await waitFor(() => a.logs.some(l => l.startsWith('refusing TCP connections')), 8000), 'the node says it refuses connections past the limit')
   t.ok(await serves(), 'the member\'s existing link still answers')
   const results = await Promise.all(silent)

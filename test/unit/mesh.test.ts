@@ -7,6 +7,7 @@ import crypto from 'node:crypto'
 import DHT from 'hyperdht'
 import Hyperswarm from 'hyperswarm'
 import { Mesh, type Peer } from '../../src/swarm/mesh'
+import { muxCarrier } from '../../src/swarm/carrier'
 import { Link } from '../../src/swarm/link'
 import { newSecret, topicOf } from '../../src/swarm/proof'
 import { Op, type Request } from '../../src/swarm/messages'
@@ -88,7 +89,7 @@ async function intruder (t: Teardownable, topicSecret: Buffer, linkSecret: Buffe
   const id = keyPair.publicKey.toString('hex')
   swarm.on('connection', conn => {
     conn.on('error', () => {})
-    const link = new Link(conn, {
+    const link = new Link(muxCarrier(conn as never), {
       kind: 'swarm',
       secret: () => linkSecret,
       gate: (_id: string, proves: (s: Buffer) => boolean) => proves(linkSecret) ? null : 'it did not prove it holds the cluster secret',

@@ -16,6 +16,7 @@ import {
   agreement, decode, encode, hello, LIST_PAGE, MAX_DATA, MAX_MEMBERS, MAX_MESSAGE, MAX_STRING, member, objectList, oidList,
   request, response, SYNC_BATCH, tokenRecord, usage, verifyAnswer, view, viewProblem, wire
 } from '../../src/swarm/messages'
+import { muxCarrier } from '../../src/swarm/carrier'
 import { Link } from '../../src/swarm/link'
 import { proofFor } from '../../src/swarm/proof'
 import { MAX_VOTES, memberProblem, type Member, type View } from '../../src/swarm/view'
@@ -188,7 +189,7 @@ function harness (remoteKey: Buffer, served: () => void): Harness {
   const stream = new FakeSecureStream(remoteKey, crypto.randomBytes(32), false)
   const logs: string[] = []
   const h: Harness = { stream, link: null as unknown as Link, logs, misbehaved: false, opened: false }
-  h.link = new Link(stream as never, {
+  h.link = new Link(muxCarrier(stream as never), {
     kind: 'tcp',
     secret: () => SECRET,
     gate: (_id, proves) => proves(SECRET) ? null : 'it did not prove it holds the cluster secret',

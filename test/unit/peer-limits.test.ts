@@ -6,6 +6,7 @@
 import t from 'tap'
 import crypto from 'node:crypto'
 import { SheepError } from '../../src/errors'
+import { muxCarrier } from '../../src/swarm/carrier'
 import { Link } from '../../src/swarm/link'
 import { decode, LIST_PAGE, MAX_DATA, objectList, Op, type Request, type Response } from '../../src/swarm/messages'
 import { listAll, MAX_OBJECT_BYTES, replicaHandler } from '../../src/swarm/replica'
@@ -107,8 +108,8 @@ async function linkedPair (onRequest: (r: Request) => Promise<Partial<Response>>
   }
   const member = (k: Buffer): { member: { id: string, host: string, port: number, zone: string, weight: number }, view: { epoch: number, members: [] } } =>
     ({ member: { id: k.toString('hex'), host: '127.0.0.1', port: 0, zone: '', weight: 1 }, view: { epoch: 0, members: [] } })
-  const client = new Link(a as never, { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(ka), onRequest: async () => ({}), log: () => {} })
-  const server = new Link(b as never, { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(kb), onRequest: async r => await onRequest(r), log: line => logs.push(line) })
+  const client = new Link(muxCarrier(a as never), { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(ka), onRequest: async () => ({}), log: () => {} })
+  const server = new Link(muxCarrier(b as never), { kind: 'tcp', secret: () => secret, gate: (_id: string, proves: (s: Buffer) => boolean) => proves(secret) ? null : 'it did not prove it holds the cluster secret', self: () => member(kb), onRequest: async r => await onRequest(r), log: line => logs.push(line) })
   await new Promise(resolve => setTimeout(resolve, 10))
   if (!client.isOpen || !server.isOpen) throw new Error('the pair did not open')
   return { client, server }
