@@ -74,7 +74,12 @@ const answerAtOnce: RequestHandler = async req => {
  */
 export class RawEnd {
   private readonly socket: net.Socket
-  private pending: Buffer = Buffer.alloc(0)
+  /** The answering end: bytes of the length prefix read so far, and of the message still to come. */
+  private readonly length = Buffer.alloc(4)
+  private have = 0
+  private left = 0
+  /** The asking end: answer bytes seen, and who waits for the next whole answer. */
+  private answers = 0
   private waiting: (() => void) | null = null
 
   constructor (socket: net.Socket, answering: boolean) {
@@ -99,22 +104,33 @@ export class RawEnd {
   close (): void { this.socket.destroy() }
 
   private answered (chunk: Buffer): void {
-    this.pending = Buffer.concat([this.pending, chunk])
-    while (this.pending.length >= 4) {
-      this.pending = this.pending.subarray(4)
+    this.answers += chunk.length
+    while (this.answers >= 4) {
+      this.answers -= 4
       const w = this.waiting
       this.waiting = null
       w?.()
     }
   }
 
+  /** Skips each message's bytes as they come (nothing is kept or copied) and answers it once whole. */
   private answer (chunk: Buffer): void {
-    this.pending = this.pending.length === 0 ? chunk : Buffer.concat([this.pending, chunk])
-    while (this.pending.length >= 4) {
-      const n = this.pending.readUInt32LE(0)
-      if (this.pending.length < 4 + n) return
-      this.pending = this.pending.subarray(4 + n)
-      this.socket.write(Buffer.alloc(4))
+    for (let at = 0; at < chunk.length;) {
+      if (this.have < 4) {
+        const n = Math.min(4 - this.have, chunk.length - at)
+        chunk.copy(this.length, this.have, at, at + n)
+        this.have += n
+        at += n
+        if (this.have === 4) this.left = this.length.readUInt32LE(0)
+      } else {
+        const n = Math.min(this.left, chunk.length - at)
+        this.left -= n
+        at += n
+      }
+      if (this.have === 4 && this.left === 0) {
+        this.have = 0
+        this.socket.write(Buffer.alloc(4))
+      }
     }
   }
 }
