@@ -2,8 +2,9 @@
 // secret and gives each its identity (Noise key pair); object traffic then moves to a direct TCP
 // connection with the same Noise handshake and proof, carrying frames (./direct.ts), because UDX
 // and a secret-stream cost far more for bulk data (../../docs/ARCHITECTURE.md, "Transport"). The
-// Hyperswarm link stays as the fallback. Settings that Hyperswarm needs without internet: our own bootstrap node,
-// an explicit bind address, nodes declared reachable, frequent refresh while members are missing.
+// Hyperswarm link stays as the fallback. Settings that Hyperswarm needs without internet: our own
+// bootstrap node, an explicit bind address, nodes declared reachable, frequent refresh while
+// members are missing.
 
 import { EventEmitter } from 'node:events'
 import dgram from 'node:dgram'
