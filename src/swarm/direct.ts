@@ -41,7 +41,11 @@ export class FramedCarrier implements Carrier {
   private readonly reader: FrameReader
   private on: CarrierEvents | null = null
   private helloSeen = false
-  private sentSinceTick = false
+  private sentAt = 0
+  /** When the peer's last bytes came: a socket's own timeout counts our keep-alives as activity. */
+  private heardAt = Date.now()
+  /** Not reading (the Link serves too much already): the peer's silence is ours then. */
+  private paused = false
   private keepAlive: NodeJS.Timeout | null = null
   private failed = false
 
@@ -67,12 +71,13 @@ export class FramedCarrier implements Carrier {
       on.close('connection closed')
     })
     socket.on('drain', () => on.drain())
-    socket.setTimeout(this.timing.deadAfterMs, () => this.fail(SheepError.unreachable(`nothing heard for ${this.timing.deadAfterMs} ms`)))
     socket.on('data', (chunk: Buffer) => this.received(chunk))
+    // A frozen, killed or cut-off peer sends nothing, not even keep-alives: silence is death.
     this.keepAlive = setInterval(() => {
-      if (!this.sentSinceTick) this.write(FrameType.KeepAlive, EMPTY, EMPTY)
-      this.sentSinceTick = false
-    }, this.timing.keepAliveMs)
+      const now = Date.now()
+      if (!this.paused && now - this.heardAt > this.timing.deadAfterMs) return this.fail(SheepError.unreachable(`nothing heard for ${this.timing.deadAfterMs} ms`))
+      if (now - this.sentAt >= this.timing.keepAliveMs) this.write(FrameType.KeepAlive, EMPTY, EMPTY)
+    }, Math.min(this.timing.keepAliveMs, this.timing.deadAfterMs) / 4)
     this.keepAlive.unref()
     this.write(FrameType.Hello, encode(helloCodec, hello), EMPTY, this.wire === 'plain-authenticated' ? WANTS_PLAIN : 0)
     // What came with the handshake is read after the caller's listeners are on (they attach once
@@ -93,14 +98,22 @@ export class FramedCarrier implements Carrier {
 
   get plain (): boolean { return this.sealer.plain }
 
-  pause (): void { this.socket.pause() }
-  resume (): void { this.socket.resume() }
+  pause (): void {
+    this.paused = true
+    this.socket.pause()
+  }
+
+  resume (): void {
+    this.paused = false
+    this.heardAt = Date.now()
+    this.socket.resume()
+  }
   end (): void { this.socket.end() }
   destroy (): void { this.socket.destroy() }
 
   private write (type: FrameType, head: Uint8Array, data: Uint8Array, flags = 0): boolean {
     if (this.socket.destroyed || this.failed) return false
-    this.sentSinceTick = true
+    this.sentAt = Date.now()
     const pieces = this.sealer.seal(type, head, data, flags)
     this.socket.cork()
     let ok = true
@@ -111,6 +124,7 @@ export class FramedCarrier implements Carrier {
 
   private received (chunk: Buffer): void {
     if (this.failed) return
+    this.heardAt = Date.now()
     try {
       this.reader.push(chunk, f => this.deliver(f))
     } catch (err) {

@@ -164,10 +164,9 @@ t.test('plain-authenticated frames: the data goes as it is, still authenticated'
 
 interface End { link: Link, requests: Request[] }
 
-async function linked (t: Test, wires: [WireMode, WireMode], through?: (port: number) => Promise<number>): Promise<[End, End]> {
+async function linked (t: Test, wires: [WireMode, WireMode], through?: (port: number) => Promise<number>, timing = { keepAliveMs: 1000, deadAfterMs: 5000 }): Promise<[End, End]> {
   const secret = crypto.randomBytes(32)
   const keys = [DHT.keyPair(), DHT.keyPair()]
-  const timing = { keepAliveMs: 1000, deadAfterMs: 5000 }
   const ends: End[] = []
   const make = async (socket: net.Socket, i: number): Promise<End> => {
     const kp = keys[i] as DHT.KeyPair
@@ -242,4 +241,32 @@ t.test('one bit flipped by a proxy between two nodes: the connection closes, not
   t.match(await closed, /authentication check/, 'the receiving end closed the connection')
   t.ok(err instanceof SheepError && err.code === 'ENOTCONN', `the sender's request fails: ${err?.message ?? ''}`)
   t.equal(b.requests.length, 1, 'the changed request never reached the handler')
+})
+
+t.test('a peer that falls silent (frozen, or the network cut) is dropped after the dead time, though this end keeps sending keep-alives', async t => {
+  let cut = false
+  const proxy = async (port: number): Promise<number> => {
+    const server = net.createServer(client => {
+      const upstream = net.connect({ host: '127.0.0.1', port })
+      client.on('error', () => {}); upstream.on('error', () => {})
+      // Once cut, nothing goes through either way, and neither end is told.
+      client.on('data', (chunk: Buffer) => { if (!cut) upstream.write(chunk) })
+      upstream.on('data', (chunk: Buffer) => { if (!cut) client.write(chunk) })
+      client.on('close', () => upstream.destroy())
+      upstream.on('close', () => client.destroy())
+    })
+    t.teardown(() => server.close())
+    await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
+    return (server.address() as net.AddressInfo).port
+  }
+  const [a, b] = await linked(t, ['encrypted', 'encrypted'], proxy, { keepAliveMs: 200, deadAfterMs: 800 })
+  await new Promise(resolve => setTimeout(resolve, 1500))
+  t.ok(a.link.isOpen && b.link.isOpen, 'idle for twice the dead time with the keep-alives going through: both ends stay open')
+  cut = true
+  const started = Date.now()
+  const why = await new Promise<string>(resolve => a.link.once('close', resolve))
+  const ms = Date.now() - started
+  t.match(why, /nothing heard for 800 ms/, `closed: ${why}`)
+  // Counted from the last frame heard, up to a keep-alive interval before the cut.
+  t.ok(ms >= 500 && ms < 2000, `after ${ms} ms of silence`)
 })
