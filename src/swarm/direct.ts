@@ -79,7 +79,8 @@ export class FramedCarrier implements Carrier {
       if (now - this.sentAt >= this.timing.keepAliveMs) this.write(FrameType.KeepAlive, EMPTY, EMPTY)
     }, Math.min(this.timing.keepAliveMs, this.timing.deadAfterMs) / 4)
     this.keepAlive.unref()
-    this.write(FrameType.Hello, encode(helloCodec, hello), EMPTY, this.wire === 'plain-authenticated' ? WANTS_PLAIN : 0)
+    // The hello goes as data: with its view (up to 1024 members) it may be larger than a head.
+    this.write(FrameType.Hello, EMPTY, encode(helloCodec, hello), this.wire === 'plain-authenticated' ? WANTS_PLAIN : 0)
     // What came with the handshake is read after the caller's listeners are on (they attach once
     // the Link's constructor, which calls open, returns); the socket stays paused until then.
     process.nextTick(() => {
@@ -138,9 +139,9 @@ export class FramedCarrier implements Carrier {
       case FrameType.KeepAlive: return
       case FrameType.Hello: {
         if (this.helloSeen) throw SheepError.protocol('a second hello')
-        if (f.data.length > 0) throw SheepError.protocol('a hello with data')
+        if (f.head.length > 0) throw SheepError.protocol('a hello with a head')
         this.helloSeen = true
-        const h = decode(helloCodec, f.head, 'hello')
+        const h = decode(helloCodec, f.data, 'hello')
         // Plain frames only when both ends asked: each end sends them once it saw the other's hello.
         const plain = this.wire === 'plain-authenticated' && (f.flags & WANTS_PLAIN) !== 0
         this.sealer.plain = plain

@@ -222,8 +222,8 @@ export class FakeSecureStream extends EventEmitter {
 /** A frame of the direct path, sealed with the connection's keys when it is written. */
 export interface Sealed { type: FrameType, head: Uint8Array, data?: Uint8Array, flags?: number }
 
-/** A hello frame with this payload (the hello's encoding, or anything else). */
-export function helloFrame (payload: Uint8Array): Sealed { return { type: FrameType.Hello, head: payload } }
+/** A hello frame with this payload (the hello's encoding, or anything else) as its data. */
+export function helloFrame (payload: Uint8Array): Sealed { return { type: FrameType.Hello, head: Buffer.alloc(0), data: payload } }
 /** A request frame: its head (requestHead's encoding, or anything else) and data. */
 export function requestFrame (head: Uint8Array, data: Uint8Array = Buffer.alloc(0)): Sealed { return { type: FrameType.Request, head, data } }
 export function responseFrame (head: Uint8Array, data: Uint8Array = Buffer.alloc(0)): Sealed { return { type: FrameType.Response, head, data } }

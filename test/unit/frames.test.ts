@@ -11,7 +11,8 @@ import { SheepError } from '../../src/errors'
 import { directCarrier } from '../../src/swarm/direct'
 import { type Frame, FrameReader, frameKeys, FrameSealer, FrameType, MAX_BODY, MAX_HEAD, PLAIN, PREFIX, TAG, WANTS_PLAIN, type WireMode } from '../../src/swarm/frames'
 import { Link } from '../../src/swarm/link'
-import { MAX_DATA, Op, type Request } from '../../src/swarm/messages'
+import { encode, type Hello, hello, MAX_DATA, MAX_MEMBERS, Op, type Request } from '../../src/swarm/messages'
+import type { Member, View } from '../../src/swarm/view'
 
 function pair (): { sealer: FrameSealer, reader: FrameReader } {
   const tx = crypto.randomBytes(32)
@@ -269,4 +270,30 @@ t.test('a peer that falls silent (frozen, or the network cut) is dropped after t
   t.match(why, /nothing heard for 800 ms/, `closed: ${why}`)
   // Counted from the last frame heard, up to a keep-alive interval before the cut.
   t.ok(ms >= 500 && ms < 2000, `after ${ms} ms of silence`)
+})
+
+t.test('the largest hello (a view of MAX_MEMBERS members with the longest hosts and zones) goes over the direct path', async t => {
+  const members: Member[] = Array.from({ length: MAX_MEMBERS }, (_, i) => ({
+    id: crypto.createHash('sha256').update(String(i)).digest('hex'),
+    host: `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(61)}`, port: 65535, zone: 'z'.repeat(64), weight: 2 ** 40
+  })).sort((a, b) => a.id < b.id ? -1 : 1)
+  const view: View = { epoch: 2 ** 40, members }
+  const big: Hello = { proof: crypto.randomBytes(32), self: members[0] as Member, view }
+  t.ok(encode(hello, big).length > MAX_HEAD, `the hello is ${encode(hello, big).length} bytes, more than a head's ${MAX_HEAD}`)
+  const server = net.createServer()
+  t.teardown(() => server.close())
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', () => resolve()))
+  const timing = { keepAliveMs: 1000, deadAfterMs: 5000 }
+  const [ka, kb] = [DHT.keyPair(), DHT.keyPair()]
+  const accepted = new Promise<net.Socket>(resolve => server.once('connection', resolve))
+  const socket = net.connect({ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port })
+  const [ca, cb] = await Promise.all([directCarrier(socket, true, ka, 'encrypted', timing), accepted.then(async s => await directCarrier(s, false, kb, 'encrypted', timing))])
+  t.teardown(() => { ca.destroy(); cb.destroy() })
+  const quiet = { request: () => {}, response: () => {}, drain: () => {}, error: () => {}, close: () => {} }
+  const got = new Promise<Hello>((resolve, reject) => cb.open({ proof: Buffer.alloc(32), self: members[1] as Member, view: { epoch: 0, members: [] } }, { ...quiet, hello: resolve, error: reject }))
+  ca.open(big, { ...quiet, hello: () => {} })
+  const h = await got
+  t.equal(h.view.members.length, MAX_MEMBERS, 'it arrives whole')
+  t.same(h.view.members[MAX_MEMBERS - 1], members[MAX_MEMBERS - 1])
+
 })

@@ -110,6 +110,7 @@ t.test('hostile channel opens before the proof: each closes its own connection, 
     ['a hello with a host that is no address', key => helloFrame(anyHello({ ...memberOf(rng, key), host: 'not a host' }))],
     ['a hello whose view claims 2^30 members', key => helloFrame(Buffer.concat([anyHello(memberOf(rng, key)).subarray(0, -2), Buffer.from([0x05, 0xfe, 0, 0, 0, 0x40])]))],
     ['a frame whose length claims 4 GiB', () => Buffer.from([0xff, 0xff, 0xff, 0xff, FrameType.Hello, 0, 0])],
+    ['a hello with its message in the head, not the data', key => ({ type: FrameType.Hello, head: anyHello(memberOf(rng, key)) })],
     ['a hello with one bit flipped on the way (it fails its authentication check)', key => helloFrame(anyHello(memberOf(rng, key))), sealed => { sealed[PREFIX + 3] = (sealed[PREFIX + 3] as number) ^ 0x10 }]
   ]
   const offenders: string[] = []
