@@ -5,7 +5,7 @@
 import type net from 'node:net'
 import { SheepError } from '../errors'
 import type { Carrier, CarrierEvents } from './carrier'
-import { type Frame, FrameReader, frameKeys, FrameSealer, FrameType, WANTS_PLAIN, type WireMode } from './frames'
+import { type Frame, FrameReader, frameKeys, FrameSealer, FrameType, MAX_BODY, WANTS_PLAIN, type WireMode } from './frames'
 import { decode, encode, type Hello, hello as helloCodec, type Request, requestHead, type Response, responseHead } from './messages'
 import { type KeyPair, noiseHandshake, type NoiseSession } from './noise'
 
@@ -146,6 +146,7 @@ export class FramedCarrier implements Carrier {
         const plain = this.wire === 'plain-authenticated' && (f.flags & WANTS_PLAIN) !== 0
         this.sealer.plain = plain
         this.reader.acceptPlain = plain
+        this.reader.maxBody = MAX_BODY
         on.hello(h)
         return
       }

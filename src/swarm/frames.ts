@@ -23,6 +23,11 @@ export const PREFIX = 7
 export const TAG = 16
 export const MAX_HEAD = 0xffff
 export const MAX_BODY = MAX_HEAD + MAX_DATA
+/**
+ * The largest frame before the peer's hello (a hello with a view of 1024 members is about 400 KB):
+ * any key passes Noise, and 128 unproven connections must not hold 8 MiB each.
+ */
+export const MAX_UNPROVEN_BODY = 2 ** 20
 
 export type WireMode = 'encrypted' | 'plain-authenticated'
 export const WIRE_MODES: readonly WireMode[] = ['encrypted', 'plain-authenticated']
@@ -96,6 +101,8 @@ export interface Frame {
 export class FrameReader {
   /** Set once both ends asked for plain-authenticated frames. */
   acceptPlain = false
+  /** The largest body taken; raised from MAX_UNPROVEN_BODY once the peer's hello is in. */
+  maxBody = MAX_UNPROVEN_BODY
   private readonly key: Buffer
   private readonly iv = Buffer.alloc(12)
   private received = 0
@@ -150,7 +157,7 @@ export class FrameReader {
     if ((this.flags & WANTS_PLAIN) !== 0 && this.type !== FrameType.Hello) throw SheepError.protocol('a frame other than the hello asks for plain frames')
     if ((this.flags & PLAIN) !== 0 && !this.acceptPlain) throw SheepError.protocol('a plain-authenticated frame where frames are encrypted')
     if (this.headLength > body) throw SheepError.protocol(`a frame whose head (${this.headLength} bytes) is longer than its body (${body})`)
-    if (body - this.headLength > MAX_DATA) throw SheepError.protocol(`a frame of ${body} bytes, more than ${MAX_BODY}`)
+    if (body - this.headLength > MAX_DATA || body > this.maxBody) throw SheepError.protocol(`a frame of ${body} bytes, more than ${Math.min(this.maxBody, MAX_BODY)}`)
     if (this.type === FrameType.KeepAlive && body !== 0) throw SheepError.protocol(`a keep-alive frame of ${body} bytes`)
     this.decipher = crypto.createDecipheriv(ALGORITHM, this.key, nonce(this.iv, this.received++))
     this.decipher.setAAD(this.prefix)

@@ -9,7 +9,7 @@ import net from 'node:net'
 import DHT from 'hyperdht'
 import { SheepError } from '../../src/errors'
 import { directCarrier } from '../../src/swarm/direct'
-import { type Frame, FrameReader, frameKeys, FrameSealer, FrameType, MAX_BODY, MAX_HEAD, PLAIN, PREFIX, TAG, WANTS_PLAIN, type WireMode } from '../../src/swarm/frames'
+import { type Frame, FrameReader, frameKeys, FrameSealer, FrameType, MAX_BODY, MAX_HEAD, MAX_UNPROVEN_BODY, PLAIN, PREFIX, TAG, WANTS_PLAIN, type WireMode } from '../../src/swarm/frames'
 import { Link } from '../../src/swarm/link'
 import { encode, type Hello, hello, MAX_DATA, MAX_MEMBERS, Op, type Request } from '../../src/swarm/messages'
 import type { Member, View } from '../../src/swarm/view'
@@ -75,6 +75,7 @@ t.test('frames read back whole however the bytes are cut: at every boundary, in 
 
 t.test('frames at the limits: the largest head and data go through; past them is refused on both ends', async t => {
   const { sealer, reader } = pair()
+  reader.maxBody = MAX_BODY // as once the peer's hello is in
   const head = crypto.randomBytes(MAX_HEAD)
   const data = crypto.randomBytes(MAX_DATA)
   const sealed = Buffer.concat(sealer.seal(FrameType.Request, head, data))
@@ -97,7 +98,8 @@ t.test('frames at the limits: the largest head and data go through; past them is
     ['an unknown type', prefix(0, 9, 0), /unknown type 9/],
     ['a keep-alive with a body', prefix(3, FrameType.KeepAlive, 0), /keep-alive frame of 3 bytes/],
     ['a request asking for plain frames', prefix(0, FrameType.Request | WANTS_PLAIN, 0), /asks for plain/],
-    ['a plain frame where frames are encrypted', prefix(0, FrameType.Request | PLAIN, 0), /plain-authenticated frame where/]
+    ['a plain frame where frames are encrypted', prefix(0, FrameType.Request | PLAIN, 0), /plain-authenticated frame where/],
+    ['before the hello, a frame past MAX_UNPROVEN_BODY (any key passes Noise)', prefix(MAX_UNPROVEN_BODY + 1, FrameType.Hello, 0), /more than 1048576/]
   ]
   for (const [what, bytes, why] of cases) {
     const { reader } = pair()
