@@ -219,7 +219,7 @@ export class SheepNode {
     const recovery = new Recovery(objects, cluster, {
       replicasOf: oid => oidType(oid) === ObjectType.Data && this.images?.copiesOf(oidVid(oid)) === undefined ? null : (gateway as Gateway).replicasOf(oid),
       widest: oid => cluster.placement.replicas(oid, oidType(oid) === ObjectType.Data ? MAX_COPIES : METADATA_COPIES)
-    }, this.log, opts.recoveryRate ?? 0, opts.minCopies)
+    }, this.log, { rate: opts.recoveryRate ?? 0, minCopies: opts.minCopies })
     this.recovery = recovery
     // Everything this node serves, to peers and to itself, waits for its object's recovery first.
     const local = recovery.guarded()

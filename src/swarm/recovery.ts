@@ -44,20 +44,45 @@ import { isDown, liveMembers, type View } from './view'
 const PARALLEL_COPIES = 2
 const REQUEST_TIMEOUT_MS = 30_000
 const STALE_ATTEMPTS = 100
-const STALE_WAIT_MS = 20
 /** Looks for copies this node may drop, while replicas are still copying them. */
 const DROP_PASSES = 30
-const DROP_RETRY_MS = 1000
-/** Pauses before copies that failed are tried again: the first, doubling up to the last. */
-const RECOPY_FIRST_MS = 1000
-const RECOPY_MAX_MS = 30_000
-/** How long a round waits for links to every member before it asks them for their lists. */
-const CONNECT_WAIT_MS = 5000
-/** A plan that lacked a member's list is made again after this, doubling up to the most. */
-const PLAN_RETRY_MS = 200
-const PLAN_RETRY_MAX_MS = 3000
-/** How long an access waits for the round's plan before it fails (a request's own timeout is 10 s). */
-const GUARD_WAIT_MS = 8000
+
+/** Recovery's waits. A simulator that runs thousands of clusters scales them down. */
+export interface RecoveryTiming {
+  /** Polls: for links to the members, and for a copy being written here to be done. */
+  staleWaitMs: number
+  /** Between two looks for copies this node may drop. */
+  dropRetryMs: number
+  /** Pauses before copies that failed are tried again: the first, doubling up to the last. */
+  recopyFirstMs: number
+  recopyMaxMs: number
+  /** How long a round waits for links to every member before it asks them for their lists. */
+  connectWaitMs: number
+  /** A plan that lacked a member's list is made again after this, doubling up to the most. */
+  planRetryMs: number
+  planRetryMaxMs: number
+  /** How long an access waits for the round's plan before it fails (a request's own timeout is 10 s). */
+  guardWaitMs: number
+}
+
+export const RECOVERY_TIMING: RecoveryTiming = {
+  staleWaitMs: 20,
+  dropRetryMs: 1000,
+  recopyFirstMs: 1000,
+  recopyMaxMs: 30_000,
+  connectWaitMs: 5000,
+  planRetryMs: 200,
+  planRetryMaxMs: 3000,
+  guardWaitMs: 8000
+}
+
+export interface RecoveryOptions {
+  /** Bytes per second of background copies (0: no bound). */
+  rate?: number
+  /** Replicas a change needs (0: a majority of the object's). */
+  minCopies?: number
+  timing?: Partial<RecoveryTiming>
+}
 
 interface Deferred { promise: Promise<void>, resolve: () => void, done: boolean }
 
@@ -202,15 +227,17 @@ export class Recovery {
   private readonly copiesKnown = deferred()
   /** The writers' --min-copies (0: a majority of an object's copies): how many down replicas may hold a write the others lack. */
   private readonly minCopies: number
+  private readonly timing: RecoveryTiming
   /** The epoch in which an operator forced this node to serve objects whose newest copy may be on down members (forceStart). */
   private forcedEpoch = -1
   /** Objects refused in this epoch because too many of their replicas are down, for force-start to name. */
   private readonly waitedDown = new Set<ObjectId>()
 
-  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, rate = 0, minCopies = 0) {
+  constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, opts: RecoveryOptions = {}) {
     this.raw = raw
-    this.rate = rate
-    this.minCopies = minCopies
+    this.rate = opts.rate ?? 0
+    this.minCopies = opts.minCopies ?? 0
+    this.timing = { ...RECOVERY_TIMING, ...opts.timing }
     this.cluster = cluster
     this.replicasOf = placement.replicasOf
     this.widest = placement.widest
@@ -260,7 +287,7 @@ export class Recovery {
     // Down in this view: the others move on without this node, which serves nothing (it is not
     // quorate) until a view lists it up again, and plans then.
     if (isDown(view, this.cluster.id)) return
-    for (let wait = PLAN_RETRY_MS; round === this.round; wait = Math.min(wait * 2, PLAN_RETRY_MAX_MS)) {
+    for (let wait = this.timing.planRetryMs; round === this.round; wait = Math.min(wait * 2, this.timing.planRetryMaxMs)) {
       try {
         if (!await this.plan(view, round)) return
       } catch (err) {
@@ -283,7 +310,7 @@ export class Recovery {
 
   /**
    * Waits until oid may be used here: after the round's plan, and after its copy if it is pending.
-   * ENOTCONN when the plan is not made within GUARD_WAIT_MS (a member does not answer and the
+   * ENOTCONN when the plan is not made within timing.guardWaitMs (a member does not answer and the
    * view does not drop it): the caller's request fails clearly instead of hanging.
    */
   async guard (oid: ObjectId, round = this.round): Promise<void> {
@@ -294,7 +321,7 @@ export class Recovery {
       this.refuseDownHeld(oid)
       return
     }
-    const deadline = Date.now() + GUARD_WAIT_MS
+    const deadline = Date.now() + this.timing.guardWaitMs
     // A newer round ends the wait at once: its plan waits for the changes let in under this one.
     for (;;) {
       this.sameRound(oid, round)
@@ -483,7 +510,7 @@ export class Recovery {
         this.healing.delete(oid)
         return
       }
-      this.healLater(oid, Math.min(Math.max(ms * 2, RECOPY_FIRST_MS), RECOPY_MAX_MS))
+      this.healLater(oid, Math.min(Math.max(ms * 2, this.timing.recopyFirstMs), this.timing.recopyMaxMs))
     }
     if (ms === 0) void run()
     else setTimeout(() => { void run() }, ms).unref()
@@ -624,9 +651,9 @@ export class Recovery {
     // waited for: docs/ARCHITECTURE.md, "Not built yet".)
     const others = liveMembers(view).filter(m => m.id !== self)
     // A node that just started has no links yet: give the members a moment to connect.
-    const deadline = Date.now() + CONNECT_WAIT_MS
+    const deadline = Date.now() + this.timing.connectWaitMs
     while (others.some(m => this.cluster.link(m.id) === null) && Date.now() < deadline && round === this.round) {
-      await new Promise(resolve => setTimeout(resolve, STALE_WAIT_MS))
+      await new Promise(resolve => setTimeout(resolve, this.timing.staleWaitMs))
     }
     const lists = await Promise.all(others.map(async m => ({ node: m.id, list: await this.listOf(m.id, view.epoch) })))
     if (lists.some(l => l.list === 'newer')) return false
@@ -739,7 +766,7 @@ export class Recovery {
     // after the others, then again with backoff while this round lasts: left for its first use,
     // this copy stayed stale, and the copy placement moved away stayed too (the partition test
     // saw an object in 4 stores 30 s after a heal).
-    for (let pause = RECOPY_FIRST_MS; ; pause = Math.min(2 * pause, RECOPY_MAX_MS)) {
+    for (let pause = this.timing.recopyFirstMs; ; pause = Math.min(2 * pause, this.timing.recopyMaxMs)) {
       const failed = new Set<ObjectId>()
       // One walk of the pending objects shared by the workers (a Map's iterator sees what is added
       // after it and skips what is deleted): finding each next one from the start cost O(n²).
@@ -822,7 +849,7 @@ export class Recovery {
   private async dropMoved (view: View, round: number): Promise<void> {
     for (let pass = 0; pass < DROP_PASSES && round === this.round; pass++) {
       if (await this.dropPass(view, round)) return
-      await new Promise(resolve => setTimeout(resolve, DROP_RETRY_MS))
+      await new Promise(resolve => setTimeout(resolve, this.timing.dropRetryMs))
     }
   }
 
@@ -907,7 +934,7 @@ export class Recovery {
         return null
       }
       // It learns the view from the commit broadcast in a moment.
-      await new Promise(resolve => setTimeout(resolve, STALE_WAIT_MS))
+      await new Promise(resolve => setTimeout(resolve, this.timing.staleWaitMs))
     }
     return null
   }

@@ -597,7 +597,7 @@ t.test('background copies keep to the recovery rate; one an access asks for does
   const view = viewOf(5, ids)
   for (const n of [a, b]) { n.epoch = 5; n.view = view }
   const rate = 1024 * 1024
-  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, rate))
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, { rate }))
   a.recovery = recovery
   recovery.imagesLoaded()
   const started = Date.now()
