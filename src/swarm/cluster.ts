@@ -87,6 +87,7 @@ export class Cluster extends EventEmitter {
   private readonly keeper: ViewKeeper
   private secrets: Secrets
   private placementCache: { epoch: number, placement: Placement } | null = null
+  private largestCache = { epoch: -1, members: 0 }
   private objectHandler: ObjectHandler | null = null
   private checkTimer: NodeJS.Timeout | null = null
   private checking = false
@@ -167,6 +168,19 @@ export class Cluster extends EventEmitter {
   /** This node is not a member yet and a peer's view says joiners wait to be admitted. */
   get awaitingAdmission (): boolean {
     return this.mesh.connected.some(p => p.hello.view.manual === true && !p.hello.view.members.some(m => m.id === this.id))
+  }
+
+  /**
+   * The most members a view this node knows had. A change keeps needing the replicas a cluster
+   * of that size gave it after members went out (Gateway.needed); a founding node alone writes.
+   */
+  get largestView (): number {
+    if (this.largestCache.epoch !== this.epoch) {
+      let members = 0
+      for (const v of this.keeper.history) members = Math.max(members, v.members.length)
+      this.largestCache = { epoch: this.epoch, members }
+    }
+    return this.largestCache.members
   }
 
   /** Placement over the current view (empty before this node has one). */

@@ -424,10 +424,15 @@ export class Gateway implements ObjectStore {
 
   /**
    * Replicas that must take a change of oid (others down, or their disks failing it): --min-copies,
-   * else a majority of its copies; at most the replicas the view has.
+   * else a majority of its copies; at most its copies the largest view this node knows gave it.
+   * A view that lost members (they went out) does not lower that: changes wait for members to
+   * come back or join (a cluster that never had that many, a founding node alone, writes to
+   * the replicas it has).
    */
   private needed (oid: ObjectId, replicas: number): number {
-    return Math.min(replicas, this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(this.opts.copiesOf(oid) / 2) + 1)
+    const copies = this.opts.copiesOf(oid)
+    const wanted = this.opts.minCopies > 0 ? this.opts.minCopies : Math.floor(copies / 2) + 1
+    return Math.min(wanted, Math.max(replicas, Math.min(copies, this.cluster.largestView)))
   }
 
   /** Writes data in pieces, each made on the version the one before gave the copy (the first on `base`); the version the last gave. */
@@ -541,7 +546,9 @@ export class Gateway implements ObjectStore {
       const live = this.liveOf(replicas)
       const needed = this.needed(oid, replicas.length)
       if (live.length < needed) {
-        await this.afterFailure(epoch, SheepError.unreachable(`object ${oidToHex(oid)}: ${live.length} of its ${replicas.length} replicas are up, and a change needs ${needed}`))
+        await this.afterFailure(epoch, SheepError.unreachable(replicas.length < needed
+          ? `object ${oidToHex(oid)}: the view has ${replicas.length} of its replicas, and a change needs ${needed} (the cluster had ${this.cluster.largestView} members; --min-copies)`
+          : `object ${oidToHex(oid)}: ${live.length} of its ${replicas.length} replicas are up, and a change needs ${needed}`))
         continue
       }
       // Sent again after a view change, a change is made on any version: recovery may have moved the copies.

@@ -61,6 +61,22 @@ t.test('down replicas take no I/O: a change goes to the others while --min-copie
   t.equal(await readVia(a.recovery.guarded(), oid), 0x63, '--min-copies 1: the live replica alone takes it')
 })
 
+t.test('a view that lost members keeps --min-copies: its writes wait for members instead of going to fewer replicas; a cluster that never had that many writes to what it has', async t => {
+  const nodes = await makeNodes(t)
+  const a = nodes.get('a') as Node
+  const oid = dataOid(1, 4)
+  const cOut: View = { epoch: 1, members: VIEW.members.filter(m => m.id !== 'c') }
+  await gatewayOn(nodes, 'a', 0, cOut).writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x61))
+  t.equal(await readVia(a.recovery.guarded(), oid), 0x61, 'c out: a majority of 3 copies is 2, which a and b still make')
+  const err = await sheepError(async () => await gatewayOn(nodes, 'a', 3, cOut).write(oid, 0, Buffer.alloc(4096, 0x62)))
+  t.equal(err.code, 'ENOTCONN', '--min-copies 3 with c out: the write waits for a view, then fails')
+  t.match(err.message, /the view has 2 of its replicas, and a change needs 3/, 'saying why')
+  t.equal(await readVia(a.recovery.guarded(), oid), 0x61, 'and nothing of it was written')
+  const alone: View = { epoch: 1, members: VIEW.members.filter(m => m.id === 'a') }
+  await gatewayOn(nodes, 'a', 3, alone, 1).write(oid, 0, Buffer.alloc(4096, 0x63))
+  t.equal(await readVia(a.recovery.guarded(), oid), 0x63, 'a founding node that never had company writes to its one replica')
+})
+
 t.test('below --min-copies acknowledgements a write fails, and the copies that missed it are still repaired', async t => {
   const nodes = await makeNodes(t)
   const [b, c] = [nodes.get('b') as Node, nodes.get('c') as Node]

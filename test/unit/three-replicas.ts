@@ -86,8 +86,8 @@ export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number }
   return nodes
 }
 
-/** What node `self` sees of the cluster: one view of a, b and c, every link up. */
-function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW): Cluster {
+/** What node `self` sees of the cluster: one view (of a, b and c unless told), every link up; it knew a view of `largest` members. */
+function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW, largest = IDS.length): Cluster {
   const up = (id: string): boolean => ((nodes.get(id) as Node).linkUpAt ?? 0) <= Date.now()
   const link = (id: string): Link => ({
     async call (req: Omit<Request, 'id'>): Promise<Response> {
@@ -120,7 +120,8 @@ function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW): Cluste
     epoch: 1,
     quorate: true,
     view,
-    placement: { replicas: () => IDS },
+    placement: { replicas: () => view.members.map(m => m.id) },
+    largestView: largest,
     link: (id: string) => up(id) ? link(id) : null,
     linkTo: async (id: string, ms: number) => {
       for (const end = Date.now() + ms; !up(id) && Date.now() < end;) await new Promise(resolve => setTimeout(resolve, 10))
@@ -132,9 +133,9 @@ function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW): Cluste
   } as unknown as Cluster
 }
 
-export function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0, view = VIEW): Gateway {
+export function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0, view = VIEW, largestView = IDS.length): Gateway {
   const node = nodes.get(id) as Node
-  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id, view), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
+  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id, view, largestView), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
 }
 
 export async function readVia (store: { read: Gateway['read'] }, oid: bigint): Promise<number> {
