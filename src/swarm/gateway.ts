@@ -791,7 +791,7 @@ export class Gateway implements ObjectStore {
 
   /** One request to one member (this node's own store for it), its error as a SheepError. */
   async send (target: string, epoch: number, op: Op, fields: Fields): Promise<Response> {
-    if (target === this.cluster.id) return await this.sendLocal(op, fields)
+    if (target === this.cluster.id) return await this.sendLocal(epoch, op, fields)
     // A change needs every replica: one whose link is not up yet (the view just committed) is
     // waited for, else the change would wait for the next view, which a settled cluster does not
     // make (a minute, then ENOTCONN). A read goes on to the next replica instead.
@@ -802,10 +802,17 @@ export class Gateway implements ObjectStore {
     return res
   }
 
-  /** This node's own replica, without a round trip through the codec. */
-  private async sendLocal (op: Op, f: Fields): Promise<Response> {
+  /**
+   * This node's own replica, without a round trip through the codec. Every local path is a
+   * change, made in the epoch it was sent in as a peer's is (replica.ts): the writer's own copy is
+   * changed after the others took the change, and in a newer view it would get that view's next
+   * version (not the one the others gave it) on a copy placement may have moved away (found by
+   * the replication simulator: a moved copy missed a later write at the same version, and was
+   * read when placement brought the object back). ESTALE: the change is sent again in the new view.
+   */
+  private async sendLocal (epoch: number, op: Op, f: Fields): Promise<Response> {
     const oid = f.oid ?? 0n
-    const epoch = this.cluster.epoch
+    if (epoch !== this.cluster.epoch) throw SheepError.stale(`change of object ${oidToHex(oid)} for epoch ${epoch}, this node moved to epoch ${this.cluster.epoch}`)
     const res: Response = { id: 0, error: '', message: '', epoch, version: 0, size: 0, data: EMPTY }
     const base = f.version ?? 0
     switch (op) {

@@ -40,13 +40,17 @@ export interface Node {
 
 interface Teardownable { teardown (fn: () => unknown): void }
 
-export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number } = {}): Promise<Map<string, Node>> {
+/** The epoch every node is in (a test moves them all to a new view with nextEpoch()), and the object's replicas in it if not all three. */
+export interface Era { epoch: number, replicas?: string[] }
+
+export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number, era?: Era } = {}): Promise<Map<string, Node>> {
   const nodes = new Map<string, Node>()
+  const era = opts.era ?? { epoch: 1 }
   for (const id of IDS) {
     const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: opts.chainWaitMs })
     await store.open()
     t.teardown(async () => await store.close())
-    await store.asReplica(() => epochFloor(1))
+    await store.asReplica(() => epochFloor(era.epoch))
     const node = { id, store, full: false } as Node
     // The disk: a full one refuses every write, as a store on a full file system does.
     const disk = new Proxy(store, {
@@ -66,9 +70,9 @@ export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number }
       }
     }) as RecoveryStore
     nodes.set(id, node)
-    node.recovery = new Recovery(disk, clusterOf(nodes, id), { replicasOf: () => IDS, widest: () => IDS }, line => { if (process.env.MW_LOG !== undefined) console.error(id, line) })
+    node.recovery = new Recovery(disk, clusterOf(nodes, id, VIEW, IDS.length, era), { replicasOf: () => era.replicas ?? IDS, widest: () => era.replicas ?? IDS }, line => { if (process.env.MW_LOG !== undefined) console.error(id, line) })
     node.serve = replicaHandler(node.recovery.guarded(), {
-      epoch: () => 1,
+      epoch: () => era.epoch,
       quorate: () => true,
       asPrimary: async () => { throw new Error('not used') },
       release: async () => {},
@@ -86,12 +90,19 @@ export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number }
   return nodes
 }
 
+/** Every node moves to the next view (of the same members): its recovery starts a round for it. */
+export function nextEpoch (nodes: Map<string, Node>, era: Era, replicas?: string[]): void {
+  era.epoch++
+  era.replicas = replicas
+  for (const n of nodes.values()) n.recovery.start({ ...VIEW, epoch: era.epoch })
+}
+
 /** What node `self` sees of the cluster: one view (of a, b and c unless told), every link up; it knew a view of `largest` members. */
-function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW, largest = IDS.length): Cluster {
+function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW, largest = IDS.length, era: Era = { epoch: 1 }): Cluster {
   const up = (id: string): boolean => ((nodes.get(id) as Node).linkUpAt ?? 0) <= Date.now()
   const link = (id: string): Link => ({
     async call (req: Omit<Request, 'id'>): Promise<Response> {
-      const base: Response = { id: 0, error: '', message: '', epoch: 1, version: 0, size: 0, data: EMPTY }
+      const base: Response = { id: 0, error: '', message: '', epoch: era.epoch, version: 0, size: 0, data: EMPTY }
       const node = nodes.get(id) as Node
       if (req.op === Op.Write && node.dropWrite?.(req) === true) {
         throw SheepError.unreachable(`the link to ${id} went`)
@@ -117,10 +128,10 @@ function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW, largest
   }) as unknown as Link
   return {
     id: self,
-    epoch: 1,
+    get epoch () { return era.epoch },
     quorate: true,
-    view,
-    placement: { replicas: () => view.members.map(m => m.id) },
+    get view () { return { ...view, epoch: era.epoch } },
+    placement: { replicas: () => era.replicas ?? view.members.map(m => m.id) },
     largestView: largest,
     link: (id: string) => up(id) ? link(id) : null,
     linkTo: async (id: string, ms: number) => {
@@ -129,13 +140,17 @@ function clusterOf (nodes: Map<string, Node>, self: string, view = VIEW, largest
     },
     notify: () => {},
     quorum: async () => {},
-    nextView: async () => { throw SheepError.unreachable('no new view in this test') }
+    nextView: async (epoch: number, ms: number) => {
+      for (const end = Date.now() + ms; era.epoch <= epoch && Date.now() < end;) await new Promise(resolve => setTimeout(resolve, 10))
+      if (era.epoch <= epoch) throw SheepError.unreachable('no new view in this test')
+      return { ...view, epoch: era.epoch }
+    }
   } as unknown as Cluster
 }
 
-export function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0, view = VIEW, largestView = IDS.length): Gateway {
+export function gatewayOn (nodes: Map<string, Node>, id: string, minCopies = 0, view = VIEW, largestView = IDS.length, era?: Era): Gateway {
   const node = nodes.get(id) as Node
-  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id, view, largestView), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
+  return new Gateway(node.recovery.guarded(), clusterOf(nodes, id, view, largestView, era), { copiesOf: () => 3, minCopies, viewWaitMs: 1000, serveAsItIs: async oid => { await node.recovery.forceStart(oid) } })
 }
 
 export async function readVia (store: { read: Gateway['read'] }, oid: bigint): Promise<number> {

@@ -9,7 +9,7 @@ import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, type ObjectId } from '../../src/objects/oid'
 import { chainVersion, epochFloor } from '../../src/objects/versions'
 import { Op } from '../../src/swarm/messages'
-import { gatewayOn, IDS, makeNodes, type Node } from './three-replicas'
+import { type Era, gatewayOn, IDS, makeNodes, nextEpoch, type Node } from './three-replicas'
 import { sheepError, tmpDir } from './tmp'
 
 interface Teardownable { teardown (fn: () => unknown): void }
@@ -141,6 +141,33 @@ t.test('two writes in flight, each lost on its way to a different replica, the w
   const clash = all.flatMap(x => all.filter(y => y.id > x.id && y.version === x.version && y.bytes !== x.bytes).map(y => `${x.id} and ${y.id}`))
   t.same(clash, [], 'copies at one version hold the same bytes (counted, b and c each took one write and both stood at the next count)')
   t.equal(b.recovery.status.missed, 1, 'b, which got the second write without the first, refuses its copy until it is repaired')
+})
+
+t.test('the writer\'s own copy takes a change only in the epoch it was sent in: one whose view moved on before its own turn is sent again in the new view', async t => {
+  const era: Era = { epoch: 1 }
+  const nodes = await makeNodes(t, { chainWaitMs: 2000, era })
+  const [a, b, c] = IDS.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 7)
+  const writer = gatewayOn(nodes, 'a', 0, undefined, IDS.length, era)
+  await writer.writeFresh(oid, 8192, 0, Buffer.alloc(8192, 0))
+  const before = await versionOf(b.store, oid)
+  // b and c take the write at once; their answers come back after a view (epoch 2) that
+  // places the object on b and c only: a's copy is one placement moved away.
+  b.holdNextAnswer = { op: Op.Write, ms: 150 }
+  c.holdNextAnswer = { op: Op.Write, ms: 150 }
+  const writing = writer.write(oid, 0, Buffer.alloc(4096, 7))
+  for (let i = 0; i < 100 && (await versionOf(b.store, oid) === before || await versionOf(c.store, oid) === before); i++) await new Promise(resolve => setTimeout(resolve, 5))
+  // a's plan for epoch 2 waits for b's list a while (its link is not up): the writer's own
+  // turn comes under that round, before a's copy could be dropped.
+  b.linkUpAt = Date.now() + 400
+  nextEpoch(nodes, era, ['b', 'c'])
+  await writing
+  // A first try that failed on one replica leaves the copies uneven until the next sync or change.
+  await writer.sync([oid])
+  const [mine, theirs] = [await versionOf(a.store, oid), await versionOf(b.store, oid)]
+  t.equal(await versionOf(c.store, oid), theirs, 'b and c at one version')
+  t.equal((await b.store.readAll(oid))[0], 7, 'holding the write')
+  t.ok(mine < theirs, `a's moved copy (version ${mine}) took no change in epoch 2: it is not newer than the replicas' (${theirs}); taking it at epoch 2's first version would have made it look the newest with bytes a later write never reaches`)
 })
 
 t.test('a write made on a version of a later epoch (bad input from a peer) is refused with EINVAL at once, and the copy is not marked missed', async t => {
