@@ -359,14 +359,16 @@ export const response: Codec<Response> = checked(struct<Response>({ ...responseF
 /** A response without its data (see requestHead). */
 export const responseHead: Codec<Omit<Response, 'data'>> = checked(struct<Omit<Response, 'data'>>(responseFields), knownError)
 
-export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean, removed?: boolean }
+export interface ObjectEntry { oid: bigint, version: number, size: number, uncertain?: boolean, removed?: boolean, behind?: boolean }
 
 /**
- * An entry's flags: bit 0 says a crash left the copy uncertain (ObjectInfo.uncertain), bit 1 that
- * it is a tombstone (ObjectInfo.removed); no other bit is defined, and not both.
+ * An entry's flags, one value each: 1 a crash left the copy uncertain (ObjectInfo.uncertain), 2 a
+ * tombstone (ObjectInfo.removed), 4 a copy known to be behind a newer one (ObjectInfo.missed:
+ * never a source, but no copy at or below its version is current either); no other value.
  */
 const UNCERTAIN = 1
 const REMOVED = 2
+const BEHIND = 4
 
 const objectEntry: Codec<ObjectEntry> = {
   preencode (state, e) { c.biguint64.preencode(state, e.oid); safeUint.preencode(state, e.version); safeUint.preencode(state, e.size); c.uint.preencode(state, entryFlags(e)) },
@@ -374,15 +376,16 @@ const objectEntry: Codec<ObjectEntry> = {
   decode (state) {
     const e: ObjectEntry = { oid: c.biguint64.decode(state), version: safeUint.decode(state), size: safeUint.decode(state) }
     const flags = c.uint.decode(state)
-    if (flags !== 0 && flags !== UNCERTAIN && flags !== REMOVED) throw bad(`object entry flags ${flags}: unknown bits`)
+    if (flags !== 0 && flags !== UNCERTAIN && flags !== REMOVED && flags !== BEHIND) throw bad(`object entry flags ${flags}: unknown bits`)
     if (flags === UNCERTAIN) e.uncertain = true
     if (flags === REMOVED) e.removed = true
+    if (flags === BEHIND) e.behind = true
     return e
   }
 }
 
 function entryFlags (e: ObjectEntry): number {
-  return e.removed === true ? REMOVED : e.uncertain === true ? UNCERTAIN : 0
+  return e.removed === true ? REMOVED : e.behind === true ? BEHIND : e.uncertain === true ? UNCERTAIN : 0
 }
 
 /** The answer to List: every object a replica holds, and its tombstones. */

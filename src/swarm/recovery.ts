@@ -232,6 +232,8 @@ export class Recovery {
   private forcedEpoch = -1
   /** Objects refused in this epoch because too many of their replicas are down, for force-start to name. */
   private readonly waitedDown = new Set<ObjectId>()
+  /** Objects this node holds no copy of while no current copy is listed (see plan), and why: refused until the next plan. */
+  private readonly noCurrentCopy = new Map<ObjectId, string>()
 
   constructor (raw: RecoveryStore, cluster: Cluster, placement: { replicasOf: (oid: ObjectId) => string[] | null, widest: (oid: ObjectId) => string[] }, log: (line: string) => void, opts: RecoveryOptions = {}) {
     this.raw = raw
@@ -443,6 +445,8 @@ export class Recovery {
       this.waitedDown.clear()
       if (waited.length > 0) this.log(`force-start: ${waited.length} objects whose newest copy may be on down members are served as they are: ${waited.map(oidToHex).join(', ')}`)
     }
+    if (only === undefined) this.noCurrentCopy.clear()
+    else this.noCurrentCopy.delete(only)
     const behind = new Set(only === undefined ? this.missed.keys() : this.missed.has(only) ? [only] : [])
     for await (const info of this.raw.list(only)) {
       if (only !== undefined && info.oid !== only) break
@@ -570,6 +574,8 @@ export class Recovery {
   private refuseMissed (oid: ObjectId): void {
     const why = this.missed.get(oid)
     if (why !== undefined) throw SheepError.corrupt(`object ${oidToHex(oid)}: this replica's copy missed a change (${why}) and is not repaired yet`)
+    const none = this.noCurrentCopy.get(oid)
+    if (none !== undefined) throw SheepError.corrupt(`object ${oidToHex(oid)}: no current copy is listed (${none})`)
   }
 
   /** A read of this node's copy failed: a damaged copy is healed; the error goes to the reader, which tries another replica. */
@@ -643,6 +649,7 @@ export class Recovery {
     await this.earlierChanges(round)
     if (round !== this.round) return false
     this.pending.clear()
+    this.noCurrentCopy.clear()
     const self = this.cluster.id
     const newest = new Map<ObjectId, Copy>()
     const copies = new Map<ObjectId, Copy[]>()
@@ -661,7 +668,14 @@ export class Recovery {
     // hold nothing.
     this.waitingFor = lists.filter(l => l.list === null).map(l => l.node)
     if (this.waitingFor.length > 0) throw SheepError.unreachable(`no list from ${this.waitingFor.map(id => id.slice(0, 8)).join(', ')}`)
+    // Copies known to be behind (here and on the others), by the highest version among them: no
+    // source, but no copy at or below that version is current either.
+    const behindAt = new Map<ObjectId, number>()
     const consider = (node: string, e: ObjectEntry): void => {
+      if (e.behind === true) {
+        behindAt.set(e.oid, Math.max(behindAt.get(e.oid) ?? -1, e.version))
+        return
+      }
       const copy = { node, version: e.version, uncertain: e.uncertain === true, removed: e.removed === true }
       const known = newest.get(e.oid)
       if (known === undefined || newer(node, e, known)) newest.set(e.oid, copy)
@@ -682,6 +696,7 @@ export class Recovery {
         // process started is refused meanwhile; the newer copies it was behind may not be back.
         if (!this.started && !this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it was behind the other replicas\' copies when this node stopped')
         knownBehind.push(stored.oid)
+        consider(self, { ...stored, behind: true })
         continue
       }
       const info = stored.removed !== true && this.inDoubt(stored.oid) ? { ...stored, uncertain: true } : stored
@@ -694,6 +709,24 @@ export class Recovery {
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
+      const behindVersion = behindAt.get(oid)
+      if (behindVersion !== undefined && best.version <= behindVersion) {
+        // A copy known to be behind a newer one is at least as new as every current copy
+        // listed: the newer copy is on a member that is not answering (down, out, or cut off),
+        // and taking or serving an older copy would lose what the behind one holds (found by
+        // the replication simulator: a node took a third replica's stale copy over its own,
+        // marked behind, and a synced write was lost). Refused here too until a newer copy
+        // comes, or force-start.
+        const why = `a copy at version ${behindVersion}, itself behind a newer one, is as new as every copy listed`
+        if (mine !== undefined && mine.removed !== true) {
+          this.missed.set(oid, why)
+          behind.push(oid)
+        } else {
+          // Nor may this node make a copy of its own by a first write.
+          this.noCurrentCopy.set(oid, why)
+        }
+        continue
+      }
       if (best.removed) {
         // Removed after this node's copy was made: the copy came back from a node that was away
         // (maybe this one) and must neither be served nor spread.
@@ -871,7 +904,8 @@ export class Recovery {
       if (m.id === self) continue
       const list = await this.listOf(m.id, view.epoch)
       if (list === 'newer') return true
-      if (list !== null) held.set(m.id, new Map(list.map(e => [e.oid, e])))
+      // A copy known to be behind holds nothing a moved copy may be dropped for.
+      if (list !== null) held.set(m.id, new Map(list.filter(e => e.behind !== true).map(e => [e.oid, e])))
     }
     await this.collectTombstones(view, round, tombstones, held)
     if (moved.length === 0) return true

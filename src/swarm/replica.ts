@@ -126,9 +126,10 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         let more = false
         for await (const info of local.list(req.oid)) {
           if (info.oid < req.oid) continue // a store that ignored `from`
-          if (info.missed === true) continue // not current: no member may take it as a copy
           if (page.length === LIST_PAGE) { more = true; break }
-          page.push(info.removed !== true && ctx.writers?.inDoubt(info.oid) === true ? { ...info, uncertain: true } : info)
+          // A copy known to be behind is no source, but says that no copy at its version or below is current.
+          if (info.missed === true) page.push({ oid: info.oid, version: info.version, size: info.size, behind: true })
+          else page.push(info.removed !== true && ctx.writers?.inDoubt(info.oid) === true ? { ...info, uncertain: true } : info)
         }
         return done({ data: encode(objectList, page), size: more ? 1 : 0 })
       }

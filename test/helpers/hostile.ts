@@ -67,6 +67,7 @@ export function objectListOf (rng: Rng): ObjectEntry[] {
     const e: ObjectEntry = { oid: rng.bytes(8).readBigUInt64LE(0), version: uintOf(rng), size: uintOf(rng) }
     if (rng.chance(0.3)) e.uncertain = true
     else if (rng.chance(0.3)) e.removed = true
+    else if (rng.chance(0.3)) e.behind = true
     return e
   })
 }

@@ -233,6 +233,40 @@ t.test('a copy known to be behind is refused while the newer copies are on a mem
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x33, 'once b is back, a copies b\'s newest copy and serves it')
 })
 
+t.test('a copy known to be behind is newer than every current copy listed (the newest is on a member gone): no node takes or serves an older copy over it', async t => {
+  // d held the newest copy and is out; b's copy was marked behind d's, and c's copy is older
+  // still (c was away while b and d took an acknowledged write). The object's replicas are now
+  // a, b and c.
+  const ids = ['a', 'b', 'c', 'd']
+  const members = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c, d] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [b, c, d]) { n.epoch = 3; await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)) }
+  for (const n of [b, d]) { n.epoch = 5; await n.store.write(oid, 0, Buffer.alloc(4096, 0x22)) }
+  d.epoch = 6
+  await d.store.write(oid, 0, Buffer.alloc(4096, 0x33))
+  await b.store.setMissed([oid], true)
+  d.up = false
+  const view = viewOf(7, members)
+  for (const n of [a, b, c]) { n.epoch = 7; n.view = view }
+  const recoveries = [a, b, c].map(n => track(new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => members, widest: () => members }, () => {})))
+  for (const r of recoveries) { r.imagesLoaded(); r.start(view) }
+  const [ra, rb, rc] = recoveries as [Recovery, Recovery, Recovery]
+  for (const [name, r] of [['a', ra], ['b', rb], ['c', rc]] as const) {
+    const err = await readBack(r.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+    t.equal(err?.code, 'EIO', `${name} serves nothing of it`)
+  }
+  t.equal((await readBack(b.store, oid, 4096))[0], 0x22, 'b keeps its copy (it holds the acknowledged write)')
+  t.equal(await a.store.stat(oid), null, 'a took no copy of c\'s')
+  t.equal((await c.store.stat(oid))?.missed, true, 'c\'s older copy is marked behind too, across a restart')
+  d.up = true
+  const back = viewOf(8, ids)
+  for (const n of nodes.values()) { n.epoch = 8; n.view = back }
+  for (const r of recoveries) r.start(back)
+  for (const [name, r] of [['a', ra], ['b', rb], ['c', rc]] as const) t.equal((await readBack(r.guarded(), oid, 4096))[0], 0x33, `once d is back, ${name} copies its newest copy and serves it`)
+})
+
 t.test('an object most of whose replicas are down is not served from a copy that may have missed their newest writes, until enough are back or an operator forces it', async t => {
   // 5 members, the object's replicas a, b and c (the example of issue 11): a was away while b and
   // c took a write, then b and c go down and a comes back.

@@ -23,12 +23,12 @@ t.test('every message round-trips', async t => {
   const h = { proof: Buffer.alloc(32, 7), self: member(5), view: aView }
   const hb = decode(hello, encode(hello, h))
   t.same({ ...hb, proof: Buffer.from(hb.proof) }, h, 'hello')
-  const list = [{ oid: 1n, version: 2, size: 3 }, { oid: 0x2000000000000001n, version: 9, size: 4 << 20, uncertain: true }, { oid: 5n, version: 10, size: 0, removed: true }]
-  t.same(decode(objectList, encode(objectList, list)), list, 'object list, with an uncertain copy and a tombstone')
+  const list = [{ oid: 1n, version: 2, size: 3 }, { oid: 0x2000000000000001n, version: 9, size: 4 << 20, uncertain: true }, { oid: 5n, version: 10, size: 0, removed: true }, { oid: 6n, version: 11, size: 5, behind: true }]
+  t.same(decode(objectList, encode(objectList, list)), list, 'object list, with an uncertain copy, a tombstone and a copy known to be behind')
   const flagged = Buffer.from(encode(objectList, [{ oid: 1n, version: 2, size: 3 }]))
-  for (const flags of [3, 4]) {
+  for (const flags of [3, 5, 6, 8]) {
     flagged[flagged.length - 1] = flags
-    t.throws(() => decode(objectList, flagged), { code: 'EPROTO' }, `an entry with flags ${flags} (unknown, or uncertain and removed at once) is refused`)
+    t.throws(() => decode(objectList, flagged), { code: 'EPROTO' }, `an entry with flags ${flags} (unknown, or two at once) is refused`)
   }
   t.same(decode(usage, encode(usage, { capacity: 2 ** 40, free: 2 ** 39 })), { capacity: 2 ** 40, free: 2 ** 39 }, 'usage')
   for (const deleted of [false, true]) {
