@@ -219,21 +219,38 @@ export class LocalObjectStore implements ObjectStore {
    * Marks these copies as behind the other replicas' (this disk failed a change they took, or
    * recovery found a newer copy elsewhere), or no longer so: each says it in its record, durably.
    * A replace or a remove clears the mark too. So a restart does not make a copy that is behind
-   * look current (src/swarm/recovery.ts).
+   * look current (src/swarm/recovery.ts). With `below`, a copy is marked only while its version is
+   * below the one given for it: a whole copy may have replaced it since it was found behind.
    */
-  async setMissed (oids: Iterable<ObjectId>, missed: boolean): Promise<void> {
+  async setMissed (oids: Iterable<ObjectId>, missed: boolean, below?: ReadonlyMap<ObjectId, number>): Promise<void> {
     this.checkOpen()
-    const records: CatalogRecord[] = []
-    for (const oid of oids) {
-      if (this.missed.has(oid) === missed) continue
-      const e = this.entries.get(oid)
-      const r = e === undefined ? await this.catalog.get(oid) : { oid, version: e.savedVersion, size: e.savedSize, dirty: e.dirty }
-      if (r === null || r.removed === true) continue
-      if (missed) this.missed.add(oid)
-      else this.missed.delete(oid)
-      records.push({ ...r, missed })
+    const list = [...oids]
+    // A step in each object's chain of replaces: none may swap the file in between the record
+    // read here and the one put (it would put back the replaced copy's version and size).
+    const before = list.map(oid => this.replacing.get(oid))
+    const run = (async () => {
+      for (const p of before) await p?.catch(() => {})
+      const records: CatalogRecord[] = []
+      for (const oid of list) {
+        if (this.missed.has(oid) === missed) continue
+        const e = this.entries.get(oid)
+        const r = e === undefined ? await this.catalog.get(oid) : { oid, version: e.savedVersion, size: e.savedSize, dirty: e.dirty }
+        if (r === null || r.removed === true) continue
+        const newer = below?.get(oid)
+        if (missed && newer !== undefined && (e?.info.version ?? r.version) >= newer) continue
+        if (missed) this.missed.add(oid)
+        else this.missed.delete(oid)
+        records.push({ ...r, missed })
+      }
+      if (records.length > 0) await this.catalog.put(records, true)
+    })()
+    const tail = run.catch(() => {})
+    for (const oid of list) this.replacing.set(oid, tail)
+    try {
+      await run
+    } finally {
+      for (const oid of list) if (this.replacing.get(oid) === tail) this.replacing.delete(oid)
     }
-    if (records.length > 0) await this.catalog.put(records, true)
   }
 
   /**

@@ -705,22 +705,23 @@ export class Recovery {
     }
     if (round !== this.round) return false
     this.started = true
-    const behind: ObjectId[] = []
+    /** This node's copies found behind, each with the version it is behind. */
+    const behind = new Map<ObjectId, number>()
     for (const [oid, best] of newest) {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
       const behindVersion = behindAt.get(oid)
-      if (behindVersion !== undefined && best.version <= behindVersion) {
-        // A copy known to be behind a newer one is at least as new as every current copy
+      if (behindVersion !== undefined && best.version < behindVersion) {
+        // A copy known to be behind a newer one is newer than every current copy
         // listed: the newer copy is on a member that is not answering (down, out, or cut off),
         // and taking or serving an older copy would lose what the behind one holds (found by
         // the replication simulator: a node took a third replica's stale copy over its own,
         // marked behind, and a synced write was lost). Refused here too until a newer copy
         // comes, or force-start.
-        const why = `a copy at version ${behindVersion}, itself behind a newer one, is as new as every copy listed`
+        const why = `a copy at version ${behindVersion}, itself behind a newer one, is newer than every copy listed`
         if (mine !== undefined && mine.removed !== true) {
           this.missed.set(oid, why)
-          behind.push(oid)
+          behind.set(oid, behindVersion)
         } else {
           // Nor may this node make a copy of its own by a first write.
           this.noCurrentCopy.set(oid, why)
@@ -755,7 +756,7 @@ export class Recovery {
         const sorted = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1))
         const doubt = best.uncertain || sorted.some(c => c.uncertain) || mine?.uncertain === true
         this.pending.set(oid, doubt ? sorted.map(c => c.node) : spread(oid, sorted))
-        if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.push(oid)
+        if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.set(oid, best.version)
       }
     }
     // A copy known to be behind whose newer copies no member answering now lists (they are on a
@@ -769,7 +770,7 @@ export class Recovery {
     }
     // Copies known to be behind stay known so across a crash before they are copied: a restart
     // of every node must not make them look current where the newer copies do not come back.
-    await this.raw.setMissed(behind, true).catch(err => this.log(`view ${view.epoch}: cannot mark copies behind in the index: ${(err as Error).message}`))
+    await this.raw.setMissed(behind.keys(), true, behind).catch(err => this.log(`view ${view.epoch}: cannot mark copies behind in the index: ${(err as Error).message}`))
     this.stats.pending = this.pending.size
     if (this.pending.size > 0) this.log(`view ${view.epoch}: ${this.pending.size} objects to copy to this node`)
     return true

@@ -224,6 +224,7 @@ class Sim {
           run.calls++
           try {
             const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
+            if (prop === 'setMissed') sim.note(`    ${id.slice(0, 4)} store: setMissed ${[...args[0] as Iterable<bigint>].map(o => o.toString(16)).join(',')} ${String(args[1])}`)
             if (CHANGES.has(String(prop))) {
               const info = await target.stat(args[0] as bigint)
               sim.note(`    ${id.slice(0, 4)} store: ${String(prop)} ${(args[0] as bigint).toString(16)} -> ${info === null ? 'none' : `v${info.version}, ${info.size} bytes`}`)

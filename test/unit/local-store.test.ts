@@ -164,6 +164,29 @@ t.test('replace', async t => {
   t.notOk(fs.existsSync(objectFile(dir, d) + '.tmp'), 'no temporary file left')
 })
 
+t.test('marks of copies found behind and whole copies of them, at once: a mark never puts back a replaced copy\'s record, nor marks a copy that is current', async t => {
+  const dir = tmpDir(t)
+  const store = await openStore(t, dir)
+  const oid = dataOid(3, 0)
+  await store.writeFresh(oid, 8192, 0, pattern(8192, 1))
+  const old = (await store.stat(oid))?.version as number
+  // A recovery plan found the copy behind version old + 10; a copy at that version came before the plan marked it.
+  const current = old + 10
+  await store.replace(oid, pattern(8192, 2), current)
+  await store.setMissed([oid], true, new Map([[oid, current]]))
+  t.same(await store.stat(oid), { oid, version: current, size: 8192 }, 'the copy is current, and not marked')
+  // The mark first, then a replace: the replace clears it, and its record is the one kept.
+  await Promise.all([store.setMissed([oid], true), store.replace(oid, pattern(8192, 3), current + 1)])
+  t.same(await store.stat(oid), { oid, version: current + 1, size: 8192 }, 'the replace that came after the mark is kept, unmarked')
+  await store.setMissed([oid], true, new Map([[oid, current + 5]]))
+  t.equal((await store.stat(oid))?.missed, true, 'a copy below the version given is marked')
+  await store.close()
+  const again = await openStore(t, dir)
+  await again.asReplica(() => epochFloor(1))
+  t.same(await again.stat(oid), { oid, version: current + 1, size: 8192, missed: true }, 'and so it stays across a restart (of a cluster replica, whose marks they are)')
+  t.ok((await again.readAll(oid)).equals(pattern(8192, 3)), 'with the bytes of the last replace')
+})
+
 t.test('readAll of an object with no open descriptor, racing replaces of other sizes, returns one whole version', async t => {
   // One open descriptor at most: every readAll of the object loads it afresh (record, then file).
   const store = await openStore(t, tmpDir(t), { maxOpenFiles: 1 })

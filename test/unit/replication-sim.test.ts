@@ -38,15 +38,17 @@ t.test('the replication simulator: acknowledged writes survive drops, reordering
   t.comment(`seeds ${seeds[0]}..${seeds[seeds.length - 1]} (replay one with SHEEP_SIM_SEED=<n>)`)
   const failed: SeedRun[] = []
   const diverged: SeedRun[] = []
+  const left = new Set(seeds)
   let done = 0
   const started = Date.now()
   await runAll(seeds, run => {
     done++
+    left.delete(run.seed)
     if (run.failures.length > 0) failed.push(run)
     else if (run.diverged.length > 0) diverged.push(run)
   })
   t.comment(`${done} seeds in ${((Date.now() - started) / 1000).toFixed(1)} s`)
-  t.equal(done, seeds.length, 'every seed ran to its end')
+  t.equal(done, seeds.length, `every seed ran to its end${left.size === 0 ? '' : ` (seeds ${[...left].join(', ')} stopped with nothing left to run: a promise never settled)`}`)
   failed.sort((a, b) => a.seed - b.seed)
   const worst = failed[0] ?? diverged[0]
   if (worst !== undefined && process.env.SHEEP_SIM_LOG !== undefined) {
