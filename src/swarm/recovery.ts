@@ -711,13 +711,14 @@ export class Recovery {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
       const behindVersion = behindAt.get(oid)
-      if (behindVersion !== undefined && best.version < behindVersion) {
+      if (behindVersion !== undefined && best.version < behindVersion && !best.uncertain) {
         // A copy known to be behind a newer one is newer than every current copy
         // listed: the newer copy is on a member that is not answering (down, out, or cut off),
         // and taking or serving an older copy would lose what the behind one holds (found by
         // the replication simulator: a node took a third replica's stale copy over its own,
         // marked behind, and a synced write was lost). Refused here too until a newer copy
-        // comes, or force-start.
+        // comes, or force-start. (A copy a crash left uncertain may hold changes past its
+        // recorded version: the newest one can be such a copy, and is settled as before.)
         const why = `a copy at version ${behindVersion}, itself behind a newer one, is newer than every copy listed`
         if (mine !== undefined && mine.removed !== true) {
           this.missed.set(oid, why)

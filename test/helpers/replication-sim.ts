@@ -222,6 +222,8 @@ class Sim {
         return async (...args: unknown[]) => {
           if (run.dead) throw SheepError.unreachable('this process was killed')
           run.calls++
+          // Iterables once: the log below shows them too.
+          if (prop === 'setMissed') args[0] = [...args[0] as Iterable<bigint>]
           try {
             const result = await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args)
             if (prop === 'setMissed') sim.note(`    ${id.slice(0, 4)} store: setMissed ${[...args[0] as Iterable<bigint>].map(o => o.toString(16)).join(',')} ${String(args[1])}`)
