@@ -102,7 +102,7 @@ export class LocalObjectStore implements ObjectStore {
   private catalog!: Catalog
   private readonly entries = new Map<ObjectId, Entry>() // insertion order = least recently used first
   private readonly loading = new Map<ObjectId, Promise<Entry>>()
-  /** Replaces in progress (the last one of each object): a load waits for them. */
+  /** Replaces, marks and erases in progress (the last of each object; see serially): a load waits for them. */
   private readonly replacing = new Map<ObjectId, Promise<void>>()
   private readonly maxOpenFiles: number
   private readonly io: FileIo
@@ -225,11 +225,9 @@ export class LocalObjectStore implements ObjectStore {
   async setMissed (oids: Iterable<ObjectId>, missed: boolean, below?: ReadonlyMap<ObjectId, number>): Promise<void> {
     this.checkOpen()
     const list = [...oids]
-    // A step in each object's chain of replaces: none may swap the file in between the record
-    // read here and the one put (it would put back the replaced copy's version and size).
-    const before = list.map(oid => this.replacing.get(oid))
-    const run = (async () => {
-      for (const p of before) await p?.catch(() => {})
+    // In each object's chain: a replace or erase between the record read here and the one put
+    // would have its record put back.
+    await this.serially(list, async () => {
       const records: CatalogRecord[] = []
       for (const oid of list) {
         if (this.missed.has(oid) === missed) continue
@@ -243,13 +241,25 @@ export class LocalObjectStore implements ObjectStore {
         records.push({ ...r, missed })
       }
       if (records.length > 0) await this.catalog.put(records, true)
+    })
+  }
+
+  /**
+   * Runs fn after the replaces, marks and erases of these objects begun before it (and `also`),
+   * and before those begun after: each reads an object's record and puts a new one.
+   */
+  private async serially<T> (oids: ObjectId[], fn: () => Promise<T>, also: Array<Promise<unknown> | undefined> = []): Promise<T> {
+    const before = [...oids.map(oid => this.replacing.get(oid)), ...also]
+    const run = (async () => {
+      for (const p of before) await p?.catch(() => {})
+      return await fn()
     })()
-    const tail = run.catch(() => {})
-    for (const oid of list) this.replacing.set(oid, tail)
+    const tail = run.then(() => {}, () => {})
+    for (const oid of oids) this.replacing.set(oid, tail)
     try {
-      await run
+      return await run
     } finally {
-      for (const oid of list) if (this.replacing.get(oid) === tail) this.replacing.delete(oid)
+      for (const oid of oids) if (this.replacing.get(oid) === tail) this.replacing.delete(oid)
     }
   }
 
@@ -568,18 +578,7 @@ export class LocalObjectStore implements ObjectStore {
     // A load reads the record, then opens the file: one running across the swap would pair the
     // new file with the old size (a torn readAll). Loads begun before wait here, later ones in
     // load(); replaces of one object go one after the other.
-    const before = [this.replacing.get(oid), this.loading.get(oid)]
-    const run = (async () => {
-      for (const p of before) await p?.catch(() => {})
-      await this.swapIn(oid, data, version)
-    })()
-    const tail = run.catch(() => {})
-    this.replacing.set(oid, tail)
-    try {
-      await run
-    } finally {
-      if (this.replacing.get(oid) === tail) this.replacing.delete(oid)
-    }
+    await this.serially([oid], async () => await this.swapIn(oid, data, version), [this.loading.get(oid)])
   }
 
   private async swapIn (oid: ObjectId, data: Uint8Array, version?: number): Promise<void> {
@@ -587,6 +586,8 @@ export class LocalObjectStore implements ObjectStore {
     const tmp = file + '.tmp'
     const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     const old = known?.removed === true ? null : known
+    // A copy at a version the object was removed at or after must not come back.
+    if (version !== undefined && known?.removed === true && known.version >= version) throw SheepError.notFound(`object ${oidToHex(oid)}: removed at version ${known.version}, after the copy's version ${version}`)
     const info: ObjectInfo = { oid, version: version ?? this.bump(known?.version ?? 0), size: data.length }
     const sums = ObjectSums.of(data)
     await this.ensureDir(path.dirname(file))
@@ -701,6 +702,10 @@ export class LocalObjectStore implements ObjectStore {
 
   private async erase (oid: ObjectId, tombstone: boolean): Promise<void> {
     this.checkOpen()
+    await this.serially([oid], async () => await this.eraseNow(oid, tombstone))
+  }
+
+  private async eraseNow (oid: ObjectId, tombstone: boolean): Promise<void> {
     const known = this.entries.get(oid)?.info ?? await this.catalog.get(oid)
     await this.forget(oid)
     const file = this.objectPath(oid)

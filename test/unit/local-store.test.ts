@@ -187,6 +187,21 @@ t.test('marks of copies found behind and whole copies of them, at once: a mark n
   t.ok((await again.readAll(oid)).equals(pattern(8192, 3)), 'with the bytes of the last replace')
 })
 
+t.test('a whole copy at or below the version its object was removed at is refused: a tombstone is not undone by an older copy', async t => {
+  const store = await openStore(t, tmpDir(t))
+  await store.asReplica(() => epochFloor(1))
+  const oid = dataOid(4, 0)
+  await store.writeFresh(oid, 4096, 0, pattern(4096, 1))
+  const copy = (await store.stat(oid))?.version as number
+  await store.remove(oid)
+  const err = await sheepError(async () => { await store.replace(oid, pattern(4096, 1), copy) })
+  t.equal(err.code, 'ENOENT', 'a copy of the version removed is refused')
+  t.match(err.message, /removed at version/, 'saying so')
+  t.equal(await store.stat(oid), null, 'the object stays removed')
+  await store.replace(oid, pattern(4096, 2), copy + 10)
+  t.equal((await store.stat(oid))?.version, copy + 10, 'a copy newer than the remove is taken')
+})
+
 t.test('readAll of an object with no open descriptor, racing replaces of other sizes, returns one whole version', async t => {
   // One open descriptor at most: every readAll of the object loads it afresh (record, then file).
   const store = await openStore(t, tmpDir(t), { maxOpenFiles: 1 })
