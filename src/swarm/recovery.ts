@@ -544,6 +544,8 @@ export class Recovery {
       let healed = false
       await this.admitted(oid, async () => {
         if (!this.missed.has(oid) || (this.refused.get(oid) ?? 0) !== refusedBefore) return
+        // Refused (ENOENT) when the writer removed the object meanwhile: the store keeps the
+        // tombstone (a removed object once came back on its replicas: the replication simulator).
         await this.raw.replace(oid, res.data, res.version)
         if ((this.refused.get(oid) ?? 0) !== refusedBefore) {
           // Refused during the replace: the copy stays missed until the writer's repair lands.
@@ -626,7 +628,12 @@ export class Recovery {
       remove: async oid => {
         // A remove makes a copy that missed a change agree with the replicas that removed it.
         const missed = this.missed.has(oid)
-        if (!missed) return await change(oid, async () => await raw.remove(oid))
+        if (!missed) {
+          await change(oid, async () => await raw.remove(oid))
+          // A read may have found the copy going meanwhile and marked it: a tombstone misses nothing.
+          this.mended(oid)
+          return
+        }
         await this.admitted(oid, async () => {
           await raw.remove(oid)
           this.mended(oid)
@@ -689,13 +696,14 @@ export class Recovery {
       for (const e of list) consider(node, e)
     }
     const local = new Map<ObjectId, ObjectEntry>()
-    const knownBehind: ObjectId[] = []
+    /** This node's copies known to be behind, by version. */
+    const knownBehind = new Map<ObjectId, number>()
     for await (const stored of this.raw.list()) {
       if (stored.missed === true) {
         // Behind: as if this node held none, until a current copy comes. One marked before this
         // process started is refused meanwhile; the newer copies it was behind may not be back.
         if (!this.started && !this.missed.has(stored.oid)) this.missed.set(stored.oid, 'it was behind the other replicas\' copies when this node stopped')
-        knownBehind.push(stored.oid)
+        knownBehind.set(stored.oid, stored.version)
         consider(self, { ...stored, behind: true })
         continue
       }
@@ -731,10 +739,13 @@ export class Recovery {
       }
       if (best.removed) {
         // Removed after this node's copy was made: the copy came back from a node that was away
-        // (maybe this one) and must neither be served nor spread.
-        if (mine !== undefined && mine.removed !== true) {
-          this.log(`view ${view.epoch}: object ${oidToHex(oid)} at version ${mine.version} was removed at version ${best.version} (${best.node.slice(0, 8)}): removed here too`)
+        // (maybe this one) and must neither be served nor spread; one known behind neither
+        // (its mark would keep it, and force-start could serve it).
+        const held = mine !== undefined && mine.removed !== true ? mine.version : knownBehind.get(oid)
+        if (held !== undefined && held <= best.version) {
+          this.log(`view ${view.epoch}: object ${oidToHex(oid)} at version ${held} was removed at version ${best.version} (${best.node.slice(0, 8)}): removed here too`)
           await this.raw.remove(oid)
+          this.missed.delete(oid)
           this.stats.buried++
         }
         continue
@@ -765,7 +776,7 @@ export class Recovery {
     // simulator, a copy that missed two synced writes was read after the member holding the newest
     // copy went down and the only other one was itself marked behind. It is served again once a
     // newer copy comes (or `sheep cluster force-start`).
-    for (const oid of knownBehind) {
+    for (const oid of knownBehind.keys()) {
       if (this.pending.has(oid) || this.missed.has(oid) || newest.get(oid)?.removed === true) continue
       this.missed.set(oid, 'it is behind a newer copy that no member answering now holds')
     }

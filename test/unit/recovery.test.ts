@@ -267,6 +267,26 @@ t.test('a copy known to be behind is newer than every current copy listed (the n
   for (const [name, r] of [['a', ra], ['b', rb], ['c', rc]] as const) t.equal((await readBack(r.guarded(), oid, 4096))[0], 0x33, `once d is back, ${name} copies its newest copy and serves it`)
 })
 
+t.test('a copy known to be behind whose object the others removed since is removed too, not kept for a force-start to serve', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [a, b, c]) { n.epoch = 3; await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)) }
+  await a.store.setMissed([oid], true)
+  for (const n of [b, c]) { n.epoch = 5; await n.store.remove(oid) }
+  for (const n of [a, b, c]) { n.epoch = 6; n.view = viewOf(6, ids) }
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  recovery.imagesLoaded()
+  recovery.start(viewOf(6, ids))
+  const err = await readBack(recovery.guarded(), oid, 4096).then(() => null, (e: unknown) => e as SheepError)
+  t.equal(err?.code, 'ENOENT', 'a\'s old copy is gone: the object reads as removed')
+  t.equal(await a.store.stat(oid), null, 'no copy left in a\'s store')
+  t.same(await recovery.forceStart(), [], 'nothing left for a force-start to serve')
+  await recovery.guarded().writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x22))
+  t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x22, 'and a first write makes it anew')
+})
+
 t.test('an object most of whose replicas are down is not served from a copy that may have missed their newest writes, until enough are back or an operator forces it', async t => {
   // 5 members, the object's replicas a, b and c (the example of issue 11): a was away while b and
   // c took a write, then b and c go down and a comes back.
