@@ -21,9 +21,14 @@ async function runAll (seeds: number[], onRun: (run: SeedRun) => void): Promise<
   const shares = Array.from({ length: WORKERS }, (_, w) => seeds.filter((_, i) => i % WORKERS === w)).filter(s => s.length > 0)
   await Promise.all(shares.map(async share => await new Promise<void>((resolve, reject) => {
     const worker = new Worker(file, { workerData: { seeds: share, atOnce: AT_ONCE } })
-    worker.on('message', onRun)
+    let left = share.length
+    worker.on('message', (run: SeedRun) => {
+      onRun(run)
+      // A seed that got stuck leaves its timers running: the worker is ended once all reported.
+      if (--left === 0) void worker.terminate()
+    })
     worker.on('error', reject)
-    worker.on('exit', code => { code === 0 ? resolve() : reject(new Error(`a simulator worker exited with ${code}`)) })
+    worker.on('exit', code => { left === 0 || code === 0 ? resolve() : reject(new Error(`a simulator worker exited with ${code}`)) })
   })))
 }
 
