@@ -287,6 +287,43 @@ t.test('a copy known to be behind whose object the others removed since is remov
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0x22, 'and a first write makes it anew')
 })
 
+t.test('a node lists its copies for another member\'s plan only once the changes let in under an earlier view have ended', async t => {
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const b = nodes.get('b') as Node
+  const oid = dataOid(1, 0)
+  for (const n of nodes.values()) { n.epoch = 3; n.view = viewOf(3, ids) }
+  await b.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11))
+  const before = (await b.store.stat(oid))?.version as number
+  // b's disk holds a write of view 3 until the test lets it go.
+  let letGo = (): void => {}
+  let onDisk = false
+  const held = new Promise<void>(resolve => { letGo = resolve })
+  const disk = new Proxy(b.store, {
+    get (target, prop, receiver) {
+      const value = Reflect.get(target, prop, receiver) as unknown
+      if (typeof value !== 'function') return value
+      if (prop === 'write') return async (...args: unknown[]) => { onDisk = true; await held; return await (value as (...a: unknown[]) => Promise<unknown>).apply(target, args) }
+      return (value as (...a: unknown[]) => unknown).bind(target)
+    }
+  }) as LocalObjectStore
+  const recovery = track(new Recovery(disk, clusterOf(nodes, 'b'), { replicasOf: () => ids, widest: () => ids }, () => {}))
+  recovery.imagesLoaded()
+  recovery.start(viewOf(3, ids))
+  const writing = recovery.guarded().write(oid, 0, Buffer.alloc(4096, 0x22), before)
+  while (!onDisk) await new Promise(resolve => setTimeout(resolve, 5))
+  for (const n of nodes.values()) { n.epoch = 4; n.view = viewOf(4, ids) }
+  recovery.start(viewOf(4, ids))
+  let listed: number | undefined
+  const listing = (async () => { for await (const info of recovery.guarded().list()) if (info.oid === oid) listed = info.version })()
+  await new Promise(resolve => setTimeout(resolve, 50))
+  t.equal(listed, undefined, 'no answer while view 3\'s write is under way')
+  letGo()
+  await writing
+  await listing
+  t.ok(listed !== undefined && listed > before, `then the copy is listed at the write's version (${listed ?? 'none'} > ${before})`)
+})
+
 t.test('an object most of whose replicas are down is not served from a copy that may have missed their newest writes, until enough are back or an operator forces it', async t => {
   // 5 members, the object's replicas a, b and c (the example of issue 11): a was away while b and
   // c took a write, then b and c go down and a comes back.
