@@ -305,7 +305,7 @@ class Sim {
     const fromRun = from.run
     const sim = this
     return {
-      async call (req: Omit<Request, 'id'>): Promise<Response> {
+      async call (req: Omit<Request, 'id'>, ms?: number): Promise<Response> {
         const base: Response = { id: 0, error: '', message: '', epoch: peer.view.epoch, version: 0, size: 0, data: EMPTY }
         const alive = (): boolean => sim.connected(from, peer) && peer.run === run && from.run === fromRun
         const what = `${Op[req.op] ?? req.op} of ${req.oid.toString(16)} v${req.version} from ${from.id.slice(0, 4)} to ${to.slice(0, 4)} (epoch ${req.epoch})`
@@ -322,7 +322,14 @@ class Sim {
             return { ...base, error: e.code, message: e.message }
           }
         }
-        const res = await once()
+        // As a real link's: a request unanswered within its time fails (the answer may still come, and is dropped).
+        let timer: NodeJS.Timeout | undefined
+        const late = new Promise<null>(resolve => { if (ms !== undefined) timer = setTimeout(() => resolve(null), ms) })
+        const res = await Promise.race([once(), late]).finally(() => clearTimeout(timer))
+        if (res === null) {
+          sim.note(`  timed out: ${what}`)
+          throw SheepError.unreachable(`request to ${to.slice(0, 4)} timed out after ${ms as number} ms`)
+        }
         await sim.ticks(sim.rng.int(0, 3))
         if (!alive() || (sim.faults && sim.rng.chance(0.02))) {
           sim.note(`  answer lost: ${what} (${res.error === '' ? `ok, v${res.version}` : res.error})`)
