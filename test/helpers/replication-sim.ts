@@ -17,7 +17,9 @@
 //   versions: a failure);
 // - once settled, every replica of an object holds the same bytes (copies at different versions
 //   that differ: a todo, not seen since the writer stamps its versions; before, about 1 seed in
-//   300 left copies tied at one count with different bytes).
+//   300 left copies tied at one count with different bytes);
+// - with removes (SHEEP_SIM_REMOVES=1): once settled, no replica holds a copy of an object
+//   removed since its last write, and what a first write did not write reads as zeros.
 // Not checked: that copies at one version hold the same bytes at every moment: a change under
 // way is in some copies before others, and one that failed on some replicas stays in the others
 // until the writer's next change or sync of the object (Gateway.even). What differs is only
