@@ -659,6 +659,7 @@ export async function runSeed (seed: number): Promise<SeedRun> {
     if (await Promise.race([runSteps(sim), stuck]) === 'stuck') {
       sim.failures.push(`the seed did not end within ${SEED_LIMIT_MS / 1000} s (the log ends where it stuck)`)
       for (const n of sim.nodes) n.run?.recovery.stop()
+      for (const dir of sim.dirs) fs.rmSync(dir, { recursive: true, force: true })
     }
   } finally {
     clearTimeout(timer)
