@@ -2,7 +2,7 @@
 // of them (default below), from a random start that the test prints, split over worker threads.
 // SHEEP_SIM_SEED=<n> runs one seed, SHEEP_SIM_FROM=<n> starts the run at n, SHEEP_SIM_LOG=<file>
 // keeps the log of a failing seed, SHEEP_SIM_DOWNS=1|0 gives every seed one membership mode, and
-// SHEEP_SIM_REMOVES=0 leaves the removes out.
+// SHEEP_SIM_REMOVES=1 adds removes.
 
 import t from 'tap'
 import fs from 'node:fs'
