@@ -161,6 +161,7 @@ function spread (oid: ObjectId, sorted: Copy[]): string[] {
 export interface RecoveryStatus {
   epoch: number
   pending: number
+  /** See copiedBytes. */
   copied: number
   dropped: number
   missed: number
@@ -172,7 +173,10 @@ export interface RecoveryStatus {
   healed: number
   /** Damaged copies this node is healing now. */
   healing: number
-  /** Bytes copied in this round, and when the round started (ms since the epoch). */
+  /**
+   * Objects and bytes copied since this node last had nothing to copy, and when that copying
+   * began (ms since the epoch): a view change in the middle of it carries them into the new round.
+   */
   copiedBytes: number
   startedAt: number
 }
@@ -206,7 +210,7 @@ export class Recovery {
   private readonly missed = new Map<ObjectId, string>()
   private repairs = 0
   private damagedCount = 0
-  /** Bytes per second background copies keep to (0: no bound), and what they copied since throttleFrom. */
+  /** Bytes per second background copies keep to (0: no bound), and what they copied since throttleFrom (0: not started). */
   private readonly rate: number
   private throttled = 0
   private throttleFrom = 0
@@ -272,7 +276,12 @@ export class Recovery {
   /** Starts a recovery round for view (a newer view starts a new round; the old one stops). */
   start (view: View): void {
     const round = ++this.round
-    this.stats = { epoch: view.epoch, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes: 0, startedAt: Date.now() }
+    // A member flapping in the middle of a long copy must not restart the operator's progress,
+    // nor the rate's budget (which would let a burst through at each view).
+    const unfinished = this.pending.size > 0
+    const { copied, copiedBytes, startedAt } = unfinished ? this.stats : { copied: 0, copiedBytes: 0, startedAt: Date.now() }
+    if (!unfinished) this.throttleFrom = 0
+    this.stats = { epoch: view.epoch, pending: 0, copied, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes, startedAt }
     this.waitedDown.clear()
     const previous = this.ready
     const ready = deferred()
@@ -816,8 +825,10 @@ export class Recovery {
 
   /** Copies what is still pending, a few at a time; stops when a newer round starts. */
   private async drain (round: number): Promise<void> {
-    this.throttled = 0
-    this.throttleFrom = Date.now()
+    if (this.throttleFrom === 0) {
+      this.throttled = 0
+      this.throttleFrom = Date.now()
+    }
     await this.copiesKnown.promise
     // Only the wide plan listed these: this node is not one of their replicas after all. (Those
     // of images not known here yet are copied when first used.)

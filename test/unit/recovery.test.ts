@@ -706,6 +706,40 @@ t.test('background copies keep to the recovery rate; one an access asks for does
   t.ok(took >= 1200, `the background copies took ${took} ms at 1 MiB/s`)
 })
 
+t.test('a view change in the middle of throttled copies carries their progress and the rate\'s budget into the new round', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oids = Array.from({ length: 8 }, (_, i) => dataOid(3, i))
+  for (const n of [a, b]) n.epoch = 4
+  for (const oid of oids) {
+    for (const n of [a, b]) await n.store.create(oid, 256 * 1024)
+    await b.store.write(oid, 0, Buffer.alloc(256 * 1024, 0x44))
+  }
+  await b.store.sync(oids)
+  const view = viewOf(5, ids)
+  for (const n of [a, b]) { n.epoch = 5; n.view = view }
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, { rate: 1024 * 1024 }))
+  a.recovery = recovery
+  recovery.imagesLoaded()
+  const started = Date.now()
+  recovery.start(view)
+  while (recovery.status.copied < 3) await new Promise(resolve => setTimeout(resolve, 10))
+  // The same members in a new view (one flapped): a new round, with objects still to copy.
+  const next = viewOf(6, ids)
+  for (const n of [a, b]) { n.epoch = 6; n.view = next }
+  recovery.start(next)
+  for (let i = 0; i < 500 && !(recovery.status.epoch === 6 && recovery.status.pending === 0 && recovery.status.copied === 8); i++) await new Promise(resolve => setTimeout(resolve, 20))
+  const took = Date.now() - started
+  t.equal(recovery.status.copied, 8, 'the status counts the copies of both rounds')
+  t.equal(recovery.status.copiedBytes, 8 * 256 * 1024, 'and their bytes')
+  t.ok(recovery.status.startedAt <= started, 'from when the copying began')
+  // Eight copies of 256 KiB at 1 MiB/s: a budget restarted at the view change would let two more
+  // through at once and end before 1.5 s.
+  t.ok(took >= 1500, `the copies took ${took} ms at 1 MiB/s`)
+  t.same(await readBack(recovery.guarded(), oids[0] as ObjectId, 4), Buffer.alloc(4, 0x44), 'and a holds the newer copies')
+})
+
 t.test('an object larger than one message (12 MiB) is copied in pieces by a node catching up', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
