@@ -210,10 +210,6 @@ export class SheepNode {
       log: this.log
     })
     this.cluster = cluster
-    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts);
-    // copies a crash left in doubt are settled by recovery.
-    await objects.asReplica(() => epochFloor(cluster.epoch))
-    await cluster.start()
     let gateway: Gateway | null = null
     let tokens: ClusterTokens | null = null
     const recovery = new Recovery(objects, cluster, {
@@ -221,6 +217,10 @@ export class SheepNode {
       widest: oid => cluster.placement.replicas(oid, oidType(oid) === ObjectType.Data ? MAX_COPIES : METADATA_COPIES)
     }, this.log, { rate: opts.recoveryRate ?? 0, minCopies: opts.minCopies })
     this.recovery = recovery
+    // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts);
+    // copies a crash left in doubt are settled by recovery.
+    await objects.asReplica(() => epochFloor(recovery.stampEpoch))
+    await cluster.start()
     // Everything this node serves, to peers and to itself, waits for its object's recovery first.
     const local = recovery.guarded()
     cluster.setObjectHandler(replicaHandler(local, {

@@ -205,6 +205,7 @@ export class Recovery {
   /** Members whose list the current round's plan still lacks. */
   private waitingFor: string[] = []
   private round = 0
+  private planned = 0
   private stats: RecoveryStatus = { epoch: 0, pending: 0, copied: 0, dropped: 0, missed: 0, repaired: 0, buried: 0, collected: 0, damaged: 0, healed: 0, healing: 0, copiedBytes: 0, startedAt: 0 }
   /** Copies here that missed a change the other replicas took (see the note at the top). */
   private readonly missed = new Map<ObjectId, string>()
@@ -261,6 +262,15 @@ export class Recovery {
   imagesLoaded (): void {
     this.copiesKnown.resolve()
   }
+
+  /**
+   * The epoch this node's changes are stamped in (the store's version floor): that of the last
+   * round whose plan began. A change let in under an earlier view and applied after this node
+   * moved on keeps that view's stamp, as on the replicas that applied it in time; with the new
+   * view's it looked newer than their later changes (found by the replication simulator, with
+   * removes: an acknowledged write lost).
+   */
+  get stampEpoch (): number { return this.planned }
 
   /** The objects this node still has to copy in this round. */
   get pendingObjects (): ObjectId[] { return [...this.pending.keys()] }
@@ -678,6 +688,7 @@ export class Recovery {
     // listed the copy it changes.
     await this.earlierChanges(round)
     if (round !== this.round) return false
+    this.planned = view.epoch
     this.pending.clear()
     this.noCurrentCopy.clear()
     const self = this.cluster.id

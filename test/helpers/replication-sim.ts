@@ -198,7 +198,6 @@ class Sim {
     const store = new LocalObjectStore(n.dir, { chainWaitMs: REQUEST_TIMEOUT_MS })
     await store.open()
     this.stores.push(store)
-    await store.asReplica(() => epochFloor(n.view.epoch))
     const run = { store, calls: 0, dead: false, idle: [] } as unknown as Incarnation
     const disk = this.diskOf(run, store, n.id)
     const cluster = this.clusterOf(n)
@@ -206,6 +205,7 @@ class Sim {
       replicasOf: oid => placementOf(n.view).replicas(oid, COPIES),
       widest: oid => placementOf(n.view).replicas(oid, COPIES)
     }, line => this.note(`  [${n.id.slice(0, 4)}] ${line}`), { timing: TIMING })
+    await store.asReplica(() => epochFloor(run.recovery.stampEpoch))
     run.serve = replicaHandler(run.recovery.guarded(), {
       epoch: () => n.view.epoch,
       quorate: () => this.quorate(n),

@@ -10,7 +10,7 @@ import { SheepError } from '../../src/errors'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, type ObjectId, oidToHex, oidVid } from '../../src/objects/oid'
 import type { ObjectStore } from '../../src/objects/types'
-import { epochFloor } from '../../src/objects/versions'
+import { epochFloor, versionEpoch } from '../../src/objects/versions'
 import type { Cluster } from '../../src/swarm/cluster'
 import type { Link } from '../../src/swarm/link'
 import { Op, type Request, type Response } from '../../src/swarm/messages'
@@ -671,6 +671,40 @@ t.test('a change let in under one view and still waiting for its plan when the n
   t.equal(err?.code, 'ESTALE', `the write is refused: ${err?.message ?? 'it was applied'}`)
   t.ok(Date.now() - started < 2000, `at once (${Date.now() - started} ms), not after the guard's wait: the new round's plan waits for changes let in before it`)
   t.equal((await readBack(recovery.guarded(), oid, 4096))[0], 0, 'the copy did not take it')
+})
+
+t.test('a change let in under one view and applied after the node moved to the next keeps the stamp of its own view', async t => {
+  const nodes = await makeNodes(t, ['a'])
+  const a = nodes.get('a') as Node
+  const oid = dataOid(3, 0)
+  a.epoch = 4
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ['a'], widest: () => ['a'] }, () => {}))
+  // As a node wires it: its store's floor is the epoch of the last round whose plan began.
+  await a.store.asReplica(() => epochFloor(recovery.stampEpoch))
+  recovery.imagesLoaded()
+  recovery.start(viewOf(4, ['a']))
+  const guarded = recovery.guarded()
+  await guarded.create(oid, 4096)
+  t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 4, 'a change in view 4 is stamped in epoch 4')
+  // The next write reaches the disk only after the node moved to view 5.
+  let reach = (): void => {}
+  const reached = new Promise<void>(resolve => { reach = resolve })
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const write = a.store.write.bind(a.store)
+  a.store.write = async (o, offset, data, base) => { reach(); await gate; await write(o, offset, data, base) }
+  const late = guarded.write(oid, 0, Buffer.alloc(4096, 0x55))
+  await reached
+  a.epoch = 5
+  recovery.start(viewOf(5, ['a']))
+  t.equal(recovery.stampEpoch, 4, 'the new round\'s plan waits for the change let in under view 4')
+  release()
+  await late
+  t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 4, 'which is stamped in epoch 4, as on replicas that applied it in time')
+  a.store.write = write
+  await guarded.write(oid, 0, Buffer.alloc(4096, 0x66))
+  t.equal(recovery.stampEpoch, 5, 'then the plan of view 5 began')
+  t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 5, 'and a change let in under view 5 is stamped in epoch 5')
 })
 
 t.test('background copies keep to the recovery rate; one an access asks for does not wait; status counts the bytes', async t => {
