@@ -219,7 +219,7 @@ export class SheepNode {
     this.recovery = recovery
     // Changes made in a later view are newer than any of an earlier one (src/objects/versions.ts);
     // copies a crash left in doubt are settled by recovery.
-    await objects.asReplica(() => epochFloor(recovery.stampEpoch))
+    await objects.asReplica(() => epochFloor(recovery.stampEpoch), () => cluster.epoch)
     await cluster.start()
     // Everything this node serves, to peers and to itself, waits for its object's recovery first.
     const local = recovery.guarded()

@@ -119,6 +119,8 @@ export class LocalObjectStore implements ObjectStore {
   private readonly records = new SyncQueue<'catalog'>(async () => { await this.catalog.flush() })
   /** Every change gives a version above this (./versions.ts: the cluster's epoch; 0 on one host). */
   private versionFloor: () => number = () => 0
+  /** The epoch of the node's view now: a change waiting for the one it was made on gives way once it moves (asReplica). */
+  private viewEpoch: () => number = () => 0
   /** A cluster's replica (asReplica): dirty records of new objects, tombstones. */
   private replica = false
   /** Raised when the machine crashed with the store open (see the note at the top); checksums from before are not trusted. */
@@ -144,14 +146,17 @@ export class LocalObjectStore implements ObjectStore {
 
   /**
    * This store holds a cluster's replicas: versions of changes from now on order above floor()
-   * (./versions.ts epochFloor), and an object's record is marked dirty before its file changes,
+   * (./versions.ts epochFloor; it moves to a new view's once the changes let in under the view
+   * before are done, src/swarm/recovery.ts stampEpoch), view() is the epoch of the node's view
+   * now, and an object's record is marked dirty before its file changes,
    * until a sync records the version its bytes have. So a crash cannot leave two replicas with
    * different bytes at one version unnoticed: an object whose record a crash left dirty is
    * uncertain (stat, list) until recovery settles it or replaces it (src/swarm/recovery.ts).
    * A process crash only: a power cut may lose the mark with the bytes kept (not handled yet).
    */
-  async asReplica (floor: () => number): Promise<void> {
+  async asReplica (floor: () => number, view: () => number): Promise<void> {
     this.versionFloor = floor
+    this.viewEpoch = view
     this.replica = true
     const gone: CatalogRecord[] = []
     for await (const r of this.catalog.list()) {
@@ -535,8 +540,8 @@ export class LocalObjectStore implements ObjectStore {
       if (e !== undefined) return e.info.version
       return this.catalog.get(oid).then(r => r === null || r.removed === true ? null : r.version)
     }
-    const floor = this.versionFloor()
-    return await this.chains.admit(oid, base, version, alone, current, () => this.versionFloor() === floor) ? version : null
+    const epoch = this.viewEpoch()
+    return await this.chains.admit(oid, base, version, alone, current, () => this.viewEpoch() === epoch) ? version : null
   }
 
   /**

@@ -133,12 +133,24 @@ export class Cluster extends EventEmitter {
     this.keeper.onChange((view, previous) => {
       this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})` +
         `${view.down === undefined ? '' : `, down: ${view.down.map(d => d.id.slice(0, 8)).join(', ')}`}${view.removed === undefined ? '' : `, ${view.removed.length} removed`}`)
-      // The gate refuses a removed key from now on; links it opened before go now.
-      for (const id of view.removed ?? []) this.mesh.drop(id, 'removed from the cluster')
+      // The gate refuses a removed key from now on; links it opened before go once it was told.
+      for (const id of view.removed ?? []) void this.tellRemoved(id, view)
       if (view.removed?.includes(this.id) === true) this.opts.log('this node was removed from the cluster: its key is refused by every member')
       this.emit('view', view, previous)
       this.check()
     })
+  }
+
+  /**
+   * Sends node id, which view removed, that view with its votes before dropping its links: once
+   * they are gone every member refuses it at the proof step, and only the view tells it why (a
+   * removed node that learned nothing went on as a member of the view before, unable to reach a
+   * majority, and started again as one).
+   */
+  private async tellRemoved (id: string, view: View): Promise<void> {
+    const decided = this.keeper.decidedOf(view.epoch)
+    if (decided !== null) await this.agree(id, decided, this.timing.agreeTimeoutMs)
+    this.mesh.drop(id, 'removed from the cluster')
   }
 
   /** This node as a member: its address is the mesh's TCP listener. */

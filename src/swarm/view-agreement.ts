@@ -319,7 +319,7 @@ export class ViewKeeper {
   }
 
   /** 'decided' with this node's view of epoch (0: its latest) and its certificate, or null if it has none. */
-  private decidedOf (epoch: number): AgreementMessage | null {
+  decidedOf (epoch: number): AgreementMessage | null {
     const state = this.mustBeOpen()
     const i = epoch === 0 ? state.history.length - 1 : state.history.findIndex(v => v.epoch === epoch)
     const view = state.history[i]

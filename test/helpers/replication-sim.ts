@@ -205,7 +205,7 @@ class Sim {
       replicasOf: oid => placementOf(n.view).replicas(oid, COPIES),
       widest: oid => placementOf(n.view).replicas(oid, COPIES)
     }, line => this.note(`  [${n.id.slice(0, 4)}] ${line}`), { timing: TIMING })
-    await store.asReplica(() => epochFloor(run.recovery.stampEpoch))
+    await store.asReplica(() => epochFloor(run.recovery.stampEpoch), () => n.view.epoch)
     run.serve = replicaHandler(run.recovery.guarded(), {
       epoch: () => n.view.epoch,
       quorate: () => this.quorate(n),

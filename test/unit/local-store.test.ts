@@ -182,14 +182,14 @@ t.test('marks of copies found behind and whole copies of them, at once: a mark n
   t.equal((await store.stat(oid))?.missed, true, 'a copy below the version given is marked')
   await store.close()
   const again = await openStore(t, dir)
-  await again.asReplica(() => epochFloor(1))
+  await again.asReplica(() => epochFloor(1), () => 1)
   t.same(await again.stat(oid), { oid, version: current + 1, size: 8192, missed: true }, 'and so it stays across a restart (of a cluster replica, whose marks they are)')
   t.ok((await again.readAll(oid)).equals(pattern(8192, 3)), 'with the bytes of the last replace')
 })
 
 t.test('a whole copy at or below the version its object was removed at is refused: a tombstone is not undone by an older copy', async t => {
   const store = await openStore(t, tmpDir(t))
-  await store.asReplica(() => epochFloor(1))
+  await store.asReplica(() => epochFloor(1), () => 1)
   const oid = dataOid(4, 0)
   await store.writeFresh(oid, 4096, 0, pattern(4096, 1))
   const copy = (await store.stat(oid))?.version as number
@@ -521,7 +521,7 @@ t.test('FileIo: inline while calls are quick, the pool for a while after a slow 
 /** A store opened as a cluster's replica in `epoch` (LocalObjectStore.asReplica). */
 async function openReplica (t: Teardownable, dir: string, epoch: number): Promise<LocalObjectStore> {
   const store = await openStore(t, dir)
-  await store.asReplica(() => epochFloor(epoch))
+  await store.asReplica(() => epochFloor(epoch), () => epoch)
   return store
 }
 
@@ -604,7 +604,7 @@ t.test('versions: every change made in an epoch orders above every version of an
   const dir = tmpDir(t)
   const store = await openStore(t, dir)
   let epoch = 0
-  await store.asReplica(() => epochFloor(epoch))
+  await store.asReplica(() => epochFloor(epoch), () => epoch)
   const oid = dataOid(7, 0)
   const other = dataOid(7, 1)
   await store.create(oid, 4096)
@@ -783,7 +783,7 @@ t.test('index records of format 1 still load, as clean', async t => {
   await db.put(oidToHex(oid), Buffer.from([1, 7, 100]))
   await db.close()
   const again = await openStore(t, dir)
-  await again.asReplica(() => 0)
+  await again.asReplica(() => 0, () => 0)
   t.same(await again.stat(oid), { oid, version: 7, size: 100 })
 })
 

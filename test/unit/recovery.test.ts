@@ -61,7 +61,7 @@ async function openReplica (t: Teardownable, dir: string): Promise<LocalObjectSt
 async function asReplica (node: Node, store: LocalObjectStore): Promise<Node> {
   node.store = store
   node.serve = store
-  await store.asReplica(() => epochFloor(node.epoch))
+  await store.asReplica(() => epochFloor(node.epoch), () => node.epoch)
   return node
 }
 
@@ -680,7 +680,7 @@ t.test('a change let in under one view and applied after the node moved to the n
   a.epoch = 4
   const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ['a'], widest: () => ['a'] }, () => {}))
   // As a node wires it: its store's floor is the epoch of the last round whose plan began.
-  await a.store.asReplica(() => epochFloor(recovery.stampEpoch))
+  await a.store.asReplica(() => epochFloor(recovery.stampEpoch), () => a.epoch)
   recovery.imagesLoaded()
   recovery.start(viewOf(4, ['a']))
   const guarded = recovery.guarded()
@@ -692,14 +692,25 @@ t.test('a change let in under one view and applied after the node moved to the n
   let release = (): void => {}
   const gate = new Promise<void>(resolve => { release = resolve })
   const write = a.store.write.bind(a.store)
-  a.store.write = async (o, offset, data, base) => { reach(); await gate; await write(o, offset, data, base) }
+  a.store.write = async (o, offset, data, base) => {
+    if (data[0] === 0x55) { reach(); await gate }
+    await write(o, offset, data, base)
+  }
   const late = guarded.write(oid, 0, Buffer.alloc(4096, 0x55))
   await reached
+  // And one made on a version the copy never reaches (its writer's change before it was lost).
+  const version = (await a.store.stat(oid))?.version ?? 0
+  const waiting = guarded.write(oid, 0, Buffer.alloc(4096, 0x77), version + 2).then(() => null, (e: unknown) => e as SheepError)
+  await new Promise(resolve => setTimeout(resolve, 50))
+  const moved = Date.now()
   a.epoch = 5
   recovery.start(viewOf(5, ['a']))
-  t.equal(recovery.stampEpoch, 4, 'the new round\'s plan waits for the change let in under view 4')
+  t.equal(recovery.stampEpoch, 4, 'the new round\'s plan waits for the changes let in under view 4')
   release()
   await late
+  const err = await waiting
+  t.equal(err?.code, 'ESTALE', `the one waiting for a change that is not coming gives way when the view moves: ${err?.message ?? 'it was applied'}`)
+  t.ok(Date.now() - moved < 2000, `at once (${Date.now() - moved} ms), not after the chain's wait: it holds up the plan`)
   t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 4, 'which is stamped in epoch 4, as on replicas that applied it in time')
   a.store.write = write
   await guarded.write(oid, 0, Buffer.alloc(4096, 0x66))

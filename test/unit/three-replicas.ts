@@ -50,7 +50,7 @@ export async function makeNodes (t: Teardownable, opts: { chainWaitMs?: number, 
     const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: opts.chainWaitMs })
     await store.open()
     t.teardown(async () => await store.close())
-    await store.asReplica(() => epochFloor(era.epoch))
+    await store.asReplica(() => epochFloor(era.epoch), () => era.epoch)
     const node = { id, store, full: false } as Node
     // The disk: a full one refuses every write, as a store on a full file system does.
     const disk = new Proxy(store, {

@@ -20,7 +20,7 @@ async function replicaStore (t: Teardownable): Promise<LocalObjectStore> {
   const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: CHAIN_WAIT_MS })
   await store.open()
   t.teardown(async () => await store.close())
-  await store.asReplica(() => epochFloor(1))
+  await store.asReplica(() => epochFloor(1), () => 1)
   return store
 }
 
@@ -92,7 +92,7 @@ t.test('a change waiting for the one it was made after gives way with ESTALE whe
   const store = new LocalObjectStore(tmpDir(t), { chainWaitMs: 5000 })
   await store.open()
   t.teardown(async () => await store.close())
-  await store.asReplica(() => epochFloor(epoch))
+  await store.asReplica(() => epochFloor(epoch), () => epoch)
   const oid = dataOid(1, 6)
   await store.create(oid, 4096)
   const v0 = await versionOf(store, oid)
