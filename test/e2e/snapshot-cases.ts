@@ -587,16 +587,15 @@ export function snapshotCases (start: Start, env: SnapshotEnv): void {
     const snap = timedSheep(d, ['snapshot', 'create', name, 's1'])
     t.equal(snap.r.code, 0, `snapshot create ${snap.r.stderr.trim()}`)
     t.comment(`snapshot create of a 100 GiB image (64 MiB written): ${snap.ms.toFixed(0)} ms`)
-    t.ok(snap.ms < 2000, `snapshot create took ${snap.ms.toFixed(0)} ms (< 2 s)`)
     const clone = timedSheep(d, ['clone', `${name}@s1`, 'clone.img'])
     t.equal(clone.r.code, 0, `clone ${clone.r.stderr.trim()}`)
     t.comment(`clone of the snapshot: ${clone.ms.toFixed(0)} ms`)
-    t.ok(clone.ms < 2000, `clone took ${clone.ms.toFixed(0)} ms (< 2 s)`)
     const implicit = timedSheep(d, ['clone', img, d.image('clone2.img')])
     t.equal(implicit.r.code, 0, `clone with an implicit snapshot ${implicit.r.stderr.trim()}`)
     t.comment(`clone with an implicit snapshot: ${implicit.ms.toFixed(0)} ms`)
-    t.ok(implicit.ms < 2000, `clone with an implicit snapshot took ${implicit.ms.toFixed(0)} ms (< 2 s)`)
 
+    // Their times are in the log, not asserted (a loaded CI machine is no clock): what makes them
+    // O(1) in the image's size is that they write next to nothing, checked here.
     const grown = growth()
     t.comment(`store grew by ${(grown / KiB).toFixed(0)} KiB for two snapshots and two clones${stores.length > 1 ? ' (the most of any store)' : ''}`)
     t.ok(grown < MiB, `the store grew by ${grown} bytes (< 1 MiB)`)
