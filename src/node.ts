@@ -225,6 +225,7 @@ export class SheepNode {
     const local = recovery.guarded()
     cluster.setObjectHandler(replicaHandler(local, {
       epoch: () => cluster.epoch,
+      bootEpoch: () => cluster.bootEpoch,
       quorate: () => cluster.quorate,
       asPrimary: async (oid, data, expected) => {
         if (gateway === null) throw SheepError.unreachable('this node is still starting')

@@ -168,6 +168,12 @@ export class Cluster extends EventEmitter {
     return ids
   }
   get epoch (): number { return this.keeper.view?.epoch ?? 0 }
+
+  /**
+   * The epoch of the view this node had stored when it started (0: none). A copy its last run
+   * left uncertain holds no change stamped in a later epoch: that run never knew one.
+   */
+  bootEpoch = 0
   get bootstrapList (): Address[] { return this.mesh.bootstrapList }
   get secret (): Buffer { return this.secrets.current }
 
@@ -224,6 +230,7 @@ export class Cluster extends EventEmitter {
     const problem = memberProblem({ ...this.self, port: 0 })
     if (problem !== null) throw SheepError.invalid(`this node's member record: ${problem}`)
     await this.keeper.open()
+    this.bootEpoch = this.epoch
     await this.mesh.start()
     if (this.view === null && !this.opts.joining) await this.keeper.found(this.self, this.opts.manualAdmission)
     else if (this.view !== null) this.opts.log(`rejoining with view ${this.view.epoch} from the store`)

@@ -34,6 +34,7 @@ import { isDiskFailure, SheepError, toSheepError } from '../errors'
 import { type ObjectId, oidToHex } from '../objects/oid'
 import type { LocalObjectStore } from '../objects/local-store'
 import type { ObjectInfo, ObjectStore, StoreUsage } from '../objects/types'
+import { versionEpoch } from '../objects/versions'
 import type { Cluster } from './cluster'
 import { Op, type ObjectEntry, type Response } from './messages'
 import type { Link } from './link'
@@ -725,9 +726,12 @@ export class Recovery {
       all.push(copy)
       copies.set(e.oid, all)
     }
+    /** Each member's Cluster.bootEpoch: its copies a crash left uncertain hold no change of a later epoch. */
+    const bootOf = new Map<string, number>([[self, this.cluster.bootEpoch]])
     for (const { node, list } of lists) {
       if (list === 'newer' || list === null) continue
-      for (const e of list) consider(node, e)
+      bootOf.set(node, list.bootEpoch)
+      for (const e of list.entries) consider(node, e)
     }
     const local = new Map<ObjectId, ObjectEntry>()
     /** This node's copies known to be behind, by version. */
@@ -753,7 +757,12 @@ export class Recovery {
       if (!this.widest(oid).includes(self)) continue
       const mine = local.get(oid)
       const behindVersion = behindAt.get(oid)
-      if (behindVersion !== undefined && best.version < behindVersion && !best.uncertain) {
+      // An uncertain copy may hold changes past its version, but none of an epoch after its
+      // node's last run (found by the replication simulator: a node that crashed in epoch 1 came
+      // back uncertain at an epoch-1 version, was settled, and replaced the copy, marked behind,
+      // that held an acknowledged write of epoch 2).
+      const mayHoldPast = best.uncertain && versionEpoch(behindVersion ?? 0) <= (bootOf.get(best.node) ?? 0)
+      if (behindVersion !== undefined && best.version < behindVersion && !mayHoldPast) {
         // A copy known to be behind a newer one is newer than every current copy
         // listed: the newer copy is on a member that is not answering (down, out, or cut off),
         // and taking or serving an older copy would lose what the behind one holds (found by
@@ -798,8 +807,14 @@ export class Recovery {
       if (mine === undefined || mine.removed === true || mine.version < best.version || mine.uncertain === true || best.uncertain) {
         // Copies that would be an improvement: newer than this node's, or as new when a crash left
         // either in doubt (all must then take the one the plans agree on, first in this order).
-        const floor = mine === undefined || mine.removed === true || mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
+        // A copy known to be behind is no source, but no copy older than it, or than this node's
+        // tombstone, is one either: when the newer ones cannot be read, this node keeps what it
+        // has (found by the replication simulator: a node whose newest source answered ENOENT fell
+        // back to a third node's older copy, which that node was itself copying from this one).
+        const floor = mine === undefined ? (knownBehind.get(oid) ?? 0) - 1 : mine.removed === true ? mine.version
+          : mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
         const sorted = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1))
+        if (sorted.length === 0) continue
         const doubt = best.uncertain || sorted.some(c => c.uncertain) || mine?.uncertain === true
         this.pending.set(oid, doubt ? sorted.map(c => c.node) : spread(oid, sorted))
         if (mine !== undefined && mine.removed !== true && mine.version < best.version) behind.set(oid, best.version)
@@ -954,7 +969,7 @@ export class Recovery {
       const list = await this.listOf(m.id, view.epoch)
       if (list === 'newer') return true
       // A copy known to be behind holds nothing a moved copy may be dropped for.
-      if (list !== null) held.set(m.id, new Map(list.filter(e => e.behind !== true).map(e => [e.oid, e])))
+      if (list !== null) held.set(m.id, new Map(list.entries.filter(e => e.behind !== true).map(e => [e.oid, e])))
     }
     await this.collectTombstones(view, round, tombstones, held)
     if (moved.length === 0) return true
@@ -1003,14 +1018,14 @@ export class Recovery {
    * A member's objects; null if it cannot answer, 'newer' if it is in a later epoch than ours. A
    * member still in an earlier epoch is asked again: it learns the view in a moment.
    */
-  private async listOf (node: string, epoch: number): Promise<ObjectEntry[] | null | 'newer'> {
+  private async listOf (node: string, epoch: number): Promise<{ entries: ObjectEntry[], bootEpoch: number } | null | 'newer'> {
     for (let attempt = 0; attempt < STALE_ATTEMPTS; attempt++) {
       const link = this.cluster.link(node)
       if (link === null) return null
       try {
-        const { entries, refused } = await listAll(async from =>
+        const { entries, refused, bootEpoch } = await listAll(async from =>
           await link.call({ epoch, op: Op.List, oid: from, offset: 0, length: 0, version: 0, data: EMPTY }, this.timing.requestTimeoutMs))
-        if (refused === null) return entries
+        if (refused === null) return { entries, bootEpoch }
         if (refused.error !== 'ESTALE') return null
         if (refused.epoch > epoch) return 'newer'
       } catch {

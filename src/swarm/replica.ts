@@ -36,6 +36,8 @@ export interface ReplicaContext {
   forceStart?: (only?: ObjectId) => Promise<ObjectId[]>
   /** Checks and repairs of this node's copies for `sheep check` (./recovery.ts). */
   checks?: Pick<Recovery, 'verify' | 'repairCopy'>
+  /** Cluster.bootEpoch, told with every List page: no copy a crash left uncertain here holds a change of a later epoch. */
+  bootEpoch?: () => number
 }
 
 /** Requests that change an object. */
@@ -131,7 +133,7 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
           if (info.missed === true) page.push({ oid: info.oid, version: info.version, size: info.size, behind: true })
           else page.push(info.removed !== true && ctx.writers?.inDoubt(info.oid) === true ? { ...info, uncertain: true } : info)
         }
-        return done({ data: encode(objectList, page), size: more ? 1 : 0 })
+        return done({ data: encode(objectList, page), size: more ? 1 : 0, version: ctx.bootEpoch?.() ?? 0 })
       }
       case Op.Sync: {
         const oids = decode(oidList, req.data, 'sync list')
@@ -211,16 +213,16 @@ export async function changedTo (local: ObjectStore, oid: ObjectId, base: number
  * as `refused`. A replica that answers one page with everything (size 0) ends it too. With
  * `start` and `until`, the objects from `start` and below `until` (the pages stop past it).
  */
-export async function listAll (ask: (from: bigint) => Promise<Response>, start = 0n, until?: bigint): Promise<{ entries: ObjectEntry[], refused: Response | null }> {
+export async function listAll (ask: (from: bigint) => Promise<Response>, start = 0n, until?: bigint): Promise<{ entries: ObjectEntry[], refused: Response | null, bootEpoch: number }> {
   const entries: ObjectEntry[] = []
   let from = start
   for (;;) {
     const res = await ask(from)
-    if (res.error !== '') return { entries, refused: res }
+    if (res.error !== '') return { entries, refused: res, bootEpoch: 0 }
     const page = decode(objectList, res.data, 'object list')
     entries.push(...(until === undefined ? page : page.filter(e => e.oid < until)))
     const last = page[page.length - 1]
-    if (res.size !== 1 || last === undefined || (until !== undefined && last.oid >= until - 1n)) return { entries, refused: null }
+    if (res.size !== 1 || last === undefined || (until !== undefined && last.oid >= until - 1n)) return { entries, refused: null, bootEpoch: res.version }
     // A page must move on, or a hostile or broken replica would keep us asking for ever.
     if (last.oid < from) throw SheepError.protocol('a List page went backwards')
     from = last.oid + 1n

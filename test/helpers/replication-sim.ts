@@ -200,7 +200,9 @@ class Sim {
     this.stores.push(store)
     const run = { store, calls: 0, dead: false, idle: [] } as unknown as Incarnation
     const disk = this.diskOf(run, store, n.id)
-    const cluster = this.clusterOf(n)
+    // The view n held when it started: its copies a crash left uncertain hold no later change.
+    const bootEpoch = n.view.epoch
+    const cluster = this.clusterOf(n, bootEpoch)
     run.recovery = new Recovery(disk, cluster, {
       replicasOf: oid => placementOf(n.view).replicas(oid, COPIES),
       widest: oid => placementOf(n.view).replicas(oid, COPIES)
@@ -208,6 +210,7 @@ class Sim {
     await store.asReplica(() => epochFloor(run.recovery.stampEpoch), () => n.view.epoch)
     run.serve = replicaHandler(run.recovery.guarded(), {
       epoch: () => n.view.epoch,
+      bootEpoch: () => bootEpoch,
       quorate: () => this.quorate(n),
       asPrimary: async () => { throw new Error('no compare-and-replace in the simulator') },
       release: async () => {},
@@ -267,7 +270,7 @@ class Sim {
   }
 
   /** What node n sees of the cluster. */
-  clusterOf (n: SimNode): Cluster {
+  clusterOf (n: SimNode, bootEpoch: number): Cluster {
     const sim = this
     const waitView = async (epoch: number, ms: number): Promise<boolean> => {
       if (n.view.epoch > epoch) return true
@@ -296,7 +299,8 @@ class Sim {
       },
       notify: () => {},
       knownNodes: () => new Set(IDS),
-      largestView: IDS.length
+      largestView: IDS.length,
+      bootEpoch
     } as unknown as Cluster
   }
 

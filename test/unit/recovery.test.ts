@@ -29,6 +29,8 @@ interface Node {
   /** The view its recovery last started on, and that recovery (which hears who writes what). */
   view?: View
   recovery?: Recovery
+  /** The epoch it had when it last started (crash()): its uncertain copies hold nothing later. */
+  bootEpoch?: number
 }
 
 const EMPTY = new Uint8Array(0)
@@ -73,6 +75,7 @@ async function crash (t: Teardownable, n: Node, lost?: (dir: string) => void): P
   fs.rmSync(path.join(copy, 'index', 'LOCK'), { force: true })
   lost?.(copy)
   n.dir = copy
+  n.bootEpoch = n.epoch
   await asReplica(n, await openReplica(t, copy))
 }
 
@@ -120,7 +123,8 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       isMember: () => true,
       // The images' writer, when a test has one write through the replicas, is node w.
       tokenOf: async () => ({ holder: 'w', generation: 1, deleted: false }),
-      writers: peer.recovery
+      writers: peer.recovery,
+      bootEpoch: () => peer.bootEpoch ?? 0
     })
     return {
       async call (req: Omit<Request, 'id'>): Promise<Response> {
@@ -135,7 +139,7 @@ function clusterOf (nodes: Map<string, Node>, self: string): Cluster {
       }
     } as unknown as Link
   }
-  return { id: self, get epoch () { return me.epoch }, get view () { return me.view ?? null }, link, knownNodes: () => new Set(nodes.keys()) } as unknown as Cluster
+  return { id: self, get epoch () { return me.epoch }, get bootEpoch () { return me.bootEpoch ?? 0 }, get view () { return me.view ?? null }, link, knownNodes: () => new Set(nodes.keys()) } as unknown as Cluster
 }
 
 function viewOf (epoch: number, ids: string[]): View {
@@ -265,6 +269,64 @@ t.test('a copy known to be behind is newer than every current copy listed (the n
   for (const n of nodes.values()) { n.epoch = 8; n.view = back }
   for (const r of recoveries) r.start(back)
   for (const [name, r] of [['a', ra], ['b', rb], ['c', rc]] as const) t.equal((await readBack(r.guarded(), oid, 4096))[0], 0x33, `once d is back, ${name} copies its newest copy and serves it`)
+})
+
+t.test('a copy known to be behind whose newest copy cannot be read is not replaced by a copy older than itself', async t => {
+  // a and b took an acknowledged write in epoch 5, c was away; b took one more in epoch 6 and a
+  // missed it. b's newest copy then reads ENOENT (its file went, or it was removed meanwhile).
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [a, b, c]) { n.epoch = 3; await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)) }
+  for (const n of [a, b]) { n.epoch = 5; await n.store.write(oid, 0, Buffer.alloc(4096, 0x22)) }
+  b.epoch = 6
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x33))
+  await a.store.setMissed([oid], true)
+  b.store.readAll = async (o: ObjectId) => { throw SheepError.notFound(`object ${oidToHex(o)}`) }
+  const view = viewOf(7, ids)
+  for (const n of [a, b, c]) { n.epoch = 7; n.view = view }
+  const logs: string[] = []
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, line => logs.push(line)))
+  recovery.imagesLoaded()
+  recovery.start(view)
+  const got = await readBack(recovery.guarded(), oid, 4096).then(b => b[0], (e: unknown) => (e as SheepError).code)
+  t.not(got, 0x11, `a does not take c's copy, older than its own (it reads ${String(got)})`)
+  t.equal((await readBack(a.store, oid, 4096))[0], 0x22, 'a\'s store keeps the acknowledged write of epoch 5')
+  t.match(logs.join('\n'), /no copy of .* newer than this node's could be read/, 'and says so')
+})
+
+t.test('a copy a crash left uncertain in an earlier epoch does not win over a copy known behind that holds a write of a later one', async t => {
+  // b crashed in epoch 1 with a write in flight (its copy uncertain at an epoch-1 version); a and
+  // c took an acknowledged write in epoch 2, then c one more that a missed (a's copy marked
+  // behind). c is away; a and b plan.
+  const ids = ['a', 'b', 'c']
+  const nodes = await makeNodes(t, ids)
+  const [a, b, c] = ids.map(id => nodes.get(id) as Node) as [Node, Node, Node]
+  const oid = dataOid(1, 0)
+  for (const n of [a, b, c]) { await n.store.writeFresh(oid, 4096, 0, Buffer.alloc(4096, 0x11)); await n.store.sync([oid]) }
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x12))
+  await crash(t, b)
+  for (const n of [a, c]) { n.epoch = 2; await n.store.write(oid, 0, Buffer.alloc(4096, 0x22)); await n.store.sync([oid]) }
+  await c.store.write(oid, 0, Buffer.alloc(4096, 0x33))
+  await c.store.sync([oid])
+  await a.store.setMissed([oid], true)
+  c.up = false
+  const members = ['a', 'b']
+  const view = viewOf(4, members)
+  for (const n of [a, b]) { n.epoch = 4; n.view = view }
+  const recoveries = [a, b].map(n => track(new Recovery(n.store, clusterOf(nodes, n.id), { replicasOf: () => members, widest: () => members }, () => {})))
+  for (const r of recoveries) { r.imagesLoaded(); r.start(view) }
+  for (const [name, r] of [['a', recoveries[0]], ['b', recoveries[1]]] as const) {
+    const got = await readBack((r as Recovery).guarded(), oid, 4096).then(x => x[0], (e: unknown) => (e as SheepError).code)
+    t.equal(got, 'EIO', `${name} serves neither b's epoch-1 copy nor a's copy known behind (${String(got)})`)
+  }
+  t.equal((await readBack(a.store, oid, 4096))[0], 0x22, 'a keeps the acknowledged write of epoch 2')
+  c.up = true
+  const back = viewOf(5, ids)
+  for (const n of nodes.values()) { n.epoch = 5; n.view = back }
+  for (const r of recoveries) r.start(back)
+  for (const [name, r] of [['a', recoveries[0]], ['b', recoveries[1]]] as const) t.equal((await readBack((r as Recovery).guarded(), oid, 4096))[0], 0x33, `once c is back, ${name} serves its newest copy`)
 })
 
 t.test('a copy known to be behind whose object the others removed since is removed too, not kept for a force-start to serve', async t => {
