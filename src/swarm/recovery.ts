@@ -808,11 +808,12 @@ export class Recovery {
         // Copies that would be an improvement: newer than this node's, or as new when a crash left
         // either in doubt (all must then take the one the plans agree on, first in this order).
         // A copy known to be behind is no source, but no copy older than it, or than this node's
-        // tombstone, is one either: when the newer ones cannot be read, this node keeps what it
-        // has (found by the replication simulator: a node whose newest source answered ENOENT fell
-        // back to a third node's older copy, which that node was itself copying from this one).
+        // copy or tombstone, is one either: when the newer ones cannot be read, this node keeps
+        // what it has (found by the replication simulator: a node whose newest source answered
+        // ENOENT fell back to a third node's older copy, which that node was itself copying from
+        // this one). At one version, a copy in doubt takes the one the plans agree on.
         const floor = mine === undefined ? (knownBehind.get(oid) ?? 0) - 1 : mine.removed === true ? mine.version
-          : mine.uncertain === true ? -1 : best.uncertain ? mine.version - 1 : mine.version
+          : mine.uncertain === true || best.uncertain ? mine.version - 1 : mine.version
         const sorted = (copies.get(oid) ?? []).filter(c => c.version > floor).sort((a, b) => b.version - a.version || (a.node < b.node ? -1 : 1))
         if (sorted.length === 0) continue
         const doubt = best.uncertain || sorted.some(c => c.uncertain) || mine?.uncertain === true
