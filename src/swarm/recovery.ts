@@ -194,7 +194,8 @@ export class Recovery {
    * to the next.
    */
   private readonly pending = new Map<ObjectId, string[]>()
-  private readonly copying = new Map<ObjectId, Promise<void>>()
+  /** Copies under way, each with the round whose plan asked for it. */
+  private readonly copying = new Map<ObjectId, { round: number, run: Promise<void> }>()
   /** Changes under way here, by the round they were let in under, and plans waiting for earlier rounds' to end. */
   private readonly changesIn = new Map<number, number>()
   private changeWaiters: Array<() => void> = []
@@ -403,22 +404,32 @@ export class Recovery {
    */
   private async admitted<T> (oid: ObjectId, fn: () => Promise<T>, repair = false): Promise<T> {
     const round = this.round
-    this.changesIn.set(round, (this.changesIn.get(round) ?? 0) + 1)
     const flight = this.changing.get(oid) ?? { count: 0, idle: [] }
     flight.count++
     this.changing.set(oid, flight)
     try {
-      await this.guard(oid, round)
-      if (!repair) {
-        if (this.missed.has(oid)) this.refused.set(oid, (this.refused.get(oid) ?? 0) + 1)
-        this.refuseMissed(oid)
-      }
-      return await fn()
+      return await this.counted(round, async () => {
+        await this.guard(oid, round)
+        if (!repair) {
+          if (this.missed.has(oid)) this.refused.set(oid, (this.refused.get(oid) ?? 0) + 1)
+          this.refuseMissed(oid)
+        }
+        return await fn()
+      })
     } finally {
       if (--flight.count === 0) {
         this.changing.delete(oid)
         for (const wake of flight.idle.splice(0)) wake()
       }
+    }
+  }
+
+  /** Runs a change of this node's store under round: the next round's plan waits for it (earlierChanges). */
+  private async counted<T> (round: number, fn: () => Promise<T>): Promise<T> {
+    this.changesIn.set(round, (this.changesIn.get(round) ?? 0) + 1)
+    try {
+      return await fn()
+    } finally {
       const left = (this.changesIn.get(round) ?? 1) - 1
       if (left > 0) this.changesIn.set(round, left)
       else {
@@ -871,7 +882,7 @@ export class Recovery {
       const walk = this.pending.keys()
       const take = (): ObjectId | undefined => {
         for (let r = walk.next(); r.done !== true; r = walk.next()) {
-          if (!this.copying.has(r.value) && !failed.has(r.value)) return r.value
+          if (this.copying.get(r.value)?.round !== round && !failed.has(r.value)) return r.value
         }
         return undefined
       }
@@ -903,8 +914,9 @@ export class Recovery {
    * this node keeps what it has. One that does not answer fails the copy, to be tried again.
    */
   private async copy (oid: ObjectId): Promise<void> {
+    const round = this.round
     const running = this.copying.get(oid)
-    if (running !== undefined) return await running
+    if (running?.round === round) return await running.run
     const sources = this.pending.get(oid)
     if (sources === undefined) return
     const run = (async () => {
@@ -919,7 +931,11 @@ export class Recovery {
         }
         // A source whose view moved on while it waited is asked again, as any request would be.
         if (res.error !== '') throw new SheepError(res.error === 'ESTALE' ? 'ESTALE' : 'EIO', `copying ${oidToHex(oid)} from ${source.slice(0, 8)}: ${res.message}`)
-        await this.raw.replace(oid, res.data, res.version)
+        // A copy an earlier view's plan chose, whose answer came late, must not land on the
+        // changes made since (found by the replication simulator: an acknowledged write of a later
+        // view overwritten by the copy an earlier one asked for). The next plan waits for it.
+        if (round !== this.round) throw SheepError.stale(`copying ${oidToHex(oid)}: the view changed while the copy was on its way`)
+        await this.counted(round, async () => await this.raw.replace(oid, res.data, res.version))
         this.pending.delete(oid)
         this.unsynced.delete(oid)
         this.mended(oid)
@@ -932,11 +948,12 @@ export class Recovery {
       // And serves it, after a restart too (the plan marked it behind).
       if (!this.missed.has(oid)) await this.raw.setMissed([oid], false)
     })()
-    this.copying.set(oid, run)
+    const entry = { round, run }
+    this.copying.set(oid, entry)
     try {
       await run
     } finally {
-      this.copying.delete(oid)
+      if (this.copying.get(oid) === entry) this.copying.delete(oid)
     }
   }
 

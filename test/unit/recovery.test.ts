@@ -780,6 +780,45 @@ t.test('a change let in under one view and applied after the node moved to the n
   t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 5, 'and a change let in under view 5 is stamped in epoch 5')
 })
 
+t.test('a copy an earlier view\'s plan asked for, whose answer comes after the node moved on, does not land on the changes made since', async t => {
+  const ids = ['a', 'b']
+  const nodes = await makeNodes(t, ids)
+  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
+  const oid = dataOid(1, 0)
+  await holdInEpoch4([a, b], oid)
+  b.epoch = 5
+  await b.store.write(oid, 0, Buffer.alloc(4096, 0x22))
+  await b.store.sync([oid])
+  // b's answer to a's copy is held up (a slow network) until the test lets it go.
+  let asked = (): void => {}
+  const askedFor = new Promise<void>(resolve => { asked = resolve })
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  const readAll = b.store.readAll.bind(b.store)
+  b.store.readAll = async (o: ObjectId) => { const data = await readAll(o); asked(); await gate; return data }
+  const view = viewOf(6, ids)
+  for (const n of [a, b]) { n.epoch = 6; n.view = view }
+  let ended = (_line: string): void => {}
+  const copyEnded = new Promise<string>(resolve => { ended = resolve })
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, line => { if (line.includes('copying')) ended(line) }))
+  recovery.imagesLoaded()
+  recovery.start(view)
+  await askedFor
+  // b goes for good; a alone in view 7 is forced to serve what it has, and takes a write.
+  b.up = false
+  a.epoch = 7
+  recovery.start(viewOf(7, ['a']))
+  await recovery.forceStart()
+  await recovery.guarded().write(oid, 0, Buffer.alloc(4096, 0x33))
+  release()
+  let timer: NodeJS.Timeout | undefined
+  const said = await Promise.race([copyEnded, new Promise<string>(resolve => { timer = setTimeout(() => resolve('nothing said within 5 s'), 5000) })])
+  clearTimeout(timer)
+  t.match(said, /the view changed while the copy was on its way/, 'the late copy is dropped')
+  t.equal((await readBack(a.store, oid, 4096))[0], 0x33, 'a keeps the write of view 7')
+  t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 7, 'at its version')
+})
+
 t.test('background copies keep to the recovery rate; one an access asks for does not wait; status counts the bytes', async t => {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
