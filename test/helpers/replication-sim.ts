@@ -16,9 +16,9 @@
 // - once settled, two replicas of an object at one version hold the same bytes (writer-stamped
 //   versions: a failure);
 // - once settled, every replica of an object holds the same bytes (copies at different versions
-//   that differ: a todo, not seen since the writer stamps its versions; before, about 1 seed in
-//   300 left copies tied at one count with different bytes);
-// - with removes (SHEEP_SIM_REMOVES=1): once settled, no replica holds a copy of an object
+//   that differ: a todo, seen once in 4000 seeds with removes; before writer-stamped versions,
+//   about 1 seed in 300 left copies tied at one count with different bytes);
+// - with removes (the odd seeds): once settled, no replica holds a copy of an object
 //   removed since its last write, and what a first write did not write reads as zeros.
 // Not checked: that copies at one version hold the same bytes at every moment: a change under
 // way is in some copies before others, and one that failed on some replicas stays in the others
@@ -649,12 +649,11 @@ class Sim {
 /** One seed: STEPS random steps, some at once, then settle and check. */
 export interface SeedRun { seed: number, failures: string[], diverged: string[], log: string[] }
 
-/**
- * Whether seeds remove objects (SHEEP_SIM_REMOVES=1). Off in the suite for now: with removes,
- * about 1 seed in 700 still fails (a change sent in one epoch and given the next epoch's version
- * by a replica; docs/ARCHITECTURE.md, "Not built yet").
- */
-const REMOVES = process.env.SHEEP_SIM_REMOVES === '1'
+/** Whether a seed removes objects: every odd seed, or every seed with SHEEP_SIM_REMOVES=1 (none with 0). */
+function removesIn (seed: number): boolean {
+  const forced = process.env.SHEEP_SIM_REMOVES
+  return forced === '1' || (forced !== '0' && seed % 2 === 1)
+}
 
 /** A seed takes well under a second; one that has not ended after this is stuck (a promise that never settles while timers go on). */
 const SEED_LIMIT_MS = 60_000
@@ -664,7 +663,7 @@ export async function runSeed (seed: number): Promise<SeedRun> {
   let timer: NodeJS.Timeout | undefined
   const stuck = new Promise<'stuck'>(resolve => { timer = setTimeout(() => resolve('stuck'), SEED_LIMIT_MS) })
   try {
-    if (await Promise.race([runSteps(sim), stuck]) === 'stuck') {
+    if (await Promise.race([runSteps(sim, removesIn(seed)), stuck]) === 'stuck') {
       sim.failures.push(`the seed did not end within ${SEED_LIMIT_MS / 1000} s (the log ends where it stuck)`)
       for (const n of sim.nodes) n.run?.recovery.stop()
       for (const dir of sim.dirs) fs.rmSync(dir, { recursive: true, force: true })
@@ -675,7 +674,7 @@ export async function runSeed (seed: number): Promise<SeedRun> {
   return { seed, failures: sim.failures, diverged: sim.diverged, log: sim.log }
 }
 
-async function runSteps (sim: Sim): Promise<void> {
+async function runSteps (sim: Sim, removes: boolean): Promise<void> {
   const rng = sim.rng
   await sim.start()
   const inFlight = new Set<Promise<void>>()
@@ -693,7 +692,7 @@ async function runSteps (sim: Sim): Promise<void> {
       track(sim.write(o, first, Math.min(SECTORS - 1, first + rng.int(0, 3))))
     } else if (r < 0.47) {
       const o = rng.int(0, OBJECTS - 1)
-      if (REMOVES && !sim.writing.has(o) && sim.inMemory.has(o) && (sim.reading.get(o) ?? 0) === 0) track(sim.remove(o))
+      if (removes && !sim.writing.has(o) && sim.inMemory.has(o) && (sim.reading.get(o) ?? 0) === 0) track(sim.remove(o))
     } else if (r < 0.6) {
       track(sim.sync())
     } else if (r < 0.78) {

@@ -2,7 +2,7 @@
 // of them (default below), from a random start that the test prints, split over worker threads.
 // SHEEP_SIM_SEED=<n> runs one seed, SHEEP_SIM_FROM=<n> starts the run at n, SHEEP_SIM_LOG=<file>
 // keeps the log of a failing seed, SHEEP_SIM_DOWNS=1|0 gives every seed one membership mode, and
-// SHEEP_SIM_REMOVES=1 adds removes.
+// SHEEP_SIM_REMOVES=1|0 gives every seed removes or none (by default, the odd seeds remove).
 
 import t from 'tap'
 import fs from 'node:fs'
@@ -67,6 +67,6 @@ t.test('the replication simulator: acknowledged writes survive drops, reordering
   } else {
     t.pass(`${seeds.length} seeds of ${STEPS} steps: no synced write lost, no read older than an acknowledged write, every object readable once settled`)
   }
-  if (diverged.length > 0) t.fail(`replicas byte-equal once settled (${diverged.length} of ${seeds.length} seeds left copies that differ in bytes no write acknowledged; seed ${(diverged[0] as SeedRun).seed}: ${(diverged[0] as SeedRun).diverged[0] as string})`, { todo: 'copies at different versions once settled: recovery left one behind (not seen since writer-stamped versions)' })
+  if (diverged.length > 0) t.fail(`replicas byte-equal once settled (${diverged.length} of ${seeds.length} seeds left copies that differ in bytes no write acknowledged; seed ${(diverged[0] as SeedRun).seed}: ${(diverged[0] as SeedRun).diverged[0] as string})`, { todo: 'copies at different versions once settled: recovery left one behind (1 seed in 4000 with removes)' })
   else t.pass('replicas byte-equal once settled, in every seed')
 })
