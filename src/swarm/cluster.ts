@@ -85,6 +85,8 @@ export class Cluster extends EventEmitter {
   private readonly opts: ClusterOptions
   private readonly timing: ClusterTiming
   private readonly keeper: ViewKeeper
+  /** Cluster.bootEpoch. */
+  private storedEpoch = 0
   private secrets: Secrets
   private placementCache: { epoch: number, placement: Placement } | null = null
   private largestCache = { epoch: -1, members: 0 }
@@ -173,7 +175,7 @@ export class Cluster extends EventEmitter {
    * The epoch of the view this node had stored when it started (0: none). A copy its last run
    * left uncertain holds no change stamped in a later epoch: that run never knew one.
    */
-  bootEpoch = 0
+  get bootEpoch (): number { return this.storedEpoch }
   get bootstrapList (): Address[] { return this.mesh.bootstrapList }
   get secret (): Buffer { return this.secrets.current }
 
@@ -230,7 +232,7 @@ export class Cluster extends EventEmitter {
     const problem = memberProblem({ ...this.self, port: 0 })
     if (problem !== null) throw SheepError.invalid(`this node's member record: ${problem}`)
     await this.keeper.open()
-    this.bootEpoch = this.epoch
+    this.storedEpoch = this.epoch
     await this.mesh.start()
     if (this.view === null && !this.opts.joining) await this.keeper.found(this.self, this.opts.manualAdmission)
     else if (this.view !== null) this.opts.log(`rejoining with view ${this.view.epoch} from the store`)
