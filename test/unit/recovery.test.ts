@@ -821,24 +821,31 @@ t.test('a copy an earlier view\'s plan asked for, whose answer comes after the n
   t.equal(versionEpoch((await a.store.stat(oid))?.version ?? 0), 7, 'at its version')
 })
 
-t.test('background copies keep to the recovery rate; one an access asks for does not wait; status counts the bytes', async t => {
+/**
+ * Nodes a and b in view 5, b holding eight objects of 256 KiB newer than a's, and a's recovery
+ * kept to 1 MiB/s, not started yet.
+ */
+async function eightToCopy (t: Teardownable): Promise<{ ids: string[], nodes: Map<string, Node>, a: Node, b: Node, oids: ObjectId[], view: View, recovery: Recovery }> {
   const ids = ['a', 'b']
   const nodes = await makeNodes(t, ids)
   const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
   const oids = Array.from({ length: 8 }, (_, i) => dataOid(3, i))
   for (const n of [a, b]) n.epoch = 4
   for (const oid of oids) {
-    // b holds each object newer than a does: a has to copy all eight (256 KiB each).
     for (const n of [a, b]) await n.store.create(oid, 256 * 1024)
     await b.store.write(oid, 0, Buffer.alloc(256 * 1024, 0x44))
   }
   await b.store.sync(oids)
   const view = viewOf(5, ids)
   for (const n of [a, b]) { n.epoch = 5; n.view = view }
-  const rate = 1024 * 1024
-  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, { rate }))
+  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, { rate: 1024 * 1024 }))
   a.recovery = recovery
   recovery.imagesLoaded()
+  return { ids, nodes, a, b, oids, view, recovery }
+}
+
+t.test('background copies keep to the recovery rate; one an access asks for does not wait; status counts the bytes', async t => {
+  const { oids, view, recovery } = await eightToCopy(t)
   const started = Date.now()
   recovery.start(view)
   // An access to the last object copies it at once, whatever the rate.
@@ -855,21 +862,7 @@ t.test('background copies keep to the recovery rate; one an access asks for does
 })
 
 t.test('a view change in the middle of throttled copies carries their progress and the rate\'s budget into the new round', async t => {
-  const ids = ['a', 'b']
-  const nodes = await makeNodes(t, ids)
-  const [a, b] = ids.map(id => nodes.get(id) as Node) as [Node, Node]
-  const oids = Array.from({ length: 8 }, (_, i) => dataOid(3, i))
-  for (const n of [a, b]) n.epoch = 4
-  for (const oid of oids) {
-    for (const n of [a, b]) await n.store.create(oid, 256 * 1024)
-    await b.store.write(oid, 0, Buffer.alloc(256 * 1024, 0x44))
-  }
-  await b.store.sync(oids)
-  const view = viewOf(5, ids)
-  for (const n of [a, b]) { n.epoch = 5; n.view = view }
-  const recovery = track(new Recovery(a.store, clusterOf(nodes, 'a'), { replicasOf: () => ids, widest: () => ids }, () => {}, { rate: 1024 * 1024 }))
-  a.recovery = recovery
-  recovery.imagesLoaded()
+  const { ids, a, b, oids, view, recovery } = await eightToCopy(t)
   const started = Date.now()
   recovery.start(view)
   while (recovery.status.copied < 3) await new Promise(resolve => setTimeout(resolve, 10))
