@@ -483,6 +483,11 @@ export class Recovery {
    * With `only`, just that object's copy (a change every replica failed: none is behind another).
    */
   async forceStart (only?: ObjectId): Promise<ObjectId[]> {
+    // After the round's plan, which marks copies behind again from what it listed: forced before
+    // it ended, a copy was refused again at once (as long as the plan can be made at all).
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([this.ready.promise, new Promise(resolve => { timer = setTimeout(resolve, this.timing.guardWaitMs) })])
+    clearTimeout(timer)
     const waited = only === undefined ? [...this.waitedDown] : []
     if (only === undefined && this.cluster.view !== null) {
       // Objects whose newest copy may be on down members are served as they are here, in this view.
