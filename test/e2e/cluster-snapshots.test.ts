@@ -44,6 +44,7 @@ function dumpLogsOnFailure (t: Test, nodes: Daemon[]): void {
 snapshotCases(start, {
   nodes: nodesOf,
   everyDeletionOrder: false,
+  everyBadInput: false,
   restarted: async d => { await waitForView(nodesOf(d), NODES) },
   // Node by node, last first, each time until the rest agree on a view without it while they
   // are a majority: a deterministic history in the stores that are copied next.

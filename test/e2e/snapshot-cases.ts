@@ -60,6 +60,12 @@ export interface SnapshotEnv {
    * cluster about 20 s.
    */
   everyDeletionOrder: boolean
+  /**
+   * Every refused command of the bad-input case (one host), or on a cluster only those refused
+   * at the directory's commit, where a replica could be left changed (names that exist): the
+   * others are refused before any object is read, the same on both, at 2 s each on a cluster.
+   */
+  everyBadInput: boolean
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -856,7 +862,7 @@ export function snapshotCases (start: Start, env: SnapshotEnv): void {
       [['clone', d.image('b.img'), d.image('c.img')], /c\.img.*already exists/, 'clone (implicit snapshot) onto an existing image'],
       [['clone', d.image('b.img'), d.image('b.img')], /b\.img.*already exists/, 'clone (implicit snapshot) of an image onto itself']
     ]
-    for (const [args, re, what] of cases) {
+    for (const [args, re, what] of env.everyBadInput ? cases : cases.filter(([, re]) => /already exists/.test(re.source))) {
       const before = await state()
       const r = d.sheep([...args, '--mount', d.mount])
       oneLineError(t, r, re, what)

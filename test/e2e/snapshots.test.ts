@@ -7,6 +7,7 @@ import { daemonOnCopy, snapshotCases } from './snapshot-cases'
 snapshotCases(startDaemon, {
   nodes: d => [d],
   everyDeletionOrder: true,
+  everyBadInput: true,
   restarted: async () => {},
   stopAll: async d => { await d.stop() },
   startOnCopy: async (t, from) => {
