@@ -625,8 +625,9 @@ export class LocalObjectStore implements ObjectStore {
     }
     const e = this.entries.get(oid)
     if (e) {
-      // The old fd points at the replaced file; reopen on next use.
-      await this.waitIdle(e)
+      // The old fd points at the replaced file; reopen on next use. A read may take the entry
+      // between the last release and this continuation: wait again, then change it at once.
+      while (e.inflight > 0) await this.waitIdle(e)
       this.closeFd(e)
       e.info = info
       e.savedVersion = info.version
@@ -1062,7 +1063,7 @@ export class LocalObjectStore implements ObjectStore {
   private async forget (oid: ObjectId): Promise<void> {
     const e = this.entries.get(oid)
     if (e === undefined) return
-    await this.waitIdle(e)
+    while (e.inflight > 0) await this.waitIdle(e)
     this.closeFd(e)
     this.entries.delete(oid)
   }
