@@ -820,3 +820,39 @@ t.test('a sync of objects whose copies went since they were written (dropped, re
   t.equal(err.code, 'EIO', 'a file gone under its record: EIO')
   t.match(err.message, /missing from the store/)
 })
+
+t.test('a read that takes an object just as a replace finds it idle reads one file with that file\'s checksums', async t => {
+  const store = await openStore(t, tmpDir(t))
+  const oid = dataOid(1, 0)
+  await store.create(oid, 8192)
+  await store.write(oid, 0, Buffer.alloc(8192, 1))
+  await store.sync([oid])
+  // Internals, to hold a read in the file and to see the replace waiting for it.
+  const inside = store as unknown as { io: { read: FileIo['read'] }, entries: Map<bigint, { idle?: () => void }> }
+  const read = inside.io.read.bind(inside.io)
+  const failures: string[] = []
+  // The second read comes that many microtasks after the first one ends: one of them lands
+  // between the first read's release and the replace's continuation.
+  for (let ticks = 0; ticks < 16; ticks++) {
+    let hold = true
+    let release = (): void => {}
+    const gate = new Promise<void>(resolve => { release = resolve })
+    inside.io.read = async (...args: Parameters<FileIo['read']>) => {
+      if (hold) { hold = false; await gate }
+      return await read(...args)
+    }
+    const first = store.read(oid, 0, 8192, Buffer.alloc(8192), 0)
+    const replaced = store.replace(oid, Buffer.alloc(8192, ticks + 2))
+    while (inside.entries.get(oid)?.idle === undefined) await new Promise(resolve => setTimeout(resolve, 1))
+    release()
+    for (let i = 0; i < ticks; i++) await null
+    const target = Buffer.alloc(8192)
+    const second = await store.read(oid, 0, 8192, target, 0).then(() => null, (e: unknown) => e as Error)
+    await first
+    await replaced
+    if (second !== null) failures.push(`after ${ticks} microtasks: ${second.message}`)
+    else if (!target.every(b => b === target[0])) failures.push(`after ${ticks} microtasks: bytes of two files`)
+  }
+  inside.io.read = read
+  t.same(failures, [], 'every read is whole and matches its checksums')
+})
