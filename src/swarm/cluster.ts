@@ -22,7 +22,7 @@ import { SheepError } from '../errors'
 import type { WireMode } from './frames'
 import { agreement, decode, encode, Op, type Request, type Response, secretUpdate } from './messages'
 import { admissionProblem, listenedSecrets, type Secrets } from './admission'
-import { type Address, Mesh, type MeshTiming } from './mesh'
+import { type Address, DEFAULT_MESH_TIMING, Mesh, type MeshTiming } from './mesh'
 import type { Link } from './link'
 import { type Identity, saveSecrets, writeDurably } from './identity'
 import { newSecret } from './proof'
@@ -90,6 +90,8 @@ export class Cluster extends EventEmitter {
   private secrets: Secrets
   private placementCache: { epoch: number, placement: Placement } | null = null
   private largestCache = { epoch: -1, members: 0 }
+  /** Members the current view added, and until when their links are given to open (see nextView). */
+  private arriving: { ids: string[], until: number } = { ids: [], until: 0 }
   private objectHandler: ObjectHandler | null = null
   private checkTimer: NodeJS.Timeout | null = null
   private checking = false
@@ -98,7 +100,7 @@ export class Cluster extends EventEmitter {
   constructor (opts: ClusterOptions) {
     super()
     this.opts = opts
-    this.timing = { ...DEFAULT_CLUSTER_TIMING, ...opts.timing } as ClusterTiming
+    this.timing = { ...DEFAULT_MESH_TIMING, ...DEFAULT_CLUSTER_TIMING, ...opts.timing }
     this.id = opts.identity.keyPair.publicKey.toString('hex')
     this.secrets = opts.identity.secrets
     const file = path.join(opts.storeDir, VIEWS_FILE)
@@ -135,6 +137,8 @@ export class Cluster extends EventEmitter {
     this.keeper.onChange((view, previous) => {
       this.opts.log(`view ${view.epoch}: ${view.members.length} member${view.members.length === 1 ? '' : 's'} (${view.members.map(m => m.id.slice(0, 8)).join(', ')})` +
         `${view.down === undefined ? '' : `, down: ${view.down.map(d => d.id.slice(0, 8)).join(', ')}`}${view.removed === undefined ? '' : `, ${view.removed.length} removed`}`)
+      const before = new Set(previous?.members.map(m => m.id))
+      this.arriving = { ids: view.members.map(m => m.id).filter(id => !before.has(id)), until: Date.now() + this.timing.deadAfterMs }
       // The gate refuses a removed key from now on; links it opened before go once it was told.
       for (const id of view.removed ?? []) void this.tellRemoved(id, view)
       if (view.removed?.includes(this.id) === true) this.opts.log('this node was removed from the cluster: its key is refused by every member')
@@ -464,7 +468,15 @@ export class Cluster extends EventEmitter {
     const view = this.view
     if (view === null) return
     // The periodic check (checkMs) sees out-after pass.
-    const next = nextView(view, { self: this.self, peers: peers.map(p => p.hello.self), now: Date.now(), outAfterMs: this.opts.outAfterMs })
+    const now = Date.now()
+    const next = nextView(view, {
+      self: this.self,
+      peers: peers.map(p => p.hello.self),
+      now,
+      outAfterMs: this.opts.outAfterMs,
+      arriving: now < this.arriving.until ? this.arriving.ids : [],
+      former: [...this.knownNodes()]
+    })
     if (next === null) return
     const downNote = next.down.length === 0 ? '' : ` (down: ${next.down.map(d => d.id.slice(0, 8)).join(', ')})`
     this.opts.log(`proposing view ${view.epoch + 1}: ${next.members.map(m => m.id.slice(0, 8)).join(', ')}${downNote}`)

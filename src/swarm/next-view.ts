@@ -15,6 +15,17 @@ export interface Reachable {
   now: number
   /** How long a member stays down before the next view leaves it out (0: out at once). */
   outAfterMs: number
+  /**
+   * Members the current view added whose links may still be opening: not taken as gone yet.
+   * Without this, a coordinator not yet linked to a member just admitted took it down, or out
+   * with --out-after 0, in the view right after the one that added it.
+   */
+  arriving: string[]
+  /**
+   * Nodes that were members of an earlier view and were not removed: they come back without an
+   * operator under manual admission, which is there to keep unknown keys out.
+   */
+  former: string[]
 }
 
 /**
@@ -30,14 +41,14 @@ export function nextView (view: View, r: Reachable): { members: Member[], down: 
   if (alive.map(m => m.id).sort()[0] !== self) return null
   // Newcomers: linked nodes that are not members (removed keys never get a link: the gate refuses
   // them). With manual admission they wait for `sheep node admit`.
-  const joiners = view.manual === true ? [] : r.peers.filter(p => !view.members.some(m => m.id === p.id))
+  const joiners = r.peers.filter(p => !view.members.some(m => m.id === p.id) && (view.manual !== true || r.former.includes(p.id)))
   // A member gone is down (it keeps its place) until out-after has passed since it went; then out.
   const down: DownMember[] = []
-  for (const m of view.members.filter(m => !alive.includes(m))) {
+  for (const m of view.members.filter(m => !alive.includes(m) && !r.arriving.includes(m.id))) {
     const since = view.down?.find(d => d.id === m.id)?.since ?? r.now
     if (r.now - since < r.outAfterMs) down.push({ id: m.id, since })
   }
-  const kept = view.members.filter(m => alive.includes(m) || down.some(d => d.id === m.id))
+  const kept = view.members.filter(m => alive.includes(m) || r.arriving.includes(m.id) || down.some(d => d.id === m.id))
   const members = [...kept.map(m => m.id === self ? r.self : (reachable.get(m.id) ?? m)), ...joiners]
   const same = members.length === view.members.length && members.every(d => view.members.some(m => sameMember(m, d))) &&
     down.length === (view.down?.length ?? 0) && down.every(d => isDown(view, d.id))
