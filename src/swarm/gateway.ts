@@ -170,11 +170,16 @@ export class Gateway implements ObjectStore {
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
+    return (await this.readWhole(oid)).data
+  }
+
+  async readWhole (oid: ObjectId): Promise<{ data: Buffer, version: number }> {
     // Whole in one answer where it fits, so that a replace cannot slip between a stat and a read.
     const whole = await this.fromOne(oid, async (node, epoch) => {
-      if (node === this.cluster.id) return await this.local.readAll(oid)
+      if (node === this.cluster.id) return await this.local.readWhole(oid)
       try {
-        return Buffer.from((await this.send(node, epoch, Op.ReadAll, { oid })).data)
+        const res = await this.send(node, epoch, Op.ReadAll, { oid })
+        return { data: Buffer.from(res.data), version: res.version }
       } catch (err) {
         if (err instanceof SheepError && err.code === 'EFBIG') return null
         throw err
@@ -186,7 +191,7 @@ export class Gateway implements ObjectStore {
     if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
     const out = Buffer.alloc(info.size)
     await this.read(oid, 0, info.size, out, 0)
-    return out
+    return { data: out, version: info.version }
   }
 
   async replace (oid: ObjectId, data: Uint8Array): Promise<void> {
@@ -199,8 +204,7 @@ export class Gateway implements ObjectStore {
 
   /**
    * An object's bytes and version as its primary replica has them, which is what
-   * compareAndReplace compares against; null if it does not exist. The version is read first: if
-   * the object is replaced in between, a compare-and-replace against it fails and is tried again.
+   * compareAndReplace compares against, as of one moment (readWhole); null if it does not exist.
    */
   async readAtPrimary (oid: ObjectId): Promise<{ version: number, data: Buffer } | null> {
     for (;;) {
@@ -208,10 +212,7 @@ export class Gateway implements ObjectStore {
       const primary = this.primaryOf(oid)
       try {
         if (primary === null) throw SheepError.unreachable(`object ${oidToHex(oid)}: every replica is down`)
-        if (primary === this.cluster.id) {
-          const info = await this.local.stat(oid)
-          return info === null ? null : { version: info.version, data: await this.local.readAll(oid) }
-        }
+        if (primary === this.cluster.id) return await this.local.readWhole(oid)
         await this.primaryLink(primary)
         const res = await this.send(primary, epoch, Op.ReadAll, { oid })
         return { version: res.version, data: Buffer.from(res.data) }
@@ -470,8 +471,7 @@ export class Gateway implements ObjectStore {
           return
         }
         if (source === this.cluster.id) {
-          version = (await this.local.stat(oid))?.version ?? 0
-          bytes = await this.local.readAll(oid)
+          ({ data: bytes, version } = await this.local.readWhole(oid))
         } else {
           const info = await this.send(source, epoch, Op.Stat, { oid })
           const size = info.size

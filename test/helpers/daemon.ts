@@ -172,6 +172,9 @@ export function newDaemon (t: Teardownable, extraArgs: string[] = [], extraEnv: 
   t.teardown(async () => {
     // What the daemons said is what tells a hang or a failure in CI apart: keep it before it goes.
     if (t.passing?.() === false) process.stderr.write(`--- last lines of the log of the daemon at ${d.mount} (pid ${d.proc?.pid ?? 'none'}):\n${d.log.split('\n').slice(-LOG_TAIL_LINES).join('\n')}\n`)
+    // The whole log, for a failure its last lines do not explain (SHEEP_TEST_LOG_DIR=folder).
+    const keep = process.env.SHEEP_TEST_LOG_DIR
+    if (keep !== undefined && keep !== '') fs.writeFileSync(path.join(keep, `${path.basename(d.dir)}.log`), d.log)
     await Promise.race([d.stop(), new Promise(resolve => setTimeout(resolve, 15_000).unref())])
     d.cleanupSync()
   })
