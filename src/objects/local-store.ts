@@ -104,10 +104,6 @@ export class LocalObjectStore implements ObjectStore {
   private readonly loading = new Map<ObjectId, Promise<Entry>>()
   /** Replaces, marks and erases in progress (the last of each object; see serially): a load waits for them. */
   private readonly replacing = new Map<ObjectId, Promise<void>>()
-  /** Whole reads under way (readWhole): changes of the object wait here before they are let in. */
-  private readonly wholeReads = new Map<ObjectId, Promise<void>>()
-  /** Changes counted here (no writer's version) let in and not over, by object. */
-  private readonly counting = new Map<ObjectId, number>()
   private readonly maxOpenFiles: number
   private readonly io: FileIo
   private openFiles = 0
@@ -553,10 +549,8 @@ export class LocalObjectStore implements ObjectStore {
    * holds the change already. `version`: what it gives the object, undefined to count it.
    */
   private async enter (oid: ObjectId, base: number, alone: boolean): Promise<{ e: Entry, version: number | undefined } | null> {
-    for (let reading = this.wholeReads.get(oid); reading !== undefined; reading = this.wholeReads.get(oid)) await reading
     const version = await this.chained(oid, base, alone)
     if (version === null) return null
-    if (version === undefined) this.counting.set(oid, (this.counting.get(oid) ?? 0) + 1)
     try {
       return { e: await this.acquire(oid), version }
     } catch (err) {
@@ -567,42 +561,19 @@ export class LocalObjectStore implements ObjectStore {
 
   /** A change of oid is over: a writer's moves the copy's version once those before it are done too. */
   private unchain (oid: ObjectId, version: number | undefined, e?: Entry): void {
-    if (version === undefined) {
-      const left = (this.counting.get(oid) ?? 1) - 1
-      if (left > 0) this.counting.set(oid, left)
-      else this.counting.delete(oid)
-      return this.chains.wake(oid)
-    }
+    if (version === undefined) return this.chains.wake(oid)
     const reached = this.chains.finish(oid, version)
     if (e !== undefined && reached !== null && reached > e.info.version) e.info.version = reached
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
-    return (await this.readWhole(oid)).data
-  }
-
-  /**
-   * The whole object and its version as of one moment. Changes let in before run to their end
-   * first, later ones wait until the bytes are read: a copy read while a write was in the file
-   * held part of it, or bytes of a later version than the one it was given (a writer's changes
-   * end out of order), and the replica that took it kept them at that version, where the
-   * others hold other bytes (the partition test saw 5 pages of a 64 KiB write missing on one).
-   * Size and bytes come from one descriptor: a replace swapping the file meanwhile waits.
-   */
-  async readWhole (oid: ObjectId): Promise<{ data: Buffer, version: number }> {
+    // Size and bytes from one descriptor: a replace swapping the file meanwhile cannot tear them.
     const e = await this.acquire(oid)
-    for (let reading = this.wholeReads.get(oid); reading !== undefined; reading = this.wholeReads.get(oid)) await reading
-    let done = (): void => {}
-    this.wholeReads.set(oid, new Promise<void>(resolve => { done = resolve }))
     try {
-      while (this.chains.busy(oid) || this.counting.has(oid)) await this.chains.changed(oid)
-      const data = Buffer.alloc(e.info.size)
-      const version = e.info.version
-      await this.readEntry(e, 0, data.length, data, 0)
-      return { data, version }
+      const buf = Buffer.alloc(e.info.size)
+      await this.readEntry(e, 0, buf.length, buf, 0)
+      return buf
     } finally {
-      this.wholeReads.delete(oid)
-      done()
       this.release(e)
     }
   }

@@ -57,11 +57,6 @@ export interface ObjectStore {
   /** The whole object. */
   readAll (oid: ObjectId): Promise<Buffer>
   /**
-   * The whole object and its version as of one moment: no change is in its bytes that its
-   * version does not count, nor half of one. What a copy of it is made from.
-   */
-  readWhole (oid: ObjectId): Promise<{ data: Buffer, version: number }>
-  /**
    * Replaces the whole content atomically (creating the object if needed). `version` is the
    * version to record instead of the next one: a recovery copy keeps its source's.
    */

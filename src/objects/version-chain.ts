@@ -97,20 +97,6 @@ export class VersionChains {
     this.wake(oid)
   }
 
-  /** Whether a change of oid let in is not over yet. */
-  busy (oid: ObjectId): boolean {
-    return this.under.has(oid)
-  }
-
-  /** Resolves at the next change of oid that ends, or of its version. */
-  async changed (oid: ObjectId): Promise<void> {
-    await new Promise<void>(resolve => {
-      const list = this.waiters.get(oid) ?? []
-      list.push(resolve)
-      this.waiters.set(oid, list)
-    })
-  }
-
   /** oid's version changed: changes waiting for it look again. */
   wake (oid: ObjectId): void {
     const list = this.waiters.get(oid)

@@ -170,16 +170,11 @@ export class Gateway implements ObjectStore {
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
-    return (await this.readWhole(oid)).data
-  }
-
-  async readWhole (oid: ObjectId): Promise<{ data: Buffer, version: number }> {
     // Whole in one answer where it fits, so that a replace cannot slip between a stat and a read.
     const whole = await this.fromOne(oid, async (node, epoch) => {
-      if (node === this.cluster.id) return await this.local.readWhole(oid)
+      if (node === this.cluster.id) return await this.local.readAll(oid)
       try {
-        const res = await this.send(node, epoch, Op.ReadAll, { oid })
-        return { data: Buffer.from(res.data), version: res.version }
+        return Buffer.from((await this.send(node, epoch, Op.ReadAll, { oid })).data)
       } catch (err) {
         if (err instanceof SheepError && err.code === 'EFBIG') return null
         throw err
@@ -191,7 +186,7 @@ export class Gateway implements ObjectStore {
     if (info === null) throw SheepError.notFound(`object ${oidToHex(oid)}`)
     const out = Buffer.alloc(info.size)
     await this.read(oid, 0, info.size, out, 0)
-    return { data: out, version: info.version }
+    return out
   }
 
   async replace (oid: ObjectId, data: Uint8Array): Promise<void> {
@@ -204,7 +199,8 @@ export class Gateway implements ObjectStore {
 
   /**
    * An object's bytes and version as its primary replica has them, which is what
-   * compareAndReplace compares against, as of one moment (readWhole); null if it does not exist.
+   * compareAndReplace compares against; null if it does not exist. The version is read first: if
+   * the object is replaced in between, a compare-and-replace against it fails and is tried again.
    */
   async readAtPrimary (oid: ObjectId): Promise<{ version: number, data: Buffer } | null> {
     for (;;) {
@@ -212,7 +208,10 @@ export class Gateway implements ObjectStore {
       const primary = this.primaryOf(oid)
       try {
         if (primary === null) throw SheepError.unreachable(`object ${oidToHex(oid)}: every replica is down`)
-        if (primary === this.cluster.id) return await this.local.readWhole(oid)
+        if (primary === this.cluster.id) {
+          const info = await this.local.stat(oid)
+          return info === null ? null : { version: info.version, data: await this.local.readAll(oid) }
+        }
         await this.primaryLink(primary)
         const res = await this.send(primary, epoch, Op.ReadAll, { oid })
         return { version: res.version, data: Buffer.from(res.data) }
@@ -471,7 +470,8 @@ export class Gateway implements ObjectStore {
           return
         }
         if (source === this.cluster.id) {
-          ({ data: bytes, version } = await this.local.readWhole(oid))
+          version = (await this.local.stat(oid))?.version ?? 0
+          bytes = await this.local.readAll(oid)
         } else {
           const info = await this.send(source, epoch, Op.Stat, { oid })
           const size = info.size

@@ -665,10 +665,6 @@ export class Recovery {
         await use(oid)
         return await raw.readAll(oid).catch(async err => await this.readFailed(oid, err))
       },
-      readWhole: async oid => {
-        await use(oid)
-        return await raw.readWhole(oid).catch(async err => await this.readFailed(oid, err))
-      },
       replace: async (oid, data, version) => {
         // A whole copy at a replica's version is what repairs a copy that missed a change.
         if (version === undefined || !this.missed.has(oid)) return await change(oid, async () => await raw.replace(oid, data, version))

@@ -100,9 +100,9 @@ export function replicaHandler (local: ObjectStore, ctx: ReplicaContext): (req: 
         if (info === null) throw SheepError.notFound(`object ${req.oid.toString(16)}`)
         // Refused before the bytes are read into memory, and again after (a replace may run between).
         if (info.size > MAX_DATA) throw SheepError.tooBig(`object of ${info.size} bytes, more than ${MAX_DATA}: read it in pieces`)
-        const { data, version } = await local.readWhole(req.oid)
+        const data = await local.readAll(req.oid)
         if (data.length > MAX_DATA) throw SheepError.tooBig(`object of ${data.length} bytes, more than ${MAX_DATA}: read it in pieces`)
-        return done({ data, size: data.length, version })
+        return done({ data, size: data.length, version: info.version })
       }
       case Op.Write:
         await local.write(req.oid, req.offset, req.data, req.version)

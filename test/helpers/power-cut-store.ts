@@ -373,15 +373,11 @@ export class PowerCutStore implements ObjectStore {
   }
 
   async readAll (oid: ObjectId): Promise<Buffer> {
-    return (await this.readWhole(oid)).data
-  }
-
-  async readWhole (oid: ObjectId): Promise<{ data: Buffer, version: number }> {
     return await this.later('readAll', () => {
       const { rec, file } = this.fileOf(oid)
-      const data = Buffer.alloc(rec.size)
-      readFile(file, 0, rec.size, data, 0)
-      return { data, version: rec.version }
+      const out = Buffer.alloc(rec.size)
+      readFile(file, 0, rec.size, out, 0)
+      return out
     })
   }
 

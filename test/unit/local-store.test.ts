@@ -7,7 +7,7 @@ import { FileIo } from '../../src/objects/file-io'
 import { LocalObjectStore } from '../../src/objects/local-store'
 import { dataOid, inodeOid, metaOid, oidToHex } from '../../src/objects/oid'
 import type { ObjectInfo } from '../../src/objects/types'
-import { chainVersion, epochFloor, versionEpoch } from '../../src/objects/versions'
+import { epochFloor, versionEpoch } from '../../src/objects/versions'
 import { crashCopy, objectFile, pattern, read } from './store-files'
 import { sheepError, tmpDir } from './tmp'
 
@@ -855,68 +855,4 @@ t.test('a read that takes an object just as a replace finds it idle reads one fi
   }
   inside.io.read = read
   t.same(failures, [], 'every read is whole and matches its checksums')
-})
-
-t.test('a whole read holds no part of a change: those under way end first, later ones wait for it, and its version counts what it holds', async t => {
-  const store = await openReplica(t, tmpDir(t), 3)
-  const oid = dataOid(1, 0)
-  await store.create(oid, 64 * KiB)
-  await store.write(oid, 0, Buffer.alloc(64 * KiB, 1))
-  const start = (await store.stat(oid))?.version ?? 0
-  // Internals: to hold a write in the file, half done.
-  const inside = store as unknown as { io: { write: FileIo['write'] } }
-  const write = inside.io.write.bind(inside.io)
-  let hold = true
-  let halfway = (): void => {}
-  const inFile = new Promise<void>(resolve => { halfway = resolve })
-  let release = (): void => {}
-  const gate = new Promise<void>(resolve => { release = resolve })
-  inside.io.write = async (fd, data, offset, length, position) => {
-    if (!hold) return await write(fd, data, offset, length, position)
-    hold = false
-    // The first 4 KiB in the file, the rest held: what a read beside it sees of a torn write.
-    const first = await write(fd, data, offset, 4 * KiB, position)
-    halfway()
-    await gate
-    return first
-  }
-  // A writer's change made on `start` (it gives the next version), then one made on the version
-  // that one gives, sent beside it into other bytes: it ends first.
-  const first = store.write(oid, 0, Buffer.alloc(16 * KiB, 2), start)
-  await inFile
-  const v1 = chainVersion(start, 3)
-  const second = store.write(oid, 32 * KiB, Buffer.alloc(4 * KiB, 3), v1)
-  await second
-  let whole: { data: Buffer, version: number } | null = null
-  const reading = store.readWhole(oid).then(w => { whole = w })
-  for (let i = 0; i < 20; i++) await new Promise(resolve => setImmediate(resolve))
-  t.equal(whole, null, 'the whole read waits while a change is half in the file')
-  release()
-  await first
-  await reading
-  const got = whole as unknown as { data: Buffer, version: number }
-  t.equal(got.version, chainVersion(v1, 3), 'its version is the one both changes give')
-  t.ok(got.data.subarray(0, 16 * KiB).every(b => b === 2) && got.data.subarray(16 * KiB, 32 * KiB).every(b => b === 1) && got.data.subarray(32 * KiB, 36 * KiB).every(b => b === 3), 'and its bytes hold both, whole')
-  inside.io.write = write
-
-  // A change that comes while a whole read is in the file waits for it.
-  const read = (store as unknown as { io: { read: FileIo['read'] } }).io
-  const plainRead = read.read.bind(read)
-  let readHalf = (): void => {}
-  const readStarted = new Promise<void>(resolve => { readHalf = resolve })
-  let letRead = (): void => {}
-  const readGate = new Promise<void>(resolve => { letRead = resolve })
-  read.read = async (...args: Parameters<FileIo['read']>) => { readHalf(); await readGate; return await plainRead(...args) }
-  const again = store.readWhole(oid)
-  await readStarted
-  let wrote = false
-  const later = store.write(oid, 0, Buffer.alloc(4 * KiB, 4), got.version).then(() => { wrote = true })
-  for (let i = 0; i < 20; i++) await new Promise(resolve => setImmediate(resolve))
-  t.notOk(wrote, 'a change let in after the whole read began waits for it')
-  letRead()
-  const before = await again
-  read.read = plainRead
-  await later
-  t.equal(before.version, got.version, 'the read has the version before the change')
-  t.ok(before.data.subarray(0, 4 * KiB).every(b => b === 2), 'and none of its bytes')
 })

@@ -100,11 +100,11 @@ async function bAheadOfA (t: Teardownable, oid: ObjectId, fill: number, refusal:
   await holdInEpoch4([a, b], oid)
   await b.store.write(oid, 0, Buffer.alloc(4096, fill))
   await b.store.sync([oid])
-  const readWhole = b.store.readWhole.bind(b.store)
-  b.store.readWhole = async (o: ObjectId) => {
+  const readAll = b.store.readAll.bind(b.store)
+  b.store.readAll = async (o: ObjectId) => {
     const why = refusal()
     if (why !== null) throw SheepError.unreachable(why)
-    return await readWhole(o)
+    return await readAll(o)
   }
   return { ids, nodes, a, b }
 }
@@ -192,9 +192,9 @@ t.test('a node catching up copies from every replica that holds the newest copie
   }
   const served = new Map<string, number>()
   for (const n of [b, c]) {
-    const readWhole = n.store.readWhole.bind(n.store)
+    const readAll = n.store.readAll.bind(n.store)
     n.serve = Object.assign(Object.create(n.store) as ObjectStore, {
-      readWhole: async (oid: ObjectId) => { served.set(n.id, (served.get(n.id) ?? 0) + 1); return await readWhole(oid) }
+      readAll: async (oid: ObjectId) => { served.set(n.id, (served.get(n.id) ?? 0) + 1); return await readAll(oid) }
     })
   }
   for (const n of [a, b, c]) n.epoch = 4
@@ -283,7 +283,7 @@ t.test('a copy known to be behind whose newest copy cannot be read is not replac
   b.epoch = 6
   await b.store.write(oid, 0, Buffer.alloc(4096, 0x33))
   await a.store.setMissed([oid], true)
-  b.store.readWhole = async (o: ObjectId) => { throw SheepError.notFound(`object ${oidToHex(o)}`) }
+  b.store.readAll = async (o: ObjectId) => { throw SheepError.notFound(`object ${oidToHex(o)}`) }
   const view = viewOf(7, ids)
   for (const n of [a, b, c]) { n.epoch = 7; n.view = view }
   const logs: string[] = []
@@ -794,8 +794,8 @@ t.test('a copy an earlier view\'s plan asked for, whose answer comes after the n
   const askedFor = new Promise<void>(resolve => { asked = resolve })
   let release = (): void => {}
   const gate = new Promise<void>(resolve => { release = resolve })
-  const readWhole = b.store.readWhole.bind(b.store)
-  b.store.readWhole = async (o: ObjectId) => { const whole = await readWhole(o); asked(); await gate; return whole }
+  const readAll = b.store.readAll.bind(b.store)
+  b.store.readAll = async (o: ObjectId) => { const data = await readAll(o); asked(); await gate; return data }
   const view = viewOf(6, ids)
   for (const n of [a, b]) { n.epoch = 6; n.view = view }
   let ended = (_line: string): void => {}
