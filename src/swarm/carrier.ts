@@ -35,6 +35,8 @@ export interface Carrier {
   /** false: the connection pushes back (a drain follows). */
   sendRequest: (req: Request) => boolean
   sendResponse: (res: Response) => boolean
+  /** A request's data is done with (a Write's, once written): its memory may carry the next. */
+  recycle: (data: Uint8Array) => void
   /** Stops and restarts reading from the peer (TCP pushes back on it meanwhile). */
   pause: () => void
   resume: () => void
@@ -81,6 +83,8 @@ export function muxCarrier (stream: SecureStream): Carrier {
     },
     sendRequest: r => send?.request(r) ?? false,
     sendResponse: r => send?.response(r) ?? false,
+    // protomux hands over buffers of its own: nothing to give back.
+    recycle: () => {},
     pause: () => { stream.pause() },
     resume: () => { stream.resume() },
     end: () => { stream.end() },

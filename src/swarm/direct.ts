@@ -97,6 +97,8 @@ export class FramedCarrier implements Carrier {
     return this.write(FrameType.Response, encode(responseHead, res), res.data)
   }
 
+  recycle (data: Uint8Array): void { this.reader.ready(data) }
+
   get plain (): boolean { return this.sealer.plain }
 
   pause (): void {

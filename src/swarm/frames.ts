@@ -12,6 +12,7 @@
 
 import crypto from 'node:crypto'
 import { SheepError } from '../errors'
+import { BodyPool } from './body-pool'
 import { MAX_DATA } from './messages'
 
 export enum FrameType { KeepAlive = 0, Hello = 1, Request = 2, Response = 3 }
@@ -115,10 +116,19 @@ export class FrameReader {
   private flags = 0
   private headLength = 0
   private decipher: crypto.DecipherGCM | null = null
-  private pieces: Buffer[] = []
+  /** The frame's body, filled as its bytes come (decrypted), and how much of it is. */
+  private body: Buffer = EMPTY
+  private filled = 0
+  /** Where bodies come from; what a Write request carried goes back to it (ready()). */
+  readonly pool = new BodyPool()
 
   constructor (key: Buffer) {
     this.key = key
+  }
+
+  /** A frame's data is done with: its memory may carry a later frame. */
+  ready (data: Uint8Array): void {
+    this.pool.give(data)
   }
 
   /** Feeds the next bytes of the connection; hands each whole, authentic frame to `frame`. */
@@ -163,17 +173,16 @@ export class FrameReader {
     this.decipher.setAAD(this.prefix)
     this.left = body
     this.have = 0
+    this.body = body === 0 ? EMPTY : this.pool.take(body)
+    this.filled = 0
     this.state = body === 0 ? 'tag' : 'body'
   }
 
   private take (slice: Buffer): void {
     const decipher = this.decipher as crypto.DecipherGCM
-    if ((this.flags & PLAIN) !== 0) {
-      decipher.setAAD(slice)
-      this.pieces.push(slice)
-    } else {
-      this.pieces.push(decipher.update(slice))
-    }
+    if ((this.flags & PLAIN) !== 0) decipher.setAAD(slice)
+    // GCM's output is as long as its input.
+    this.filled += ((this.flags & PLAIN) !== 0 ? slice : decipher.update(slice)).copy(this.body, this.filled)
   }
 
   private end (): Frame {
@@ -184,9 +193,9 @@ export class FrameReader {
     } catch {
       throw SheepError.protocol('a frame failed its authentication check')
     }
-    const body = this.pieces.length === 1 ? this.pieces[0] as Buffer : Buffer.concat(this.pieces)
+    const body = this.body
     const f: Frame = { type: this.type, flags: this.flags, head: body.subarray(0, this.headLength), data: body.subarray(this.headLength) }
-    this.pieces = []
+    this.body = EMPTY
     this.decipher = null
     this.have = 0
     this.state = 'prefix'

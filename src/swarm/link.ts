@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events'
 import type { Carrier } from './carrier'
 import { SheepError, toSheepError } from '../errors'
-import { type Hello, MAX_DATA, MAX_MESSAGE, type Request, type Response } from './messages'
+import { type Hello, MAX_DATA, MAX_MESSAGE, Op, type Request, type Response } from './messages'
 import { proofFor, proofIsValid } from './proof'
 import type { Member, View } from './view'
 
@@ -210,6 +210,8 @@ export class Link extends EventEmitter {
       this.opts.log(`closed ${this.kind} connection to ${this.remoteId}: answering request ${req.id} failed: ${(err as Error).message}`)
       this.shut('failed to answer')
     } finally {
+      // Written to the store by now (the handler is done, and it keeps no reference).
+      if (req.op === Op.Write) this.carrier.recycle(req.data)
       this.serving--
       if (this.paused && this.serving <= MAX_SERVING / 2) {
         this.paused = false
