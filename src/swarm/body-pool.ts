@@ -6,8 +6,11 @@
 
 /** Bodies smaller than this are allocated as usual (Node's own slab takes the small ones). */
 export const POOLED_MIN = 64 * 1024
-/** Free buffers kept at most: the requests a link serves at once rarely go past this. */
-const MAX_FREE = 8
+/**
+ * Free buffers kept at most, per connection: one request at a time needs one, and the memory
+ * kept is bounded (4 bodies of 4 MiB, a gateway's largest piece, are 16 MiB a peer).
+ */
+const MAX_FREE = 4
 
 export class BodyPool {
   private readonly free: ArrayBuffer[] = []
