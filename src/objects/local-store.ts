@@ -342,6 +342,9 @@ export class LocalObjectStore implements ObjectStore {
     // Grown objects' files first: their sizes are recorded only once the files hold them.
     await this.sync([...this.entries.values()].filter(e => e.info.size > e.savedSize).map(e => e.info.oid))
     this.closed = true
+    // Calls under way end first: a descriptor closed under a write queued in the pool is a number
+    // the next open takes, and the write lands in that file (another store's, in one process).
+    for (const e of this.entries.values()) while (e.inflight > 0) await this.waitIdle(e)
     await this.persistVersions([...this.entries.values()], true)
     for (const e of this.entries.values()) this.closeFd(e)
     this.entries.clear()

@@ -856,3 +856,28 @@ t.test('a read that takes an object just as a replace finds it idle reads one fi
   inside.io.read = read
   t.same(failures, [], 'every read is whole and matches its checksums')
 })
+
+t.test('close waits for the calls under way before it closes their descriptors', async t => {
+  const store = new LocalObjectStore(tmpDir(t))
+  await store.open()
+  const oid = dataOid(1, 0)
+  await store.create(oid, 8192)
+  const inside = store as unknown as { io: { write: FileIo['write'] } }
+  const write = inside.io.write.bind(inside.io)
+  let release = (): void => {}
+  const gate = new Promise<void>(resolve => { release = resolve })
+  let inFile = (): void => {}
+  const reached = new Promise<void>(resolve => { inFile = resolve })
+  inside.io.write = async (...args: Parameters<FileIo['write']>) => { inFile(); await gate; return await write(...args) }
+  const writing = store.write(oid, 0, Buffer.alloc(8192, 7))
+  await reached
+  let closed = false
+  const closing = store.close().then(() => { closed = true }, () => { closed = true })
+  // Without the wait, close is over in a few milliseconds; with it, it cannot be before the release.
+  await new Promise(resolve => setTimeout(resolve, 500))
+  t.notOk(closed, 'close waits while a write is on its way to the file')
+  release()
+  await writing
+  await closing
+  t.pass('the write ended on its own descriptor, then the store closed')
+})
